@@ -1,0 +1,1 @@
+"""dcoord: straggler-tolerant, private distributed PyTorch training."""

@@ -1,0 +1,5 @@
+import sys
+
+from dcoord.cli import main
+
+sys.exit(main())

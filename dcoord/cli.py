@@ -1,0 +1,179 @@
+"""The `dcoord` command line. Every user error ends in one line on stderr and a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from dcoord.errors import ConfigError, DcoordError
+
+
+def _address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:50051)")
+    return value
+
+
+def _positive_int(value: str) -> int:
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {v})")
+    return v
+
+
+def _load(args) -> object:
+    from dcoord.config import load_config
+
+    overrides = list(args.set or [])
+    if getattr(args, "workers", None):
+        overrides.append(f"workers={args.workers}")
+    return load_config(args.job, overrides)
+
+
+def cmd_run(args) -> int:
+    from rich.console import Console
+
+    from dcoord.runtime.local import run_local
+    from dcoord.runtime.progress import summary_table
+
+    cfg = _load(args)
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    summary = run_local(cfg, out, progress=not args.quiet)
+    console = Console()
+    console.print(summary_table(summary))
+    console.print(f"run directory: {out}")
+    return 0
+
+
+def cmd_coordinator(args) -> int:
+    from rich.console import Console
+
+    from dcoord.runtime.coordinator import Coordinator
+    from dcoord.runtime.progress import RoundProgress, summary_table
+    from dcoord.runtime.service import start_server
+
+    cfg = _load(args)
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+
+    async def main() -> dict:
+        coord = Coordinator(cfg, out)
+        server, port = await start_server(coord, args.listen)
+        print(f"coordinator for job {coord.job_id} listening on port {port}; "
+              f"waiting for {cfg.workers} workers", file=sys.stderr, flush=True)
+        try:
+            with RoundProgress(coord, enabled=not args.quiet) as bar:
+                return await coord.run(progress=bar.update, start_timeout=args.wait_workers)
+        finally:
+            await asyncio.sleep(0.2)
+            await server.stop(grace=1.0)
+
+    summary = asyncio.run(main())
+    Console().print(summary_table(summary))
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from dcoord.runtime.worker import run_worker
+
+    rounds = run_worker(args.coordinator, requested_id=args.id, device=args.device)
+    print(f"worker done: {rounds} rounds computed", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args) -> int:
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+
+    from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
+    from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(args.address)
+    stub = pb_grpc.CoordinatorStub(channel)
+    try:
+        replies = stub.WatchStatus(pb.StatusRequest()) if args.watch else [stub.GetStatus(pb.StatusRequest(),
+                                                                                          timeout=args.timeout)]
+        for st in replies:
+            if args.json:
+                print(json.dumps(MessageToDict(st, preserving_proto_field_name=True)), flush=True)
+            else:
+                rejected = sum(st.rejected.values())
+                print(f"{st.name} [{st.job_id}] {st.state}: round {st.round + 1}/{st.rounds_total} "
+                      f"scheme {st.scheme} workers {st.workers_alive}/{st.workers_total} "
+                      f"loss {st.last_loss:.5f} stragglers {st.stragglers_seen} late {st.dropped_late_results} "
+                      f"rejected {rejected} elapsed {st.elapsed_s:.1f}s" + (f" ({st.message})" if st.message else ""),
+                      flush=True)
+    except grpc.RpcError as exc:
+        raise DcoordError(f"no coordinator answering at {args.address}: {exc.code().name}") from None
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dcoord", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the runtime does")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def job_args(sp):
+        sp.add_argument("job", help="job config (YAML)")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set coding.stragglers=2 (repeatable)")
+        sp.add_argument("--workers", type=_positive_int, help="number of workers (overrides the config)")
+        sp.add_argument("--out", help="run directory (default runs/NAME)")
+        sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sp = sub.add_parser("run", help="coordinator + N local worker processes over loopback gRPC")
+    job_args(sp)
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("coordinator", help="run a coordinator that waits for remote workers")
+    job_args(sp)
+    sp.add_argument("--listen", type=_address, default="0.0.0.0:50051", help="HOST:PORT to listen on")
+    sp.add_argument("--wait-workers", type=float, default=600.0, help="seconds to wait for all workers")
+    sp.set_defaults(func=cmd_coordinator)
+
+    sp = sub.add_parser("worker", help="a worker that joins a coordinator")
+    sp.add_argument("--coordinator", type=_address, required=True, help="HOST:PORT of the coordinator")
+    sp.add_argument("--id", type=int, default=-1, help="worker id to take (default: any free one)")
+    sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    sp.set_defaults(func=cmd_worker)
+
+    sp = sub.add_parser("status", help="show a running job's status")
+    sp.add_argument("address", type=_address, help="coordinator HOST:PORT")
+    sp.add_argument("--watch", action="store_true", help="stream one line per round until the job ends")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--timeout", type=float, default=5.0)
+    sp.set_defaults(func=cmd_status)
+
+    from dcoord import cli_extra
+
+    cli_extra.register(sub, job_args)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"dcoord: config error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except DcoordError as exc:
+        print(f"dcoord: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("dcoord: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

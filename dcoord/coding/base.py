@@ -1,0 +1,101 @@
+"""The one interface every coding scheme implements, so the runtime and the simulator drive the same objects.
+
+Data semantics: each job's batch of N samples is cut into parts (``part_fractions``). The gradient of
+part j is g_j = (1/N) * sum_{i in part j} grad l_i, so the job's gradient (of the *mean* loss over the
+batch) is sum_j g_j. A task's message is f = sum_k coeffs[k] * g_{parts[k]}; decoding a job returns the
+coefficients a with g = sum a * f over delivered messages, which is exact whatever the part sizes are.
+
+A round r lasts until the driver closes it with the set of workers that delivered (``arrived``); the
+others are stragglers for that round and lose every task they had in it. Jobs belong to models
+round-robin (job j -> model j % models), so several models train concurrently when delay > 0.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class SchemeError(ValueError):
+    """Invalid scheme parameters; the message names the parameter and what is allowed."""
+
+
+class DecodeError(RuntimeError):
+    """A job could not be decoded (not enough results, or the residual check failed)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work for one worker in one round: a linear combination of one job's part gradients."""
+
+    job: int
+    parts: tuple[int, ...]
+    coeffs: tuple[float, ...]
+    kind: str = "gc"  # "uncoded" | "gc" | "d1" | "d2" | "repeat" -- for logs and tests only
+    slot: int = 0  # position of this task in the worker's list for the round
+
+    @property
+    def load(self) -> float:
+        """Number of parts computed (the driver multiplies by the part size for the fraction of a job)."""
+        return float(len(self.parts))
+
+
+@dataclass(frozen=True)
+class ResultRef:
+    """Where a delivered message lives: (round it was computed in, worker, slot in that round's task list)."""
+
+    round: int
+    worker: int
+    slot: int
+
+
+class Scheme(ABC):
+    """A coding policy. Pure: no I/O, no clocks; the driver tells it what happened."""
+
+    name: str = "scheme"
+    n: int
+    delay: int = 0  # T: job j must be decodable at the end of round j + delay
+    models: int = 1  # models trained concurrently; job j belongs to model j % models
+
+    @abstractmethod
+    def part_fractions(self) -> np.ndarray:
+        """Fraction of a job's samples in each part (float64, sums to 1)."""
+
+    @abstractmethod
+    def tasks(self, round: int) -> dict[int, list[Task]]:
+        """Tasks of every worker for ``round`` (may depend on earlier closed rounds). Keys 0..n-1."""
+
+    @abstractmethod
+    def accepts(self, round: int, arrived: frozenset[int]) -> bool:
+        """May the round close with only ``arrived`` having delivered (the rest straggling)?"""
+
+    @abstractmethod
+    def close_round(self, round: int, arrived: frozenset[int]) -> list[int]:
+        """Record the round's outcome; return the jobs that became decodable with it (in job order)."""
+
+    @abstractmethod
+    def decode(self, job: int) -> dict[ResultRef, float]:
+        """Decoding coefficients for a decodable job: g_job = sum coeff * message[ref]."""
+
+    @abstractmethod
+    def load(self) -> float:
+        """Normalized load: fraction of one full job's gradient each worker computes per round."""
+
+    def uses_straggler_rule(self) -> bool:
+        """True when the driver should wait for (1+mu)*fastest before closing (sequential schemes).
+
+        Plain codes close as soon as ``accepts`` holds: waiting longer buys nothing.
+        """
+        return False
+
+    def model_of(self, job: int) -> int:
+        return job % self.models
+
+    def num_parts(self) -> int:
+        return len(self.part_fractions())
+
+    def last_job(self, rounds: int) -> int:
+        """Jobs 0..rounds-1 are started; all are due by round rounds-1+delay."""
+        return rounds - 1

@@ -1,0 +1,219 @@
+"""Plain gradient codes (delay 0): uncoded, fractional repetition, cyclic repetition, ignore-stragglers.
+
+Tandon et al. (ICML 2017). Job j is computed in round j; n workers, n parts. Decoding coefficients are
+solved in float64, their residual ||B_F^T a - 1||_inf is checked, and they are cached per survivor set
+because straggler patterns repeat.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from dcoord.coding.base import DecodeError, ResultRef, Scheme, SchemeError, Task
+
+#: Largest accepted decode residual ||B_F^T a - 1||_inf (relative to 1).
+DECODE_TOL = 1e-6
+
+
+def cyclic_support(n: int, s: int, i: int) -> tuple[int, ...]:
+    """Parts held by worker i under cyclic repetition: (i + m) mod n, m = 0..s."""
+    return tuple((i + m) % n for m in range(s + 1))
+
+
+def cyclic_encoding_matrix(n: int, s: int, seed: int = 0) -> np.ndarray:
+    """Tandon's cyclic-repetition encoding matrix B (n x n, float64).
+
+    Every row lies in null(H) for a random H with H 1 = 0, so any n-s rows span the all-ones vector
+    with probability one. Deterministic in ``seed`` so workers and coordinator build the same B.
+    """
+    _check_ns(n, s)
+    B = np.zeros((n, n))
+    if s == 0:
+        np.fill_diagonal(B, 1.0)
+        return B
+    rng = np.random.default_rng(seed)
+    Ht = rng.standard_normal((s, n - 1))
+    H = np.hstack([Ht, -Ht.sum(axis=1, keepdims=True)])
+    for i in range(n):
+        S = list(cyclic_support(n, s, i))
+        B[i, S[0]] = 1.0
+        B[i, S[1:]] = -np.linalg.solve(H[:, S[1:]], H[:, S[0]])
+    return B
+
+
+def solve_decoding(Bmat: np.ndarray, rows: tuple[int, ...], tol: float = DECODE_TOL) -> np.ndarray:
+    """Coefficients a with a^T B[rows] = 1^T (least squares, float64); raises DecodeError above ``tol``."""
+    BF = np.asarray(Bmat, dtype=np.float64)[list(rows)]
+    a, *_ = np.linalg.lstsq(BF.T, np.ones(BF.shape[1]), rcond=None)
+    residual = float(np.max(np.abs(BF.T @ a - 1.0)))
+    if not np.isfinite(residual) or residual > tol:
+        raise DecodeError(f"decode residual {residual:.3g} above tolerance {tol:g} for workers {list(rows)}")
+    return a
+
+
+def _check_ns(n: int, s: int) -> None:
+    if n < 1:
+        raise SchemeError(f"workers must be >= 1 (got {n})")
+    if not 0 <= s < n:
+        raise SchemeError(f"coding.stragglers must satisfy 0 <= s < workers (got s={s}, workers={n})")
+
+
+class _PlainScheme(Scheme):
+    """Shared plumbing: job == round, one task per worker, decode from the arrived set of that round."""
+
+    def __init__(self, n: int, s: int, jobs: int | None = None) -> None:
+        _check_ns(n, s)
+        self.n, self.s, self.jobs = n, s, jobs
+        self._arrived: dict[int, frozenset[int]] = {}
+        self.last_residual = 0.0
+
+    def part_fractions(self) -> np.ndarray:
+        return np.full(self.n, 1.0 / self.n)
+
+    def _row(self, worker: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        raise NotImplementedError
+
+    def tasks(self, round: int) -> dict[int, list[Task]]:
+        if self.jobs is not None and round >= self.jobs:
+            return {i: [] for i in range(self.n)}
+        out = {}
+        for i in range(self.n):
+            parts, coeffs = self._row(i)
+            out[i] = [Task(job=round, parts=parts, coeffs=coeffs, kind=self.name)]
+        return out
+
+    def close_round(self, round: int, arrived: frozenset[int]) -> list[int]:
+        if not self.accepts(round, arrived):
+            raise DecodeError(f"round {round}: workers {sorted(arrived)} cannot decode under {self.name}")
+        self._arrived[round] = frozenset(arrived)
+        return [round]
+
+    def decode(self, job: int) -> dict[ResultRef, float]:
+        arrived = self._arrived.pop(job, None)
+        if arrived is None:
+            raise DecodeError(f"job {job} was not closed or was already decoded")
+        coeffs = self._coefficients(arrived)
+        return {ResultRef(job, w, 0): c for w, c in coeffs.items()}
+
+    def _coefficients(self, arrived: frozenset[int]) -> dict[int, float]:
+        raise NotImplementedError
+
+    def params(self) -> dict:
+        return {"n": self.n, "s": self.s}
+
+
+class Uncoded(_PlainScheme):
+    """Each worker one part; wait for all n."""
+
+    name = "uncoded"
+
+    def __init__(self, n: int, s: int = 0, jobs: int | None = None) -> None:
+        super().__init__(n, 0, jobs)
+
+    def _row(self, worker: int):
+        return (worker,), (1.0,)
+
+    def accepts(self, round: int, arrived: frozenset[int]) -> bool:
+        return len(arrived) == self.n
+
+    def _coefficients(self, arrived):
+        return {w: 1.0 for w in sorted(arrived)}
+
+    def load(self) -> float:
+        return 1.0 / self.n
+
+
+class IgnoreStragglers(_PlainScheme):
+    """Each worker one part; keep the fastest n-s and rescale by n/|arrived|. Biased; a baseline."""
+
+    name = "ignore-stragglers"
+
+    def _row(self, worker: int):
+        return (worker,), (1.0,)
+
+    def accepts(self, round: int, arrived: frozenset[int]) -> bool:
+        return len(arrived) >= self.n - self.s
+
+    def _coefficients(self, arrived):
+        scale = self.n / len(arrived)
+        return {w: scale for w in sorted(arrived)}
+
+    def load(self) -> float:
+        return 1.0 / self.n
+
+
+class GCFractional(_PlainScheme):
+    """Fractional repetition: groups of s+1 workers hold the same s+1 parts and send their plain sum."""
+
+    name = "gc-fr"
+
+    def __init__(self, n: int, s: int, jobs: int | None = None) -> None:
+        super().__init__(n, s, jobs)
+        if n % (s + 1):
+            raise SchemeError(
+                f"gc-fr needs (stragglers+1) to divide workers (got s={s}, workers={n}); "
+                "use gc-cyclic or pick s with (s+1) | n"
+            )
+        self.group_size = s + 1
+
+    def group_of(self, worker: int) -> int:
+        return worker // self.group_size
+
+    def _row(self, worker: int):
+        g = self.group_of(worker)
+        parts = tuple(range(g * self.group_size, (g + 1) * self.group_size))
+        return parts, (1.0,) * len(parts)
+
+    def accepts(self, round: int, arrived: frozenset[int]) -> bool:
+        return len({self.group_of(w) for w in arrived}) == self.n // self.group_size
+
+    def _coefficients(self, arrived):
+        chosen: dict[int, int] = {}
+        for w in sorted(arrived):
+            chosen.setdefault(self.group_of(w), w)
+        return {w: 1.0 for w in chosen.values()}
+
+    def load(self) -> float:
+        return (self.s + 1) / self.n
+
+
+class GCCyclic(_PlainScheme):
+    """Cyclic repetition with Tandon's random construction; decodes from any n-s workers."""
+
+    name = "gc-cyclic"
+
+    def __init__(self, n: int, s: int, jobs: int | None = None, seed: int = 0) -> None:
+        super().__init__(n, s, jobs)
+        self.B = cyclic_encoding_matrix(n, s, seed)
+        self._solve = lru_cache(maxsize=4096)(self._solve_uncached)
+
+    def _row(self, worker: int):
+        parts = cyclic_support(self.n, self.s, worker)
+        return parts, tuple(float(self.B[worker, j]) for j in parts)
+
+    def accepts(self, round: int, arrived: frozenset[int]) -> bool:
+        return len(arrived) >= self.n - self.s
+
+    def _solve_uncached(self, rows: tuple[int, ...]) -> tuple[np.ndarray, float]:
+        a = solve_decoding(self.B, rows)
+        residual = float(np.max(np.abs(self.B[list(rows)].T @ a - 1.0)))
+        return a, residual
+
+    def decoding_coefficients(self, arrived: frozenset[int]) -> np.ndarray:
+        """Coefficients over the first n-s arrived workers (sorted), cached per set."""
+        rows = tuple(sorted(arrived))[: self.n - self.s]
+        a, self.last_residual = self._solve(rows)
+        return a
+
+    def cache_info(self):
+        return self._solve.cache_info()
+
+    def _coefficients(self, arrived):
+        rows = tuple(sorted(arrived))[: self.n - self.s]
+        a = self.decoding_coefficients(arrived)
+        return {w: float(c) for w, c in zip(rows, a)}
+
+    def load(self) -> float:
+        return (self.s + 1) / self.n

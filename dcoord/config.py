@@ -1,0 +1,178 @@
+"""The job config: YAML in, one validated JobConfig out, or a ConfigError naming the field and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dcoord.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float | list[float] = Field(0.1, description="one value, or one per model (a learning-rate sweep)")
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+
+    @field_validator("lr")
+    @classmethod
+    def _positive(cls, v):
+        vals = v if isinstance(v, list) else [v]
+        if not vals or any(x <= 0 for x in vals):
+            raise ValueError("must be > 0 (one value, or a non-empty list of values > 0, one per model)")
+        return v
+
+
+class CodingConfig(_Strict):
+    scheme: Literal["uncoded", "gc-fr", "gc-cyclic", "ignore-stragglers", "sr-sgc", "m-sgc"] = "uncoded"
+    stragglers: int = Field(0, ge=0, description="s: stragglers tolerated per round (plain codes)")
+    B: int | None = Field(None, ge=1, description="burst length (sequential codes)")
+    W: int | None = Field(None, ge=2, description="window length (sequential codes)")
+    lam: int | None = Field(None, ge=1, alias="lambda", description="stragglers per window (sequential codes)")
+    models: int | None = Field(None, ge=1, description="models trained concurrently (default: delay + 1)")
+    mu: float = Field(1.0, ge=0.0, description="straggler rule: late if not back by (1+mu) * fastest")
+    wait: Literal["all", "minimal"] = "all"
+    payload_dtype: Literal["float64", "float32"] = "float64"
+    seed: int = 0
+
+
+class RuntimeConfig(_Strict):
+    round_timeout_s: float = Field(60.0, gt=0, description="fail a round that cannot decode after this long")
+    worker_wait_s: float = Field(20.0, ge=0, description="wait this long for replacements when too few are alive")
+    heartbeat_s: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(10, ge=0, description="rounds between atomic checkpoints (0 = only at the end)")
+    progress: bool = True
+
+
+class JobConfig(_Strict):
+    name: str = "job"
+    mode: Literal["coded", "token"] = "coded"
+    workload: str = "logreg-digits"
+    seed: int = 0
+    workers: int = Field(4, ge=1, le=100_000)
+    rounds: int = Field(10, ge=1, description="jobs to run; with several models they are shared round-robin")
+    batch_size: int | None = Field(None, ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    coding: CodingConfig = CodingConfig()
+    inject: dict[str, Any] = Field(default_factory=dict)
+    transport: Literal["grpc", "torch", "mpi"] = "grpc"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    runtime: RuntimeConfig = RuntimeConfig()
+    token: dict[str, Any] | None = None
+    privacy: dict[str, Any] | None = None
+    simulate: dict[str, Any] | None = None
+
+    @field_validator("workload")
+    @classmethod
+    def _workload_name(cls, v: str) -> str:
+        from dcoord.workloads.builtin import BUILTINS
+
+        if v not in BUILTINS and (":" not in v or not all(v.split(":", 1))):
+            raise ValueError(f"unknown workload {v!r}; use one of {sorted(BUILTINS)} or 'package.module:function'")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> JobConfig:
+        if self.mode == "coded":
+            try:
+                scheme = self.make_scheme()
+            except ValueError as exc:  # SchemeError
+                raise ValueError(f"coding: {exc}") from exc
+            lrs = self.optimizer.lr
+            if isinstance(lrs, list) and len(lrs) not in (1, scheme.models):
+                raise ValueError(
+                    f"optimizer.lr: give one value or {scheme.models} (one per model); got {len(lrs)}"
+                )
+        self.straggler_model()  # validates inject against workers
+        return self
+
+    # -- derived objects -------------------------------------------------------------------------
+    def make_scheme(self):
+        """The coding scheme object this config describes (raises SchemeError on bad parameters)."""
+        from dcoord.coding.registry import make_scheme
+
+        c = self.coding
+        return make_scheme(
+            c.scheme, self.workers, s=c.stragglers, B=c.B, W=c.W, lam=c.lam, jobs=self.rounds, models=c.models
+        )
+
+    def straggler_model(self):
+        from dcoord.stragglers import InjectConfig, make_straggler_model
+
+        return make_straggler_model(InjectConfig(**self.inject), self.workers, self.seed)
+
+    def lr_for(self, model: int) -> float:
+        lr = self.optimizer.lr
+        if isinstance(lr, list):
+            return lr[model] if len(lr) > 1 else lr[0]
+        return lr
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+
+def _fmt_loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if not str(p).startswith("function-"))
+
+
+def format_validation_error(exc: ValidationError, source: str = "config") -> str:
+    """One line: the first problem, naming the field and what is allowed."""
+    err = exc.errors()[0]
+    loc = _fmt_loc(err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; see README 'Config reference')"
+    elif err["type"] == "literal_error":
+        msg = f"{msg} (got {err.get('input')!r})"
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    where = f"{loc}: " if loc else ""
+    return f"{source}: {where}{msg}{more}"
+
+
+def set_dotted(data: dict, assignment: str) -> None:
+    """Apply one ``--set key.sub=value`` (value parsed as YAML) to a nested dict."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set coding.stragglers=2")
+    key, raw = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc.problem})") from exc
+    parts = key.strip().split(".")
+    node = data
+    for p in parts[:-1]:
+        if not isinstance(node.get(p, {}), dict):
+            raise ConfigError(f"--set {key}: {p} is not a section")
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, data: dict | None = None) -> JobConfig:
+    """Read, override and validate a job config; every failure is a ConfigError with one clear line."""
+    if data is None:
+        p = Path(path)  # type: ignore[arg-type]
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such config file")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of keys (name:, workload:, ...)")
+        source = str(p)
+    else:
+        source = "config"
+    data = dict(data)
+    for ov in overrides or []:
+        set_dotted(data, ov)
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None

@@ -1,0 +1,226 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RegisterRequest(_message.Message):
+    __slots__ = ("hostname", "pid", "requested_id", "device")
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    hostname: str
+    pid: int
+    requested_id: int
+    device: str
+    def __init__(self, hostname: _Optional[str] = ..., pid: _Optional[int] = ..., requested_id: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
+
+class DataAssignment(_message.Message):
+    __slots__ = ("workload", "seed", "parts")
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    workload: str
+    seed: int
+    parts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, workload: _Optional[str] = ..., seed: _Optional[int] = ..., parts: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RegisterReply(_message.Message):
+    __slots__ = ("worker_id", "job_id", "job_config_yaml", "data", "heartbeat_interval_s")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    worker_id: int
+    job_id: str
+    job_config_yaml: str
+    data: DataAssignment
+    heartbeat_interval_s: float
+    def __init__(self, worker_id: _Optional[int] = ..., job_id: _Optional[str] = ..., job_config_yaml: _Optional[str] = ..., data: _Optional[_Union[DataAssignment, _Mapping]] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("job_id", "worker_id", "last_round")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_ROUND_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    worker_id: int
+    last_round: int
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[int] = ..., last_round: _Optional[int] = ...) -> None: ...
+
+class HeartbeatReply(_message.Message):
+    __slots__ = ("ok", "current_round")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_ROUND_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    current_round: int
+    def __init__(self, ok: _Optional[bool] = ..., current_round: _Optional[int] = ...) -> None: ...
+
+class Tensor(_message.Message):
+    __slots__ = ("shape", "dtype", "data")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: str
+    data: bytes
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ModelState(_message.Message):
+    __slots__ = ("model", "version", "params")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    model: int
+    version: int
+    params: Tensor
+    def __init__(self, model: _Optional[int] = ..., version: _Optional[int] = ..., params: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class TaskSpec(_message.Message):
+    __slots__ = ("job", "slot", "parts", "coeffs", "kind", "model", "model_version")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    COEFFS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    job: int
+    slot: int
+    parts: _containers.RepeatedScalarFieldContainer[int]
+    coeffs: _containers.RepeatedScalarFieldContainer[float]
+    kind: str
+    model: int
+    model_version: int
+    def __init__(self, job: _Optional[int] = ..., slot: _Optional[int] = ..., parts: _Optional[_Iterable[int]] = ..., coeffs: _Optional[_Iterable[float]] = ..., kind: _Optional[str] = ..., model: _Optional[int] = ..., model_version: _Optional[int] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("job_id", "round", "tasks", "models", "deadline_unix")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    round: int
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskSpec]
+    models: _containers.RepeatedCompositeFieldContainer[ModelState]
+    deadline_unix: float
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelState, _Mapping]]] = ..., deadline_unix: _Optional[float] = ...) -> None: ...
+
+class Shutdown(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("job_id", "worker_id")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    worker_id: int
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[int] = ...) -> None: ...
+
+class PartLoss(_message.Message):
+    __slots__ = ("part", "loss")
+    PART_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    part: int
+    loss: float
+    def __init__(self, part: _Optional[int] = ..., loss: _Optional[float] = ...) -> None: ...
+
+class TaskResult(_message.Message):
+    __slots__ = ("job", "slot", "model", "model_version", "payload", "losses")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    LOSSES_FIELD_NUMBER: _ClassVar[int]
+    job: int
+    slot: int
+    model: int
+    model_version: int
+    payload: Tensor
+    losses: _containers.RepeatedCompositeFieldContainer[PartLoss]
+    def __init__(self, job: _Optional[int] = ..., slot: _Optional[int] = ..., model: _Optional[int] = ..., model_version: _Optional[int] = ..., payload: _Optional[_Union[Tensor, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[PartLoss, _Mapping]]] = ...) -> None: ...
+
+class Result(_message.Message):
+    __slots__ = ("job_id", "round", "worker_id", "tasks", "compute_s", "injected_delay_s")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
+    INJECTED_DELAY_S_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    round: int
+    worker_id: int
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskResult]
+    compute_s: float
+    injected_delay_s: float
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., worker_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., compute_s: _Optional[float] = ..., injected_delay_s: _Optional[float] = ...) -> None: ...
+
+class WorkerMessage(_message.Message):
+    __slots__ = ("hello", "result")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    result: Result
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ...) -> None: ...
+
+class CoordinatorMessage(_message.Message):
+    __slots__ = ("assignment", "shutdown")
+    ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
+    assignment: Assignment
+    shutdown: Shutdown
+    def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusReply(_message.Message):
+    __slots__ = ("job_id", "name", "state", "round", "rounds_total", "workers_alive", "workers_total", "last_loss", "stragglers_seen", "dropped_late_results", "rejected", "elapsed_s", "scheme", "message")
+    class RejectedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_ALIVE_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    LAST_LOSS_FIELD_NUMBER: _ClassVar[int]
+    STRAGGLERS_SEEN_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_LATE_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
+    SCHEME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    name: str
+    state: str
+    round: int
+    rounds_total: int
+    workers_alive: int
+    workers_total: int
+    last_loss: float
+    stragglers_seen: int
+    dropped_late_results: int
+    rejected: _containers.ScalarMap[str, int]
+    elapsed_s: float
+    scheme: str
+    message: str
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., round: _Optional[int] = ..., rounds_total: _Optional[int] = ..., workers_alive: _Optional[int] = ..., workers_total: _Optional[int] = ..., last_loss: _Optional[float] = ..., stragglers_seen: _Optional[int] = ..., dropped_late_results: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., elapsed_s: _Optional[float] = ..., scheme: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...

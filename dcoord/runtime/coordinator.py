@@ -1,0 +1,376 @@
+"""The coordinator's round state machine: assign -> collect -> decode -> step -> record.
+
+Transport-agnostic: workers are "connections" with an outbox; results arrive on one asyncio queue.
+The gRPC servicer (service.py) feeds it. Nothing in the round path blocks on a particular worker:
+the loop waits on the result queue with timeouts and closes the round as soon as the scheme allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import math
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dcoord.coding.base import ResultRef, Scheme, Task
+from dcoord.config import JobConfig
+from dcoord.errors import RunFailed
+from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
+from dcoord.runtime.rundir import RunDir
+from dcoord.runtime.tensors import PayloadError, flat_grads_to_model, flat_params, from_proto, to_proto
+from dcoord.workloads import load as load_workload
+
+log = logging.getLogger("dcoord.coordinator")
+
+
+@dataclass
+class WorkerConn:
+    """One attached worker: where to send it messages, and when it was last heard from."""
+
+    worker_id: int
+    outbox: asyncio.Queue
+    hostname: str = ""
+    last_seen: float = field(default_factory=time.monotonic)
+    alive: bool = True
+
+
+def make_optimizer(cfg: JobConfig, model: torch.nn.Module, index: int) -> torch.optim.Optimizer:
+    o = cfg.optimizer
+    lr = cfg.lr_for(index)
+    if o.name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+class Coordinator:
+    """Owns the models (one source of truth per model), the scheme and the round loop."""
+
+    def __init__(self, cfg: JobConfig, out: Path | str | None = None, job_id: str | None = None) -> None:
+        self.cfg = cfg
+        self.job_id = job_id or f"{cfg.name}-{uuid.uuid4().hex[:8]}"
+        self.scheme: Scheme = cfg.make_scheme()
+        self.n = cfg.workers
+        self.workload = load_workload(cfg.workload, cfg.seed)
+        self.models = [copy.deepcopy(self.workload.model) for _ in range(self.scheme.models)]
+        self.optimizers = [make_optimizer(cfg, m, i) for i, m in enumerate(self.models)]
+        self.steps = [0] * len(self.models)
+        self.num_params = self.workload.num_params()
+        self.rundir = RunDir(out)
+        self.total_rounds = cfg.rounds + self.scheme.delay
+        # round state
+        self.round = -1
+        self.state = "waiting-for-workers"
+        self.message = ""
+        self.conns: dict[int, WorkerConn] = {}
+        self.results: asyncio.Queue = asyncio.Queue()
+        self.round_tasks: dict[int, list[Task]] = {}
+        self.job_params: dict[int, tuple[int, np.ndarray]] = {}  # job -> (model version, params)
+        self.stored: dict[int, dict[ResultRef, np.ndarray]] = {}  # job -> delivered messages
+        self.part_losses: dict[int, dict[int, float]] = {}
+        self.arrived: set[int] = set()
+        # counters
+        self.rejected: Counter[str] = Counter()
+        self.dropped_late = 0
+        self.stragglers_seen = 0
+        self.max_residual = 0.0
+        self.last_loss = math.nan
+        self.bytes_round = 0
+        self.started = time.monotonic()
+        self.round_closed = asyncio.Event()
+        self._registered = asyncio.Event()
+
+    # -- membership --------------------------------------------------------------------------------
+    def free_worker_id(self, requested: int = -1) -> int | None:
+        taken = {w for w, c in self.conns.items() if c.alive}
+        if 0 <= requested < self.n and requested not in taken:
+            return requested
+        return next((i for i in range(self.n) if i not in taken), None)
+
+    def attach(self, conn: WorkerConn) -> None:
+        """A worker's stream is up: remember it and, mid-round, hand it the current round's tasks."""
+        self.conns[conn.worker_id] = conn
+        log.info("worker %d attached (%d alive)", conn.worker_id, self.alive_count())
+        if self.alive_count() >= self.n:
+            self._registered.set()
+        pending = self.state == "running" and self.round >= 0 and conn.worker_id not in self.arrived
+        if pending and conn.outbox.empty():
+            conn.outbox.put_nowait(self._assignment(self.round, conn.worker_id))
+
+    def detach(self, conn: WorkerConn) -> None:
+        if self.conns.get(conn.worker_id) is conn:
+            conn.alive = False
+            log.warning("worker %d is gone (%d alive)", conn.worker_id, self.alive_count())
+
+    def alive_ids(self) -> set[int]:
+        """Workers whose stream is up and who were heard from recently (heartbeats or results)."""
+        stale = time.monotonic() - max(5.0, 10 * self.cfg.runtime.heartbeat_s)
+        return {w for w, c in self.conns.items() if c.alive and c.last_seen >= stale}
+
+    def alive_count(self) -> int:
+        return len(self.alive_ids())
+
+    # -- the round path ----------------------------------------------------------------------------
+    def _assignment(self, r: int, worker: int) -> pb.CoordinatorMessage:
+        specs, needed = [], {}
+        for t in self.round_tasks.get(worker, []):
+            version, params = self.job_params[t.job]
+            m = self.scheme.model_of(t.job)
+            specs.append(pb.TaskSpec(job=t.job, slot=t.slot, parts=list(t.parts), coeffs=list(t.coeffs),
+                                     kind=t.kind, model=m, model_version=version))
+            needed[(m, version)] = params
+        models = [pb.ModelState(model=m, version=v, params=to_proto(p)) for (m, v), p in needed.items()]
+        a = pb.Assignment(job_id=self.job_id, round=r, tasks=specs, models=models,
+                          deadline_unix=time.time() + self.cfg.runtime.round_timeout_s)
+        return pb.CoordinatorMessage(assignment=a)
+
+    def _start_round(self, r: int) -> None:
+        self.round = r
+        self.arrived = set()
+        self.bytes_round = 0
+        self.round_tasks = self.scheme.tasks(r)
+        for tasks in self.round_tasks.values():
+            for t in tasks:
+                if t.job not in self.job_params:
+                    m = self.scheme.model_of(t.job)
+                    self.job_params[t.job] = (self.steps[m], flat_params(self.models[m]))
+        for w in range(self.n):
+            if not self.round_tasks.get(w):
+                self.arrived.add(w)  # nothing to do this round counts as delivered
+            elif w in self.alive_ids():
+                self.conns[w].outbox.put_nowait(self._assignment(r, w))
+
+    def reject(self, reason: str, detail: str = "") -> None:
+        self.rejected[reason] += 1
+        log.warning("rejected result (%s) %s", reason, detail)
+
+    def handle_result(self, res: pb.Result, conn: WorkerConn | None) -> bool:
+        """Validate one result message; store it and return True when it counts for the current round."""
+        if res.job_id != self.job_id:
+            self.reject("wrong-job", f"job_id {res.job_id!r}")
+            return False
+        if not 0 <= res.worker_id < self.n:
+            self.reject("unknown-worker", f"worker_id {res.worker_id}")
+            return False
+        if conn is not None and res.worker_id != conn.worker_id:
+            self.reject("worker-id-mismatch", f"stream of worker {conn.worker_id} sent worker_id {res.worker_id}")
+            return False
+        if res.round < self.round:
+            self.dropped_late += 1
+            return False
+        if res.round > self.round:
+            self.reject("future-round", f"round {res.round} while at {self.round}")
+            return False
+        if res.worker_id in self.arrived:
+            self.reject("duplicate", f"worker {res.worker_id} round {res.round}")
+            return False
+        expected = self.round_tasks.get(res.worker_id, [])
+        if len(res.tasks) != len(expected):
+            self.reject("task-mismatch", f"{len(res.tasks)} task results, expected {len(expected)}")
+            return False
+        decoded = []
+        for tr, t in zip(res.tasks, expected):
+            version = self.job_params[t.job][0]
+            if (tr.job, tr.slot, tr.model_version) != (t.job, t.slot, version):
+                self.reject("task-mismatch", f"got (job, slot, version)={(tr.job, tr.slot, tr.model_version)}")
+                return False
+            try:
+                arr = from_proto(tr.payload, expect_size=self.num_params)
+            except PayloadError as exc:
+                reason = "wrong-shape" if "shape" in str(exc) or "bytes" in str(exc) else "non-finite"
+                if "dtype" in str(exc):
+                    reason = "bad-dtype"
+                self.reject(reason, f"worker {res.worker_id}: {exc}")
+                return False
+            decoded.append((t, tr, arr.reshape(-1)))
+        for t, tr, arr in decoded:
+            self.stored.setdefault(t.job, {})[ResultRef(self.round, res.worker_id, t.slot)] = arr
+            self.bytes_round += len(tr.payload.data)
+            losses = self.part_losses.setdefault(t.job, {})
+            for pl in tr.losses:
+                if math.isfinite(pl.loss):
+                    losses.setdefault(pl.part, pl.loss)
+        self.arrived.add(res.worker_id)
+        return True
+
+    async def _collect(self, r: int) -> frozenset[int]:
+        """Wait for results until the scheme may close the round; never waits on one worker in particular."""
+        rt = self.cfg.runtime
+        start = time.monotonic()
+        first: float | None = None
+        fallback = False  # sequential codes: straggler set did not conform -> wait for all
+        starving_since: float | None = None
+        use_rule = self.scheme.uses_straggler_rule()
+        mu = self.cfg.coding.mu
+        while True:
+            now = time.monotonic()
+            arrived = frozenset(self.arrived)
+            if len(arrived) == self.n:
+                return arrived
+            ok = self.scheme.accepts(r, arrived)
+            if not use_rule:
+                if ok:
+                    return arrived
+            elif first is not None and now >= start + (1 + mu) * (first - start):
+                if not fallback and not ok and self.cfg.coding.wait == "all":
+                    fallback = True
+                if ok and not fallback:
+                    return arrived
+            # can the workers still alive finish this round?
+            possible = arrived | frozenset(self.alive_ids())
+            can_finish = len(possible) == self.n if fallback else self.scheme.accepts(r, possible)
+            if not can_finish:
+                starving_since = starving_since or now
+                if now - starving_since > rt.worker_wait_s:
+                    raise RunFailed(
+                        f"round {r}: only {self.alive_count()} of {self.n} workers alive and "
+                        f"{self.scheme.name} cannot finish the round without more (tolerates "
+                        f"{getattr(self.scheme, 's', 0)} stragglers); no replacement registered within "
+                        f"{rt.worker_wait_s:g} s (start one with `dcoord worker --coordinator ADDRESS`)"
+                    )
+            else:
+                starving_since = None
+            if now - start > rt.round_timeout_s:
+                raise RunFailed(
+                    f"round {r}: not decodable after {rt.round_timeout_s:g} s (runtime.round_timeout_s); "
+                    f"{len(arrived)} of {self.n} workers delivered"
+                )
+            try:
+                res, conn = await asyncio.wait_for(self.results.get(), timeout=0.05)
+            except asyncio.TimeoutError:
+                continue
+            if self.handle_result(res, conn) and first is None:
+                first = time.monotonic()
+
+    def _decode_and_step(self, job: int) -> dict:
+        coeffs = self.scheme.decode(job)
+        msgs = self.stored.pop(job, {})
+        g = np.zeros(self.num_params, dtype=np.float64)
+        for ref, c in coeffs.items():
+            g += c * msgs[ref]
+        residual = float(getattr(self.scheme, "last_residual", 0.0))
+        self.max_residual = max(self.max_residual, residual)
+        m = self.scheme.model_of(job)
+        version, _ = self.job_params.pop(job)
+        if version != self.steps[m]:
+            raise RuntimeError(f"job {job}: model {m} is at version {self.steps[m]}, job used {version}")
+        flat_grads_to_model(self.models[m], g)
+        self.optimizers[m].step()
+        self.steps[m] += 1
+        losses = self.part_losses.pop(job, {})
+        nparts = self.scheme.num_parts()
+        loss = sum(losses.values()) if len(losses) == nparts else math.nan
+        return {"job": job, "model": m, "loss": loss, "residual": residual}
+
+    def _checkpoint_state(self) -> dict:
+        return {
+            "round": self.round,
+            "steps": list(self.steps),
+            "models": [m.state_dict() for m in self.models],
+            "optimizers": [o.state_dict() for o in self.optimizers],
+        }
+
+    async def wait_for_workers(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._registered.wait(), timeout)
+        except asyncio.TimeoutError:
+            raise RunFailed(
+                f"only {self.alive_count()} of {self.n} workers registered within {timeout:g} s"
+            ) from None
+
+    async def run(self, progress=None, start_timeout: float = 120.0) -> dict:
+        """Run every round; returns the summary (also written to the run directory)."""
+        self.rundir.write_config(self.cfg.to_yaml())
+        await self.wait_for_workers(start_timeout)
+        self.state = "running"
+        self.started = time.monotonic()
+        try:
+            for r in range(self.total_rounds):
+                t0 = time.monotonic()
+                self._start_round(r)
+                arrived = await self._collect(r)
+                newly = self.scheme.close_round(r, arrived)
+                jobs = [self._decode_and_step(j) for j in newly]
+                wall = time.monotonic() - t0
+                stragglers = sorted(set(range(self.n)) - arrived)
+                self.stragglers_seen += len(stragglers)
+                losses = [j["loss"] for j in jobs if not math.isnan(j["loss"])]
+                if losses:
+                    self.last_loss = losses[-1]
+                record = {
+                    "round": r, "wall_s": wall, "elapsed_s": time.monotonic() - self.started,
+                    "loss": losses[-1] if losses else None, "jobs": jobs,
+                    "workers_returned": sorted(arrived), "stragglers": stragglers,
+                    "decode_residual": max((j["residual"] for j in jobs), default=0.0),
+                    "bytes_received": self.bytes_round, "dropped_late_results": self.dropped_late,
+                    "rejected": dict(self.rejected),
+                }
+                self.rundir.log_round(record)
+                ce = self.cfg.runtime.checkpoint_every
+                if ce and (r + 1) % ce == 0:
+                    self.rundir.checkpoint(self._checkpoint_state())
+                self.round_closed.set()
+                self.round_closed.clear()
+                if progress is not None:
+                    progress(record, self)
+        except BaseException as exc:
+            self.state = "failed"
+            self.message = str(exc)
+            self._shutdown_all(f"run failed: {exc}")
+            self.rundir.checkpoint(self._checkpoint_state())
+            self.rundir.close()
+            raise
+        self.state = "done"
+        summary = self.summary()
+        self.rundir.finish(summary, self.models[0].state_dict() if len(self.models) == 1
+                           else [m.state_dict() for m in self.models])
+        self._shutdown_all("run complete")
+        return summary
+
+    def _shutdown_all(self, reason: str) -> None:
+        for c in self.conns.values():
+            if c.alive:
+                c.outbox.put_nowait(pb.CoordinatorMessage(shutdown=pb.Shutdown(reason=reason)))
+        self.round_closed.set()
+
+    def final_losses(self) -> list[float]:
+        wl = self.workload
+        with torch.no_grad():
+            return [float(wl.loss_fn(m(wl.X), wl.y)) for m in self.models]
+
+    def test_accuracy(self) -> list[float] | None:
+        wl = self.workload
+        if wl.X_test is None or wl.y_test is None or wl.y_test.dtype != torch.long:
+            return None
+        with torch.no_grad():
+            return [float((m(wl.X_test).argmax(1) == wl.y_test).float().mean()) for m in self.models]
+
+    def summary(self) -> dict:
+        wall = time.monotonic() - self.started
+        losses = self.final_losses()
+        return {
+            "name": self.cfg.name, "job_id": self.job_id,
+            "rounds_completed": self.round + 1, "jobs": self.cfg.rounds, "wall_s": wall,
+            "rounds_per_s": (self.round + 1) / wall if wall > 0 else None,
+            "final_loss": losses[0], "final_losses": losses, "test_accuracy": self.test_accuracy(),
+            "scheme": self.scheme.name, "workers": self.n, "models": len(self.models),
+            "load": self.scheme.load(), "max_decode_residual": self.max_residual,
+            "dropped_late_results": self.dropped_late, "rejected_results": dict(self.rejected),
+            "stragglers_seen": self.stragglers_seen,
+        }
+
+    def status(self) -> pb.StatusReply:
+        return pb.StatusReply(
+            job_id=self.job_id, name=self.cfg.name, state=self.state, round=max(self.round, 0),
+            rounds_total=self.total_rounds, workers_alive=self.alive_count(), workers_total=self.n,
+            last_loss=self.last_loss, stragglers_seen=self.stragglers_seen,
+            dropped_late_results=self.dropped_late, rejected=dict(self.rejected),
+            elapsed_s=time.monotonic() - self.started, scheme=self.scheme.name, message=self.message,
+        )

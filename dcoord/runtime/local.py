@@ -1,0 +1,54 @@
+"""`dcoord run`: a coordinator in this process and N worker processes on this machine, gRPC on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from dcoord.config import JobConfig
+from dcoord.runtime.coordinator import Coordinator
+from dcoord.runtime.progress import RoundProgress
+from dcoord.runtime.service import start_server
+
+
+def spawn_worker(address: str, requested_id: int = -1, log_path: Path | None = None) -> subprocess.Popen:
+    """Start one worker process (``python -m dcoord worker``) that connects to ``address``."""
+    cmd = [sys.executable, "-m", "dcoord", "worker", "--coordinator", address, "--id", str(requested_id)]
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = True,
+                          on_started=None) -> dict:
+    coord = Coordinator(cfg, out)
+    server, port = await start_server(coord, "127.0.0.1:0")
+    address = f"127.0.0.1:{port}"
+    logs = (out / "workers") if out else None
+    if logs:
+        logs.mkdir(parents=True, exist_ok=True)
+    procs = [spawn_worker(address, i, logs / f"worker-{i}.log" if logs else None) for i in range(cfg.workers)]
+    if on_started is not None:
+        on_started(coord, procs, address)
+    bar = RoundProgress(coord, enabled=progress and cfg.runtime.progress)
+    try:
+        with bar:
+            return await coord.run(progress=bar.update)
+    finally:
+        await asyncio.sleep(0.2)  # let shutdown messages flush
+        await server.stop(grace=1.0)
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def run_local(cfg: JobConfig, out: Path | None, progress: bool = True, on_started=None) -> dict:
+    """Run a whole job on this machine; returns the summary dict."""
+    return asyncio.run(run_local_async(cfg, out, progress, on_started))

@@ -1,0 +1,161 @@
+"""A worker: register, then compute whatever the coordinator assigns, newest round first.
+
+The worker never holds the coordinator up: it streams results back as they are ready; if it falls
+behind (a straggler), it skips assignments that a newer one has superseded. Injected straggler delays
+(config ``inject``) are slept after computing, as if the machine were that much slower.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+
+import grpc
+import numpy as np
+import torch
+
+from dcoord.config import load_config
+from dcoord.errors import DcoordError
+from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
+from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
+from dcoord.runtime.compute import TaskComputer
+from dcoord.runtime.service import GRPC_OPTIONS
+from dcoord.runtime.tensors import from_proto, load_flat_params, to_proto
+from dcoord.workloads import load as load_workload
+
+log = logging.getLogger("dcoord.worker")
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise DcoordError("device: cuda was asked for but no CUDA device is visible")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device(f"cuda:{local % torch.cuda.device_count()}")
+    return torch.device("cpu")
+
+
+class _Inbox:
+    """Assignments from the coordinator; ``latest()`` returns the newest, dropping superseded ones."""
+
+    def __init__(self) -> None:
+        self.cv = threading.Condition()
+        self.items: list[pb.CoordinatorMessage] = []
+        self.closed: str | None = None
+        self.skipped = 0
+
+    def put(self, msg: pb.CoordinatorMessage) -> None:
+        with self.cv:
+            self.items.append(msg)
+            self.cv.notify_all()
+
+    def close(self, reason: str) -> None:
+        with self.cv:
+            self.closed = reason
+            self.cv.notify_all()
+
+    def latest(self) -> pb.CoordinatorMessage | None:
+        with self.cv:
+            while not self.items and self.closed is None:
+                self.cv.wait(0.5)
+            if not self.items:
+                return None
+            for m in self.items:
+                if m.HasField("shutdown"):
+                    self.items.clear()
+                    return m
+            msg = self.items[-1]
+            self.skipped += len(self.items) - 1
+            self.items.clear()
+            return msg
+
+
+def run_worker(address: str, requested_id: int = -1, device: str | None = None,
+               connect_timeout: float = 60.0) -> int:
+    """Serve one job until the coordinator says stop; returns the number of rounds computed."""
+    torch.set_num_threads(1)
+    channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=connect_timeout)
+    except grpc.FutureTimeoutError:
+        raise DcoordError(f"cannot reach the coordinator at {address} within {connect_timeout:g} s") from None
+    stub = pb_grpc.CoordinatorStub(channel)
+    dev = pick_device(device or "auto")
+    try:
+        reg = stub.Register(pb.RegisterRequest(hostname=socket.gethostname(), pid=os.getpid(),
+                                               requested_id=requested_id, device=str(dev)))
+    except grpc.RpcError as exc:
+        raise DcoordError(f"registration refused: {exc.details()}") from None
+    cfg = load_config(None, data=__import__("yaml").safe_load(reg.job_config_yaml))
+    wid, job_id = reg.worker_id, reg.job_id
+    scheme = cfg.make_scheme()
+    stragglers = cfg.straggler_model()
+    computer = TaskComputer(load_workload(cfg.workload, cfg.seed), scheme.part_fractions(), cfg.batch_size,
+                            cfg.seed, models=scheme.models, device=dev)
+    dtype = cfg.coding.payload_dtype
+    log.info("worker %d of job %s on %s", wid, job_id, dev)
+
+    outbox: queue.Queue = queue.Queue()
+    outbox.put(pb.WorkerMessage(hello=pb.Hello(job_id=job_id, worker_id=wid)))
+    inbox = _Inbox()
+    stop = threading.Event()
+
+    def receive() -> None:
+        try:
+            for msg in stub.Work(iter(outbox.get, None)):
+                inbox.put(msg)
+        except grpc.RpcError as exc:
+            inbox.close(f"stream ended: {exc.code().name}")
+        else:
+            inbox.close("stream closed")
+
+    def heartbeat(last_round: list[int]) -> None:
+        while not stop.wait(reg.heartbeat_interval_s):
+            try:
+                stub.Heartbeat(pb.HeartbeatRequest(job_id=job_id, worker_id=wid, last_round=last_round[0]),
+                               timeout=5)
+            except grpc.RpcError:
+                pass
+
+    last = [-1]
+    threading.Thread(target=receive, daemon=True).start()
+    threading.Thread(target=heartbeat, args=(last,), daemon=True).start()
+    cache: dict[tuple[int, int], np.ndarray] = {}
+    computed = 0
+    try:
+        while True:
+            msg = inbox.latest()
+            if msg is None or msg.HasField("shutdown"):
+                break
+            a = msg.assignment
+            for ms in a.models:
+                cache[(ms.model, ms.version)] = from_proto(ms.params)
+            t0 = time.perf_counter()
+            results = []
+            for t in a.tasks:
+                load_flat_params(computer.model, cache[(t.model, t.model_version)])
+                payload, losses = computer.coded(t.job, list(t.parts), list(t.coeffs), dtype)
+                results.append(pb.TaskResult(
+                    job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
+                    payload=to_proto(payload), losses=[pb.PartLoss(part=p, loss=v) for p, v in losses.items()]))
+            compute_s = time.perf_counter() - t0
+            delay = float(stragglers.extra_delay(a.round, np.full(cfg.workers, compute_s))[wid])
+            if delay > 0:
+                time.sleep(delay)
+            outbox.put(pb.WorkerMessage(result=pb.Result(
+                job_id=job_id, round=a.round, worker_id=wid, tasks=results, compute_s=compute_s,
+                injected_delay_s=delay)))
+            last[0] = a.round
+            computed += 1
+            keep = {(t.model, t.model_version) for t in a.tasks}
+            for k in [k for k in cache if k not in keep]:
+                del cache[k]
+    finally:
+        stop.set()
+        outbox.put(None)
+        channel.close()
+    return computed

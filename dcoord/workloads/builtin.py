@@ -1,0 +1,54 @@
+"""Built-in workloads small enough to train in seconds on a laptop CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dcoord.workloads.base import Workload
+
+
+def _digits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled digits (1797 x 64), standardised, split 80/20 with a fixed permutation."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    X = data.data.astype(np.float64)
+    X = (X - X.mean(axis=0)) / (X.std(axis=0) + 1e-8)
+    perm = np.random.default_rng(1234).permutation(len(X))  # split independent of the run seed
+    X, y = X[perm], data.target[perm]
+    cut = int(0.8 * len(X))
+    to_x = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    to_y = lambda a: torch.tensor(a, dtype=torch.long)  # noqa: E731
+    return to_x(X[:cut]), to_y(y[:cut]), to_x(X[cut:]), to_y(y[cut:])
+
+
+def logreg_digits(seed: int) -> Workload:
+    """Multinomial logistic regression on digits (convex)."""
+    X, y, Xt, yt = _digits(seed)
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(64, 10)
+    return Workload(model, X, y, F.cross_entropy, Xt, yt, name="logreg-digits")
+
+
+def mlp_digits(seed: int) -> Workload:
+    """One-hidden-layer MLP on digits (nonconvex)."""
+    X, y, Xt, yt = _digits(seed)
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 10))
+    return Workload(model, X, y, F.cross_entropy, Xt, yt, name="mlp-digits")
+
+
+def linreg_synthetic(seed: int, n: int = 1200, d: int = 20) -> Workload:
+    """Linear regression y = X w* + noise with a known optimum (least squares)."""
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    X = torch.randn(n, d, generator=gen)
+    w = torch.randn(d, 1, generator=gen)
+    y = X @ w + 0.1 * torch.randn(n, 1, generator=gen)
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(d, 1)
+    return Workload(model, X, y, F.mse_loss, name="linreg-synthetic")
+
+
+BUILTINS = {"logreg-digits": logreg_digits, "mlp-digits": mlp_digits, "linreg-synthetic": linreg_synthetic}

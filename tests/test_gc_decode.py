@@ -1,0 +1,102 @@
+"""Plain gradient codes decode the exact full gradient from any allowed survivor set."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from dcoord.coding.base import DecodeError, SchemeError
+from dcoord.coding.gc import GCCyclic, GCFractional, IgnoreStragglers, Uncoded, solve_decoding
+
+
+def _messages(scheme, grads):
+    """What each worker sends in round 0: sum of coeffs * part gradients."""
+    return {w: sum(c * grads[j] for j, c in zip(t[0].parts, t[0].coeffs)) for w, t in scheme.tasks(0).items()}
+
+
+def _decoded(scheme, grads, arrived):
+    msgs = _messages(scheme, grads)
+    assert scheme.accepts(0, frozenset(arrived))
+    assert scheme.close_round(0, frozenset(arrived)) == [0]
+    return sum(c * msgs[ref.worker] for ref, c in scheme.decode(0).items())
+
+
+def _rel(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def test_tandon_n3_example():
+    B = np.array([[0.5, 1, 0], [0, 1, -1], [0.5, 0, 1]])
+    for rows, want in [((0, 1), (2, -1)), ((0, 2), (1, 1)), ((1, 2), (1, 2))]:
+        np.testing.assert_allclose(solve_decoding(B, rows), want, atol=1e-12)
+
+
+@pytest.mark.parametrize("n,s", [(n, s) for n in (2, 3, 4, 5, 6, 7, 8) for s in range(n)])
+def test_cyclic_every_survivor_set_small(n, s):
+    rng = np.random.default_rng(n * 100 + s)
+    grads = rng.standard_normal((n, 7))
+    want = grads.sum(axis=0)
+    for F in itertools.combinations(range(n), n - s):
+        g = GCCyclic(n, s)
+        assert _rel(_decoded(g, grads, F), want) < 1e-9, (n, s, F)
+
+
+@pytest.mark.parametrize("n,s", [(12, 3), (16, 5), (20, 2), (24, 7), (32, 4), (32, 8)])
+def test_cyclic_random_survivor_sets_large(n, s):
+    rng = np.random.default_rng(n + s)
+    grads = rng.standard_normal((n, 33))
+    want = grads.sum(axis=0)
+    for _ in range(25):
+        F = rng.choice(n, size=n - s, replace=False)
+        g = GCCyclic(n, s)
+        assert _rel(_decoded(g, grads, F), want) < 1e-9, (n, s, sorted(F))
+
+
+@pytest.mark.parametrize("n,s", [(n, s) for n in (2, 4, 6, 8, 12, 16, 24, 32) for s in range(n) if n % (s + 1) == 0])
+def test_fractional_repetition_any_survivors(n, s):
+    rng = np.random.default_rng(n * 7 + s)
+    grads = rng.standard_normal((n, 5))
+    want = grads.sum(axis=0)
+    sets = list(itertools.combinations(range(n), n - s)) if n <= 8 else [
+        rng.choice(n, size=n - s, replace=False) for _ in range(40)]
+    for F in sets:
+        g = GCFractional(n, s)
+        assert _rel(_decoded(g, grads, F), want) < 1e-9
+
+
+def test_fractional_repetition_finishes_before_n_minus_s():
+    g = GCFractional(6, 2)  # groups {0,1,2}, {3,4,5}
+    assert g.accepts(0, frozenset({0, 3}))
+    assert not g.accepts(0, frozenset({0, 1, 2}))  # three arrivals, one group missing
+
+
+def test_uncoded_needs_everyone_and_ignore_stragglers_rescales():
+    grads = np.arange(12.0).reshape(4, 3)
+    u = Uncoded(4)
+    assert not u.accepts(0, frozenset({0, 1, 2}))
+    np.testing.assert_allclose(_decoded(u, grads, {0, 1, 2, 3}), grads.sum(0))
+    ig = IgnoreStragglers(4, 1)
+    est = _decoded(ig, grads, {0, 1, 2})
+    np.testing.assert_allclose(est, grads[:3].sum(0) * 4 / 3)
+
+
+def test_bad_parameters_are_named():
+    with pytest.raises(SchemeError, match="stragglers"):
+        GCCyclic(4, 4)
+    with pytest.raises(SchemeError, match="divide"):
+        GCFractional(6, 3)
+
+
+def test_cyclic_cache_hits_on_repeated_patterns():
+    g = GCCyclic(16, 3)
+    F = frozenset(range(3, 16))
+    for _ in range(5):
+        g.decoding_coefficients(F)
+    info = g.cache_info()
+    assert info.hits == 4 and info.misses == 1
+
+
+def test_residual_check_refuses_undecodable_set():
+    g = GCCyclic(6, 2)
+    with pytest.raises(DecodeError, match="residual"):
+        solve_decoding(g.B, (0, 1, 2))
