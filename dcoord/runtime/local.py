@@ -24,20 +24,28 @@ def spawn_worker(address: str, requested_id: int = -1, log_path: Path | None = N
 
 
 async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = True,
-                          on_started=None) -> dict:
+                          on_started=None, on_round=None, spawn: int | None = None) -> dict:
+    """``on_started(coord, procs, address)`` and ``on_round(record, coord)`` are hooks for tests and tools;
+    ``spawn`` starts fewer local workers than the config asks for (the rest join from elsewhere)."""
     coord = Coordinator(cfg, out)
     server, port = await start_server(coord, "127.0.0.1:0")
     address = f"127.0.0.1:{port}"
     logs = (out / "workers") if out else None
     if logs:
         logs.mkdir(parents=True, exist_ok=True)
-    procs = [spawn_worker(address, i, logs / f"worker-{i}.log" if logs else None) for i in range(cfg.workers)]
+    procs = [spawn_worker(address, i, logs / f"worker-{i}.log" if logs else None) for i in range(cfg.workers if spawn is None else spawn)]
     if on_started is not None:
         on_started(coord, procs, address)
     bar = RoundProgress(coord, enabled=progress and cfg.runtime.progress)
+
+    def each_round(record: dict, c: Coordinator) -> None:
+        bar.update(record, c)
+        if on_round is not None:
+            on_round(record, c)
+
     try:
         with bar:
-            return await coord.run(progress=bar.update)
+            return await coord.run(progress=each_round)
     finally:
         await asyncio.sleep(0.2)  # let shutdown messages flush
         await server.stop(grace=1.0)
@@ -49,6 +57,6 @@ async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = Tru
                 p.wait()
 
 
-def run_local(cfg: JobConfig, out: Path | None, progress: bool = True, on_started=None) -> dict:
+def run_local(cfg: JobConfig, out: Path | None, progress: bool = True, **hooks) -> dict:
     """Run a whole job on this machine; returns the summary dict."""
-    return asyncio.run(run_local_async(cfg, out, progress, on_started))
+    return asyncio.run(run_local_async(cfg, out, progress, **hooks))
