@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dcoord.errors import ConfigError
+from dcoord.stragglers import InjectConfig
 
 
 class _Strict(BaseModel):
@@ -61,7 +62,7 @@ class JobConfig(_Strict):
     batch_size: int | None = Field(None, ge=1)
     optimizer: OptimizerConfig = OptimizerConfig()
     coding: CodingConfig = CodingConfig()
-    inject: dict[str, Any] = Field(default_factory=dict)
+    inject: InjectConfig = InjectConfig()
     transport: Literal["grpc", "torch", "mpi"] = "grpc"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     runtime: RuntimeConfig = RuntimeConfig()
@@ -104,9 +105,9 @@ class JobConfig(_Strict):
         )
 
     def straggler_model(self):
-        from dcoord.stragglers import InjectConfig, make_straggler_model
+        from dcoord.stragglers import make_straggler_model
 
-        return make_straggler_model(InjectConfig(**self.inject), self.workers, self.seed)
+        return make_straggler_model(self.inject, self.workers, self.seed)
 
     def lr_for(self, model: int) -> float:
         lr = self.optimizer.lr
@@ -127,6 +128,8 @@ def format_validation_error(exc: ValidationError, source: str = "config") -> str
     err = exc.errors()[0]
     loc = _fmt_loc(err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
+    if loc and msg.startswith(loc):  # validators that already name their field
+        loc = ""
     if err["type"] == "extra_forbidden":
         msg = "unknown key (check the spelling; see README 'Config reference')"
     elif err["type"] == "literal_error":
@@ -163,7 +166,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, dat
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of keys (name:, workload:, ...)")
         source = str(p)
