@@ -48,6 +48,10 @@ class RuntimeConfig(_Strict):
     round_timeout_s: float = Field(60.0, gt=0, description="fail a round that cannot decode after this long")
     worker_wait_s: float = Field(20.0, ge=0, description="wait this long for replacements when too few are alive")
     heartbeat_s: float = Field(1.0, gt=0)
+    emulate_part_s: float = Field(
+        0.0, ge=0.0,
+        description="sleep this long per part computed, to emulate one machine per worker on a small box",
+    )
     checkpoint_every: int = Field(10, ge=0, description="rounds between atomic checkpoints (0 = only at the end)")
     progress: bool = True
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from dcoord.coding.base import DecodeError, ResultRef, Scheme, SchemeError, Task
 
@@ -46,7 +47,9 @@ def cyclic_encoding_matrix(n: int, s: int, seed: int = 0) -> np.ndarray:
 def solve_decoding(Bmat: np.ndarray, rows: tuple[int, ...], tol: float = DECODE_TOL) -> np.ndarray:
     """Coefficients a with a^T B[rows] = 1^T (least squares, float64); raises DecodeError above ``tol``."""
     BF = np.asarray(Bmat, dtype=np.float64)[list(rows)]
-    a, *_ = np.linalg.lstsq(BF.T, np.ones(BF.shape[1]), rcond=None)
+    # one BLAS thread: the matrices are small, and threaded LAPACK stalls badly on shared cores
+    with threadpool_limits(1, user_api="blas"):
+        a, *_ = np.linalg.lstsq(BF.T, np.ones(BF.shape[1]), rcond=None)
     residual = float(np.max(np.abs(BF.T @ a - 1.0)))
     if not np.isfinite(residual) or residual > tol:
         raise DecodeError(f"decode residual {residual:.3g} above tolerance {tol:g} for workers {list(rows)}")

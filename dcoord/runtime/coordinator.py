@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from dcoord.coding.base import ResultRef, Scheme, Task
+from dcoord.coding.combine import combine
 from dcoord.config import JobConfig
 from dcoord.errors import RunFailed
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
@@ -107,7 +108,8 @@ class Coordinator:
     def detach(self, conn: WorkerConn) -> None:
         if self.conns.get(conn.worker_id) is conn:
             conn.alive = False
-            log.warning("worker %d is gone (%d alive)", conn.worker_id, self.alive_count())
+            level = logging.WARNING if self.state == "running" else logging.INFO
+            log.log(level, "worker %d is gone (%d alive)", conn.worker_id, self.alive_count())
 
     def alive_ids(self) -> set[int]:
         """Workers whose stream is up and who were heard from recently (heartbeats or results)."""
@@ -134,6 +136,7 @@ class Coordinator:
     def _start_round(self, r: int) -> None:
         self.round = r
         self.arrived = set()
+        self.compute_round: dict[int, float] = {}
         self.bytes_round = 0
         self.round_tasks = self.scheme.tasks(r)
         for tasks in self.round_tasks.values():
@@ -198,6 +201,7 @@ class Coordinator:
                 if math.isfinite(pl.loss):
                     losses.setdefault(pl.part, pl.loss)
         self.arrived.add(res.worker_id)
+        self.compute_round[res.worker_id] = res.compute_s
         return True
 
     async def _collect(self, r: int) -> frozenset[int]:
@@ -252,9 +256,7 @@ class Coordinator:
     def _decode_and_step(self, job: int) -> dict:
         coeffs = self.scheme.decode(job)
         msgs = self.stored.pop(job, {})
-        g = np.zeros(self.num_params, dtype=np.float64)
-        for ref, c in coeffs.items():
-            g += c * msgs[ref]
+        g = combine(coeffs, msgs, self.num_params)
         residual = float(getattr(self.scheme, "last_residual", 0.0))
         self.max_residual = max(self.max_residual, residual)
         m = self.scheme.model_of(job)
@@ -309,6 +311,7 @@ class Coordinator:
                     "loss": losses[-1] if losses else None, "jobs": jobs,
                     "workers_returned": sorted(arrived), "stragglers": stragglers,
                     "decode_residual": max((j["residual"] for j in jobs), default=0.0),
+                    "compute_s": dict(sorted(self.compute_round.items())),
                     "bytes_received": self.bytes_round, "dropped_late_results": self.dropped_late,
                     "rejected": dict(self.rejected),
                 }

@@ -142,6 +142,9 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
                 results.append(pb.TaskResult(
                     job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
                     payload=to_proto(payload), losses=[pb.PartLoss(part=p, loss=v) for p, v in losses.items()]))
+            emulated = cfg.runtime.emulate_part_s * sum(len(t.parts) for t in a.tasks)
+            if emulated > 0:
+                time.sleep(emulated)
             compute_s = time.perf_counter() - t0
             delay = float(stragglers.extra_delay(a.round, np.full(cfg.workers, compute_s))[wid])
             if delay > 0:

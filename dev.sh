@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# One-command set-up on a fresh machine that has Python 3.10+:
+#   ./dev.sh run     install into .venv, then `dcoord run examples/quickstart.yaml`
+#   ./dev.sh test    install with test extras (and Open MPI when missing), then run the whole test suite
+#   ./dev.sh bench   run the benchmarks in bench/ (writes bench/results/*.json)
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+VENV=.venv
+
+install() {
+  local extras=$1
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+  fi
+  "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+  # torch is pinned in constraints.txt (CPU build here); everything else comes from pyproject.toml
+  "$VENV/bin/pip" install -q -c constraints.txt -e ".[${extras}]"
+}
+
+system_packages() {
+  # Open MPI for the mpirun launch path and mpi4py; installed only when missing and when we may.
+  if ! command -v mpirun >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null
+    else
+      echo "dev.sh: Open MPI (mpirun) is missing; the MPI tests will skip. Install openmpi-bin to run them." >&2
+    fi
+  fi
+}
+
+cmd=${1:-run}
+shift || true
+case "$cmd" in
+  run)
+    install ""
+    exec "$VENV/bin/dcoord" run examples/quickstart.yaml "$@"
+    ;;
+  test)
+    system_packages
+    install "test,mpi"
+    "$VENV/bin/ruff" check dcoord tests bench scripts
+    "$VENV/bin/python" scripts/gen_protos.py --check
+    exec "$VENV/bin/python" -m pytest -q "$@"
+    ;;
+  bench)
+    install "test"
+    for b in decode control_plane local_stragglers; do "$VENV/bin/python" "bench/$b.py"; done
+    ;;
+  *)
+    echo "usage: ./dev.sh run|test|bench [args...]" >&2
+    exit 2
+    ;;
+esac
