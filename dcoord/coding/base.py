@@ -99,3 +99,28 @@ class Scheme(ABC):
     def last_job(self, rounds: int) -> int:
         """Jobs 0..rounds-1 are started; all are due by round rounds-1+delay."""
         return rounds - 1
+
+    # -- optional, vectorized entry points (the simulator drives these; defaults derive them) -------
+    def worker_loads(self, round: int) -> np.ndarray:
+        """Normalized load of every worker in ``round`` (fraction of one job's gradient; 0 = no task).
+
+        The simulator's time model. Call before ``close_round(round)``. The default sums the part fractions
+        of ``tasks(round)``; schemes override it with an O(n) version that builds no Task objects.
+        """
+        frac = self.part_fractions()
+        out = np.zeros(self.n)
+        for w, tasks in self.tasks(round).items():
+            out[w] = sum(float(frac[list(t.parts)].sum()) for t in tasks)
+        return out
+
+    def accepts_mask(self, round: int, arrived: np.ndarray) -> bool:
+        """``accepts`` with the arrived set as a boolean mask of length n (no frozenset per call)."""
+        return self.accepts(round, frozenset(np.flatnonzero(arrived).tolist()))
+
+    def close_round_mask(self, round: int, arrived: np.ndarray) -> list[int]:
+        """``close_round`` with the arrived set as a boolean mask of length n."""
+        return self.close_round(round, frozenset(np.flatnonzero(arrived).tolist()))
+
+    def params(self) -> dict:
+        """The scheme's parameters, for reports (subclasses add theirs)."""
+        return {"n": self.n}

@@ -1,0 +1,333 @@
+"""Injected straggler models: extra per-worker delay for local runs and for the virtual-time simulator.
+
+Every model is a pure function of (seed, round, worker): the delay a worker gets in round r does not depend
+on which rounds or workers were asked for before (each round draws from its own generator, seeded from
+``SeedSequence(seed, spawn_key=(round,))``), so a worker process and the simulator see the same stragglers.
+
+Models (``InjectConfig.model``), with the extra delay each returns for a worker whose real compute took c s:
+- ``none``: 0.
+- ``fixed``: the listed ``workers`` are always slow: (slowdown - 1) * c.
+- ``bernoulli``: each worker, each round, independently slow with probability ``p``: (slowdown - 1) * c.
+- ``gilbert-elliott``: each worker is a two-state Markov chain (good -> bad with ``p_good_to_bad``, bad ->
+  good with ``p_bad_to_good``; round 0 drawn from the stationary law), slow while bad: (slowdown - 1) * c.
+  Bursty stragglers, the case sequential gradient coding is designed for.
+- ``shifted-exponential``: shift + Exp(rate) seconds for every worker every round (rate in 1/s, mean
+  1/rate); the classic straggler model of the coded-computing literature, added to the real compute.
+- ``pareto``: scale * Lomax(shape) seconds, i.e. a Pareto(shape, scale) time minus its minimum ``scale``,
+  so the fastest a worker can be is its real compute; heavy-tailed for small shape.
+- ``trace``: replay a measured CSV (rows = rounds, columns = workers, seconds): trace[r mod rows, i] *
+  ``scale`` seconds, added to the real compute. Rounds wrap around; worker i reads column i.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+MODELS = ("none", "fixed", "bernoulli", "gilbert-elliott", "shifted-exponential", "pareto", "trace")
+
+
+class InjectConfig(BaseModel):
+    """The ``inject:`` section of a job config: which straggler model to inject, and its parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Literal["none", "fixed", "bernoulli", "gilbert-elliott", "shifted-exponential", "pareto", "trace"] = (
+        "none"
+    )
+    workers: list[int] = []
+    slowdown: float = 1.0
+    p: float | None = None
+    p_good_to_bad: float | None = None
+    p_bad_to_good: float | None = None
+    shift: float | None = None
+    rate: float | None = None
+    shape: float | None = None
+    scale: float = 1.0
+    path: Path | None = None
+    seed: int | None = None
+
+    @field_validator("workers")
+    @classmethod
+    def _worker_ids(cls, v: list[int]) -> list[int]:
+        bad = [w for w in v if w < 0]
+        if bad:
+            raise ValueError(f"inject.workers must be worker ids >= 0 (got {bad})")
+        return sorted(set(v))
+
+    @field_validator("slowdown")
+    @classmethod
+    def _slowdown(cls, v: float) -> float:
+        if not (math.isfinite(v) and v >= 1.0):
+            raise ValueError(f"inject.slowdown must be a finite factor >= 1 (got {v})")
+        return v
+
+    @field_validator("p", "p_good_to_bad", "p_bad_to_good")
+    @classmethod
+    def _probability(cls, v: float | None, info) -> float | None:
+        if v is not None and not 0.0 <= v <= 1.0:
+            raise ValueError(f"inject.{info.field_name} must be in [0, 1] (got {v})")
+        return v
+
+    @field_validator("shift")
+    @classmethod
+    def _shift(cls, v: float | None) -> float | None:
+        if v is not None and not (math.isfinite(v) and v >= 0.0):
+            raise ValueError(f"inject.shift must be seconds >= 0 (got {v})")
+        return v
+
+    @field_validator("rate", "shape", "scale")
+    @classmethod
+    def _positive(cls, v: float | None, info) -> float | None:
+        if v is not None and not (math.isfinite(v) and v > 0.0):
+            raise ValueError(f"inject.{info.field_name} must be > 0 (got {v})")
+        return v
+
+    @model_validator(mode="after")
+    def _required_per_model(self) -> InjectConfig:
+        need = {
+            "fixed": ["workers"],
+            "bernoulli": ["p"],
+            "gilbert-elliott": ["p_good_to_bad", "p_bad_to_good"],
+            "shifted-exponential": ["rate"],
+            "pareto": ["shape"],
+            "trace": ["path"],
+        }.get(self.model, [])
+        for name in need:
+            if getattr(self, name) in (None, []):
+                raise ValueError(f"inject.{name} is required for inject.model '{self.model}'")
+        return self
+
+
+def _round_rng(seed: int, round: int) -> np.random.Generator:
+    """The generator of one round: independent of every other round and of call order."""
+    if round < 0:
+        raise ValueError(f"round must be >= 0 (got {round})")
+    return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(round,)))
+
+
+class StragglerModel(ABC):
+    """Extra delay per worker per round; pure in (seed, round, worker)."""
+
+    name: str = "none"
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n = n
+        self.seed = seed
+
+    @abstractmethod
+    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+        """Seconds each of the n workers additionally sleeps in ``round`` given its real compute times."""
+
+    def times(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+        """Finish time of every worker: its compute plus the injected delay."""
+        c = self._compute(compute_s)
+        return c + self.extra_delay(round, c)
+
+    def _compute(self, compute_s: np.ndarray | float) -> np.ndarray:
+        c = np.broadcast_to(np.asarray(compute_s, dtype=np.float64), (self.n,))
+        return c
+
+
+class NoStragglers(StragglerModel):
+    name = "none"
+
+    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+        return np.zeros(self.n)
+
+
+class FixedStragglers(StragglerModel):
+    """The same workers are slow in every round (a misconfigured or overloaded machine)."""
+
+    name = "fixed"
+
+    def __init__(self, n: int, workers: list[int], slowdown: float, seed: int = 0) -> None:
+        super().__init__(n, seed)
+        self.mask = np.zeros(n, dtype=bool)
+        self.mask[list(workers)] = True
+        self.slowdown = slowdown
+
+    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+        return np.where(self.mask, (self.slowdown - 1.0) * self._compute(compute_s), 0.0)
+
+
+class BernoulliStragglers(StragglerModel):
+    """Independent stragglers: every worker slow with probability p in every round."""
+
+    name = "bernoulli"
+
+    def __init__(self, n: int, p: float, slowdown: float, seed: int = 0) -> None:
+        super().__init__(n, seed)
+        self.p, self.slowdown = p, slowdown
+
+    def slow(self, round: int) -> np.ndarray:
+        return _round_rng(self.seed, round).random(self.n) < self.p
+
+    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+        return np.where(self.slow(round), (self.slowdown - 1.0) * self._compute(compute_s), 0.0)
+
+
+class GilbertElliottStragglers(StragglerModel):
+    """Bursty stragglers: a good/bad Markov chain per worker; slow while bad.
+
+    States are computed by iterating rounds from 0 (each transition drawn from that round's generator),
+    with checkpoints every ``_EVERY`` rounds so any round is reachable in bounded time and memory.
+    """
+
+    name = "gilbert-elliott"
+    _EVERY = 64
+
+    def __init__(self, n: int, p_good_to_bad: float, p_bad_to_good: float, slowdown: float, seed: int = 0):
+        super().__init__(n, seed)
+        self.p_gb, self.p_bg, self.slowdown = p_good_to_bad, p_bad_to_good, slowdown
+        total = p_good_to_bad + p_bad_to_good
+        pi_bad = p_good_to_bad / total if total > 0 else 0.0
+        self._checkpoints: dict[int, np.ndarray] = {0: _round_rng(seed, 0).random(n) < pi_bad}
+        self._last: tuple[int, np.ndarray] = (0, self._checkpoints[0])
+
+    def _step(self, state: np.ndarray, round: int) -> np.ndarray:
+        u = _round_rng(self.seed, round).random(self.n)
+        return np.where(state, u >= self.p_bg, u < self.p_gb)
+
+    def bad(self, round: int) -> np.ndarray:
+        """Which workers are in the bad state in ``round``."""
+        if round < 0:
+            raise ValueError(f"round must be >= 0 (got {round})")
+        r = max(k for k in self._checkpoints if k <= round)
+        state = self._checkpoints[r]
+        last_r, last_s = self._last
+        if r < last_r <= round:
+            r, state = last_r, last_s
+        while r < round:
+            r += 1
+            state = self._step(state, r)
+            if r % self._EVERY == 0:
+                self._checkpoints.setdefault(r, state)
+        self._last = (r, state)
+        return state
+
+    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+        return np.where(self.bad(round), (self.slowdown - 1.0) * self._compute(compute_s), 0.0)
+
+
+class ShiftedExponentialStragglers(StragglerModel):
+    """shift + Exp(rate) seconds added to every worker in every round."""
+
+    name = "shifted-exponential"
+
+    def __init__(self, n: int, shift: float, rate: float, seed: int = 0) -> None:
+        super().__init__(n, seed)
+        self.shift, self.rate = shift, rate
+
+    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+        return self.shift + _round_rng(self.seed, round).exponential(1.0 / self.rate, self.n)
+
+
+class ParetoStragglers(StragglerModel):
+    """Heavy-tailed delay: scale * Lomax(shape) seconds (a Pareto(shape, scale) time minus ``scale``)."""
+
+    name = "pareto"
+
+    def __init__(self, n: int, shape: float, scale: float, seed: int = 0) -> None:
+        super().__init__(n, seed)
+        self.shape, self.scale = shape, scale
+
+    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+        return self.scale * _round_rng(self.seed, round).pareto(self.shape, self.n)
+
+
+class TraceStragglers(StragglerModel):
+    """Replay measured per-worker times: trace[round mod rows, worker] * scale seconds."""
+
+    name = "trace"
+
+    def __init__(self, n: int, trace: np.ndarray, scale: float = 1.0, seed: int = 0, source: str = "trace"):
+        super().__init__(n, seed)
+        trace = np.asarray(trace, dtype=np.float64)
+        if trace.ndim != 2 or trace.shape[0] == 0:
+            raise ValueError(f"{source}: a trace needs at least one row of per-worker times")
+        if trace.shape[1] < n:
+            raise ValueError(
+                f"{source}: the trace has {trace.shape[1]} columns (workers) but the job has {n} workers; "
+                f"use a trace with >= {n} columns or fewer workers"
+            )
+        self.trace = trace[:, :n]
+        self.scale = scale
+
+    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+        if round < 0:
+            raise ValueError(f"round must be >= 0 (got {round})")
+        return self.trace[round % self.trace.shape[0]] * self.scale
+
+
+def load_trace_csv(path: str | Path) -> np.ndarray:
+    """Read a straggler trace (rows = rounds, columns = workers, seconds >= 0) as a float64 matrix.
+
+    Errors are ValueError naming the file and the 1-based row, so a bad trace is fixed in one look.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"trace file {p} not found")
+    rows: list[list[float]] = []
+    with p.open(newline="") as f:
+        for lineno, row in enumerate(csv.reader(f), start=1):
+            cells = [c.strip() for c in row]
+            if not cells or all(c == "" for c in cells):
+                continue
+            try:
+                vals = [float(c) for c in cells]
+            except ValueError:
+                bad = next(c for c in cells if not _is_float(c))
+                raise ValueError(f"trace file {p} row {lineno}: non-numeric value {bad!r}") from None
+            for v in vals:
+                if not math.isfinite(v) or v < 0:
+                    raise ValueError(f"trace file {p} row {lineno}: times must be finite seconds >= 0 (got {v})")
+            if rows and len(vals) != len(rows[0]):
+                raise ValueError(
+                    f"trace file {p} row {lineno}: {len(vals)} columns, expected {len(rows[0])} like row 1"
+                )
+            rows.append(vals)
+    if not rows:
+        raise ValueError(f"trace file {p} has no rows")
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def make_straggler_model(cfg: InjectConfig, n: int, seed: int) -> StragglerModel:
+    """Build the configured model for n workers; ``cfg.seed`` overrides the job seed when given."""
+    if n < 1:
+        raise ValueError(f"workers must be >= 1 (got {n})")
+    sd = cfg.seed if cfg.seed is not None else seed
+    if cfg.model == "none":
+        return NoStragglers(n, sd)
+    if cfg.model == "fixed":
+        too_big = [w for w in cfg.workers if w >= n]
+        if too_big:
+            raise ValueError(f"inject.workers {too_big} out of range: there are {n} workers (ids 0..{n - 1})")
+        return FixedStragglers(n, cfg.workers, cfg.slowdown, sd)
+    if cfg.model == "bernoulli":
+        return BernoulliStragglers(n, float(cfg.p), cfg.slowdown, sd)  # type: ignore[arg-type]
+    if cfg.model == "gilbert-elliott":
+        return GilbertElliottStragglers(n, float(cfg.p_good_to_bad), float(cfg.p_bad_to_good),  # type: ignore[arg-type]
+                                        cfg.slowdown, sd)
+    if cfg.model == "shifted-exponential":
+        return ShiftedExponentialStragglers(n, float(cfg.shift or 0.0), float(cfg.rate), sd)  # type: ignore[arg-type]
+    if cfg.model == "pareto":
+        return ParetoStragglers(n, float(cfg.shape), cfg.scale, sd)  # type: ignore[arg-type]
+    if cfg.model == "trace":
+        trace = load_trace_csv(cfg.path)  # type: ignore[arg-type]
+        return TraceStragglers(n, trace, cfg.scale, sd, source=f"trace file {cfg.path}")
+    raise ValueError(f"inject.model must be one of {', '.join(MODELS)} (got {cfg.model!r})")
