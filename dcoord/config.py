@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dcoord.errors import ConfigError
+from dcoord.privacy.config import PrivacyConfig
+from dcoord.sim.config import SimulateConfig
 from dcoord.stragglers import InjectConfig
+from dcoord.walk.config import TokenConfig
 
 
 class _Strict(BaseModel):
@@ -70,9 +73,12 @@ class JobConfig(_Strict):
     transport: Literal["grpc", "torch", "mpi"] = "grpc"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     runtime: RuntimeConfig = RuntimeConfig()
-    token: dict[str, Any] | None = None
-    privacy: dict[str, Any] | None = None
-    simulate: dict[str, Any] | None = None
+    shards: Literal["iid", "label-skew"] = Field(
+        "iid", description="how the batch is cut into parts: as shuffled, or sorted by label (heterogeneous)"
+    )
+    token: TokenConfig | None = None
+    privacy: PrivacyConfig | None = None
+    simulate: SimulateConfig | None = None
 
     @field_validator("workload")
     @classmethod
@@ -85,6 +91,17 @@ class JobConfig(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> JobConfig:
+        if self.mode == "token":
+            if self.token is None:
+                self.token = TokenConfig()
+            o = self.optimizer
+            if o.name != "sgd" or o.momentum != 0 or isinstance(o.lr, list):
+                raise ValueError("optimizer: token mode takes plain sgd (momentum 0, one lr); "
+                                 "the walk's step sizes are set under token:")
+            try:
+                self.make_scheme()
+            except ValueError as exc:
+                raise ValueError(str(exc) if str(exc).startswith("token") else f"token: {exc}") from exc
         if self.mode == "coded":
             try:
                 scheme = self.make_scheme()
@@ -101,6 +118,11 @@ class JobConfig(_Strict):
     # -- derived objects -------------------------------------------------------------------------
     def make_scheme(self):
         """The coding scheme object this config describes (raises SchemeError on bad parameters)."""
+        if self.mode == "token":
+            from dcoord.walk.schedule import TokenSchedule
+
+            return TokenSchedule(self.token or TokenConfig(), self.workers, self.seed, hops=self.rounds,
+                                 lr0=self.lr_for(0))
         from dcoord.coding.registry import make_scheme
 
         c = self.coding

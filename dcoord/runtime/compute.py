@@ -17,12 +17,14 @@ class TaskComputer:
     """Holds the workload and a scratch model; computes part gradients for any (model version, job)."""
 
     def __init__(self, workload: Workload, fractions: np.ndarray, batch_size: int | None, seed: int,
-                 models: int = 1, device: torch.device | str = "cpu") -> None:
+                 models: int = 1, device: torch.device | str = "cpu", shards: str = "iid") -> None:
         self.wl = workload
         self.fractions = np.asarray(fractions, dtype=np.float64)
         self.batch_size = batch_size
         self.seed = seed
         self.models = models  # job j is step j // models of model j % models
+        self.shards = shards
+        self._labels = workload.y.reshape(len(workload.y), -1)[:, 0].cpu().numpy()
         self.device = torch.device(device)
         self.model = workload.model.to(self.device)
         self.X = workload.X.to(self.device)
@@ -32,6 +34,8 @@ class TaskComputer:
     def job_parts(self, job: int) -> tuple[list[np.ndarray], int]:
         """Sample indices of every part of ``job`` and the job's batch size N."""
         idx = batch_indices(self.wl.num_samples, self.batch_size, job // self.models, self.seed)
+        if self.shards == "label-skew":  # heterogeneous parts: each holds a narrow range of labels
+            idx = idx[np.argsort(self._labels[idx], kind="stable")]
         return split_parts(idx, self.fractions), len(idx)
 
     def part_gradient(self, part_idx: np.ndarray, total: int) -> tuple[np.ndarray, float]:

@@ -27,6 +27,7 @@ from dcoord.errors import RunFailed
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.runtime.rundir import RunDir
 from dcoord.runtime.tensors import PayloadError, flat_grads_to_model, flat_params, from_proto, to_proto
+from dcoord.workloads import batch_indices
 from dcoord.workloads import load as load_workload
 
 log = logging.getLogger("dcoord.coordinator")
@@ -64,6 +65,8 @@ class Coordinator:
         self.optimizers = [make_optimizer(cfg, m, i) for i, m in enumerate(self.models)]
         self.steps = [0] * len(self.models)
         self.num_params = self.workload.num_params()
+        if hasattr(self.scheme, "bind_data"):  # token mode: shard sizes for grad F_i
+            self.scheme.bind_data(len(batch_indices(self.workload.num_samples, cfg.batch_size, 0, cfg.seed)))
         self.rundir = RunDir(out)
         self.total_rounds = cfg.rounds + self.scheme.delay
         # round state
@@ -230,6 +233,8 @@ class Coordinator:
             # can the workers still alive finish this round?
             possible = arrived | frozenset(self.alive_ids())
             can_finish = len(possible) == self.n if fallback else self.scheme.accepts(r, possible)
+            if not can_finish and self._reroute(r):
+                continue
             if not can_finish:
                 starving_since = starving_since or now
                 if now - starving_since > rt.worker_wait_s:
@@ -252,6 +257,24 @@ class Coordinator:
                 continue
             if self.handle_result(res, conn) and first is None:
                 first = time.monotonic()
+
+    def _reroute(self, r: int) -> bool:
+        """Token mode: hand tokens held by lost workers to live ones (restored from the last hop)."""
+        reroute = getattr(self.scheme, "reroute", None)
+        if reroute is None or not reroute(r, frozenset(self.alive_ids())):
+            return False
+        before, self.round_tasks = self.round_tasks, self.scheme.tasks(r)
+        for w, tasks in self.round_tasks.items():
+            if tasks == before.get(w, []):
+                continue
+            self.arrived.discard(w)  # its work changed: it must deliver the new task list
+            self.compute_round.pop(w, None)
+            if tasks and w in self.alive_ids():
+                self.conns[w].outbox.put_nowait(self._assignment(r, w))
+            elif not tasks:
+                self.arrived.add(w)
+        log.warning("round %d: token(s) restored on live workers", r)
+        return True
 
     def _decode_and_step(self, job: int) -> dict:
         coeffs = self.scheme.decode(job)
@@ -315,6 +338,8 @@ class Coordinator:
                     "bytes_received": self.bytes_round, "dropped_late_results": self.dropped_late,
                     "rejected": dict(self.rejected),
                 }
+                if hasattr(self.scheme, "round_info"):
+                    record.update(self.scheme.round_info(r))
                 self.rundir.log_round(record)
                 ce = self.cfg.runtime.checkpoint_every
                 if ce and (r + 1) % ce == 0:
@@ -367,6 +392,7 @@ class Coordinator:
             "load": self.scheme.load(), "max_decode_residual": self.max_residual,
             "dropped_late_results": self.dropped_late, "rejected_results": dict(self.rejected),
             "stragglers_seen": self.stragglers_seen,
+            **(self.scheme.report() if hasattr(self.scheme, "report") else {}),
         }
 
     def status(self) -> pb.StatusReply:

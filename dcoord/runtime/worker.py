@@ -95,7 +95,7 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
     scheme = cfg.make_scheme()
     stragglers = cfg.straggler_model()
     computer = TaskComputer(load_workload(cfg.workload, cfg.seed), scheme.part_fractions(), cfg.batch_size,
-                            cfg.seed, models=scheme.models, device=dev)
+                            cfg.seed, models=scheme.models, device=dev, shards=cfg.shards)
     dtype = cfg.coding.payload_dtype
     log.info("worker %d of job %s on %s", wid, job_id, dev)
 

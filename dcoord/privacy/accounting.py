@@ -1,0 +1,320 @@
+"""Privacy accounting through a library (Opacus), calibration by bisection, and the plan for ``dcoord privacy``.
+
+Neighbouring relation: ADD/REMOVE ONE SAMPLE (record-level). The dataset size N is treated as public; each
+round releases (a noisy version of) (1/N) * sum_i clip_C(u_i) -- u_i a per-sample gradient (restart, dp-gd)
+or gradient difference (diff2) -- whose L2 sensitivity is C/N: one added or removed sample moves the sum by
+at most C. Under replace-one the sensitivity would be 2C/N (the DIFF2 authors' code uses that convention).
+A release with Gaussian noise of std s on that mean has noise multiplier z = s * N / C, the number the
+accountant sees. Full-batch rounds have sample rate 1. Rounds are adaptive (C2_r depends on earlier
+releases), which Gaussian/RDP composition allows because z is fixed in advance.
+
+Per partition (coded runs): a partition's message (1/N) * sum_{i in part} clip_C(u_i) has the same
+sensitivity C/N, each sample lives in one partition, so one round is one Gaussian mechanism with multiplier
+z for every partition (parallel composition); coded combinations and replicas are post-processing.
+
+A history is a list of (noise_multiplier, sample_rate, steps), as in Opacus. dp-gd: [(z, 1, R)]. diff2:
+[(z1, 1, #restarts), (z2, 1, #differences)] with #restarts = ceil(R / T) (0-based rounds t with t % T == 0).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dcoord.privacy.config import PrivacyConfig
+
+History = list[tuple[float, float, int]]
+
+# Opacus's default orders plus larger ones, so small epsilons / few rounds still find their best order.
+RDP_ORDERS: tuple[float, ...] = tuple(
+    [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [64, 80, 96, 128, 192, 256, 384, 512, 1024]
+)
+
+
+class AccountingError(ValueError):
+    """The accountant cannot answer for these parameters (the message says which and why)."""
+
+
+class Accountant(ABC):
+    """epsilon(history, delta) for a composition of (sub)sampled Gaussian mechanisms."""
+
+    name: str = "accountant"
+
+    @abstractmethod
+    def epsilon(self, history: Sequence[tuple[float, float, int]], delta: float) -> float:
+        """Smallest epsilon the backend certifies for the whole history at this delta (inf if unbounded)."""
+
+
+def _check_history(history: Sequence[tuple[float, float, int]]) -> History:
+    out: History = []
+    for z, q, steps in history:
+        if steps < 0 or not 0 <= q <= 1 or z < 0:
+            raise AccountingError(f"bad history entry (noise_multiplier={z}, sample_rate={q}, steps={steps})")
+        if steps > 0 and q > 0:
+            out.append((float(z), float(q), int(steps)))
+    return out
+
+
+class OpacusRDPAccountant(Accountant):
+    """Opacus's RDP accountant (Mironov 2017; improved RDP->DP conversion of Balle et al. 2020)."""
+
+    name = "rdp"
+
+    def __init__(self, orders: Sequence[float] = RDP_ORDERS) -> None:
+        self.orders = list(orders)
+
+    def epsilon(self, history: Sequence[tuple[float, float, int]], delta: float) -> float:
+        from opacus.accountants import RDPAccountant
+
+        hist = _check_history(history)
+        if not hist:
+            return 0.0
+        if any(z == 0 for z, _, _ in hist):
+            return math.inf
+        acc = RDPAccountant()
+        acc.history = hist
+        return float(acc.get_epsilon(delta=delta, alphas=self.orders))
+
+
+class OpacusPRVAccountant(Accountant):
+    """Opacus's PRV accountant (Gopi et al. 2021): numerically tight, slower; eps_error is absolute."""
+
+    name = "prv"
+
+    def __init__(self, eps_error: float = 0.01) -> None:
+        self.eps_error = eps_error
+
+    def epsilon(self, history: Sequence[tuple[float, float, int]], delta: float) -> float:
+        from opacus.accountants import PRVAccountant
+
+        hist = _check_history(history)
+        if not hist:
+            return 0.0
+        if any(z == 0 for z, _, _ in hist):
+            return math.inf
+        acc = PRVAccountant()
+        acc.history = hist
+        try:
+            return float(acc.get_epsilon(delta=delta, eps_error=self.eps_error))
+        except (ValueError, RuntimeError, FloatingPointError) as e:  # domain / discretisation failures
+            raise AccountingError(f"PRV accountant failed for history {hist}: {e}; use accountant: rdp") from e
+
+
+def get_accountant(name: str) -> Accountant:
+    """'rdp' (default) or 'prv'."""
+    if name == "rdp":
+        return OpacusRDPAccountant()
+    if name == "prv":
+        return OpacusPRVAccountant()
+    raise AccountingError(f"accountant must be 'rdp' or 'prv', got {name!r}")
+
+
+def restart_count(rounds: int, restart_every: int) -> int:
+    """Number of 0-based rounds t < rounds with t % T == 0."""
+    if rounds <= 0:
+        return 0
+    return -(-rounds // restart_every)
+
+
+def diff2_noise_ratio(restart_every: int, restart_share: float) -> float:
+    """z_diff / z_restart from the paper's budget allocation.
+
+    The paper gives restarts 1/u and differences (u-1)/u of the RDP budget (u = 1.25, i.e. share 0.8) while
+    counting R/T restarts and R differences; equal RDP per unit of budget gives
+    z_diff / z_restart = sqrt(T * share / (1 - share)) (= sqrt(T / (u - 1)) = 2 sqrt(T) for u = 1.25).
+    """
+    if restart_every <= 1:
+        return 1.0
+    return math.sqrt(restart_every * restart_share / (1.0 - restart_share))
+
+
+def mechanism_history(
+    mechanism: str,
+    rounds: int,
+    noise_multiplier: float,
+    *,
+    noise_multiplier_diff: float | None = None,
+    restart_every: int = 1,
+) -> History:
+    """Opacus-style history of a full-batch run (sample rate 1)."""
+    if mechanism == "dp-gd" or restart_every <= 1:
+        return [(noise_multiplier, 1.0, rounds)]
+    if mechanism != "diff2":
+        raise AccountingError(f"mechanism must be 'dp-gd' or 'diff2', got {mechanism!r}")
+    if noise_multiplier_diff is None:
+        raise AccountingError("diff2 needs noise_multiplier_diff")
+    n_restart = restart_count(rounds, restart_every)
+    return [(noise_multiplier, 1.0, n_restart), (noise_multiplier_diff, 1.0, rounds - n_restart)]
+
+
+def compute_epsilon(history: Sequence[tuple[float, float, int]], delta: float, accountant: str = "rdp") -> float:
+    """epsilon of a history with the named backend."""
+    return get_accountant(accountant).epsilon(history, delta)
+
+
+def calibrate_noise(
+    target_epsilon: float,
+    delta: float,
+    rounds: int,
+    *,
+    mechanism: str = "dp-gd",
+    restart_every: int = 1,
+    ratio: float | None = None,
+    restart_share: float = 0.8,
+    accountant: str = "rdp",
+    rel_tol: float = 1e-4,
+) -> tuple[float, float | None]:
+    """Smallest (z_restart, z_diff) with z_diff = ratio * z_restart whose epsilon is <= target (bisection).
+
+    For diff2, ``ratio`` defaults to :func:`diff2_noise_ratio` (the paper's allocation). Returns
+    (z, None) for dp-gd. The result errs on the private side: epsilon(result) <= target_epsilon.
+    """
+    if not (target_epsilon > 0 and math.isfinite(target_epsilon)):
+        raise AccountingError(f"target epsilon must be a finite number > 0, got {target_epsilon}")
+    if rounds <= 0:
+        raise AccountingError(f"rounds must be >= 1, got {rounds}")
+    acc = get_accountant(accountant)
+    diff2 = mechanism == "diff2" and restart_every > 1
+    k = (ratio if ratio is not None else diff2_noise_ratio(restart_every, restart_share)) if diff2 else 1.0
+
+    def eps(z: float) -> float:
+        hist = mechanism_history(
+            mechanism, rounds, z, noise_multiplier_diff=k * z if diff2 else None, restart_every=restart_every
+        )
+        return acc.epsilon(hist, delta)
+
+    lo, hi = 1e-3, 1.0
+    while eps(hi) > target_epsilon:
+        lo, hi = hi, hi * 2.0
+        if hi > 1e7:
+            raise AccountingError(f"no noise multiplier below 1e7 reaches epsilon={target_epsilon}")
+    if eps(lo) <= target_epsilon:
+        raise AccountingError(f"epsilon={target_epsilon} is reached with almost no noise; give noise_multiplier")
+    while hi - lo > rel_tol * hi:
+        mid = math.sqrt(lo * hi)
+        if eps(mid) > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return hi, (k * hi if diff2 else None)
+
+
+def epsilon_per_round(history_of_rounds: Sequence[float], delta: float, accountant: str = "rdp") -> list[float]:
+    """Cumulative epsilon after each round, given each round's noise multiplier (sample rate 1).
+
+    Groups equal multipliers, so a diff2 run costs O(R) accountant calls with two-entry histories.
+    """
+    acc = get_accountant(accountant)
+    out: list[float] = []
+    counts: dict[float, int] = {}
+    for z in history_of_rounds:
+        counts[z] = counts.get(z, 0) + 1
+        out.append(acc.epsilon([(zz, 1.0, c) for zz, c in counts.items()], delta))
+    return out
+
+
+def round_multipliers(
+    mechanism: str, rounds: int, noise_multiplier: float, noise_multiplier_diff: float | None, restart_every: int
+) -> list[float]:
+    """The noise multiplier of each 0-based round (restart when t % T == 0)."""
+    if mechanism == "dp-gd" or restart_every <= 1:
+        return [noise_multiplier] * rounds
+    assert noise_multiplier_diff is not None
+    return [noise_multiplier if t % restart_every == 0 else noise_multiplier_diff for t in range(rounds)]
+
+
+def resolve_noise(cfg: PrivacyConfig, rounds: int) -> tuple[float, float | None]:
+    """(z_restart, z_diff) for a config: the given multipliers or the calibrated ones."""
+    T = cfg.resolved_restart_every(rounds)
+    diff2 = cfg.mechanism == "diff2" and T > 1
+    if cfg.noise_multiplier is not None:
+        if not diff2:
+            return cfg.noise_multiplier, None
+        z2 = cfg.noise_multiplier_diff
+        if z2 is None:
+            z2 = diff2_noise_ratio(T, cfg.restart_share) * cfg.noise_multiplier
+        return cfg.noise_multiplier, z2
+    assert cfg.epsilon is not None
+    return calibrate_noise(
+        cfg.epsilon,
+        cfg.delta,
+        rounds,
+        mechanism=cfg.mechanism,
+        restart_every=T,
+        restart_share=cfg.restart_share,
+        accountant=cfg.accountant,
+    )
+
+
+def plan(privacy_cfg: PrivacyConfig, rounds: int, n_samples: int, num_partitions: int = 1) -> dict[str, Any]:
+    """What ``dcoord privacy JOB.yaml`` prints: the noise, the epsilon it buys, restarts, noise stds.
+
+    Noise stds are those of the released MEAN gradient (sum over partitions): per partition and in the
+    decoded aggregate, for restarts (clip C1) and per unit of C2_r for differences (C2_r is only known at
+    run time: c2 * ||x_{r-1} - x_{r-2}||).
+    """
+    if rounds <= 0 or n_samples <= 0 or num_partitions <= 0:
+        raise AccountingError(
+            f"rounds, n_samples and num_partitions must be >= 1, got {rounds}, {n_samples}, {num_partitions}"
+        )
+    cfg = privacy_cfg
+    T = cfg.resolved_restart_every(rounds)
+    z1, z2 = resolve_noise(cfg, rounds)
+    hist = mechanism_history(cfg.mechanism, rounds, z1, noise_multiplier_diff=z2, restart_every=T)
+    eps = get_accountant(cfg.accountant).epsilon(hist, cfg.delta)
+    n_restart = restart_count(rounds, T)
+    part_factor, agg_factor = noise_std_factors(cfg.trust, cfg.noise_split, num_partitions)
+    out: dict[str, Any] = {
+        "mechanism": cfg.mechanism,
+        "accountant": cfg.accountant,
+        "neighbouring": "add/remove one sample (sensitivity C/N of the mean)",
+        "epsilon": eps,
+        "target_epsilon": cfg.epsilon,
+        "delta": cfg.delta,
+        "rounds": rounds,
+        "n_samples": n_samples,
+        "num_partitions": num_partitions,
+        "trust": cfg.trust,
+        "noise_split": cfg.noise_split if cfg.trust == "workers" else None,
+        "clip": cfg.clip,
+        "noise_multiplier": z1,
+        "restart_every": T,
+        "restarts": n_restart,
+        "differences": rounds - n_restart,
+        "history": [list(h) for h in hist],
+        "epsilon_per_round_mean": eps / rounds,
+        "noise_std_partition": part_factor * z1 * cfg.clip / n_samples,
+        "noise_std_aggregate": agg_factor * z1 * cfg.clip / n_samples,
+    }
+    if cfg.mechanism == "diff2":
+        out["noise_multiplier_diff"] = z2
+        out["clip_diff"] = cfg.resolved_clip_diff()
+        out["restart_share"] = cfg.restart_share
+        if z2 is not None:
+            out["noise_std_diff_partition_per_C2"] = part_factor * z2 / n_samples
+            out["noise_std_diff_aggregate_per_C2"] = agg_factor * z2 / n_samples
+    return out
+
+
+def noise_std_factors(trust: str, noise_split: str, num_partitions: int) -> tuple[float, float]:
+    """(per-partition, aggregate) noise std in units of z * clip / N.
+
+    - trust=coordinator: partitions carry no noise; the coordinator adds std z*C/N once after decoding.
+    - trust=workers, noise_split=partition (default): each partition message carries std z*C/N, so EVERY
+      message the coordinator can isolate is itself (eps, delta)-DP; the decoded sum of J partitions has
+      std sqrt(J)*z*C/N (the price of not trusting the coordinator; the spec's per-node accounting).
+    - trust=workers, noise_split=aggregate: each partition carries z*C/(N*sqrt(J)), the decoded sum has
+      exactly z*C/N (the DIFF2 authors' code adds noise to the average). Only valid against an observer of
+      the decoded SUM: a coordinator that can isolate one partition's message (uncoded or replicated
+      schemes) sees sqrt(J) less noise than accounted. Use with secure aggregation or a trusted decoder.
+    """
+    if trust == "coordinator":
+        return 0.0, 1.0
+    if noise_split == "partition":
+        return 1.0, math.sqrt(num_partitions)
+    if noise_split == "aggregate":
+        return 1.0 / math.sqrt(num_partitions), 1.0
+    raise AccountingError(f"noise_split must be 'partition' or 'aggregate', got {noise_split!r}")

@@ -1,0 +1,43 @@
+"""The ``simulate:`` section of a job config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class SimulateConfig(BaseModel):
+    """Virtual-time simulation settings.
+
+    Worker i finishes round r at d_ir(L) = d_ir(0) + L * base_comp, L its normalized load that round.
+    d(0) is ``trace`` row (r mod rows) column i (times ``trace_scale``, after dropping ``skip_rows`` warm-up
+    rows) when a trace is given, else ``base_time`` passed through the injected straggler model
+    (``inject:``): d(L) = model.times(r, base_time + L * base_comp).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    trace: Path | None = Field(None, description="CSV of per-worker times at load 0 (rows = rounds)")
+    trace_scale: float = Field(1.0, gt=0.0, description="multiply the trace times by this")
+    skip_rows: int = Field(0, ge=0, description="drop this many leading (warm-up) rows of the trace")
+    base_comp: float = Field(1.0, ge=0.0, description="seconds to compute one full job's gradient")
+    base_time: float = Field(1.0, ge=0.0, description="load-independent seconds per round without a trace")
+    mu: float = Field(1.0, ge=0.0, description="straggler rule: late if not back by (1+mu) * fastest")
+    jobs: int = Field(20, ge=1, description="jobs to finish; sequential codes run jobs + T rounds")
+    wait: Literal["all", "minimal"] = Field("all", description="fallback when stragglers do not conform")
+    plain_close: Literal["decodable", "straggler-rule"] = Field(
+        "decodable",
+        description="plain codes close at the first decodable arrival (what the coordinator does), or, as in "
+        "the SGC paper's comparison, by the (1+mu) straggler rule with wait-all when they cannot decode",
+    )
+    max_delay: int = Field(3, ge=0, description="largest T considered when tuning --compare schemes")
+    lambda_grid: list[int] | None = Field(None, description="lambda values tried when tuning (default: coarse)")
+
+    @field_validator("lambda_grid")
+    @classmethod
+    def _grid(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(x < 1 for x in v)):
+            raise ValueError("simulate.lambda_grid must be a non-empty list of integers >= 1")
+        return v

@@ -1,0 +1,93 @@
+"""Token schedules: worker graphs, base chains (srw, mhrw, nbrw), the self-repellent random walk and SA-SRRW.
+
+Pure policy code: no I/O except reading an edge-list file, no runtime imports. The runtime and the
+virtual-time simulator (dcoord.sim.token) drive the same Walker objects.
+"""
+
+from dcoord.walk.chains import (
+    BaseChain,
+    ChainError,
+    MarkovWalker,
+    NBRWalker,
+    SRRWWalker,
+    Walker,
+    base_chain,
+    kernel_matrix,
+    make_walker,
+    mhrw,
+    polynomial_steps,
+    reversible_chain,
+    srw,
+)
+from dcoord.walk.config import (
+    GraphConfig,
+    TokenConfig,
+    build_optimizers,
+    build_walkers,
+    graph_from_config,
+    start_nodes,
+    token_rngs,
+)
+from dcoord.walk.graphs import (
+    GRAPH_KINDS,
+    Graph,
+    GraphError,
+    build_graph,
+    complete,
+    erdos_renyi,
+    from_edge_list,
+    from_edges,
+    random_regular,
+    ring,
+    torus,
+    watts_strogatz,
+)
+from dcoord.walk.sa import (
+    DEFAULT_BETA_EXPONENT,
+    DEFAULT_GAMMA_EXPONENT,
+    PAPER_ALPHAS,
+    SASRRW,
+    log_spaced_hops,
+    regime,
+)
+
+__all__ = [
+    "BaseChain",
+    "ChainError",
+    "DEFAULT_BETA_EXPONENT",
+    "DEFAULT_GAMMA_EXPONENT",
+    "GRAPH_KINDS",
+    "Graph",
+    "GraphConfig",
+    "GraphError",
+    "MarkovWalker",
+    "NBRWalker",
+    "PAPER_ALPHAS",
+    "SASRRW",
+    "SRRWWalker",
+    "TokenConfig",
+    "Walker",
+    "base_chain",
+    "build_graph",
+    "build_optimizers",
+    "build_walkers",
+    "complete",
+    "erdos_renyi",
+    "from_edge_list",
+    "from_edges",
+    "graph_from_config",
+    "kernel_matrix",
+    "log_spaced_hops",
+    "make_walker",
+    "mhrw",
+    "polynomial_steps",
+    "random_regular",
+    "regime",
+    "reversible_chain",
+    "ring",
+    "srw",
+    "start_nodes",
+    "token_rngs",
+    "torus",
+    "watts_strogatz",
+]
