@@ -170,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     except DcoordError as exc:
         print(f"dcoord: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # e.g. `dcoord privacy job.yaml --json | head`
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("dcoord: interrupted", file=sys.stderr)
         return 130

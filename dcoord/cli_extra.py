@@ -1,7 +1,157 @@
-"""Subcommands for the simulator, tuning and privacy planning (kept apart so `dcoord run` stays small)."""
+"""Subcommands for the simulator, parameter tuning and privacy planning (no processes, no training)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from dcoord.errors import ConfigError, DcoordError
+
+
+def _rich_table(title: str, headers: list[str], rows: list[list]):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for i, h in enumerate(headers):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        t.add_row(*[f"{c:.4g}" if isinstance(c, float) else str(c) for c in r])
+    return t
+
+
+def cmd_simulate(args) -> int:
+    from rich.console import Console
+
+    from dcoord.cli import _load
+
+    cfg = _load(args)
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-sim"
+    console = Console()
+    if cfg.mode == "token":
+        return _simulate_tokens(cfg, out, console, args)
+    from dcoord.coding.base import SchemeError
+    from dcoord.sim import SimulateConfig, SimulationError, simulate_job
+
+    sim = cfg.simulate or SimulateConfig()
+    if sim.trace is not None and not Path(sim.trace).is_file():
+        raise ConfigError(f"simulate.trace: no such file {sim.trace}")
+    try:
+        data = simulate_job(cfg.workers, cfg.coding.model_dump(by_alias=True), sim, out, compare=args.compare,
+                            inject=None if sim.trace else cfg.inject, seed=cfg.seed, plot=not args.no_plot)
+    except (SchemeError, SimulationError, ValueError) as exc:
+        raise DcoordError(str(exc)) from None
+    rows = []
+    for label, r in data["schemes"].items():
+        params = ", ".join(f"{k}={v}" for k, v in r["params"].items() if k in ("s", "B", "W", "lambda", "T"))
+        rows.append([label, params, r["runtime_s"], r["wait_all_rounds"], r["load"], "yes" if r["tuned"] else ""])
+    console.print(_rich_table(f"simulation: {cfg.workers} workers, {sim.jobs} jobs",
+                              ["scheme", "params", "runtime (s)", "wait-all rounds", "load", "tuned"], rows))
+    console.print(f"wrote {out / 'simulation.json'}" + ("" if args.no_plot else f" and {out / 'simulation.png'}")
+                  + f" in {data['wall_s']:.2f} s")
+    return 0
+
+
+def _simulate_tokens(cfg, out: Path, console, args) -> int:
+    from dcoord.sim.report import write_json
+    from dcoord.sim.token import make_logreg_problem, simulate_tokens
+
+    hops = getattr(cfg.simulate, "hops", None) or 10_000
+    problem = make_logreg_problem(cfg.workers, cfg.seed) if getattr(cfg.simulate, "problem", "logreg") else None
+    data = simulate_tokens(cfg.token, cfg.workers, hops, cfg.seed, problem)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "simulation.json", data)
+    if not args.no_plot and "sq_error" in data:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.loglog(data["record_hops"], data["sq_error"])
+        ax.set_xlabel("hops")
+        ax.set_ylabel("||theta - theta*||^2")
+        ax.set_title(f"{cfg.token.chain} (alpha={cfg.token.alpha}) on {cfg.workers} nodes")
+        fig.tight_layout()
+        fig.savefig(out / "simulation.png", dpi=120)
+        plt.close(fig)
+    vc = data["visit_counts"]
+    rows = [["hops", hops], ["nodes", cfg.workers], ["min / max visits", f"{min(vc)} / {max(vc)}"]]
+    if "sq_error" in data:
+        rows.append(["final squared error", data["sq_error"][-1]])
+    console.print(_rich_table(f"token simulation: {cfg.token.chain}", ["metric", "value"], rows))
+    console.print(f"wrote {out / 'simulation.json'}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from rich.console import Console
+
+    from dcoord.sim.tune import tune
+
+    if not Path(args.profile).is_file():
+        raise ConfigError(f"{args.profile}: no such delay profile (CSV, rows = rounds, columns = workers)")
+    try:
+        choices = tune(Path(args.profile), jobs=args.jobs, max_delay=args.max_delay, n=args.workers,
+                       base_comp=args.base_comp, mu=args.mu, top=args.top)
+    except ValueError as exc:
+        raise DcoordError(str(exc)) from None
+    if args.json:
+        print(json.dumps([c.to_dict() for c in choices], indent=2))
+        return 0
+    rows = [[c.scheme, c.param_str, c.runtime_s, c.load, c.delay, c.wait_all_rounds] for c in choices]
+    Console().print(_rich_table(f"fastest schemes for {args.profile}", ["scheme", "params", "runtime (s)", "load",
+                                                                         "delay T", "wait-all rounds"], rows))
+    return 0
+
+
+def cmd_privacy(args) -> int:
+    from dcoord.cli import _load
+    from dcoord.privacy.accounting import plan
+    from dcoord.workloads import batch_indices
+    from dcoord.workloads import load as load_workload
+
+    cfg = _load(args)
+    if cfg.privacy is None:
+        raise ConfigError("privacy: this job has no privacy section (add privacy: {mechanism: dp-gd, epsilon: 1})")
+    wl = load_workload(cfg.workload, cfg.seed)
+    n_samples = len(batch_indices(wl.num_samples, cfg.batch_size, 0, cfg.seed))
+    try:
+        p = plan(cfg.privacy, cfg.rounds, n_samples, num_partitions=cfg.make_scheme().num_parts())
+    except ValueError as exc:
+        raise DcoordError(str(exc)) from None
+    if args.json:
+        print(json.dumps(p, indent=2, default=str))
+        return 0
+    from rich.console import Console
+
+    rows = [[k, v] for k, v in p.items() if not isinstance(v, (list, dict))]
+    Console().print(_rich_table(f"privacy plan: {cfg.name}", ["quantity", "value"], rows))
+    return 0
+
 
 def register(sub, job_args) -> None:
-    """Add simulate / tune / privacy subcommands when their modules are present."""
+    sp = sub.add_parser("simulate", help="virtual-time simulation of the job's scheme (no processes)")
+    job_args(sp)
+    sp.add_argument("--compare", help="comma-separated schemes to put side by side, e.g. uncoded,gc-cyclic,m-sgc")
+    sp.add_argument("--no-plot", action="store_true")
+    sp.set_defaults(func=cmd_simulate)
+
+    sp = sub.add_parser("tune", help="pick the fastest scheme and parameters for a measured delay profile")
+    sp.add_argument("profile", help="CSV of per-worker times (rows = rounds, columns = workers)")
+    sp.add_argument("--jobs", type=int, default=20)
+    sp.add_argument("--max-delay", type=int, default=3, help="largest delay T allowed")
+    sp.add_argument("--workers", type=int, default=None, help="workers (default: the profile's columns)")
+    sp.add_argument("--base-comp", type=float, default=1.0, help="seconds for one full job's gradient")
+    sp.add_argument("--mu", type=float, default=1.0)
+    sp.add_argument("--top", type=int, default=10)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_tune)
+
+    sp = sub.add_parser("privacy", help="print the privacy budget plan of a job without training")
+    job_args(sp)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_privacy)
+
+
+__all__ = ["register"]
+
