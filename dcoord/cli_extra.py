@@ -55,8 +55,11 @@ def _simulate_tokens(cfg, out: Path, console, args) -> int:
     from dcoord.sim.report import write_json
     from dcoord.sim.token import make_logreg_problem, simulate_tokens
 
-    hops = getattr(cfg.simulate, "hops", None) or 10_000
-    problem = make_logreg_problem(cfg.workers, cfg.seed) if getattr(cfg.simulate, "problem", "logreg") else None
+    from dcoord.sim import SimulateConfig
+
+    sim = cfg.simulate or SimulateConfig()
+    hops = sim.hops
+    problem = make_logreg_problem(cfg.workers, cfg.seed) if sim.problem == "logreg" else None
     data = simulate_tokens(cfg.token, cfg.workers, hops, cfg.seed, problem)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "simulation.json", data)

@@ -109,6 +109,10 @@ class Scheme(ABC):
         """
         frac = self.part_fractions()
         out = np.zeros(self.n)
+        if frac.size and np.all(frac == frac[0]):  # equal parts: count them
+            for w, tasks in self.tasks(round).items():
+                out[w] = frac[0] * sum(len(t.parts) for t in tasks)
+            return out
         for w, tasks in self.tasks(round).items():
             out[w] = sum(float(frac[list(t.parts)].sum()) for t in tasks)
         return out

@@ -87,6 +87,12 @@ class _PlainScheme(Scheme):
             out[i] = [Task(job=round, parts=parts, coeffs=coeffs, kind=self.name)]
         return out
 
+    def worker_loads(self, round: int) -> np.ndarray:
+        """Every worker computes the same load each round (the simulator's hot path: no Task objects)."""
+        if self.jobs is not None and round >= self.jobs:
+            return np.zeros(self.n)
+        return np.full(self.n, self.load())
+
     def close_round(self, round: int, arrived: frozenset[int]) -> list[int]:
         if not self.accepts(round, arrived):
             raise DecodeError(f"round {round}: workers {sorted(arrived)} cannot decode under {self.name}")
@@ -189,8 +195,16 @@ class GCCyclic(_PlainScheme):
 
     def __init__(self, n: int, s: int, jobs: int | None = None, seed: int = 0) -> None:
         super().__init__(n, s, jobs)
-        self.B = cyclic_encoding_matrix(n, s, seed)
+        self.seed = seed
+        self._B: np.ndarray | None = None
         self._solve = lru_cache(maxsize=4096)(self._solve_uncached)
+
+    @property
+    def B(self) -> np.ndarray:
+        """The encoding matrix, built on first use (the tuner makes many schemes it never decodes with)."""
+        if self._B is None:
+            self._B = cyclic_encoding_matrix(self.n, self.s, self.seed)
+        return self._B
 
     def _row(self, worker: int):
         parts = cyclic_support(self.n, self.s, worker)

@@ -77,7 +77,7 @@ class InnerCode:
             raise SchemeError(f"inner code 'fr' needs (s+1) | workers (got s={s}, workers={n})")
         self.n, self.s, self.kind, self.seed = n, s, kind, seed
         self._B: np.ndarray | None = None
-        self._cache: dict[tuple[int, ...], dict[int, float]] = {}
+        self._cache: dict[tuple[int, ...], tuple[dict[int, float], float]] = {}
         self.last_residual = 0.0
 
     @property
@@ -111,7 +111,8 @@ class InnerCode:
             raise DecodeError(f"inner code needs {self.n - self.s} of {self.n} results, got {len(key)}")
         hit = self._cache.get(key)
         if hit is not None:
-            return hit
+            self.last_residual = hit[1]
+            return hit[0]
         if self.kind == "fr":
             g = self.s + 1
             chosen: dict[int, int] = {}
@@ -131,7 +132,7 @@ class InnerCode:
             out = {r: float(c) for r, c in zip(key, a, strict=True) if c != 0.0}
         if len(self._cache) >= 256:
             self._cache.pop(next(iter(self._cache)))
-        self._cache[key] = out
+        self._cache[key] = (out, self.last_residual)
         return out
 
 

@@ -35,11 +35,15 @@ __all__ = [
     "make_delay_source", "scheme_args", "simulate", "simulate_job",
 ]
 
-_IGNORED_CODING_KEYS = {"mu", "wait", "payload_dtype", "seed"}  # runtime settings, not scheme parameters
+_CODING_KEYS = {"stragglers": "s", "s": "s", "B": "B", "W": "W", "lambda": "lam", "lam": "lam", "models": "models"}
 
 
 def scheme_args(coding: Mapping[str, Any] | Any) -> tuple[str, dict[str, int]]:
-    """(scheme name, make_scheme keyword arguments) from a ``coding:`` section (dict or pydantic model)."""
+    """(scheme name, make_scheme keyword arguments) from a ``coding:`` section (dict or pydantic model).
+
+    Only the scheme parameters are read (stragglers/s, B, W, lambda/lam, models); the section's other keys
+    are runtime settings, validated by the job config.
+    """
     if not isinstance(coding, Mapping):
         coding = coding.model_dump(by_alias=True) if hasattr(coding, "model_dump") else vars(coding)
     c = dict(coding)
@@ -48,14 +52,9 @@ def scheme_args(coding: Mapping[str, Any] | Any) -> tuple[str, dict[str, int]]:
         raise SchemeError(f"coding.scheme must be one of {', '.join(SCHEMES)} (got {name!r})")
     kw: dict[str, int] = {}
     for key, val in c.items():
-        if val is None or key in _IGNORED_CODING_KEYS:
-            continue
-        target = {"stragglers": "s", "s": "s", "B": "B", "W": "W", "lambda": "lam", "lam": "lam",
-                  "models": "models"}.get(key)
-        if target is None:
-            raise SchemeError(f"coding.{key}: unknown key for the simulator (scheme parameters: stragglers, "
-                              "B, W, lambda, models)")
-        kw[target] = val
+        target = _CODING_KEYS.get(key)
+        if val is not None and target is not None:  # other keys are runtime settings (mu, wait, dtype, ...)
+            kw[target] = val
     return name, kw
 
 

@@ -34,6 +34,10 @@ class SimulateConfig(BaseModel):
     )
     max_delay: int = Field(3, ge=0, description="largest T considered when tuning --compare schemes")
     lambda_grid: list[int] | None = Field(None, description="lambda values tried when tuning (default: coarse)")
+    hops: int = Field(10_000, ge=1, description="token mode: hops to simulate")
+    problem: Literal["logreg", "none"] = Field(
+        "logreg", description="token mode: the optimisation problem whose error curve is reported"
+    )
 
     @field_validator("lambda_grid")
     @classmethod

@@ -65,15 +65,19 @@ def plot_simulation(results: Mapping[str, SimResult], path: Path, title: str = "
     labels = list(results)
     runtimes = [results[k].runtime_s for k in labels]
     colors = [_color(label, i) for i, label in enumerate(labels)]
-    ax1.bar(range(len(labels)), runtimes, color=colors)
+    styles = ["--" if colors[:i].count(c) else "-" for i, c in enumerate(colors)]  # same scheme twice: dashed
+    bars = ax1.bar(range(len(labels)), runtimes, color=colors)
+    for b, st in zip(bars, styles, strict=True):
+        if st == "--":
+            b.set_hatch("//")
     ax1.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
     ax1.set_ylabel("runtime (virtual s)")
     ax1.set_title("time to finish all jobs")
     for i, v in enumerate(runtimes):
         ax1.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
-    for label, c in zip(labels, colors, strict=True):
+    for label, c, st in zip(labels, colors, styles, strict=True):
         ft = np.sort(results[label].job_finish_times[np.isfinite(results[label].job_finish_times)])
-        ax2.step(np.concatenate([[0.0], ft]), np.arange(ft.size + 1), where="post", color=c, label=label)
+        ax2.step(np.concatenate([[0.0], ft]), np.arange(ft.size + 1), where="post", color=c, ls=st, label=label)
     ax2.set_xlabel("virtual time (s)")
     ax2.set_ylabel("jobs finished")
     ax2.set_title("cumulative jobs finished")

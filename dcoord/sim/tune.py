@@ -44,11 +44,13 @@ class Choice:
         """Keyword arguments for ``make_scheme`` (lambda -> lam)."""
         return {("lam" if k == "lambda" else k): v for k, v in self.params}
 
+    @property
     def param_str(self) -> str:
+        """Parameters as text, e.g. B=1, W=2, lambda=27 ("-" when there are none)."""
         return ", ".join(f"{k}={v}" for k, v in self.params) or "-"
 
     def row(self) -> str:
-        return (f"{self.scheme:<12} {self.param_str():<24} T={self.delay:<2} load={self.load:.6f} "
+        return (f"{self.scheme:<12} {self.param_str:<24} T={self.delay:<2} load={self.load:.6f} "
                 f"runtime={self.runtime_s:10.3f}s wait-all={self.wait_all_rounds}")
 
     def to_dict(self) -> dict:
