@@ -52,10 +52,9 @@ def cmd_simulate(args) -> int:
 
 
 def _simulate_tokens(cfg, out: Path, console, args) -> int:
+    from dcoord.sim import SimulateConfig
     from dcoord.sim.report import write_json
     from dcoord.sim.token import make_logreg_problem, simulate_tokens
-
-    from dcoord.sim import SimulateConfig
 
     sim = cfg.simulate or SimulateConfig()
     hops = sim.hops
