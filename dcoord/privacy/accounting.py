@@ -19,6 +19,7 @@ A history is a list of (noise_multiplier, sample_rate, steps), as in Opacus. dp-
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -76,7 +77,9 @@ class OpacusRDPAccountant(Accountant):
             return math.inf
         acc = RDPAccountant()
         acc.history = hist
-        return float(acc.get_epsilon(delta=delta, alphas=self.orders))
+        with warnings.catch_warnings():  # "optimal order is the largest alpha": still a valid (loose) bound
+            warnings.simplefilter("ignore", UserWarning)
+            return float(acc.get_epsilon(delta=delta, alphas=self.orders))
 
 
 class OpacusPRVAccountant(Accountant):
@@ -98,7 +101,10 @@ class OpacusPRVAccountant(Accountant):
         acc = PRVAccountant()
         acc.history = hist
         try:
-            return float(acc.get_epsilon(delta=delta, eps_error=self.eps_error))
+            with warnings.catch_warnings():  # log(0) inside Opacus's PRV for sample rate 1 is harmless
+                warnings.simplefilter("ignore", RuntimeWarning)
+                warnings.simplefilter("ignore", UserWarning)
+                return float(acc.get_epsilon(delta=delta, eps_error=self.eps_error))
         except (ValueError, RuntimeError, FloatingPointError) as e:  # domain / discretisation failures
             raise AccountingError(f"PRV accountant failed for history {hist}: {e}; use accountant: rdp") from e
 

@@ -151,20 +151,24 @@ class TaskResult(_message.Message):
     def __init__(self, job: _Optional[int] = ..., slot: _Optional[int] = ..., model: _Optional[int] = ..., model_version: _Optional[int] = ..., payload: _Optional[_Union[Tensor, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[PartLoss, _Mapping]]] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("job_id", "round", "worker_id", "tasks", "compute_s", "injected_delay_s")
+    __slots__ = ("job_id", "round", "worker_id", "tasks", "compute_s", "injected_delay_s", "payload_on_data_plane", "data_seq")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
     INJECTED_DELAY_S_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_ON_DATA_PLANE_FIELD_NUMBER: _ClassVar[int]
+    DATA_SEQ_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     round: int
     worker_id: int
     tasks: _containers.RepeatedCompositeFieldContainer[TaskResult]
     compute_s: float
     injected_delay_s: float
-    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., worker_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., compute_s: _Optional[float] = ..., injected_delay_s: _Optional[float] = ...) -> None: ...
+    payload_on_data_plane: bool
+    data_seq: int
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., worker_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., compute_s: _Optional[float] = ..., injected_delay_s: _Optional[float] = ..., payload_on_data_plane: _Optional[bool] = ..., data_seq: _Optional[int] = ...) -> None: ...
 
 class WorkerMessage(_message.Message):
     __slots__ = ("hello", "result")
