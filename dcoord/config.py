@@ -112,8 +112,22 @@ class JobConfig(_Strict):
                 raise ValueError(
                     f"optimizer.lr: give one value or {scheme.models} (one per model); got {len(lrs)}"
                 )
+        if self.privacy is not None:
+            self._check_privacy()
         self.straggler_model()  # validates inject against workers
         return self
+
+    def _check_privacy(self) -> None:
+        """Private runs are single-model, full-batch, coded-mode runs (what the accounting assumes)."""
+        if self.mode == "token":
+            raise ValueError("privacy: not supported in token mode yet (each hop would need its own "
+                             "accounting); use mode: coded")
+        if self.batch_size is not None:
+            raise ValueError("privacy: needs batch_size: null (full-batch rounds; the accountant uses "
+                             f"sample rate 1), got batch_size {self.batch_size}")
+        if self.make_scheme().models != 1:
+            raise ValueError("privacy: needs one model (coding.models: 1); every extra model trained on the "
+                             "same data would spend the privacy budget again")
 
     # -- derived objects -------------------------------------------------------------------------
     def make_scheme(self):

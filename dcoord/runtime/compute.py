@@ -7,18 +7,25 @@ combined in the payload dtype (float64 by default, since cyclic-code coefficient
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from dcoord.workloads import Workload, batch_indices, split_parts
+
+if TYPE_CHECKING:
+    from dcoord.runtime.private import WorkerPrivacy
 
 
 class TaskComputer:
     """Holds the workload and a scratch model; computes part gradients for any (model version, job)."""
 
     def __init__(self, workload: Workload, fractions: np.ndarray, batch_size: int | None, seed: int,
-                 models: int = 1, device: torch.device | str = "cpu", shards: str = "iid") -> None:
+                 models: int = 1, device: torch.device | str = "cpu", shards: str = "iid",
+                 privacy: WorkerPrivacy | None = None) -> None:
         self.wl = workload
+        self.privacy = privacy  # private runs: parts send privatized messages instead of plain gradients
         self.fractions = np.asarray(fractions, dtype=np.float64)
         self.batch_size = batch_size
         self.seed = seed
@@ -50,13 +57,25 @@ class TaskComputer:
         g = torch.cat([p.grad.reshape(-1) for p in self.model.parameters()])
         return g.detach().cpu().numpy(), float(loss.detach())
 
-    def coded(self, job: int, parts: list[int], coeffs: list[float], dtype: str = "float64"
+    def coded(self, job: int, parts: list[int], coeffs: list[float], dtype: str = "float64",
+              params: np.ndarray | None = None, prev: np.ndarray | None = None
               ) -> tuple[np.ndarray, dict[int, float]]:
-        """The message sum_k coeffs[k] g_{parts[k]} for the model currently loaded, plus part losses."""
+        """The message sum_k coeffs[k] g_{parts[k]} for the model currently loaded, plus part losses.
+
+        Private runs: g_j is part j's privatized message (``params`` = x_t, ``prev`` = x_{t-1} for DIFF2
+        differences) and no losses are returned (a loss is not privatized, so it never leaves the worker).
+        """
         all_parts, total = self.job_parts(job)
         acc = np.zeros(self.num_params, dtype=np.float64)
         losses = {}
         for j, c in zip(parts, coeffs):
+            if self.privacy is not None:
+                if params is None:
+                    raise ValueError("a private task needs the model parameters x_t")
+                sel = torch.as_tensor(all_parts[j], device=self.device)
+                acc += c * self.privacy.part_message(self.model, self.wl.loss_fn, self.X[sel], self.y[sel],
+                                                     job=job, part=j, params=params, prev=prev)
+                continue
             g, loss = self.part_gradient(all_parts[j], total)
             acc += c * g.astype(np.float64)
             losses[j] = loss

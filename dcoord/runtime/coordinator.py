@@ -67,6 +67,11 @@ class Coordinator:
         self.num_params = self.workload.num_params()
         if hasattr(self.scheme, "bind_data"):  # token mode: shard sizes for grad F_i
             self.scheme.bind_data(len(batch_indices(self.workload.num_samples, cfg.batch_size, 0, cfg.seed)))
+        self.privacy = None
+        if cfg.privacy is not None:  # DP-GD / DIFF2: decoded aggregates feed a private running estimate
+            from dcoord.runtime.private import CoordinatorPrivacy
+
+            self.privacy = CoordinatorPrivacy(cfg, self.workload, self.scheme.num_parts())
         self.rundir = RunDir(out)
         self.total_rounds = cfg.rounds + self.scheme.delay
         # round state
@@ -131,6 +136,8 @@ class Coordinator:
             specs.append(pb.TaskSpec(job=t.job, slot=t.slot, parts=list(t.parts), coeffs=list(t.coeffs),
                                      kind=t.kind, model=m, model_version=version))
             needed[(m, version)] = params
+            if self.privacy is not None and self.privacy.needs_previous(t.job):
+                needed[(m, version - 1)] = self.privacy.prev  # DIFF2 differences need x_(t-1) too
         models = [pb.ModelState(model=m, version=v, params=to_proto(p)) for (m, v), p in needed.items()]
         a = pb.Assignment(job_id=self.job_id, round=r, tasks=specs, models=models,
                           deadline_unix=time.time() + self.cfg.runtime.round_timeout_s)
@@ -283,16 +290,21 @@ class Coordinator:
         residual = float(getattr(self.scheme, "last_residual", 0.0))
         self.max_residual = max(self.max_residual, residual)
         m = self.scheme.model_of(job)
-        version, _ = self.job_params.pop(job)
+        version, version_params = self.job_params.pop(job)
         if version != self.steps[m]:
             raise RuntimeError(f"job {job}: model {m} is at version {self.steps[m]}, job used {version}")
+        if self.privacy is not None:
+            g = self.privacy.direction(job, g, version_params)
         flat_grads_to_model(self.models[m], g)
         self.optimizers[m].step()
         self.steps[m] += 1
         losses = self.part_losses.pop(job, {})
         nparts = self.scheme.num_parts()
-        loss = sum(losses.values()) if len(losses) == nparts else math.nan
-        return {"job": job, "model": m, "loss": loss, "residual": residual}
+        loss = sum(losses.values()) if len(losses) == nparts else None  # private runs send no losses
+        out = {"job": job, "model": m, "loss": loss, "residual": residual}
+        if self.privacy is not None:
+            out.update(self.privacy.round_info(job))
+        return out
 
     def _checkpoint_state(self) -> dict:
         return {
@@ -326,7 +338,7 @@ class Coordinator:
                 wall = time.monotonic() - t0
                 stragglers = sorted(set(range(self.n)) - arrived)
                 self.stragglers_seen += len(stragglers)
-                losses = [j["loss"] for j in jobs if not math.isnan(j["loss"])]
+                losses = [j["loss"] for j in jobs if j["loss"] is not None and not math.isnan(j["loss"])]
                 if losses:
                     self.last_loss = losses[-1]
                 record = {
@@ -338,6 +350,8 @@ class Coordinator:
                     "bytes_received": self.bytes_round, "dropped_late_results": self.dropped_late,
                     "rejected": dict(self.rejected),
                 }
+                if self.privacy is not None and jobs:
+                    record["epsilon"] = jobs[-1]["epsilon"]
                 if hasattr(self.scheme, "round_info"):
                     record.update(self.scheme.round_info(r))
                 self.rundir.log_round(record)
@@ -393,6 +407,7 @@ class Coordinator:
             "dropped_late_results": self.dropped_late, "rejected_results": dict(self.rejected),
             "stragglers_seen": self.stragglers_seen,
             **(self.scheme.report() if hasattr(self.scheme, "report") else {}),
+            **(self.privacy.summary(self.steps[0]) if self.privacy is not None else {}),
         }
 
     def status(self) -> pb.StatusReply:

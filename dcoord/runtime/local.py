@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -15,12 +16,26 @@ from dcoord.runtime.progress import RoundProgress
 from dcoord.runtime.service import start_server
 
 
-def spawn_worker(address: str, requested_id: int = -1, log_path: Path | None = None) -> subprocess.Popen:
+def spawn_worker(address: str, requested_id: int = -1, log_path: Path | None = None,
+                 extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start one worker process (``python -m dcoord worker``) that connects to ``address``."""
     cmd = [sys.executable, "-m", "dcoord", "worker", "--coordinator", address, "--id", str(requested_id)]
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(extra_env or {}))
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def worker_secret_env(cfg: JobConfig) -> dict[str, str]:
+    """trust: workers: the workers' shared noise secret, for local runs that did not provide one.
+
+    The launcher (not the Coordinator object) makes a fresh random secret and puts it only into the worker
+    processes' environment; give your own in ``$DCOORD_NOISE_SECRET`` (or privacy.secret_file) to make the
+    noise replayable across runs.
+    """
+    p = cfg.privacy
+    if p is None or p.trust != "workers" or p.secret_file is not None or os.environ.get(p.secret_env):
+        return {}
+    return {p.secret_env: secrets.token_hex(32)}
 
 
 async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = True,
@@ -33,7 +48,9 @@ async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = Tru
     logs = (out / "workers") if out else None
     if logs:
         logs.mkdir(parents=True, exist_ok=True)
-    procs = [spawn_worker(address, i, logs / f"worker-{i}.log" if logs else None) for i in range(cfg.workers if spawn is None else spawn)]
+    extra_env = worker_secret_env(cfg)
+    procs = [spawn_worker(address, i, logs / f"worker-{i}.log" if logs else None, extra_env)
+             for i in range(cfg.workers if spawn is None else spawn)]
     if on_started is not None:
         on_started(coord, procs, address)
     bar = RoundProgress(coord, enabled=progress and cfg.runtime.progress)

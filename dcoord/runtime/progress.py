@@ -34,7 +34,10 @@ class RoundProgress:
     def update(self, record: dict, coord) -> None:
         loss = coord.last_loss
         rate = (record["round"] + 1) / record["elapsed_s"] if record["elapsed_s"] > 0 else 0.0
-        self.progress.update(self.task, advance=1, loss="-" if math.isnan(loss) else f"{loss:.4f}",
+        shown = "-" if math.isnan(loss) else f"{loss:.4f}"
+        if "epsilon" in record:  # private runs: workers send no losses; show the budget spent instead
+            shown = f"- eps {record['epsilon']:.3g}"
+        self.progress.update(self.task, advance=1, loss=shown,
                              stragglers=coord.stragglers_seen, rate=f"{rate:.1f}")
 
 
@@ -54,6 +57,8 @@ def summary_table(summary: dict) -> Table:
         ("rejected results", sum(summary["rejected_results"].values())),
         ("max decode residual", f"{summary['max_decode_residual']:.2e}"),
     ]
+    if "epsilon" in summary:
+        rows.append(("privacy (epsilon, delta)", f"({summary['epsilon']:.3g}, {summary['delta']:g})"))
     for k, v in rows:
         t.add_row(k, str(v))
     return t

@@ -94,8 +94,18 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
     wid, job_id = reg.worker_id, reg.job_id
     scheme = cfg.make_scheme()
     stragglers = cfg.straggler_model()
-    computer = TaskComputer(load_workload(cfg.workload, cfg.seed), scheme.part_fractions(), cfg.batch_size,
-                            cfg.seed, models=scheme.models, device=dev, shards=cfg.shards)
+    workload = load_workload(cfg.workload, cfg.seed)
+    privacy = None
+    if cfg.privacy is not None:
+        from dcoord.privacy.mechanisms import PrivacyError
+        from dcoord.runtime.private import WorkerPrivacy
+
+        try:
+            privacy = WorkerPrivacy(cfg, workload, scheme.num_parts())
+        except (PrivacyError, OSError) as exc:
+            raise DcoordError(f"worker: {exc}") from None
+    computer = TaskComputer(workload, scheme.part_fractions(), cfg.batch_size,
+                            cfg.seed, models=scheme.models, device=dev, shards=cfg.shards, privacy=privacy)
     dtype = cfg.coding.payload_dtype
     log.info("worker %d of job %s on %s", wid, job_id, dev)
 
@@ -138,7 +148,9 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
             results = []
             for t in a.tasks:
                 load_flat_params(computer.model, cache[(t.model, t.model_version)])
-                payload, losses = computer.coded(t.job, list(t.parts), list(t.coeffs), dtype)
+                payload, losses = computer.coded(t.job, list(t.parts), list(t.coeffs), dtype,
+                                                 params=cache[(t.model, t.model_version)],
+                                                 prev=cache.get((t.model, t.model_version - 1)))
                 results.append(pb.TaskResult(
                     job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
                     payload=to_proto(payload), losses=[pb.PartLoss(part=p, loss=v) for p, v in losses.items()]))
@@ -154,7 +166,8 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
                 injected_delay_s=delay)))
             last[0] = a.round
             computed += 1
-            keep = {(t.model, t.model_version) for t in a.tasks}
+            keep = {(t.model, t.model_version) for t in a.tasks} | {(m, v - 1) for m, v in
+                                                                     ((t.model, t.model_version) for t in a.tasks)}
             for k in [k for k in cache if k not in keep]:
                 del cache[k]
     finally:

@@ -1,0 +1,135 @@
+"""Glue between the runtime and :mod:`dcoord.privacy`: what each side does in a private round.
+
+Workers replace each part's plain gradient by its privatized message m_j (clipped per-sample sums, plus
+seeded noise with ``trust: workers``); the code stays linear, so the coordinator decodes sum_j m_j exactly
+and folds it into the DIFF2 / DP-GD running estimate v_t, which the optimizer then applies as the gradient.
+
+Both sides derive the same public round parameters (clip, noise std) from public inputs: the config, the
+round index and ||x_t - x_{t-1}||, computed by the same function from the same parameter vectors.
+The workers' noise secret lives only in :class:`WorkerPrivacy` (read from the worker's environment);
+:class:`CoordinatorPrivacy` never reads it.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+
+import numpy as np
+import torch
+
+from dcoord.config import JobConfig
+from dcoord.privacy.accounting import epsilon_per_round, plan, round_multipliers
+from dcoord.privacy.mechanisms import (
+    GradientEstimator,
+    NoiseKey,
+    PrivateGD,
+    RoundSpec,
+    load_worker_noise_key,
+    worker_message,
+)
+from dcoord.privacy.per_sample import step_norm
+from dcoord.workloads import Workload
+
+
+def n_samples(cfg: JobConfig, workload: Workload) -> int:
+    """N of the mechanism: private rounds are full-batch (config validation enforces batch_size: null)."""
+    return workload.num_samples
+
+
+def build_mechanism(cfg: JobConfig, workload: Workload, num_partitions: int) -> PrivateGD:
+    """The job's mechanism with its noise resolved (calibrated to the target epsilon when one is given)."""
+    assert cfg.privacy is not None
+    return PrivateGD.from_config(cfg.privacy, rounds=cfg.rounds, n_samples=n_samples(cfg, workload),
+                                 num_partitions=num_partitions)
+
+
+def round_spec(mech: PrivateGD, job: int, params: np.ndarray, prev: np.ndarray | None) -> RoundSpec:
+    """The public parameters of round ``job``; differences clip at c2 * ||x_t - x_{t-1}||."""
+    if mech.is_restart(job):
+        return mech.round_spec(job)
+    return mech.round_spec(job, _norm(params, prev))
+
+
+class WorkerPrivacy:
+    """A worker's private messages; holds the noise key (trust: workers), which never leaves this object."""
+
+    def __init__(self, cfg: JobConfig, workload: Workload, num_partitions: int) -> None:
+        assert cfg.privacy is not None
+        self.mech = build_mechanism(cfg, workload, num_partitions)
+        self.key: NoiseKey | None = (
+            load_worker_noise_key(cfg.privacy) if cfg.privacy.trust == "workers" else None
+        )
+
+    def needs_previous(self, job: int) -> bool:
+        return not self.mech.is_restart(job)
+
+    def part_message(self, model: torch.nn.Module, loss_fn, X: torch.Tensor, y: torch.Tensor, *, job: int,
+                     part: int, params: np.ndarray, prev: np.ndarray | None) -> np.ndarray:
+        """m_j for part ``part`` of round ``job`` as float64 (identical on every replica of the part)."""
+        spec = round_spec(self.mech, job, params, prev)
+        flat = torch.from_numpy(np.ascontiguousarray(params)).to(X.device)
+        prev_t = None if prev is None else torch.from_numpy(np.ascontiguousarray(prev)).to(X.device)
+        m = worker_message(model, loss_fn, X, y, spec=spec, partition=part, key=self.key, params=flat,
+                           prev_params=prev_t if spec.kind == "difference" else None)
+        return m.detach().cpu().numpy().astype(np.float64)
+
+
+class CoordinatorPrivacy:
+    """The coordinator's side: running estimate v_t, its own noise (trust: coordinator), epsilon spent.
+
+    Holds no worker secret: with ``trust: workers`` it cannot reproduce or remove the workers' noise.
+    """
+
+    def __init__(self, cfg: JobConfig, workload: Workload, num_partitions: int) -> None:
+        p = cfg.privacy
+        assert p is not None
+        self.cfg = p
+        self.mech = build_mechanism(cfg, workload, num_partitions)
+        self.estimator = GradientEstimator(self.mech)
+        # trust: coordinator without a configured seed: a fresh secret one (the noise is then not replayable)
+        self.seed: int | None = None
+        if p.trust == "coordinator":
+            self.seed = p.coordinator_seed if p.coordinator_seed is not None else secrets.randbits(62)
+        mults = round_multipliers(p.mechanism, cfg.rounds, self.mech.noise_multiplier,
+                                  self.mech.noise_multiplier_diff, self.mech.restart_every)
+        self.epsilons = epsilon_per_round(mults, p.delta, p.accountant)
+        self.plan = plan(p, cfg.rounds, n_samples(cfg, workload), num_partitions)
+        self.prev: np.ndarray | None = None  # x_{t-1}
+        self.last_spec: RoundSpec | None = None
+
+    def needs_previous(self, job: int) -> bool:
+        return not self.mech.is_restart(job)
+
+    def direction(self, job: int, decoded: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """Fold round ``job``'s decoded aggregate into v_t and return v_t (the step direction)."""
+        sn = 0.0 if self.mech.is_restart(job) else _norm(params, self.prev)
+        self.last_spec = self.mech.round_spec(job, sn)
+        v = self.estimator.update(job, torch.from_numpy(np.ascontiguousarray(decoded, dtype=np.float64)),
+                                  step_norm=sn, seed=self.seed)
+        self.prev = params.copy()
+        return v.numpy()
+
+    def epsilon_after(self, job: int) -> float:
+        return self.epsilons[job] if 0 <= job < len(self.epsilons) else math.nan
+
+    def round_info(self, job: int) -> dict:
+        s = self.last_spec
+        return {
+            "epsilon": self.epsilon_after(job),
+            "privacy_round": None if s is None else s.kind,
+            "privacy_clip": None if s is None else s.clip,
+        }
+
+    def summary(self, jobs_done: int) -> dict:
+        return {
+            "epsilon": self.epsilon_after(jobs_done - 1) if jobs_done else 0.0,
+            "delta": self.cfg.delta,
+            "privacy": {k: v for k, v in self.plan.items() if k != "history"},
+        }
+
+
+def _norm(a: np.ndarray, b: np.ndarray | None) -> float:
+    if b is None:
+        raise ValueError("a DIFF2 difference round needs the previous parameters")
+    return step_norm(torch.from_numpy(a), torch.from_numpy(b))
