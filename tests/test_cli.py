@@ -1,0 +1,93 @@
+"""The command line as users call it: real subprocesses, exit codes, one-line errors, files written."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def dcoord(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dcoord", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def one_line_error(p: subprocess.CompletedProcess, code: int, needle: str) -> None:
+    assert p.returncode == code, (p.returncode, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    if lines and lines[0].startswith("usage:"):  # argparse: the usage, then one error line
+        lines = lines[-1:]
+    assert len(lines) == 1 and needle in lines[0], p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_simulate_compare_writes_json_and_plot(tmp_path):
+    p = dcoord("simulate", str(EXAMPLES / "simulate.yaml"), "--out", str(tmp_path),
+               "--compare", "uncoded,gc-cyclic,sr-sgc,m-sgc", "--set", "simulate.jobs=40")
+    assert p.returncode == 0, p.stderr
+    data = json.loads((tmp_path / "simulation.json").read_text())
+    schemes = data["schemes"]
+    for name in ("uncoded", "gc-cyclic", "sr-sgc", "m-sgc"):
+        entry = next(v for k, v in schemes.items() if k.startswith(name))
+        assert {"runtime_s", "wait_all_rounds", "load", "params"} <= set(entry)
+        assert entry["runtime_s"] > 0
+    # bursty stragglers on 256 workers: waiting for everyone is the slowest choice
+    uncoded = next(v for k, v in schemes.items() if k.startswith("uncoded"))["runtime_s"]
+    assert next(v for k, v in schemes.items() if k.startswith("gc-cyclic"))["runtime_s"] < uncoded
+    assert (tmp_path / "simulation.png").stat().st_size > 1000
+
+
+def test_simulate_token_mode_reports_visits_and_error_curve(tmp_path):
+    p = dcoord("simulate", str(EXAMPLES / "token.yaml"), "--out", str(tmp_path), "--no-plot",
+               "--set", "simulate.hops=2000")
+    assert p.returncode == 0, p.stderr
+    data = json.loads((tmp_path / "simulation.json").read_text())
+    assert len(data["visit_counts"]) == 16 and all(isinstance(v, int) for v in data["visit_counts"])
+    assert sum(data["visit_counts"]) >= 2000
+    err = data["sq_error"]
+    assert err[-1] < err[0]  # the iterate approaches the optimum
+
+
+def test_tune_picks_a_scheme_for_a_profile(tmp_path):
+    rng = np.random.default_rng(0)
+    times = 1.0 + rng.exponential(0.05, size=(30, 16))
+    times[rng.random(times.shape) < 0.1] *= 8  # stragglers
+    csv = tmp_path / "profile.csv"
+    np.savetxt(csv, times, delimiter=",", fmt="%.4f")
+    p = dcoord("tune", str(csv), "--jobs", "20", "--max-delay", "2", "--json", "--top", "3")
+    assert p.returncode == 0, p.stderr
+    choices = json.loads(p.stdout)
+    assert 1 <= len(choices) <= 3
+    runtimes = [c["runtime_s"] for c in choices]
+    assert runtimes == sorted(runtimes)
+    assert all(c["delay"] <= 2 for c in choices)
+
+
+def test_privacy_plan_json_hits_the_target():
+    p = dcoord("privacy", str(EXAMPLES / "private.yaml"), "--json")
+    assert p.returncode == 0, p.stderr
+    plan = json.loads(p.stdout)
+    assert plan["epsilon"] == pytest.approx(4.0, rel=0.01)
+    assert plan["delta"] == 1e-5 and plan["accountant"] == "rdp"
+    assert plan["mechanism"] == "diff2" and plan["restarts"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["run", "no/such.yaml"], 2, "no such config file"),
+        (["run", "examples/quickstart.yaml", "--set", "coding.stragglers=6"], 2, "coding"),
+        (["run", "examples/quickstart.yaml", "--set", "nonsense=1"], 2, "unknown key"),
+        (["run", "examples/quickstart.yaml", "--workers", "0"], 2, "--workers"),
+        (["privacy", "examples/quickstart.yaml"], 2, "no privacy section"),
+        (["tune", "no/such.csv"], 2, "no such delay profile"),
+        (["status", "127.0.0.1:1", "--timeout", "1"], 1, "127.0.0.1:1"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, code, needle):
+    one_line_error(dcoord(*args), code, needle)
