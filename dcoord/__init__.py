@@ -1,1 +1,5 @@
 """dcoord: straggler-tolerant, private distributed PyTorch training."""
+
+from dcoord.api import train
+
+__all__ = ["train"]

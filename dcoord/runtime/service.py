@@ -23,8 +23,9 @@ GRPC_OPTIONS = [
 
 
 class CoordinatorService(pb_grpc.CoordinatorServicer):
-    def __init__(self, coord: Coordinator) -> None:
+    def __init__(self, coord: Coordinator, matcher=None) -> None:
         self.coord = coord
+        self.matcher = matcher  # data plane (torchrun/mpirun): pairs results with their payloads
 
     async def Register(self, request: pb.RegisterRequest, context) -> pb.RegisterReply:
         c = self.coord
@@ -69,8 +70,15 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             try:
                 async for msg in request_iterator:
                     conn.last_seen = time.monotonic()
-                    if msg.HasField("result"):
+                    if not msg.HasField("result"):
+                        continue
+                    if not msg.result.payload_on_data_plane:
                         c.results.put_nowait((msg.result, conn))
+                    elif self.matcher is not None:
+                        self.matcher.on_result(msg.result, conn)
+                    else:
+                        c.reject("no-data-plane", f"worker {conn.worker_id} sent payloads on a data plane "
+                                 "this coordinator does not have")
             except (grpc.RpcError, asyncio.CancelledError):
                 pass
             finally:
@@ -101,10 +109,14 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             yield c.status()
 
 
-async def start_server(coord: Coordinator, listen: str = "127.0.0.1:0") -> tuple[grpc.aio.Server, int]:
-    """Start the coordinator's gRPC server (with the standard health service); returns it and its port."""
+async def start_server(coord: Coordinator, listen: str = "127.0.0.1:0",
+                       matcher=None) -> tuple[grpc.aio.Server, int]:
+    """Start the coordinator's gRPC server (with the standard health service); returns it and its port.
+
+    ``matcher`` (a transport.PayloadMatcher) is given under torchrun/mpirun, where payloads come over the
+    data plane and results over gRPC."""
     server = grpc.aio.server(options=GRPC_OPTIONS)
-    pb_grpc.add_CoordinatorServicer_to_server(CoordinatorService(coord), server)
+    pb_grpc.add_CoordinatorServicer_to_server(CoordinatorService(coord, matcher), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(listen)

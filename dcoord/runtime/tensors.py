@@ -21,7 +21,8 @@ def flat_params(model: torch.nn.Module) -> np.ndarray:
 
 def load_flat_params(model: torch.nn.Module, flat: np.ndarray) -> None:
     """Write a flat vector back into the model's parameters (in place, no autograd)."""
-    vec = torch.from_numpy(np.ascontiguousarray(flat))
+    flat = np.ascontiguousarray(flat)
+    vec = torch.from_numpy(flat if flat.flags.writeable else flat.copy())  # wire buffers are read-only
     offset = 0
     with torch.no_grad():
         for p in model.parameters():

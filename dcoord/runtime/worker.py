@@ -25,6 +25,7 @@ from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
 from dcoord.runtime.compute import TaskComputer
 from dcoord.runtime.service import GRPC_OPTIONS
 from dcoord.runtime.tensors import from_proto, load_flat_params, to_proto
+from dcoord.runtime.transport.base import offload_payloads
 from dcoord.workloads import load as load_workload
 
 log = logging.getLogger("dcoord.worker")
@@ -75,8 +76,12 @@ class _Inbox:
 
 
 def run_worker(address: str, requested_id: int = -1, device: str | None = None,
-               connect_timeout: float = 60.0) -> int:
-    """Serve one job until the coordinator says stop; returns the number of rounds computed."""
+               connect_timeout: float = 60.0, data_plane=None) -> int:
+    """Serve one job until the coordinator says stop; returns the number of rounds computed.
+
+    With ``data_plane`` (a transport.DataPlane, under torchrun/mpirun) payloads go to rank 0 over the
+    process group / MPI and the gRPC Result only points at them (``payload_on_data_plane``, ``data_seq``).
+    """
     torch.set_num_threads(1)
     channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
     try:
@@ -92,6 +97,9 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
         raise DcoordError(f"registration refused: {exc.details()}") from None
     cfg = load_config(None, data=__import__("yaml").safe_load(reg.job_config_yaml))
     wid, job_id = reg.worker_id, reg.job_id
+    if data_plane is not None and wid != data_plane.rank - 1:
+        raise DcoordError(f"rank {data_plane.rank} was given worker id {wid}, not {data_plane.rank - 1}; "
+                          "its data-plane payloads could not be paired with its results")
     scheme = cfg.make_scheme()
     stragglers = cfg.straggler_model()
     workload = load_workload(cfg.workload, cfg.seed)
@@ -161,9 +169,13 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
             delay = float(stragglers.extra_delay(a.round, np.full(cfg.workers, compute_s))[wid])
             if delay > 0:
                 time.sleep(delay)
-            outbox.put(pb.WorkerMessage(result=pb.Result(
-                job_id=job_id, round=a.round, worker_id=wid, tasks=results, compute_s=compute_s,
-                injected_delay_s=delay)))
+            result = pb.Result(job_id=job_id, round=a.round, worker_id=wid, tasks=results, compute_s=compute_s,
+                               injected_delay_s=delay)
+            if data_plane is not None:
+                offload_payloads(result, data_plane)  # payloads to rank 0 point-to-point, in order
+            outbox.put(pb.WorkerMessage(result=result))
+            if data_plane is not None:
+                data_plane.wait_sent()  # MPI moves data only while the sender calls into it
             last[0] = a.round
             computed += 1
             keep = {(t.model, t.model_version) for t in a.tasks} | {(m, v - 1) for m, v in

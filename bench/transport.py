@@ -1,0 +1,289 @@
+"""Data-plane throughput: one coded gradient of 1, 10 and 100 MB from a worker process to the coordinator's.
+
+Transports, each between two processes on this machine, measured in the same run:
+- socket: a raw loopback TCP socket (sendall / recv_into a preallocated buffer): the baseline.
+- grpc:   the real message: a pb.WorkerMessage(result=Result(tasks=[TaskResult(payload=Tensor)])) built
+          (in place) from the float64 array with to_proto, one unary call with dcoord's GRPC_OPTIONS; the
+          server parses it and decodes and validates the payload (from_proto, finite check) as the
+          coordinator does.
+- gloo:   torch.distributed send / recv of a float64 tensor (gloo process group, 2 processes).
+- mpi:    mpi4py Send / Recv of a float64 numpy buffer (``mpirun -n 2``).
+
+Every message is acknowledged by one small reply, and the sender times send start -> ack, so each
+number is "bytes delivered and usable on the coordinator per second". Median over repetitions after
+one warm-up. Results: bench/results/transport.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SIZES_MB = [1, 10, 100]
+REPS = {1: 30, 10: 12, 100: 8}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _payload(mb: int) -> np.ndarray:
+    return np.random.default_rng(mb).standard_normal(mb * 1_000_000 // 8)
+
+
+def _report(times: dict[int, list[float]]) -> None:
+    print("RESULT " + json.dumps({str(k): v for k, v in times.items()}), flush=True)
+
+
+# -- raw socket -----------------------------------------------------------------------------------------
+def socket_server(port: int) -> None:
+    srv = socket.create_server(("127.0.0.1", port))
+    conn, _ = srv.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    bufs = {mb: bytearray(mb * 1_000_000) for mb in SIZES_MB}
+    while True:
+        head = conn.recv(8, socket.MSG_WAITALL)
+        if len(head) < 8 or int.from_bytes(head, "little") == 0:
+            return
+        n = int.from_bytes(head, "little")
+        view, got = memoryview(bufs[n // 1_000_000]), 0
+        while got < n:
+            got += conn.recv_into(view[got:], n - got)
+        conn.sendall(b"k")
+
+
+def socket_client(port: int) -> None:
+    c = socket.create_connection(("127.0.0.1", port))
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    times: dict[int, list[float]] = {}
+    for mb in SIZES_MB:
+        data = memoryview(_payload(mb).view(np.uint8))
+        for k in range(REPS[mb] + 1):
+            t0 = time.perf_counter()
+            c.sendall(len(data).to_bytes(8, "little"))
+            c.sendall(data)
+            c.recv(1)
+            if k:
+                times.setdefault(mb, []).append(time.perf_counter() - t0)
+    c.sendall((0).to_bytes(8, "little"))
+    _report(times)
+
+
+# -- gRPC (dcoord's message types and options) ------------------------------------------------------------
+def grpc_server(port: int) -> None:
+    from concurrent import futures
+
+    import grpc
+
+    from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
+    from dcoord.runtime.service import GRPC_OPTIONS
+    from dcoord.runtime.tensors import from_proto
+
+    done = futures.Future()
+
+    def put(msg: pb.WorkerMessage, context) -> bytes:
+        if not msg.result.tasks:
+            done.set_result(True)
+            return b""
+        from_proto(msg.result.tasks[0].payload, expect_size=None)  # decode + finite check, as the coordinator
+        return b"k"
+
+    handler = grpc.method_handlers_generic_handler("bench.Sink", {
+        "Put": grpc.unary_unary_rpc_method_handler(put, request_deserializer=pb.WorkerMessage.FromString,
+                                                   response_serializer=lambda b: b)})
+    server = grpc.server(futures.ThreadPoolExecutor(2), options=GRPC_OPTIONS)
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    done.result()
+    server.stop(0.5)
+
+
+def grpc_client(port: int) -> None:
+    import grpc
+
+    from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
+    from dcoord.runtime.service import GRPC_OPTIONS
+    from dcoord.runtime.tensors import to_proto
+
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS)
+    grpc.channel_ready_future(ch).result(timeout=30)
+    put = ch.unary_unary("/bench.Sink/Put", request_serializer=pb.WorkerMessage.SerializeToString,
+                         response_deserializer=lambda b: b)
+    times: dict[int, list[float]] = {}
+    for mb in SIZES_MB:
+        arr = _payload(mb)
+        for k in range(REPS[mb] + 1):
+            t0 = time.perf_counter()
+            # built in place: nested constructors (Result(tasks=[TaskResult(payload=...)])) copy the
+            # payload once per level, which costs more than the transfer for large payloads
+            msg = pb.WorkerMessage()
+            msg.result.job_id, msg.result.round, msg.result.worker_id = "bench", k, 1
+            tr = msg.result.tasks.add()
+            tr.job = k
+            tr.payload.CopyFrom(to_proto(arr))
+            put(msg, timeout=60)
+            if k:
+                times.setdefault(mb, []).append(time.perf_counter() - t0)
+    put(pb.WorkerMessage(), timeout=10)
+    _report(times)
+
+
+# -- gloo -----------------------------------------------------------------------------------------------
+def gloo_rank(port: int, rank: int) -> None:
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    ack = torch.zeros(1)
+    times: dict[int, list[float]] = {}
+    for mb in SIZES_MB:
+        t = torch.from_numpy(_payload(mb)) if rank == 1 else torch.empty(mb * 1_000_000 // 8, dtype=torch.float64)
+        for k in range(REPS[mb] + 1):
+            if rank == 0:
+                dist.recv(t, src=1)
+                dist.send(ack, dst=1)
+                continue
+            t0 = time.perf_counter()
+            dist.send(t, dst=0)
+            dist.recv(ack, src=0)
+            if k:
+                times.setdefault(mb, []).append(time.perf_counter() - t0)
+    if rank == 1:
+        _report(times)
+    dist.destroy_process_group()
+
+
+# -- MPI ------------------------------------------------------------------------------------------------
+def mpi_rank() -> None:
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    ack = np.zeros(1)
+    times: dict[int, list[float]] = {}
+    for mb in SIZES_MB:
+        buf = _payload(mb) if rank == 1 else np.empty(mb * 1_000_000 // 8)
+        for k in range(REPS[mb] + 1):
+            if rank == 0:
+                comm.Recv(buf, source=1, tag=7)
+                comm.Send(ack, dest=1, tag=8)
+                continue
+            t0 = time.perf_counter()
+            comm.Send(buf, dest=0, tag=7)
+            comm.Recv(ack, source=0, tag=8)
+            if k:
+                times.setdefault(mb, []).append(time.perf_counter() - t0)
+    if rank == 1:
+        _report(times)
+
+
+# -- driver ---------------------------------------------------------------------------------------------
+def _pair(role: str, port: int) -> dict[int, list[float]]:
+    """Start both ends of one transport as fresh processes; returns the sender's timings."""
+    me = [sys.executable, str(Path(__file__).resolve())]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
+    if role == "mpi":
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+                   OMPI_MCA_rmaps_base_oversubscribe="1")
+        procs = [subprocess.Popen(["mpirun", "-n", "2", *me, "--child", "mpi"], env=env,
+                                  stdout=subprocess.PIPE, text=True)]
+    else:
+        server = subprocess.Popen([*me, "--child", f"{role}-0", "--port", str(port)], env=env)
+        time.sleep(0.3 if role == "socket" else 0.0)
+        procs = [subprocess.Popen([*me, "--child", f"{role}-1", "--port", str(port)], env=env,
+                                  stdout=subprocess.PIPE, text=True), server]
+    out, _ = procs[0].communicate(timeout=300)
+    for p in procs[1:]:
+        p.wait(timeout=60)
+    line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"{role}: no result (exit {procs[0].returncode})")
+    return {int(k): v for k, v in json.loads(line[7:]).items()}
+
+
+def child(role: str, port: int) -> None:
+    if role == "mpi":
+        mpi_rank()
+    elif role == "socket-0":
+        socket_server(port)
+    elif role == "socket-1":
+        for _ in range(50):  # the server may still be starting
+            try:
+                socket_client(port)
+                return
+            except ConnectionRefusedError:
+                time.sleep(0.1)
+    elif role == "grpc-0":
+        grpc_server(port)
+    elif role == "grpc-1":
+        grpc_client(port)
+    elif role in ("gloo-0", "gloo-1"):
+        gloo_rank(port, int(role[-1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None, help="results folder (default bench/results)")
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.port)
+        return
+    sys.path.insert(0, str(HERE))
+    from _util import print_table, write_json
+
+    transports = ["socket", "grpc", "gloo"]
+    mpi_note = None
+    if shutil.which("mpirun") is None:
+        mpi_note = "mpirun not found"
+    else:
+        try:
+            import mpi4py  # noqa: F401
+
+            transports.append("mpi")
+        except ImportError:
+            mpi_note = "mpi4py not installed"
+    t_start = time.perf_counter()
+    gbps: dict[str, dict[int, float]] = {}
+    raw: dict[str, dict[int, list[float]]] = {}
+    for tr in transports:
+        raw[tr] = _pair(tr, _free_port())
+        gbps[tr] = {mb: mb * 1e6 / statistics.median(ts) / 1e9 for mb, ts in raw[tr].items()}
+    rows, results = [], []
+    for mb in SIZES_MB:
+        for tr in transports:
+            ratio = gbps[tr][mb] / gbps["socket"][mb]
+            med_ms = statistics.median(raw[tr][mb]) * 1e3
+            rows.append([f"{mb} MB", tr, gbps[tr][mb], med_ms, ratio])
+            results.append({"size_mb": mb, "transport": tr, "gb_per_s": gbps[tr][mb], "median_ms": med_ms,
+                            "reps": len(raw[tr][mb]), "ratio_to_socket": ratio})
+    print_table(["size", "transport", "GB/s", "median ms", "x raw socket"], rows)
+    at100 = {tr: gbps[tr][100] / gbps["socket"][100] for tr in transports if tr != "socket"}
+    below = {tr: round(r, 3) for tr, r in at100.items() if r < 0.5}
+    print(f"target (every transport >= 0.5 x raw socket at 100 MB): {'met' if not below else f'NOT met: {below}'}")
+    if mpi_note:
+        print(f"mpi skipped: {mpi_note}")
+    data = {"results": results, "cpu_count": os.cpu_count(), "target_met_at_100mb": not below,
+            "below_target": below, "mpi_skipped": mpi_note, "wall_s": time.perf_counter() - t_start}
+    print(f"wrote {write_json('transport', data, Path(args.out) if args.out else None)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,346 @@
+"""``python -m dcoord.launch JOB.yaml`` under torchrun or mpirun: rank 0 coordinates, ranks 1..N-1 work.
+
+    torchrun --nproc-per-node 5 -m dcoord.launch job.yaml --out runs/x        # gloo (nccl with GPUs)
+    mpirun -n 5 python -m dcoord.launch job.yaml --out runs/x                 # mpi4py
+
+The control plane stays gRPC: rank 0 starts the coordinator's server on a free port and publishes
+"host:port" once at start-up (torch.distributed's store, or an MPI broadcast); workers register as worker
+``rank - 1``. Payloads travel point-to-point over the launcher's data plane (``dcoord.runtime.transport``),
+never through a collective, so the round path never waits on a straggler. Without a launcher this is
+``dcoord run`` (a coordinator and local worker processes over loopback gRPC).
+
+Choices (documented in docs/launch.md):
+- transport: ``torch`` under torchrun and ``mpi`` under mpirun unless the config says ``grpc`` explicitly
+  (then payloads stay in the gRPC messages and the launcher only places the processes); naming the other
+  launcher's transport is a config error.
+- workers: always world_size - 1; a config that says otherwise is overridden with a note on stderr.
+- a rank that dies: torchrun's agent (and mpirun) stop every rank when one exits. Rank 0 then writes its
+  metrics and a checkpoint, prints why and exits 3, instead of waiting; an exception on any rank under
+  mpirun is printed and ends the job with MPI_Abort.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from dcoord.config import JobConfig, load_config
+from dcoord.errors import ConfigError, DcoordError, RunFailed
+
+log = logging.getLogger("dcoord.launch")
+
+PROG = "python -m dcoord.launch"
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    """Where this process sits: which launcher started it, its rank and the world around it."""
+
+    launcher: str  # "torchrun" | "mpirun" | "none"
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+
+def _int(environ: Mapping[str, str], *names: str, default: int = 0) -> int:
+    for n in names:
+        if environ.get(n, "").strip().lstrip("-").isdigit():
+            return int(environ[n])
+    return default
+
+
+def detect_launcher(environ: Mapping[str, str] | None = None) -> LaunchEnv:
+    """torchrun (TORCHELASTIC_RUN_ID, or RANK + WORLD_SIZE), mpirun (OMPI_COMM_WORLD_SIZE / PMI_SIZE), or none."""
+    env = os.environ if environ is None else environ
+    torch_like = "TORCHELASTIC_RUN_ID" in env or ("RANK" in env and "WORLD_SIZE" in env)
+    mpi_like = "OMPI_COMM_WORLD_SIZE" in env or "PMI_SIZE" in env
+    if torch_like and ("TORCHELASTIC_RUN_ID" in env or not mpi_like):
+        ws = _int(env, "WORLD_SIZE", default=1)
+        return LaunchEnv("torchrun", _int(env, "RANK"), ws, _int(env, "LOCAL_RANK"),
+                         _int(env, "LOCAL_WORLD_SIZE", default=1))
+    if mpi_like:
+        ws = _int(env, "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", default=1)
+        return LaunchEnv("mpirun", _int(env, "OMPI_COMM_WORLD_RANK", "PMI_RANK"), ws,
+                         _int(env, "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"),
+                         _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", default=1))
+    return LaunchEnv("none")
+
+
+def resolve_config(cfg: JobConfig, env: LaunchEnv) -> tuple[JobConfig, list[str]]:
+    """The config this launch runs (transport and workers fixed by the launcher) and notes for the user."""
+    notes: list[str] = []
+    explicit = "transport" in cfg.model_fields_set
+    if env.launcher == "none":
+        if cfg.transport != "grpc":
+            notes.append(f"transport: {cfg.transport} needs torchrun/mpirun; without a launcher payloads go "
+                         "over gRPC")
+            cfg = _revalidate(cfg, ["transport=grpc"], "")
+        return cfg, notes
+    wanted = {"torchrun": "torch", "mpirun": "mpi"}[env.launcher]
+    if explicit and cfg.transport not in ("grpc", wanted):
+        raise ConfigError(f"transport: {cfg.transport} cannot run under {env.launcher} "
+                          f"(use {wanted}, grpc, or leave it out)")
+    transport = cfg.transport if explicit else wanted
+    if env.world_size < 2:
+        raise ConfigError(f"{env.launcher} started 1 process; dcoord.launch needs at least 2 "
+                          "(rank 0 coordinates, the others are workers)")
+    n = env.world_size - 1
+    if cfg.workers != n:
+        notes.append(f"workers: the config says {cfg.workers}, {env.launcher} started {env.world_size} "
+                     f"processes: rank 0 coordinates and {n} workers compute (workers={n})")
+    where = f"under {env.launcher} with {env.world_size} processes ({n} workers): "
+    return _revalidate(cfg, [f"workers={n}", f"transport={transport}"], where), notes
+
+
+def _revalidate(cfg: JobConfig, overrides: list[str], where: str) -> JobConfig:
+    data = yaml.safe_load(cfg.to_yaml())
+    try:
+        return load_config(None, overrides, data=data)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}".replace("config: ", "", 1)) from None
+
+
+def _hosts(env: LaunchEnv) -> tuple[str, str]:
+    """(listen address, address workers dial): loopback when every rank is on this node."""
+    adv = os.environ.get("DCOORD_ADVERTISE_HOST")
+    if not adv and env.local_world_size >= env.world_size:
+        return "127.0.0.1", "127.0.0.1"
+    host = adv or (os.environ.get("MASTER_ADDR") if env.launcher == "torchrun" else None) or socket.getfqdn()
+    return "0.0.0.0", host
+
+
+def make_data_plane(cfg: JobConfig, env: LaunchEnv):
+    """The data plane for this launch (also used for the start-up address exchange under ``grpc``)."""
+    if env.launcher == "mpirun":
+        try:
+            from dcoord.runtime.transport.mpi_dp import MpiDataPlane
+        except ImportError as exc:
+            raise DcoordError(f"mpirun launch needs mpi4py (pip install 'dcoord[mpi]'): {exc}") from None
+        return MpiDataPlane()
+    import torch
+
+    from dcoord.runtime.transport.torch_dp import TorchDataPlane
+
+    use_cuda = cfg.transport == "torch" and cfg.device != "cpu" and torch.cuda.is_available()
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise DcoordError("device: cuda was asked for but no CUDA device is visible")
+    if use_cuda and torch.cuda.device_count() < env.local_world_size:
+        # NCCL puts one rank per GPU; with fewer GPUs than ranks on a node, payloads go over gloo
+        # (workers still compute on their GPU)
+        log.warning("%d GPU(s) for %d ranks on this node: NCCL needs one GPU per rank, payloads go over gloo",
+                    torch.cuda.device_count(), env.local_world_size)
+        use_cuda = False
+    return TorchDataPlane(use_cuda=use_cuda)
+
+
+class _Stopped(Exception):
+    pass
+
+
+async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, plane, progress: bool) -> dict:
+    from dcoord.runtime.coordinator import Coordinator
+    from dcoord.runtime.progress import RoundProgress
+    from dcoord.runtime.service import start_server
+    from dcoord.runtime.transport.base import PayloadMatcher
+    from dcoord.workloads.base import WorkloadError
+
+    carries = cfg.transport != "grpc"
+    loop = asyncio.get_running_loop()
+    try:
+        try:
+            coord = Coordinator(cfg, out)
+        except WorkloadError as exc:
+            raise ConfigError(str(exc)) from None
+        matcher = PayloadMatcher(coord.results, loop) if carries else None
+        listen, host = _hosts(env)
+        server, port = await start_server(coord, f"{listen}:0", matcher=matcher)
+    except BaseException as exc:
+        plane.publish(f"error:{exc}")
+        raise
+    if carries:
+        def fail(worker: int, msg: str) -> None:  # receiver thread: count it on the loop, if still running
+            try:
+                loop.call_soon_threadsafe(coord.reject, "data-plane", msg)
+            except RuntimeError:  # the event loop is closed: the run is over
+                pass
+
+        plane.start_receiving(range(1, env.world_size), 4 * max(coord.num_params, 1), matcher.on_payload, fail)
+    plane.publish(f"{host}:{port}")
+    log.info("coordinator of job %s on %s:%d, %s data plane, %d workers", coord.job_id, host, port,
+             cfg.transport, cfg.workers)
+
+    task = asyncio.current_task()
+    stopped: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        stopped.append(sig.name)
+        task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    bar = RoundProgress(coord, enabled=progress and cfg.runtime.progress)
+    try:
+        with bar:
+            return await coord.run(progress=bar.update)
+    except asyncio.CancelledError:
+        if not stopped:
+            raise
+        raise RunFailed(
+            f"stopped by {stopped[0]} after {max(coord.round, 0)} of {coord.total_rounds} rounds: "
+            f"{env.launcher} stops every rank when any rank exits (a worker died or was killed, or the "
+            f"job was interrupted); metrics and checkpoint.pt are in {out}"
+        ) from None
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await asyncio.sleep(0.2)  # let the shutdown messages flush
+        await server.stop(grace=1.0)
+
+
+def _work(cfg: JobConfig, env: LaunchEnv, plane) -> dict:
+    from dcoord.runtime.worker import run_worker
+
+    address = plane.fetch()
+    if address.startswith("error:"):
+        raise DcoordError(f"rank 0 could not start the coordinator: {address[6:]}")
+    os.environ.setdefault("LOCAL_RANK", str(env.local_rank))  # pick_device uses it (mpirun does not set it)
+    carries = cfg.transport != "grpc"
+    rounds = run_worker(address, requested_id=env.rank - 1, device=cfg.device,
+                        data_plane=plane if carries else None)
+    if carries:
+        plane.send_end()
+    plane.close(clean=True)
+    return {"role": "worker", "rank": env.rank, "worker_id": env.rank - 1, "rounds_computed": rounds}
+
+
+#: the data plane of the launch in progress (so a failure can abort MPI / skip a blocking teardown)
+_plane = None
+
+
+def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = True) -> dict:
+    """Run this rank's role; rank 0 returns the run summary, workers ``{"role": "worker", ...}``.
+
+    Under mpirun an exception on any rank is printed and ends the whole job (MPI_Abort) instead of
+    leaving the other ranks waiting. Rank 0's summary carries ``_clean_exit`` = False when a receiver
+    was still blocked on a dead worker (callers that own the process should then ``os._exit``).
+    """
+    global _plane
+    import torch
+
+    if env.rank > 0:
+        torch.set_num_threads(1)  # workers share the node's cores
+    try:
+        _plane = make_data_plane(cfg, env)
+        if _plane.rank == 0:
+            summary = asyncio.run(_coordinate_async(cfg, env, out, _plane, progress))
+            clean = _plane.stop_receiving(timeout=10.0) if cfg.transport != "grpc" else True
+            if clean:
+                _plane.close(clean=True)
+            summary["_clean_exit"] = clean
+            return summary
+        return _work(cfg, env, _plane)
+    except BaseException as exc:
+        if env.launcher == "mpirun" and env.world_size > 1 and _plane is not None:
+            who = "" if env.rank == 0 else f"rank {env.rank}: "
+            if isinstance(exc, DcoordError):
+                print(f"dcoord.launch: {who}error: {exc}", file=sys.stderr, flush=True)
+                code = exc.exit_code
+            elif isinstance(exc, KeyboardInterrupt):
+                code = 130
+            else:
+                print(f"dcoord.launch: {who}unexpected error, ending the job:", file=sys.stderr)
+                traceback.print_exc()
+                code = 1
+            sys.stderr.flush()
+            sys.stdout.flush()
+            _plane.abort(code)
+        raise
+
+
+def _hard_exit(code: int) -> None:
+    """After outputs are written: leave without joining threads blocked on a dead peer."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, from rank 0 only, exit 2
+        if detect_launcher().rank == 0:
+            print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The same job options as ``dcoord run``."""
+    p = _Parser(prog=PROG, description="Run a dcoord job under torchrun or mpirun (rank 0 coordinates).")
+    p.add_argument("job", help="job config (YAML)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set coding.stragglers=2 (repeatable)")
+    p.add_argument("--workers", type=int, help="number of workers (under a launcher: world size - 1)")
+    p.add_argument("--out", help="run directory (default runs/NAME)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the runtime does")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m dcoord.launch``; exit 2 with one line on a bad config."""
+    args = build_parser().parse_args(argv)
+    env = detect_launcher()
+    lead = env.rank == 0
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
+                        format=f"%(asctime)s [rank {env.rank}] %(name)s %(levelname)s %(message)s")
+    try:
+        overrides = list(args.set or []) + ([f"workers={args.workers}"] if args.workers else [])
+        cfg, notes = resolve_config(load_config(args.job, overrides), env)
+        for note in notes if lead else []:
+            print(f"dcoord.launch: note: {note}", file=sys.stderr, flush=True)
+        out = Path(args.out) if args.out else Path("runs") / cfg.name
+        if env.launcher == "none":  # no launcher: exactly `dcoord run`
+            from dcoord.runtime.local import run_local
+
+            result = run_local(cfg, out, progress=not args.quiet)
+        else:
+            result = launch(cfg, env, out, progress=not args.quiet)
+    except ConfigError as exc:
+        if lead:
+            print(f"dcoord.launch: config error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except DcoordError as exc:
+        print(f"dcoord.launch: {'' if lead else f'rank {env.rank}: '}error: {exc}", file=sys.stderr, flush=True)
+        if lead and isinstance(exc, RunFailed):
+            _hard_exit(exc.exit_code)  # receivers may be blocked on a dead worker; outputs are written
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("dcoord.launch: interrupted", file=sys.stderr)
+        return 130
+    if lead:
+        from rich.console import Console
+
+        from dcoord.runtime.progress import summary_table
+
+        clean = result.pop("_clean_exit", True)
+        console = Console()
+        console.print(summary_table(result))
+        console.print(f"run directory: {out}")
+        if not clean:
+            _hard_exit(0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""The data-plane interface, the wire header, and the coordinator-side pairing of payloads with results.
+
+Wire format (both torch and MPI planes): for every task payload a worker posts two point-to-point sends
+to rank 0 with the same tag, a header ``int64[4] = (kind, seq, count, dtype)`` and then the flat payload
+(``count`` values of ``dtype``); a last header of kind END says the worker is done. Per-source FIFO order
+(gloo pairs, MPI's non-overtaking rule) keeps header and payload together; the explicit ``seq`` (0, 1, 2,
+... per worker) lets the receiver check that nothing was lost or reordered, and lets the coordinator pair
+a payload with the gRPC Result that names it (``data_seq``), so a late payload can never be mistaken for
+a later round's: it is paired with its own (late) Result and dropped as late by the round state machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from dcoord.errors import DcoordError
+from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
+from dcoord.runtime.tensors import from_proto
+
+log = logging.getLogger("dcoord.transport")
+
+#: tag of every data-plane message (headers and payloads)
+TAG = 7
+KIND_DATA, KIND_END = 1, 2
+#: dtype codes in the header
+DTYPES: dict[int, np.dtype] = {0: np.dtype(np.float32), 1: np.dtype(np.float64)}
+DTYPE_CODES: dict[np.dtype, int] = {v: k for k, v in DTYPES.items()}
+
+#: deliver(worker_id, seq, array) and fail(worker_id, message), both called from receiver threads
+Deliver = Callable[[int, int, np.ndarray], None]
+Fail = Callable[[int, str], None]
+
+
+class DataPlaneError(DcoordError):
+    """A data-plane message that breaks the protocol (lost or reordered sequence number, bad header)."""
+
+
+def make_header(kind: int, seq: int, payload: np.ndarray | None = None) -> np.ndarray:
+    """The int64[4] header that precedes a payload (or ends a worker's stream)."""
+    if payload is None:
+        return np.array([kind, seq, 0, 0], dtype=np.int64)
+    code = DTYPE_CODES.get(payload.dtype)
+    if code is None:
+        raise DataPlaneError(f"payload dtype {payload.dtype} cannot go on the data plane (float32/float64)")
+    return np.array([kind, seq, payload.size, code], dtype=np.int64)
+
+
+class DataPlane(ABC):
+    """One process's end of the data plane: workers (rank >= 1) send to rank 0, rank 0 receives.
+
+    Why an interface: the launch code and the worker loop stay the same whether payloads ride a torch
+    process group (gloo/nccl) or MPI; only sending, receiving and the start-up address exchange differ.
+    """
+
+    name = "base"
+    rank: int = 0
+    world_size: int = 1
+
+    def __init__(self) -> None:
+        self.next_seq = 0
+        self._expect: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.max_count = 0
+
+    # -- start-up (control-plane address exchange; the only collective, before any round) ------------
+    @abstractmethod
+    def publish(self, value: str) -> None:
+        """Rank 0: make ``value`` (the coordinator's "host:port", or "error:...") known to every rank."""
+
+    @abstractmethod
+    def fetch(self) -> str:
+        """Ranks >= 1: the value rank 0 published (blocks until it is there)."""
+
+    # -- worker side --------------------------------------------------------------------------------
+    @abstractmethod
+    def _post(self, header: np.ndarray, payload: np.ndarray | None) -> None:
+        """Post non-blocking sends of the header (and payload) to rank 0, keeping buffers alive."""
+
+    @abstractmethod
+    def wait_sent(self, timeout: float | None = None) -> bool:
+        """Drive posted sends to completion (MPI needs the sender to make progress); False on timeout."""
+
+    def send(self, payload: np.ndarray) -> int:
+        """Send one task payload to rank 0 without blocking; returns its sequence number."""
+        arr = np.ascontiguousarray(payload).reshape(-1)
+        seq = self.next_seq
+        self._post(make_header(KIND_DATA, seq, arr), arr)
+        self.next_seq += 1
+        return seq
+
+    def send_end(self, timeout: float = 10.0) -> bool:
+        """Tell rank 0's receiver for this worker that no more payloads come, and flush."""
+        self._post(make_header(KIND_END, self.next_seq), None)
+        return self.wait_sent(timeout)
+
+    # -- coordinator side ---------------------------------------------------------------------------
+    @abstractmethod
+    def start_receiving(self, sources: Iterable[int], max_count: int, deliver: Deliver, fail: Fail) -> None:
+        """Rank 0: receive from every source rank in order, forever (until END or stop), off the event loop."""
+
+    def stop_receiving(self, timeout: float = 10.0) -> bool:
+        """Rank 0: wait for the receivers to see END from every worker; True when all ended cleanly."""
+        for t in self._threads:
+            t.join(timeout)
+        clean = not any(t.is_alive() for t in self._threads)
+        self._stop.set()
+        return clean
+
+    def check_header(self, src: int, header: np.ndarray) -> tuple[int, int, int, np.dtype | None]:
+        """Validate a received header against the per-source sequence; returns (kind, seq, count, dtype)."""
+        kind, seq, count, code = (int(x) for x in header[:4])
+        expect = self._expect.get(src, 0)
+        if kind not in (KIND_DATA, KIND_END):
+            raise DataPlaneError(f"rank {src}: unknown message kind {kind}")
+        if seq != expect:
+            raise DataPlaneError(f"rank {src}: sequence number {seq}, expected {expect} (lost or reordered data)")
+        if kind == KIND_END:
+            return kind, seq, 0, None
+        if code not in DTYPES or not 0 <= count <= self.max_count:
+            raise DataPlaneError(f"rank {src}: bad header (count {count}, dtype code {code})")
+        self._expect[src] = expect + 1
+        return kind, seq, count, DTYPES[code]
+
+    # -- teardown -----------------------------------------------------------------------------------
+    @abstractmethod
+    def close(self, clean: bool = True) -> None:
+        """Leave the process group / communicator; ``clean=False`` skips anything that could block."""
+
+
+def offload_payloads(res: pb.Result, plane: DataPlane) -> None:
+    """Worker side: move every task payload of ``res`` onto the data plane and mark the result so."""
+    first = plane.next_seq
+    for tr in res.tasks:
+        plane.send(from_proto(tr.payload, check_finite=False))
+        tr.ClearField("payload")
+    res.payload_on_data_plane = True
+    res.data_seq = first
+
+
+def _fill(t: pb.Tensor, arr: np.ndarray) -> None:
+    t.dtype = str(arr.dtype)
+    del t.shape[:]
+    t.shape.extend(arr.shape)
+    t.data = arr.tobytes()
+
+
+class PayloadMatcher:
+    """Coordinator side: pairs each data-plane Result (gRPC) with its payloads (data plane) by (worker, seq).
+
+    Only a complete Result goes on the coordinator's result queue, so the round state machine and its
+    validation (shape, finiteness, round, duplicates) are exactly those of the gRPC path. Either half may
+    arrive first; the event loop is never blocked waiting for the other half.
+    """
+
+    def __init__(self, results: asyncio.Queue, loop: asyncio.AbstractEventLoop) -> None:
+        self.results = results
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.arrays: dict[int, dict[int, np.ndarray]] = {}
+        self.waiting: dict[int, deque] = {}
+        self.payloads = 0
+        self.orphaned = 0
+
+    def on_payload(self, worker: int, seq: int, array: np.ndarray) -> None:
+        """A payload arrived (receiver thread)."""
+        with self.lock:  # scheduling under the lock keeps each worker's results in order
+            self.payloads += 1
+            self.arrays.setdefault(worker, {})[seq] = array
+            for item in self._ready(worker):
+                try:
+                    self.loop.call_soon_threadsafe(self.results.put_nowait, item)
+                except RuntimeError:  # the event loop is closed: the run is over
+                    return
+
+    def on_result(self, res: pb.Result, conn) -> None:
+        """A Result whose payloads are on the data plane arrived (event-loop thread)."""
+        worker = conn.worker_id if conn is not None else res.worker_id
+        with self.lock:
+            self.waiting.setdefault(worker, deque()).append((res, conn))
+            for item in self._ready(worker):
+                self.loop.call_soon_threadsafe(self.results.put_nowait, item)
+
+    def _ready(self, worker: int) -> list:
+        out = []
+        q = self.waiting.get(worker)
+        have = self.arrays.setdefault(worker, {})
+        while q:
+            res, conn = q[0]
+            seqs = range(res.data_seq, res.data_seq + len(res.tasks))
+            if not all(s in have for s in seqs):
+                break
+            q.popleft()
+            # a worker's results come in order: payloads numbered before this one can never be claimed
+            for s in [s for s in have if s < res.data_seq]:
+                del have[s]
+                self.orphaned += 1
+            for tr, s in zip(res.tasks, seqs):
+                _fill(tr.payload, have.pop(s))
+            out.append((res, conn))
+        return out
