@@ -44,8 +44,12 @@ case "$cmd" in
     exec "$VENV/bin/python" -m pytest -q "$@"
     ;;
   bench)
-    install "test"
-    for b in decode control_plane local_stragglers; do "$VENV/bin/python" "bench/$b.py"; done
+    system_packages
+    install "test,mpi"
+    # each prints its side-by-side ratios and writes bench/results/NAME.json (and a plot where one helps)
+    for b in decode control_plane local_stragglers transport sgc_traces srrw privacy; do
+      "$VENV/bin/python" "bench/$b.py"
+    done
     ;;
   *)
     echo "usage: ./dev.sh run|test|bench [args...]" >&2

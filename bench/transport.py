@@ -2,10 +2,11 @@
 
 Transports, each between two processes on this machine, measured in the same run:
 - socket: a raw loopback TCP socket (sendall / recv_into a preallocated buffer): the baseline.
-- grpc:   the real message: a pb.WorkerMessage(result=Result(tasks=[TaskResult(payload=Tensor)])) built
-          (in place) from the float64 array with to_proto, one unary call with dcoord's GRPC_OPTIONS; the
-          server parses it and decodes and validates the payload (from_proto, finite check) as the
-          coordinator does.
+- grpc:   what a worker sends on its Work stream: the pb.Result built in place (fill_proto), payloads over
+          1 MB as 1 MB PayloadChunk messages then the Result (dcoord.runtime.chunking), dcoord's
+          GRPC_OPTIONS; the server reassembles (ChunkAssembler) and decodes and validates the payload
+          (from_proto, finite check) as the coordinator does.
+- grpc-1msg: the same with chunking off (runtime.stream_chunk_bytes: 0): one message per result.
 - gloo:   torch.distributed send / recv of a float64 tensor (gloo process group, 2 processes).
 - mpi:    mpi4py Send / Recv of a float64 numpy buffer (``mpirun -n 2``).
 
@@ -82,28 +83,36 @@ def socket_client(port: int) -> None:
     _report(times)
 
 
-# -- gRPC (dcoord's message types and options) ------------------------------------------------------------
+# -- gRPC (dcoord's message types, options, chunking and reassembly) -----------------------------------
 def grpc_server(port: int) -> None:
     from concurrent import futures
 
     import grpc
 
     from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
+    from dcoord.runtime.chunking import ChunkAssembler
     from dcoord.runtime.service import GRPC_OPTIONS
     from dcoord.runtime.tensors import from_proto
 
     done = futures.Future()
 
-    def put(msg: pb.WorkerMessage, context) -> bytes:
-        if not msg.result.tasks:
-            done.set_result(True)
-            return b""
-        from_proto(msg.result.tasks[0].payload, expect_size=None)  # decode + finite check, as the coordinator
+    def put(requests, context) -> bytes:
+        asm = ChunkAssembler(max_bytes=1 << 30)  # what the coordinator's Work stream does per worker
+        for msg in requests:
+            if msg.HasField("chunk"):
+                asm.add(msg.chunk)
+                continue
+            if not msg.result.tasks:
+                done.set_result(True)
+                return b""
+            if msg.result.payload_chunked:
+                asm.attach(msg.result)
+            from_proto(msg.result.tasks[0].payload, expect_size=None)  # decode + finite check
         return b"k"
 
     handler = grpc.method_handlers_generic_handler("bench.Sink", {
-        "Put": grpc.unary_unary_rpc_method_handler(put, request_deserializer=pb.WorkerMessage.FromString,
-                                                   response_serializer=lambda b: b)})
+        "Put": grpc.stream_unary_rpc_method_handler(put, request_deserializer=pb.WorkerMessage.FromString,
+                                                    response_serializer=lambda b: b)})
     server = grpc.server(futures.ThreadPoolExecutor(2), options=GRPC_OPTIONS)
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -112,33 +121,28 @@ def grpc_server(port: int) -> None:
     server.stop(0.5)
 
 
-def grpc_client(port: int) -> None:
+def grpc_client(port: int, chunk_bytes: int) -> None:
     import grpc
 
     from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
+    from dcoord.runtime.chunking import pack_result
     from dcoord.runtime.service import GRPC_OPTIONS
-    from dcoord.runtime.tensors import to_proto
 
     ch = grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS)
     grpc.channel_ready_future(ch).result(timeout=30)
-    put = ch.unary_unary("/bench.Sink/Put", request_serializer=pb.WorkerMessage.SerializeToString,
-                         response_deserializer=lambda b: b)
+    put = ch.stream_unary("/bench.Sink/Put", request_serializer=pb.WorkerMessage.SerializeToString,
+                          response_deserializer=lambda b: b)
     times: dict[int, list[float]] = {}
     for mb in SIZES_MB:
         arr = _payload(mb)
         for k in range(REPS[mb] + 1):
             t0 = time.perf_counter()
-            # built in place: nested constructors (Result(tasks=[TaskResult(payload=...)])) copy the
-            # payload once per level, which costs more than the transfer for large payloads
-            msg = pb.WorkerMessage()
-            msg.result.job_id, msg.result.round, msg.result.worker_id = "bench", k, 1
-            tr = msg.result.tasks.add()
-            tr.job = k
-            tr.payload.CopyFrom(to_proto(arr))
-            put(msg, timeout=60)
+            res = pb.Result(job_id="bench", round=k, worker_id=1)  # built in place, as the worker does
+            res.tasks.add(job=k)
+            put(iter(pack_result(res, [arr], chunk_bytes)), timeout=60)
             if k:
                 times.setdefault(mb, []).append(time.perf_counter() - t0)
-    put(pb.WorkerMessage(), timeout=10)
+    put(iter([pb.WorkerMessage(result=pb.Result())]), timeout=10)
     _report(times)
 
 
@@ -229,10 +233,14 @@ def child(role: str, port: int) -> None:
                 return
             except ConnectionRefusedError:
                 time.sleep(0.1)
-    elif role == "grpc-0":
+    elif role in ("grpc-0", "grpc-1msg-0"):
         grpc_server(port)
     elif role == "grpc-1":
-        grpc_client(port)
+        from dcoord.runtime.chunking import DEFAULT_CHUNK_BYTES
+
+        grpc_client(port, DEFAULT_CHUNK_BYTES)
+    elif role == "grpc-1msg-1":
+        grpc_client(port, 0)
     elif role in ("gloo-0", "gloo-1"):
         gloo_rank(port, int(role[-1]))
 
@@ -249,7 +257,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from _util import print_table, write_json
 
-    transports = ["socket", "grpc", "gloo"]
+    transports = ["socket", "grpc", "grpc-1msg", "gloo"]
     mpi_note = None
     if shutil.which("mpirun") is None:
         mpi_note = "mpirun not found"

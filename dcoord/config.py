@@ -57,6 +57,9 @@ class RuntimeConfig(_Strict):
     )
     checkpoint_every: int = Field(10, ge=0, description="rounds between atomic checkpoints (0 = only at the end)")
     progress: bool = True
+    stream_chunk_bytes: int = Field(
+        1 << 20, ge=0, description="gRPC: send payloads larger than this as chunks of this size (0 = never)"
+    )
 
 
 class JobConfig(_Strict):

@@ -34,6 +34,7 @@ def main() -> None:
         opt.step()
     if rank == 0:
         torch.save(model.module.state_dict(), out)
+    dist.barrier()  # nobody tears gloo down while a peer still uses it (that aborted a rank once)
     dist.destroy_process_group()
 
 

@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
+from dcoord.runtime.chunking import ChunkAssembler
 from dcoord.runtime.coordinator import Coordinator, WorkerConn
 
 log = logging.getLogger("dcoord.service")
@@ -66,11 +67,20 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         conn.last_seen = time.monotonic()
         c.attach(conn)
 
+        # chunked payloads: at most 64 full-size float64 payloads buffered per stream
+        chunks = ChunkAssembler(max_bytes=64 * 8 * max(c.num_params, 1))
+
         async def read() -> None:
             try:
                 async for msg in request_iterator:
                     conn.last_seen = time.monotonic()
+                    if msg.HasField("chunk"):
+                        chunks.add(msg.chunk)
+                        continue
                     if not msg.HasField("result"):
+                        continue
+                    if msg.result.payload_chunked and not chunks.attach(msg.result):
+                        c.reject("oversized", f"worker {conn.worker_id} streamed more payload bytes than allowed")
                         continue
                     if not msg.result.payload_on_data_plane:
                         c.results.put_nowait((msg.result, conn))

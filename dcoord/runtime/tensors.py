@@ -44,11 +44,20 @@ def flat_grads_to_model(model: torch.nn.Module, flat: np.ndarray) -> None:
 
 
 def to_proto(array: np.ndarray) -> pb.Tensor:
+    t = pb.Tensor()
+    fill_proto(t, array)
+    return t
+
+
+def fill_proto(t: pb.Tensor, array: np.ndarray) -> None:
+    """Write ``array`` into an existing wire tensor (e.g. ``result.tasks.add().payload``): one copy only."""
     arr = np.ascontiguousarray(array)
     name = str(arr.dtype)
     if name not in _DTYPES:
         raise PayloadError(f"unsupported dtype {name}")
-    return pb.Tensor(shape=list(arr.shape), dtype=name, data=arr.tobytes())
+    t.shape[:] = list(arr.shape)
+    t.dtype = name
+    t.data = arr.tobytes()
 
 
 def from_proto(t: pb.Tensor, expect_size: int | None = None, check_finite: bool = True) -> np.ndarray:

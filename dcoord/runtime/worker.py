@@ -22,9 +22,10 @@ from dcoord.config import load_config
 from dcoord.errors import DcoordError
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
+from dcoord.runtime.chunking import pack_result
 from dcoord.runtime.compute import TaskComputer
 from dcoord.runtime.service import GRPC_OPTIONS
-from dcoord.runtime.tensors import from_proto, load_flat_params, to_proto
+from dcoord.runtime.tensors import fill_proto, from_proto, load_flat_params
 from dcoord.runtime.transport.base import offload_payloads
 from dcoord.workloads import load as load_workload
 
@@ -153,15 +154,16 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
             for ms in a.models:
                 cache[(ms.model, ms.version)] = from_proto(ms.params)
             t0 = time.perf_counter()
-            results = []
+            result = pb.Result(job_id=job_id, round=a.round, worker_id=wid)  # built in place: no payload copies
+            payloads = []
             for t in a.tasks:
                 load_flat_params(computer.model, cache[(t.model, t.model_version)])
                 payload, losses = computer.coded(t.job, list(t.parts), list(t.coeffs), dtype,
                                                  params=cache[(t.model, t.model_version)],
                                                  prev=cache.get((t.model, t.model_version - 1)))
-                results.append(pb.TaskResult(
-                    job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
-                    payload=to_proto(payload), losses=[pb.PartLoss(part=p, loss=v) for p, v in losses.items()]))
+                tr = result.tasks.add(job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
+                                      losses=[pb.PartLoss(part=p, loss=v) for p, v in losses.items()])
+                payloads.append(payload)
             emulated = cfg.runtime.emulate_part_s * sum(len(t.parts) for t in a.tasks)
             if emulated > 0:
                 time.sleep(emulated)
@@ -169,11 +171,15 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
             delay = float(stragglers.extra_delay(a.round, np.full(cfg.workers, compute_s))[wid])
             if delay > 0:
                 time.sleep(delay)
-            result = pb.Result(job_id=job_id, round=a.round, worker_id=wid, tasks=results, compute_s=compute_s,
-                               injected_delay_s=delay)
+            result.compute_s, result.injected_delay_s = compute_s, delay
             if data_plane is not None:
+                for tr, payload in zip(result.tasks, payloads):
+                    fill_proto(tr.payload, payload)
                 offload_payloads(result, data_plane)  # payloads to rank 0 point-to-point, in order
-            outbox.put(pb.WorkerMessage(result=result))
+                outbox.put(pb.WorkerMessage(result=result))
+            else:  # payloads inline, or over ~1 MB as chunks on the stream
+                for m in pack_result(result, payloads, cfg.runtime.stream_chunk_bytes):
+                    outbox.put(m)
             if data_plane is not None:
                 data_plane.wait_sent()  # MPI moves data only while the sender calls into it
             last[0] = a.round

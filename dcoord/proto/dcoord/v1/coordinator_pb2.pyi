@@ -151,7 +151,7 @@ class TaskResult(_message.Message):
     def __init__(self, job: _Optional[int] = ..., slot: _Optional[int] = ..., model: _Optional[int] = ..., model_version: _Optional[int] = ..., payload: _Optional[_Union[Tensor, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[PartLoss, _Mapping]]] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("job_id", "round", "worker_id", "tasks", "compute_s", "injected_delay_s", "payload_on_data_plane", "data_seq")
+    __slots__ = ("job_id", "round", "worker_id", "tasks", "compute_s", "injected_delay_s", "payload_on_data_plane", "data_seq", "payload_chunked")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +160,7 @@ class Result(_message.Message):
     INJECTED_DELAY_S_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_ON_DATA_PLANE_FIELD_NUMBER: _ClassVar[int]
     DATA_SEQ_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_CHUNKED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     round: int
     worker_id: int
@@ -168,15 +169,24 @@ class Result(_message.Message):
     injected_delay_s: float
     payload_on_data_plane: bool
     data_seq: int
-    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., worker_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., compute_s: _Optional[float] = ..., injected_delay_s: _Optional[float] = ..., payload_on_data_plane: _Optional[bool] = ..., data_seq: _Optional[int] = ...) -> None: ...
+    payload_chunked: bool
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., worker_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., compute_s: _Optional[float] = ..., injected_delay_s: _Optional[float] = ..., payload_on_data_plane: _Optional[bool] = ..., data_seq: _Optional[int] = ..., payload_chunked: _Optional[bool] = ...) -> None: ...
+
+class PayloadChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class WorkerMessage(_message.Message):
-    __slots__ = ("hello", "result")
+    __slots__ = ("hello", "result", "chunk")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     result: Result
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ...) -> None: ...
+    chunk: PayloadChunk
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., chunk: _Optional[_Union[PayloadChunk, _Mapping]] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
     __slots__ = ("assignment", "shutdown")
