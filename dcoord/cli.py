@@ -115,18 +115,20 @@ def cmd_status(args) -> int:
     return 0
 
 
+def job_args(sp: argparse.ArgumentParser, workers_help: str = "number of workers (overrides the config)") -> None:
+    """The job options shared by ``dcoord run`` / ``coordinator`` / ``simulate`` and ``python -m dcoord.launch``."""
+    sp.add_argument("job", help="job config (YAML)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set coding.stragglers=2 (repeatable)")
+    sp.add_argument("--workers", type=_positive_int, help=workers_help)
+    sp.add_argument("--out", help="run directory (default runs/NAME)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dcoord", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log what the runtime does")
     sub = p.add_subparsers(dest="command", required=True)
-
-    def job_args(sp):
-        sp.add_argument("job", help="job config (YAML)")
-        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set coding.stragglers=2 (repeatable)")
-        sp.add_argument("--workers", type=_positive_int, help="number of workers (overrides the config)")
-        sp.add_argument("--out", help="run directory (default runs/NAME)")
-        sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sp = sub.add_parser("run", help="coordinator + N local worker processes over loopback gRPC")
     job_args(sp)

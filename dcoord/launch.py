@@ -287,12 +287,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The same job options as ``dcoord run``."""
     p = _Parser(prog=PROG, description="Run a dcoord job under torchrun or mpirun (rank 0 coordinates).")
-    p.add_argument("job", help="job config (YAML)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set coding.stragglers=2 (repeatable)")
-    p.add_argument("--workers", type=int, help="number of workers (under a launcher: world size - 1)")
-    p.add_argument("--out", help="run directory (default runs/NAME)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from dcoord.cli import job_args
+
+    job_args(p, workers_help="number of workers (under a launcher: world size - 1)")
     p.add_argument("-v", "--verbose", action="store_true", help="log what the runtime does")
     return p
 
