@@ -121,14 +121,36 @@ def cmd_privacy(args) -> int:
         p = plan(cfg.privacy, cfg.rounds, n_samples, num_partitions=cfg.make_scheme().num_parts())
     except ValueError as exc:
         raise DcoordError(str(exc)) from None
+    gain = diff2_noise_gain(p, cfg.lr_for(0), wl.num_params())
+    if gain is not None:
+        p["difference_noise_gain"] = gain
     if args.json:
         print(json.dumps(p, indent=2, default=str))
         return 0
     from rich.console import Console
 
     rows = [[k, v] for k, v in p.items() if not isinstance(v, (list, dict))]
-    Console().print(_rich_table(f"privacy plan: {cfg.name}", ["quantity", "value"], rows))
+    console = Console()
+    console.print(_rich_table(f"privacy plan: {cfg.name}", ["quantity", "value"], rows))
+    if gain is not None and gain >= 1:
+        console.print(f"[yellow]warning:[/] DIFF2's difference noise gain lr x c2 x sigma2 x sqrt(d) = {gain:.3g} >= 1: "
+                      "the noise added on a difference round is larger than the step it follows, so the noise in "
+                      "the running estimate can compound every round (training diverges); lower privacy.clip_diff "
+                      "or optimizer.lr")
     return 0
+
+
+def diff2_noise_gain(plan: dict, lr: float, num_params: int) -> float | None:
+    """lr * c2 * (aggregate noise std per unit C2) * sqrt(d): how much a difference round's noise grows the step.
+
+    The difference clip is C2 = c2 * ||x_t - x_(t-1)||, so the noise vector added to v_t has norm about
+    c2 * ||step|| * std_per_C2 * sqrt(d) and moves the next step by lr times that: at >= 1 noise feeds on
+    itself (bench/privacy.py saw the paper's c2 = 30 diverge on digits for this reason).
+    """
+    per_c2 = plan.get("noise_std_diff_aggregate_per_C2")
+    if plan.get("mechanism") != "diff2" or per_c2 is None or plan.get("restart_every", 1) <= 1:
+        return None
+    return float(lr * plan["clip_diff"] * per_c2 * num_params**0.5)
 
 
 def register(sub, job_args) -> None:

@@ -75,6 +75,13 @@ def test_privacy_plan_json_hits_the_target():
     assert plan["epsilon"] == pytest.approx(4.0, rel=0.01)
     assert plan["delta"] == 1e-5 and plan["accountant"] == "rdp"
     assert plan["mechanism"] == "diff2" and plan["restarts"] >= 1
+    assert 0 < plan["difference_noise_gain"] < 1  # the example's c2 keeps difference noise from compounding
+
+
+def test_privacy_plan_warns_when_difference_noise_compounds():
+    p = dcoord("privacy", str(EXAMPLES / "private.yaml"), "--set", "privacy.clip_diff=30")
+    assert p.returncode == 0, p.stderr
+    assert "warning" in p.stdout and "privacy.clip_diff" in p.stdout
 
 
 @pytest.mark.parametrize(
