@@ -15,7 +15,9 @@ install() {
   fi
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null
   # torch is pinned in constraints.txt (CPU build here); everything else comes from pyproject.toml
-  "$VENV/bin/pip" install -q -c constraints.txt -e ".[${extras}]"
+  local target="."
+  if [ -n "$extras" ]; then target=".[${extras}]"; fi
+  "$VENV/bin/pip" install -q -c constraints.txt -e "$target"
 }
 
 system_packages() {
