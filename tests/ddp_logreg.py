@@ -6,6 +6,7 @@ averages gradients over ranks, so each rank's mean loss is scaled by N * |part| 
 gradient is then the full-batch mean-loss gradient, i.e. one DDP step is one step of dcoord's GD.
 """
 
+import os
 import sys
 
 import numpy as np
@@ -34,8 +35,11 @@ def main() -> None:
         opt.step()
     if rank == 0:
         torch.save(model.module.state_dict(), out)
-    dist.barrier()  # nobody tears gloo down while a peer still uses it (that aborted a rank once)
-    dist.destroy_process_group()
+    dist.barrier()  # every rank is done and rank 0 has saved
+    # gloo's teardown (destroy_process_group or interpreter exit) sometimes aborts a rank with "terminate
+    # called without an active exception" on this torch; the reference's work is done, so skip it
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
