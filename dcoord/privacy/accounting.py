@@ -44,9 +44,22 @@ class Accountant(ABC):
 
     name: str = "accountant"
 
-    @abstractmethod
     def epsilon(self, history: Sequence[tuple[float, float, int]], delta: float) -> float:
-        """Smallest epsilon the backend certifies for the whole history at this delta (inf if unbounded)."""
+        """Smallest epsilon the backend certifies for the whole history at this delta (inf if unbounded).
+
+        The cases every backend answers the same way are settled here: nothing released costs 0, a release
+        without noise costs infinity; the backend sees only checked, non-trivial histories.
+        """
+        hist = _check_history(history)
+        if not hist:
+            return 0.0
+        if any(z == 0 for z, _, _ in hist):
+            return math.inf
+        return self._epsilon(hist, delta)
+
+    @abstractmethod
+    def _epsilon(self, hist: History, delta: float) -> float:
+        """The backend's epsilon for a checked history of noisy releases."""
 
 
 def _check_history(history: Sequence[tuple[float, float, int]]) -> History:
@@ -67,14 +80,9 @@ class OpacusRDPAccountant(Accountant):
     def __init__(self, orders: Sequence[float] = RDP_ORDERS) -> None:
         self.orders = list(orders)
 
-    def epsilon(self, history: Sequence[tuple[float, float, int]], delta: float) -> float:
+    def _epsilon(self, hist: History, delta: float) -> float:
         from opacus.accountants import RDPAccountant
 
-        hist = _check_history(history)
-        if not hist:
-            return 0.0
-        if any(z == 0 for z, _, _ in hist):
-            return math.inf
         acc = RDPAccountant()
         acc.history = hist
         with warnings.catch_warnings():  # "optimal order is the largest alpha": still a valid (loose) bound
@@ -90,14 +98,9 @@ class OpacusPRVAccountant(Accountant):
     def __init__(self, eps_error: float = 0.01) -> None:
         self.eps_error = eps_error
 
-    def epsilon(self, history: Sequence[tuple[float, float, int]], delta: float) -> float:
+    def _epsilon(self, hist: History, delta: float) -> float:
         from opacus.accountants import PRVAccountant
 
-        hist = _check_history(history)
-        if not hist:
-            return 0.0
-        if any(z == 0 for z, _, _ in hist):
-            return math.inf
         acc = PRVAccountant()
         acc.history = hist
         try:
