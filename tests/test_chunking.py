@@ -7,16 +7,16 @@ from reference import full_batch_gd, max_rel_diff
 
 from dcoord.config import load_config
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
-from dcoord.runtime.chunking import ChunkAssembler, chunked_messages
+from dcoord.runtime.chunking import ChunkAssembler, pack_result
 from dcoord.runtime.local import run_local
-from dcoord.runtime.tensors import PayloadError, fill_proto, from_proto
+from dcoord.runtime.tensors import PayloadError, from_proto
 
 
-def _result(*arrays: np.ndarray) -> pb.Result:
+def _pack(arrays: list[np.ndarray], chunk: int) -> list[pb.WorkerMessage]:
     r = pb.Result(job_id="j", round=3, worker_id=1)
-    for k, a in enumerate(arrays):
-        fill_proto(r.tasks.add(job=k).payload, a)
-    return r
+    for k in range(len(arrays)):
+        r.tasks.add(job=k)
+    return pack_result(r, arrays, chunk)
 
 
 def _replay(msgs: list[pb.WorkerMessage], max_bytes: int = 1 << 30) -> tuple[pb.Result, bool]:
@@ -33,7 +33,7 @@ def _replay(msgs: list[pb.WorkerMessage], max_bytes: int = 1 << 30) -> tuple[pb.
 def test_chunks_reassemble_exactly(chunk):
     rng = np.random.default_rng(chunk)
     arrays = [rng.standard_normal(123), rng.standard_normal(77).astype(np.float32), rng.standard_normal(500)]
-    msgs = chunked_messages(_result(*arrays), chunk)
+    msgs = _pack(arrays, chunk)
     total = sum(a.nbytes for a in arrays)
     assert (len(msgs) > 1) == (chunk < total)
     res, ok = _replay(msgs)
@@ -43,12 +43,12 @@ def test_chunks_reassemble_exactly(chunk):
 
 
 def test_small_payloads_stay_inline():
-    msgs = chunked_messages(_result(np.ones(10)), 1 << 20)
+    msgs = _pack([np.ones(10)], 1 << 20)
     assert len(msgs) == 1 and not msgs[0].result.payload_chunked
 
 
 def test_missing_or_extra_chunk_bytes_are_caught_by_validation():
-    msgs = chunked_messages(_result(np.ones(100), np.ones(100)), 128)
+    msgs = _pack([np.ones(100), np.ones(100)], 128)
     res, ok = _replay(msgs[:3] + msgs[-1:])  # chunks lost
     assert ok
     with pytest.raises(PayloadError):
@@ -61,7 +61,7 @@ def test_missing_or_extra_chunk_bytes_are_caught_by_validation():
 
 
 def test_a_rogue_stream_cannot_buffer_without_bound():
-    msgs = chunked_messages(_result(np.ones(1000)), 100)
+    msgs = _pack([np.ones(1000)], 100)
     res, ok = _replay(msgs, max_bytes=4000)
     assert not ok
     asm = ChunkAssembler(10)

@@ -48,17 +48,6 @@ def pack_result(result: pb.Result, payloads: list[np.ndarray], chunk_bytes: int)
     return out
 
 
-def chunked_messages(result: pb.Result, chunk_bytes: int) -> list[pb.WorkerMessage]:
-    """Like :func:`pack_result` for a result whose payloads are already inline (mutates ``result``)."""
-    from dcoord.runtime.tensors import from_proto
-
-    total = sum(len(t.payload.data) for t in result.tasks)
-    if chunk_bytes <= 0 or total <= chunk_bytes or result.payload_on_data_plane:
-        return [pb.WorkerMessage(result=result)]
-    payloads = [from_proto(t.payload, check_finite=False) for t in result.tasks]
-    return pack_result(result, payloads, chunk_bytes)
-
-
 class ChunkAssembler:
     """Per-stream reassembly; bounded so a rogue stream cannot grow the coordinator's memory without end."""
 

@@ -32,15 +32,11 @@ from dcoord.privacy.per_sample import step_norm
 from dcoord.workloads import Workload
 
 
-def n_samples(cfg: JobConfig, workload: Workload) -> int:
-    """N of the mechanism: private rounds are full-batch (config validation enforces batch_size: null)."""
-    return workload.num_samples
-
-
 def build_mechanism(cfg: JobConfig, workload: Workload, num_partitions: int) -> PrivateGD:
     """The job's mechanism with its noise resolved (calibrated to the target epsilon when one is given)."""
     assert cfg.privacy is not None
-    return PrivateGD.from_config(cfg.privacy, rounds=cfg.rounds, n_samples=n_samples(cfg, workload),
+    # N: private rounds are full-batch (config validation enforces batch_size: null)
+    return PrivateGD.from_config(cfg.privacy, rounds=cfg.rounds, n_samples=workload.num_samples,
                                  num_partitions=num_partitions)
 
 
@@ -94,7 +90,7 @@ class CoordinatorPrivacy:
         mults = round_multipliers(p.mechanism, cfg.rounds, self.mech.noise_multiplier,
                                   self.mech.noise_multiplier_diff, self.mech.restart_every)
         self.epsilons = epsilon_per_round(mults, p.delta, p.accountant)
-        self.plan = plan(p, cfg.rounds, n_samples(cfg, workload), num_partitions)
+        self.plan = plan(p, cfg.rounds, workload.num_samples, num_partitions)
         self.prev: np.ndarray | None = None  # x_{t-1}
         self.last_spec: RoundSpec | None = None
 

@@ -184,8 +184,7 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
                 data_plane.wait_sent()  # MPI moves data only while the sender calls into it
             last[0] = a.round
             computed += 1
-            keep = {(t.model, t.model_version) for t in a.tasks} | {(m, v - 1) for m, v in
-                                                                     ((t.model, t.model_version) for t in a.tasks)}
+            keep = {(t.model, t.model_version) for t in a.tasks}  # x_(t-1) for DIFF2 comes with each assignment
             for k in [k for k in cache if k not in keep]:
                 del cache[k]
     finally:
