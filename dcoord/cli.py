@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import sys
-from pathlib import Path
 
 from dcoord.errors import ConfigError, DcoordError
 
@@ -43,10 +42,11 @@ def cmd_run(args) -> int:
 
     from dcoord.runtime.local import run_local
     from dcoord.runtime.progress import summary_table
+    from dcoord.runtime.resume import out_and_mode
 
     cfg = _load(args)
-    out = Path(args.out) if args.out else Path("runs") / cfg.name
-    summary = run_local(cfg, out, progress=not args.quiet)
+    out, mode = out_and_mode(args, cfg)
+    summary = run_local(cfg, out, progress=not args.quiet, mode=mode)
     console = Console()
     console.print(summary_table(summary))
     console.print(f"run directory: {out}")
@@ -56,22 +56,29 @@ def cmd_run(args) -> int:
 def cmd_coordinator(args) -> int:
     from rich.console import Console
 
-    from dcoord.runtime.coordinator import Coordinator
+    from dcoord.runtime import resume
     from dcoord.runtime.progress import RoundProgress, summary_table
     from dcoord.runtime.service import start_server
 
     cfg = _load(args)
-    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    out, mode = resume.out_and_mode(args, cfg)
 
     async def main() -> dict:
-        coord = Coordinator(cfg, out)
+        coord = resume.make_coordinator(cfg, out, mode)
         server, port = await start_server(coord, args.listen)
         print(f"coordinator for job {coord.job_id} listening on port {port}; "
               f"waiting for {cfg.workers} workers", file=sys.stderr, flush=True)
+        loop, stopped = asyncio.get_running_loop(), []
+        resume.stop_on_signals(loop, asyncio.current_task(), stopped)
         try:
             with RoundProgress(coord, enabled=not args.quiet) as bar:
                 return await coord.run(progress=bar.update, start_timeout=args.wait_workers)
+        except asyncio.CancelledError:
+            if not stopped:
+                raise
+            raise resume.stopped_error(coord, stopped[0], out) from None
         finally:
+            resume.remove_signal_handlers(loop)
             await asyncio.sleep(0.2)
             await server.stop(grace=1.0)
 
@@ -130,12 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log what the runtime does")
     sub = p.add_subparsers(dest="command", required=True)
 
+    from dcoord.runtime.resume import add_resume_options
+
     sp = sub.add_parser("run", help="coordinator + N local worker processes over loopback gRPC")
     job_args(sp)
+    add_resume_options(sp)
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("coordinator", help="run a coordinator that waits for remote workers")
     job_args(sp)
+    add_resume_options(sp)
     sp.add_argument("--listen", type=_address, default="0.0.0.0:50051", help="HOST:PORT to listen on")
     sp.add_argument("--wait-workers", type=float, default=600.0, help="seconds to wait for all workers")
     sp.set_defaults(func=cmd_coordinator)

@@ -56,6 +56,7 @@ class RuntimeConfig(_Strict):
         description="sleep this long per part computed, to emulate one machine per worker on a small box",
     )
     checkpoint_every: int = Field(10, ge=0, description="rounds between atomic checkpoints (0 = only at the end)")
+    keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept (the newest K; older ones are deleted)")
     progress: bool = True
     stream_chunk_bytes: int = Field(
         1 << 20, ge=0, description="gRPC: send payloads larger than this as chunks of this size (0 = never)"

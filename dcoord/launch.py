@@ -149,9 +149,10 @@ class _Stopped(Exception):
     pass
 
 
-async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, plane, progress: bool) -> dict:
-    from dcoord.runtime.coordinator import Coordinator
+async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, plane, progress: bool,
+                            mode: str = "new") -> dict:
     from dcoord.runtime.progress import RoundProgress
+    from dcoord.runtime.resume import make_coordinator
     from dcoord.runtime.service import start_server
     from dcoord.runtime.transport.base import PayloadMatcher
     from dcoord.workloads.base import WorkloadError
@@ -160,7 +161,7 @@ async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, pl
     loop = asyncio.get_running_loop()
     try:
         try:
-            coord = Coordinator(cfg, out)
+            coord = make_coordinator(cfg, out, mode)
         except WorkloadError as exc:
             raise ConfigError(str(exc)) from None
         matcher = PayloadMatcher(coord.results, loop) if carries else None
@@ -200,7 +201,7 @@ async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, pl
         raise RunFailed(
             f"stopped by {stopped[0]} after {max(coord.round, 0)} of {coord.total_rounds} rounds: "
             f"{env.launcher} stops every rank when any rank exits (a worker died or was killed, or the "
-            f"job was interrupted); metrics and checkpoint.pt are in {out}"
+            f"job was interrupted); metrics and checkpoints are in {out} (continue with --resume {out})"
         ) from None
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -229,7 +230,7 @@ def _work(cfg: JobConfig, env: LaunchEnv, plane) -> dict:
 _plane = None
 
 
-def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = True) -> dict:
+def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = True, mode: str = "new") -> dict:
     """Run this rank's role; rank 0 returns the run summary, workers ``{"role": "worker", ...}``.
 
     Under mpirun an exception on any rank is printed and ends the whole job (MPI_Abort) instead of
@@ -244,7 +245,7 @@ def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = Tr
     try:
         _plane = make_data_plane(cfg, env)
         if _plane.rank == 0:
-            summary = asyncio.run(_coordinate_async(cfg, env, out, _plane, progress))
+            summary = asyncio.run(_coordinate_async(cfg, env, out, _plane, progress, mode))
             clean = _plane.stop_receiving(timeout=10.0) if cfg.transport != "grpc" else True
             if clean:
                 _plane.close(clean=True)
@@ -290,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dcoord.cli import job_args
 
     job_args(p, workers_help="number of workers (under a launcher: world size - 1)")
+    from dcoord.runtime.resume import add_resume_options
+
+    add_resume_options(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log what the runtime does")
     return p
 
@@ -306,13 +310,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg, notes = resolve_config(load_config(args.job, overrides), env)
         for note in notes if lead else []:
             print(f"dcoord.launch: note: {note}", file=sys.stderr, flush=True)
-        out = Path(args.out) if args.out else Path("runs") / cfg.name
+        from dcoord.runtime.resume import out_and_mode
+
+        out, mode = out_and_mode(args, cfg)
         if env.launcher == "none":  # no launcher: exactly `dcoord run`
             from dcoord.runtime.local import run_local
 
-            result = run_local(cfg, out, progress=not args.quiet)
+            result = run_local(cfg, out, progress=not args.quiet, mode=mode)
         else:
-            result = launch(cfg, env, out, progress=not args.quiet)
+            result = launch(cfg, env, out, progress=not args.quiet, mode=mode)
     except ConfigError as exc:
         if lead:
             print(f"dcoord.launch: config error: {exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ round-robin (job j -> model j % models), so several models train concurrently wh
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -128,3 +129,21 @@ class Scheme(ABC):
     def params(self) -> dict:
         """The scheme's parameters, for reports (subclasses add theirs)."""
         return {"n": self.n}
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    #: attributes that change as rounds close: everything a later round depends on
+    _state: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict:
+        """The scheme's round-to-round state as plain values (numpy arrays, lists, dicts), for a checkpoint.
+
+        Taken between rounds; a scheme built from the same config and given it with ``load_state_dict``
+        plans and decodes every later round exactly as this one would."""
+        return {k: copy.deepcopy(getattr(self, k)) for k in self._state}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = [k for k in self._state if k not in state]
+        if missing:
+            raise ValueError(f"{self.name}: checkpoint lacks scheme state {missing}")
+        for k in self._state:
+            setattr(self, k, copy.deepcopy(state[k]))

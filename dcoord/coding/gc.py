@@ -112,6 +112,14 @@ class _PlainScheme(Scheme):
     def params(self) -> dict:
         return {"n": self.n, "s": self.s}
 
+    def state_dict(self) -> dict:
+        """Closed but not yet decoded rounds (empty between rounds: plain codes decode when they close)."""
+        return {"arrived": {r: sorted(a) for r, a in self._arrived.items()}, "last_residual": self.last_residual}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._arrived = {int(r): frozenset(a) for r, a in state["arrived"].items()}
+        self.last_residual = float(state["last_residual"])
+
 
 class Uncoded(_PlainScheme):
     """Each worker one part; wait for all n."""

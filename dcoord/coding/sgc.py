@@ -216,6 +216,26 @@ class _SequentialScheme(Scheme):
         return {"n": self.n, "B": self.B, "W": self.W, "lambda": self.lam, "T": self.delay,
                 "models": self.models, "jobs": self.jobs}
 
+    # -- checkpoints -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Straggler history of the last W rounds, per-job delivery records, jobs already reported.
+
+        Plans are not kept: they are rebuilt from this state when the next round is planned."""
+        out = super().state_dict()
+        out.update(next=self._next, hist=self._hist.copy(), hist_round=self._hist_round.copy(),
+                   reported=sorted(self._reported), last_residual=self.last_residual)
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._next = int(state["next"])
+        self._hist = np.array(state["hist"], dtype=bool).reshape(self.W, self.n)
+        self._hist_round = np.array(state["hist_round"], dtype=np.int64).reshape(self.W)
+        self._reported = {int(j) for j in state["reported"]}
+        self.last_residual = float(state["last_residual"])
+        self._plans = {}
+        self._past = None
+
     # -- the (B, W, lambda) model ----------------------------------------------------------------
     def _past_masks(self, r: int) -> tuple[np.ndarray, np.ndarray]:
         """(workers that straggled in rounds r-W+1..r-1, workers that straggled in rounds r-W+1..r-B)."""
@@ -323,6 +343,7 @@ class SRSGC(_SequentialScheme):
     """
 
     name = "sr-sgc"
+    _state = ("_del0", "_rep", "_del1")
 
     def __init__(self, n: int, B: int, W: int, lam: int, jobs: int | None = None, *, models: int | None = None,
                  inner: str = "auto", seed: int = 0, keep_rounds: int = 64) -> None:
@@ -432,6 +453,7 @@ class MSGC(_SequentialScheme):
     """
 
     name = "m-sgc"
+    _state = ("_d1_round", "_d2_done")
 
     def __init__(self, n: int, B: int, W: int, lam: int, jobs: int | None = None, *, models: int | None = None,
                  inner: str = "auto", seed: int = 0, keep_rounds: int = 64) -> None:

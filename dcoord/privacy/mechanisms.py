@@ -394,3 +394,11 @@ class GradientEstimator:
             self.v = self.v + decoded
         self.last_round = round
         return self.v
+
+    def state_dict(self) -> dict:
+        """The running estimate v_t and the last round folded in (a checkpoint continues from them)."""
+        return {"v": None if self.v is None else self.v.clone(), "last_round": self.last_round}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.v = None if state["v"] is None else state["v"].clone()
+        self.last_round = None if state["last_round"] is None else int(state["last_round"])

@@ -55,7 +55,7 @@ def make_optimizer(cfg: JobConfig, model: torch.nn.Module, index: int) -> torch.
 class Coordinator:
     """Owns the models (one source of truth per model), the scheme and the round loop."""
 
-    def __init__(self, cfg: JobConfig, out: Path | str | None = None, job_id: str | None = None) -> None:
+    def __init__(self, cfg: JobConfig, out: RunDir | Path | str | None = None, job_id: str | None = None) -> None:
         self.cfg = cfg
         self.job_id = job_id or f"{cfg.name}-{uuid.uuid4().hex[:8]}"
         self.scheme: Scheme = cfg.make_scheme()
@@ -72,7 +72,7 @@ class Coordinator:
             from dcoord.runtime.private import CoordinatorPrivacy
 
             self.privacy = CoordinatorPrivacy(cfg, self.workload, self.scheme.num_parts())
-        self.rundir = RunDir(out)
+        self.rundir = out if isinstance(out, RunDir) else RunDir(out, keep=cfg.runtime.keep_checkpoints)
         self.total_rounds = cfg.rounds + self.scheme.delay
         # round state
         self.round = -1
@@ -95,6 +95,12 @@ class Coordinator:
         self.started = time.monotonic()
         self.round_closed = asyncio.Event()
         self._registered = asyncio.Event()
+        # checkpoints: "collect" while a round waits for results (the scheme as it was when the round
+        # started is kept), "closing" while a closed round is applied, "boundary" between rounds
+        self.phase = "boundary"
+        self.scheme_snapshot: dict | None = None
+        self.resumed_elapsed = 0.0
+        self.lost_ids: set[int] = set()
 
     # -- membership --------------------------------------------------------------------------------
     def free_worker_id(self, requested: int = -1) -> int | None:
@@ -107,6 +113,9 @@ class Coordinator:
         """A worker's stream is up: remember it and, mid-round, hand it the current round's tasks."""
         self.conns[conn.worker_id] = conn
         log.info("worker %d attached (%d alive)", conn.worker_id, self.alive_count())
+        if conn.worker_id in self.lost_ids:  # a worker that died (or its replacement) is back
+            self.lost_ids.discard(conn.worker_id)
+            self._event("worker-rejoined", conn.worker_id)
         if self.alive_count() >= self.n:
             self._registered.set()
         pending = self.state == "running" and self.round >= 0 and conn.worker_id not in self.arrived
@@ -115,9 +124,20 @@ class Coordinator:
 
     def detach(self, conn: WorkerConn) -> None:
         if self.conns.get(conn.worker_id) is conn:
-            conn.alive = False
+            was_alive, conn.alive = conn.alive, False
             level = logging.WARNING if self.state == "running" else logging.INFO
             log.log(level, "worker %d is gone (%d alive)", conn.worker_id, self.alive_count())
+            if was_alive and self.state == "running":
+                self.lost_ids.add(conn.worker_id)
+                self._event("worker-lost", conn.worker_id)
+
+    def _event(self, kind: str, worker: int) -> None:
+        """A membership change, as a line in metrics.jsonl (it has an "event" key, not a "round")."""
+        try:
+            self.rundir.log_event({"event": kind, "worker": worker, "during_round": self.round,
+                                   "alive": self.alive_count(), "time": time.time()})
+        except OSError:
+            pass
 
     def alive_ids(self) -> set[int]:
         """Workers whose stream is up and who were heard from recently (heartbeats or results)."""
@@ -144,6 +164,8 @@ class Coordinator:
         return pb.CoordinatorMessage(assignment=a)
 
     def _start_round(self, r: int) -> None:
+        self.scheme_snapshot = self.scheme.state_dict()  # a checkpoint taken mid-round restores this
+        self.phase = "collect"
         self.round = r
         self.arrived = set()
         self.compute_round: dict[int, float] = {}
@@ -306,13 +328,13 @@ class Coordinator:
             out.update(self.privacy.round_info(job))
         return out
 
-    def _checkpoint_state(self) -> dict:
-        return {
-            "round": self.round,
-            "steps": list(self.steps),
-            "models": [m.state_dict() for m in self.models],
-            "optimizers": [o.state_dict() for o in self.optimizers],
-        }
+    def save_checkpoint(self) -> None:
+        """Checkpoint the state as of the last closed round (atomic; the newest K are kept)."""
+        from dcoord.runtime.resume import capture
+
+        got = capture(self)
+        if got is not None and got[1] >= 0:
+            self.rundir.checkpoint(*got)
 
     async def wait_for_workers(self, timeout: float) -> None:
         try:
@@ -327,12 +349,13 @@ class Coordinator:
         self.rundir.write_config(self.cfg.to_yaml())
         await self.wait_for_workers(start_timeout)
         self.state = "running"
-        self.started = time.monotonic()
+        self.started = time.monotonic() - self.resumed_elapsed
         try:
-            for r in range(self.total_rounds):
+            for r in range(self.round + 1, self.total_rounds):
                 t0 = time.monotonic()
                 self._start_round(r)
                 arrived = await self._collect(r)
+                self.phase = "closing"
                 newly = self.scheme.close_round(r, arrived)
                 jobs = [self._decode_and_step(j) for j in newly]
                 wall = time.monotonic() - t0
@@ -355,9 +378,10 @@ class Coordinator:
                 if hasattr(self.scheme, "round_info"):
                     record.update(self.scheme.round_info(r))
                 self.rundir.log_round(record)
+                self.phase = "boundary"
                 ce = self.cfg.runtime.checkpoint_every
                 if ce and (r + 1) % ce == 0:
-                    self.rundir.checkpoint(self._checkpoint_state())
+                    self.save_checkpoint()
                 self.round_closed.set()
                 self.round_closed.clear()
                 if progress is not None:
@@ -366,7 +390,10 @@ class Coordinator:
             self.state = "failed"
             self.message = str(exc)
             self._shutdown_all(f"run failed: {exc}")
-            self.rundir.checkpoint(self._checkpoint_state())
+            try:
+                self.save_checkpoint()
+            except Exception as ckexc:  # noqa: BLE001 - e.g. the disk is full: keep the original error
+                log.error("could not write the final checkpoint: %s", ckexc)
             self.rundir.close()
             raise
         self.state = "done"

@@ -13,7 +13,9 @@ from pathlib import Path
 from dcoord.config import JobConfig
 from dcoord.runtime.coordinator import Coordinator
 from dcoord.runtime.progress import RoundProgress
+from dcoord.runtime.resume import make_coordinator, remove_signal_handlers, stop_on_signals, stopped_error
 from dcoord.runtime.service import start_server
+from dcoord.runtime.supervise import WorkerSupervisor
 
 
 def spawn_worker(address: str, requested_id: int = -1, log_path: Path | None = None,
@@ -39,10 +41,15 @@ def worker_secret_env(cfg: JobConfig) -> dict[str, str]:
 
 
 async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = True,
-                          on_started=None, on_round=None, spawn: int | None = None) -> dict:
+                          on_started=None, on_round=None, spawn: int | None = None, mode: str = "new",
+                          respawn: bool = True) -> dict:
     """``on_started(coord, procs, address)`` and ``on_round(record, coord)`` are hooks for tests and tools;
-    ``spawn`` starts fewer local workers than the config asks for (the rest join from elsewhere)."""
-    coord = Coordinator(cfg, out)
+    ``spawn`` starts fewer local workers than the config asks for (the rest join from elsewhere).
+
+    ``mode``: new / resume / overwrite (see RunDir). ``respawn``: a local worker process that dies while
+    the run goes on is started again with the same id (as a pod restart would), and rejoins.
+    SIGINT/SIGTERM checkpoint, stop the workers and raise :class:`~dcoord.runtime.resume.Stopped`."""
+    coord = make_coordinator(cfg, out, mode)
     server, port = await start_server(coord, "127.0.0.1:0")
     address = f"127.0.0.1:{port}"
     logs = (out / "workers") if out else None
@@ -60,10 +67,24 @@ async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = Tru
         if on_round is not None:
             on_round(record, c)
 
+    loop = asyncio.get_running_loop()
+    stopped: list[int] = []
+    stop_on_signals(loop, asyncio.current_task(), stopped)
+    supervisor = WorkerSupervisor(coord, procs, lambda i: spawn_worker(
+        address, i, logs / f"worker-{i}.log" if logs else None, extra_env)) if respawn else None
     try:
         with bar:
+            if supervisor is not None:
+                supervisor.start()
             return await coord.run(progress=each_round)
+    except asyncio.CancelledError:
+        if not stopped:
+            raise
+        raise stopped_error(coord, stopped[0], out) from None
     finally:
+        remove_signal_handlers(loop)
+        if supervisor is not None:
+            supervisor.stop()
         await asyncio.sleep(0.2)  # let shutdown messages flush
         await server.stop(grace=1.0)
         for p in procs:

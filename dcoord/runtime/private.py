@@ -106,6 +106,18 @@ class CoordinatorPrivacy:
         self.prev = params.copy()
         return v.numpy()
 
+    def state_dict(self) -> dict:
+        """DIFF2's running estimate, x_(t-1), and the coordinator's own noise seed (trust: coordinator).
+
+        The epsilon history is a function of the config and the round, so it is not stored."""
+        return {"estimator": self.estimator.state_dict(), "prev": None if self.prev is None else self.prev.copy(),
+                "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.estimator.load_state_dict(state["estimator"])
+        self.prev = None if state["prev"] is None else np.array(state["prev"], dtype=np.float64)
+        self.seed = None if state["seed"] is None else int(state["seed"])
+
     def epsilon_after(self, job: int) -> float:
         return self.epsilons[job] if 0 <= job < len(self.epsilons) else math.nan
 

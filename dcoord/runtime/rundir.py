@@ -1,55 +1,174 @@
-"""The run directory: config.yaml, metrics.jsonl (flushed every round), summary.json, model.pt, checkpoints.
+"""The run directory: config.yaml, metrics.jsonl (flushed every round), summary.json, model.pt, checkpoints/.
 
 Everything is written so that a crash loses at most the round in flight: metrics lines are flushed as
-they are written and checkpoints/final files are written to a temporary name and renamed atomically.
+they are written (a line that cannot be written whole is cut back off), and checkpoints and final files
+are written to a temporary name, fsync'ed and renamed. An existing run is never overwritten silently:
+``mode`` says whether this is a new run, a resumed one, or one that replaces an old run on purpose.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dcoord.errors import DcoordError
+from dcoord.runtime import checkpoint as ckpt
+
+#: what a run writes; --overwrite removes exactly these (never other files in the directory)
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "model.pt", "checkpoint.pt")
+RUN_DIRS = ("checkpoints", "workers")
+
+
+class RunDirError(DcoordError):
+    """The run directory cannot be used (a file, read-only, full disk, an existing run)."""
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        ckpt.atomic_write(path, data)
+    except OSError as exc:
+        raise _io_error(path, exc) from None
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _io_error(path: Path, exc: OSError) -> RunDirError:
+    why = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the file system is read-only",
+           errno.EACCES: "permission denied", errno.EDQUOT: "disk quota exceeded",
+           errno.ENOTDIR: "a path component is a file, not a directory"}.get(exc.errno, exc.strerror or str(exc))
+    return RunDirError(f"cannot write {path}: {why}")
+
+
+def is_run(path: Path) -> bool:
+    """Does ``path`` hold (part of) an earlier run's outputs?"""
+    return path.is_dir() and (any((path / f).exists() for f in RUN_FILES) or (path / "checkpoints").is_dir())
 
 
 class RunDir:
-    """Writes one run's outputs; a ``None`` directory makes every method a no-op (library use)."""
+    """Writes one run's outputs; a ``None`` directory makes every method a no-op (library use).
 
-    def __init__(self, path: Path | str | None) -> None:
+    ``mode``: ``new`` (refuses a directory that holds a run), ``resume`` (continues metrics.jsonl from
+    the checkpoint) or ``overwrite`` (removes the old run's files first, and only those).
+    """
+
+    def __init__(self, path: Path | str | None, mode: str = "new", keep: int = 3) -> None:
         self.path = Path(path) if path is not None else None
+        self.mode = mode
+        self.keep = keep
         self._metrics = None
-        if self.path is not None:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._metrics = open(self.path / "metrics.jsonl", "w", buffering=1)
+        self.round_offset = 0  # metrics.jsonl size after the last round line (what a checkpoint records)
+        self.last_checkpoint_round: int | None = None
+        if self.path is None:
+            return
+        p = self.path
+        if p.exists() and not p.is_dir():
+            raise RunDirError(f"--out {p}: is a file, not a directory; give a directory path")
+        if mode == "new" and is_run(p):
+            raise RunDirError(f"--out {p}: already holds a run; pass --resume {p} to continue it, "
+                              "--overwrite to replace it, or choose another --out")
+        if mode == "resume" and not ckpt.list_checkpoints(p / "checkpoints"):
+            raise RunDirError(f"--resume {p}: no checkpoint there (checkpoints/ckpt-*.pt); nothing to resume")
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+            probe = p / f".dcoord-write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise _io_error(p, exc) from None
+        if mode == "overwrite":
+            self._remove_old_run()
 
+    def _remove_old_run(self) -> None:
+        assert self.path is not None
+        try:
+            for f in RUN_FILES:
+                (self.path / f).unlink(missing_ok=True)
+            for d in RUN_DIRS:
+                if (self.path / d).is_dir():
+                    shutil.rmtree(self.path / d)
+        except OSError as exc:
+            raise _io_error(self.path, exc) from None
+
+    # -- metrics --------------------------------------------------------------------------------------
+    def open_metrics(self, offset: int | None = None) -> None:
+        """Start metrics.jsonl (new run) or continue it from ``offset`` (resume: later lines are cut off)."""
+        if self.path is None:
+            return
+        path = self.path / "metrics.jsonl"
+        try:
+            if offset is None:
+                self._metrics = open(path, "wb")
+                self.round_offset = 0
+            else:
+                self._metrics = open(path, "r+b" if path.exists() else "w+b")
+                size = self._metrics.seek(0, os.SEEK_END)
+                if size < offset:
+                    raise RunDirError(f"{path}: shorter ({size} bytes) than the checkpoint recorded "
+                                      f"({offset} bytes); it was edited or truncated, cannot resume")
+                self._metrics.truncate(offset)
+                self._metrics.seek(offset)
+                self.round_offset = offset
+        except OSError as exc:
+            raise _io_error(path, exc) from None
+
+    def _write_line(self, record: dict) -> int:
+        """Append one JSON line whole or not at all; returns the file size after it."""
+        assert self._metrics is not None
+        f = self._metrics
+        start = f.tell()
+        try:
+            f.write((json.dumps(record) + "\n").encode())
+            f.flush()
+        except OSError as exc:
+            try:
+                f.truncate(start)
+                f.seek(start)
+            except OSError:
+                pass
+            raise _io_error(self.path / "metrics.jsonl", exc) from None  # type: ignore[operator]
+        return f.tell()
+
+    def log_round(self, record: dict) -> None:
+        if self._metrics is None and self.path is not None:
+            self.open_metrics()
+        if self._metrics is not None:
+            self.round_offset = self._write_line(record)
+
+    def log_event(self, record: dict) -> None:
+        """A line that is not a round (worker lost or back, resume, re-plan): it has an "event" key."""
+        if self._metrics is not None:
+            self._write_line(record)
+
+    # -- files ----------------------------------------------------------------------------------------
     def write_config(self, yaml_text: str) -> None:
         if self.path is not None:
             atomic_write_bytes(self.path / "config.yaml", yaml_text.encode())
 
-    def log_round(self, record: dict) -> None:
-        if self._metrics is not None:
-            self._metrics.write(json.dumps(record) + "\n")
+    def read_config(self) -> str | None:
+        if self.path is None or not (self.path / "config.yaml").is_file():
+            return None
+        return (self.path / "config.yaml").read_text()
 
-    def checkpoint(self, state: dict) -> None:
-        if self.path is not None:
-            atomic_torch_save(state, self.path / "checkpoint.pt")
+    def checkpoint(self, state: dict, round: int) -> Path | None:
+        if self.path is None:
+            return None
+        try:
+            path = ckpt.save(self.path / "checkpoints", state, round, self.keep)
+            self.last_checkpoint_round = round
+            return path
+        except OSError as exc:
+            raise _io_error(self.path / "checkpoints", exc) from None
 
     def finish(self, summary: dict, model_state: Any) -> None:
         if self.path is None:
@@ -60,5 +179,8 @@ class RunDir:
 
     def close(self) -> None:
         if self._metrics is not None:
-            self._metrics.close()
+            try:
+                self._metrics.close()
+            except OSError:
+                pass
             self._metrics = None

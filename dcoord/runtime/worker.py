@@ -145,10 +145,12 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
     threading.Thread(target=heartbeat, args=(last,), daemon=True).start()
     cache: dict[tuple[int, int], np.ndarray] = {}
     computed = 0
+    told_to_stop = False
     try:
         while True:
             msg = inbox.latest()
             if msg is None or msg.HasField("shutdown"):
+                told_to_stop = msg is not None
                 break
             a = msg.assignment
             for ms in a.models:
@@ -191,4 +193,13 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
         stop.set()
         outbox.put(None)
         channel.close()
+    if not told_to_stop:
+        raise LostCoordinator(f"worker {wid}: lost the coordinator at {address} ({inbox.closed}) after "
+                              f"{computed} rounds computed; the job did not tell this worker to stop")
     return computed
+
+
+class LostCoordinator(DcoordError):
+    """The coordinator went away without telling this worker to stop (crash, kill, network)."""
+
+    exit_code = 4

@@ -298,6 +298,19 @@ class Walker(ABC):
         """visit_counts normalised to a probability vector."""
         return self.visit_counts / self.visit_counts.sum()
 
+    def state_dict(self) -> dict:
+        """Where the token is and what it remembers (for a checkpoint); the graph comes from the config."""
+        return {"position": self.position, "hops": self.hops, "visit_counts": self.visit_counts.copy(),
+                "entries_examined": self.entries_examined}
+
+    def load_state_dict(self, state: dict) -> None:
+        counts = np.asarray(state["visit_counts"], dtype=np.int64)
+        if counts.shape != self.visit_counts.shape:
+            raise ValueError(f"token: checkpoint has {counts.size} visit counts, the graph {self.graph.n} nodes")
+        self.position, self.hops = int(state["position"]), int(state["hops"])
+        self.visit_counts = counts.copy()
+        self.entries_examined = int(state["entries_examined"])
+
     def kernel_matrix(self) -> np.ndarray:
         """The full current kernel as a dense n x n matrix (rows from kernel_row); small graphs only."""
         return kernel_matrix(self)
@@ -370,6 +383,13 @@ class NBRWalker(Walker):
             j = nb[k + (k >= back)]
         self.previous = self.position
         return self._arrive(j)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "previous": self.previous}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.previous = int(state["previous"])
 
     def kernel_row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Row from i given the walker's previous node when i is the current holder (else: no history)."""
@@ -479,6 +499,18 @@ class SRRWWalker(Walker):
             self._zn *= self._scale
             self._scale = 1.0
         return self._arrive(j)
+
+    def state_dict(self) -> dict:
+        """Adds the self-repellent visit measure (z and its scale): later hops depend on it."""
+        return {**super().state_dict(), "z": self._zn.copy(), "scale": self._scale}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        z = np.asarray(state["z"], dtype=np.float64)
+        if z.shape != self._zn.shape:
+            raise ValueError("token: checkpoint's SRRW state has the wrong size")
+        self._zn[:] = z  # writes through to the array('d') buffer the hot path reads
+        self._scale = float(state["scale"])
 
     def kernel_row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         alpha = self.current_alpha()

@@ -13,6 +13,8 @@ theta - beta_n w_i grad F_i.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from dcoord.coding.base import DecodeError, ResultRef, Scheme, SchemeError, Task
@@ -145,6 +147,29 @@ class TokenSchedule(Scheme):
         counts = np.sum([w.visit_counts for w in self.walkers], axis=0)
         return {"visit_counts": [int(c) for c in counts], "tokens_restored": self.restored,
                 "hops": int(sum(w.hops for w in self.walkers))}
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Every token's walk state and random generator, the holders of open rounds, closed rounds."""
+        return {
+            "walkers": [w.state_dict() for w in self.walkers],
+            "rngs": [copy.deepcopy(r.bit_generator.state) for r in self.rngs],
+            "holders": {r: list(h) for r, h in self.holders.items()},
+            "closed": {r: list(h) for r, h in self._closed.items()},
+            "restored": self.restored, "last_holders": list(self.last_holders),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["walkers"]) != len(self.walkers):
+            raise ValueError(f"token: checkpoint has {len(state['walkers'])} tokens, config {len(self.walkers)}")
+        for w, ws in zip(self.walkers, state["walkers"]):
+            w.load_state_dict(ws)
+        for r, rs in zip(self.rngs, state["rngs"]):
+            r.bit_generator.state = copy.deepcopy(rs)
+        self.holders = {int(r): [int(x) for x in h] for r, h in state["holders"].items()}
+        self._closed = {int(r): [int(x) for x in h] for r, h in state["closed"].items()}
+        self.restored = int(state["restored"])
+        self.last_holders = [int(x) for x in state["last_holders"]]
 
     def round_info(self, round: int) -> dict:
         return {"holders": self.last_holders, "next_holders": [w.position for w in self.walkers]}
