@@ -393,7 +393,7 @@ class Coordinator:
             try:
                 self.save_checkpoint()
             except Exception as ckexc:  # noqa: BLE001 - e.g. the disk is full: keep the original error
-                log.error("could not write the final checkpoint: %s", ckexc)
+                log.warning("could not write the final checkpoint: %s", ckexc)
             self.rundir.close()
             raise
         self.state = "done"

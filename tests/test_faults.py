@@ -1,0 +1,161 @@
+"""Fault injection with real processes: worker kills and restarts, full/read-only/invalid run directories,
+a worker that loses its coordinator. Loopback only, bounded in time."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from reference import full_batch_gd, max_rel_diff
+
+from dcoord.config import load_config
+from dcoord.runtime.local import run_local
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_random_worker_kills_and_restarts_keep_the_model_exact(tmp_path):
+    """The issue's 300-round soak, scaled to 120 rounds (about a minute on a 2-core box): a random worker is
+    SIGKILLed whenever all are up (so at most s=1 is down), `dcoord run` restarts it with the same id, and it
+    rejoins; the final model equals full-batch gradient descent, and every kill and rejoin is in metrics."""
+    rounds, seed = 120, random.randrange(1 << 30)
+    cfg = load_config(None, data={
+        "name": "kills", "workload": "logreg-digits", "seed": 0, "workers": 5, "rounds": rounds,
+        "batch_size": None, "optimizer": {"name": "sgd", "lr": 0.5},
+        "coding": {"scheme": "gc-cyclic", "stragglers": 1},
+        "runtime": {"progress": False, "emulate_part_s": 0.03, "worker_wait_s": 120}})
+    rng = random.Random(seed)
+    procs: dict = {}
+    kills: list[tuple[int, int]] = []
+
+    def started(coord, ps, address):
+        procs["list"] = ps
+
+    def each_round(record, coord):
+        if coord.alive_count() == coord.n and record["round"] < rounds - 10 and rng.random() < 0.25:
+            w = rng.randrange(coord.n)
+            os.kill(procs["list"][w].pid, signal.SIGKILL)
+            kills.append((record["round"], w))
+
+    summary = run_local(cfg, tmp_path, progress=False, on_started=started, on_round=each_round)
+    assert summary["rounds_completed"] == rounds
+    assert len(kills) >= 3, f"only {len(kills)} kills happened (seed {seed})"
+    ref = full_batch_gd("logreg-digits", seed=0, rounds=rounds, lr=0.5)
+    assert max_rel_diff(torch.load(tmp_path / "model.pt"), ref) < 1e-5, f"seed {seed}"
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in lines if "round" in r] == list(range(rounds))
+    lost = [e["worker"] for e in lines if e.get("event") == "worker-lost"]
+    back = [e["worker"] for e in lines if e.get("event") == "worker-rejoined"]
+    assert lost == [w for _, w in kills], f"seed {seed}"
+    assert sorted(back) == sorted(lost[: len(back)]) and len(back) >= len(lost) - 1, f"seed {seed}"
+
+
+def _job(tmp_path: Path, **over) -> Path:
+    data = {"name": "disk", "workload": "logreg-digits", "workers": 3, "rounds": 400, "batch_size": None,
+            "coding": {"scheme": "gc-cyclic", "stragglers": 1},
+            "runtime": {"progress": False, "checkpoint_every": 5}, **over}
+    p = tmp_path / "job.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def _in_tmpfs(script: str, size: str = "64k") -> subprocess.CompletedProcess:
+    """Run ``script`` (sh) in a private mount namespace with a small tmpfs at /mnt/out (a real full disk)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) to mount a private tmpfs")
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"user/mount namespaces not allowed here: {probe.stderr.decode().strip()}")
+    full = f"mkdir -p /tmp/.dcoord-mnt && mount -t tmpfs -o size={size} tmpfs /tmp/.dcoord-mnt && {script}"
+    return subprocess.run(["unshare", "-rm", "sh", "-c", full], env=_env(), capture_output=True, text=True,
+                          timeout=400)
+
+
+def test_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path):
+    job = _job(tmp_path)
+    dcoord = f"{sys.executable} -m dcoord"
+    res = _in_tmpfs(f"{dcoord} run {job} --out /tmp/.dcoord-mnt/run --quiet; echo rc=$?; "
+                    "ls -a /tmp/.dcoord-mnt/run /tmp/.dcoord-mnt/run/checkpoints; "
+                    "echo ---; cat /tmp/.dcoord-mnt/run/metrics.jsonl")
+    out, err = res.stdout, res.stderr
+    assert "rc=1" in out, (out, err)
+    err_lines = [x for x in err.strip().splitlines() if x]
+    assert len(err_lines) == 1 and "no space left on the device" in err_lines[0], err
+    assert "Traceback" not in err
+    listing, metrics = out.split("---\n", 1)
+    assert ".tmp" not in listing  # no temporary file left behind
+    lines = metrics.replace("rc=1", "").strip().splitlines()
+    assert lines and all(json.loads(x) for x in lines)  # every line whole
+
+
+def test_read_only_out_is_one_line(tmp_path):
+    job = _job(tmp_path, rounds=5)
+    res = _in_tmpfs(f"mount -o remount,ro /tmp/.dcoord-mnt && {sys.executable} -m dcoord run {job} "
+                    "--out /tmp/.dcoord-mnt/run --quiet")
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.strip() == "dcoord: error: cannot write /tmp/.dcoord-mnt/run: the file system is read-only"
+
+
+def test_out_that_is_a_file_and_existing_runs(tmp_path):
+    job = _job(tmp_path, rounds=4)
+    f = tmp_path / "afile"
+    f.write_text("x")
+    res = subprocess.run([sys.executable, "-m", "dcoord", "run", str(job), "--out", str(f), "--quiet"],
+                         env=_env(), capture_output=True, text=True, timeout=400)
+    assert res.returncode == 1 and res.stderr.count("\n") == 1 and "is a file, not a directory" in res.stderr
+    run = tmp_path / "run"
+    ok = subprocess.run([sys.executable, "-m", "dcoord", "run", str(job), "--out", str(run), "--quiet"],
+                        env=_env(), capture_output=True, text=True, timeout=400)
+    assert ok.returncode == 0, ok.stderr
+    before = (run / "metrics.jsonl").read_bytes()
+    again = subprocess.run([sys.executable, "-m", "dcoord", "coordinator", str(job), "--out", str(run),
+                            "--listen", "127.0.0.1:0", "--quiet"],
+                           env=_env(), capture_output=True, text=True, timeout=400)
+    assert again.returncode == 1 and "already holds a run" in again.stderr, again.stderr
+    assert (run / "metrics.jsonl").read_bytes() == before  # the finished run is untouched
+    res = subprocess.run([sys.executable, "-m", "dcoord", "run", str(job), "--resume", str(run), "--quiet"],
+                         env=_env(), capture_output=True, text=True, timeout=400)
+    assert res.returncode == 1 and "already finished" in res.stderr, res.stderr
+    logs = (run / "workers" / "worker-0.log").read_text()
+    over = subprocess.run([sys.executable, "-m", "dcoord", "run", str(job), "--out", str(run), "--overwrite",
+                           "--quiet"], env=_env(), capture_output=True, text=True, timeout=400)
+    assert over.returncode == 0, over.stderr
+    assert (run / "workers" / "worker-0.log").read_text().count("worker done") == logs.count("worker done")
+
+
+def test_worker_that_loses_its_coordinator_exits_nonzero(tmp_path):
+    job = _job(tmp_path, rounds=100000, workers=2, runtime={"progress": False, "emulate_part_s": 0.01})
+    coord = subprocess.Popen([sys.executable, "-m", "dcoord", "coordinator", str(job), "--out",
+                              str(tmp_path / "run"), "--listen", "127.0.0.1:0", "--quiet"],
+                             env=_env(), stderr=subprocess.PIPE, text=True)
+    line = coord.stderr.readline()
+    port = line.split("listening on port ")[1].split(";")[0]
+    workers = [subprocess.Popen([sys.executable, "-m", "dcoord", "worker", "--coordinator", f"127.0.0.1:{port}"],
+                                env=_env(), stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    import time
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        m = tmp_path / "run" / "metrics.jsonl"
+        if m.exists() and m.read_text().count('"round"') >= 3:
+            break
+        time.sleep(0.1)
+    coord.kill()
+    coord.wait()
+    for w in workers:
+        _, err = w.communicate(timeout=60)
+        assert w.returncode == 4, err
+        assert "lost the coordinator" in err and "Traceback" not in err, err
