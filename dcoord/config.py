@@ -57,6 +57,7 @@ class RuntimeConfig(_Strict):
     )
     checkpoint_every: int = Field(10, ge=0, description="rounds between atomic checkpoints (0 = only at the end)")
     keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept (the newest K; older ones are deleted)")
+    elastic: bool = Field(False, description="re-plan n and s over the workers present instead of failing")
     progress: bool = True
     stream_chunk_bytes: int = Field(
         1 << 20, ge=0, description="gRPC: send payloads larger than this as chunks of this size (0 = never)"
@@ -118,6 +119,12 @@ class JobConfig(_Strict):
                 )
         if self.privacy is not None:
             self._check_privacy()
+        if self.runtime.elastic:
+            from dcoord.coding.elastic import ELASTIC_SCHEMES
+
+            if self.mode != "coded" or self.coding.scheme not in ELASTIC_SCHEMES or self.privacy is not None:
+                raise ValueError(f"runtime.elastic: only plain codes ({', '.join(ELASTIC_SCHEMES)}) without "
+                                 "privacy can be re-planned; set runtime.elastic: false")
         self.straggler_model()  # validates inject against workers
         return self
 

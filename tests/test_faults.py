@@ -159,3 +159,44 @@ def test_worker_that_loses_its_coordinator_exits_nonzero(tmp_path):
         _, err = w.communicate(timeout=60)
         assert w.returncode == 4, err
         assert "lost the coordinator" in err and "Traceback" not in err, err
+
+
+def test_elastic_run_losing_s_plus_one_workers_then_two_back_equals_full_batch_gd(tmp_path):
+    """gc-cyclic n=6, s=1: two workers die for good at round 8 (more than s), the coordinator re-plans the
+    code over the 4 left after runtime.worker_wait_s; from round 12 two workers come back (their start-up
+    takes seconds; rounds are slowed to ~0.5 s so they arrive mid-run) and the code grows back to 6. Every
+    round decodes the full gradient: the model equals plain full-batch GD."""
+    from dcoord.runtime.local import spawn_worker
+
+    rounds = 60
+    cfg = load_config(None, data={
+        "name": "elastic", "workload": "logreg-digits", "seed": 0, "workers": 6, "rounds": rounds,
+        "batch_size": None, "optimizer": {"name": "sgd", "lr": 0.5},
+        "coding": {"scheme": "gc-cyclic", "stragglers": 1},
+        "runtime": {"progress": False, "elastic": True, "worker_wait_s": 1.0, "emulate_part_s": 0.25}})
+    state: dict = {"new": []}
+
+    def started(coord, ps, address):
+        state["procs"], state["address"] = ps, address
+
+    def each_round(record, coord):
+        if record["round"] == 8:
+            for i in (1, 4):
+                os.kill(state["procs"][i].pid, signal.SIGKILL)
+        if record["round"] == 12:
+            state["new"] = [spawn_worker(state["address"], i) for i in (1, 4)]
+
+    try:
+        summary = run_local(cfg, tmp_path, progress=False, on_started=started, on_round=each_round, respawn=False)
+    finally:
+        for p in state["new"]:
+            p.wait(timeout=30)
+    assert summary["rounds_completed"] == rounds
+    ref = full_batch_gd("logreg-digits", seed=0, rounds=rounds, lr=0.5)
+    assert max_rel_diff(torch.load(tmp_path / "model.pt"), ref) < 1e-5
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in lines if "round" in r] == list(range(rounds))
+    replans = [e for e in lines if e.get("event") == "replan"]
+    assert [(e["n"], e["s"]) for e in replans] == [(4, 1), (6, 1)], replans
+    assert replans[0]["workers"] == [0, 2, 3, 5] and replans[1]["workers"] == list(range(6))
+    assert 8 <= replans[0]["from_round"] <= 10 and replans[1]["from_round"] >= 13

@@ -266,6 +266,9 @@ class Coordinator:
                 continue
             if not can_finish:
                 starving_since = starving_since or now
+                if now - starving_since > rt.worker_wait_s and rt.elastic and self._shrink(r):
+                    start, first, starving_since = time.monotonic(), None, None
+                    continue
                 if now - starving_since > rt.worker_wait_s:
                     raise RunFailed(
                         f"round {r}: only {self.alive_count()} of {self.n} workers alive and "
@@ -304,6 +307,11 @@ class Coordinator:
                 self.arrived.add(w)
         log.warning("round %d: token(s) restored on live workers", r)
         return True
+
+    def _shrink(self, r: int) -> bool:
+        from dcoord.runtime.elastic import shrink
+
+        return shrink(self, r)
 
     def _decode_and_step(self, job: int) -> dict:
         coeffs = self.scheme.decode(job)
@@ -353,6 +361,10 @@ class Coordinator:
         try:
             for r in range(self.round + 1, self.total_rounds):
                 t0 = time.monotonic()
+                if self.cfg.runtime.elastic:
+                    from dcoord.runtime.elastic import grow
+
+                    grow(self, r)
                 self._start_round(r)
                 arrived = await self._collect(r)
                 self.phase = "closing"

@@ -92,7 +92,12 @@ def restore(coord: Coordinator, state: dict) -> None:
     coord.stored = {int(j): {ResultRef(int(r), int(w), int(s)): np.asarray(a) for r, w, s, a in refs}
                     for j, refs in state["stored"].items()}
     coord.part_losses = {int(j): {int(p): float(x) for p, x in v.items()} for j, v in state["part_losses"].items()}
-    coord.scheme.load_state_dict(state["scheme"])
+    if "elastic" in state["scheme"]:  # the run had re-planned its code over fewer workers
+        from dcoord.coding.elastic import ElasticScheme
+
+        coord.scheme = ElasticScheme.from_state(state["scheme"], coord.n)
+    else:
+        coord.scheme.load_state_dict(state["scheme"])
     if coord.privacy is not None:
         coord.privacy.load_state_dict(state["privacy"])
     c = state["counters"]
