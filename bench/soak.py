@@ -130,7 +130,8 @@ def main() -> None:
             "name": "soak", "workload": "logreg-digits", "seed": 0, "workers": 5, "rounds": rounds,
             "batch_size": None, "optimizer": {"name": "sgd", "lr": 0.5},
             "coding": {"scheme": "gc-cyclic", "stragglers": 1},
-            "runtime": {"progress": False, "checkpoint_every": 25, "worker_wait_s": 120}}))
+            "runtime": {"progress": False, "checkpoint_every": 25, "worker_wait_s": 120,
+                        "restart_workers": True}}))
         ref = t / "ref"
         t0 = time.monotonic()
         subprocess.run(dcoord("run", str(job), "--out", str(ref), "--quiet"), env=env, check=True,

@@ -61,13 +61,14 @@ def _as_config(job_config: str | Path | dict | JobConfig, workload: Workload | s
 
 def train(job_config: str | Path | dict | JobConfig, workload: Workload | str | None = None,
           out: str | Path | None = None, *, overrides: list[str] | None = None,
-          progress: bool = False) -> dict[str, Any]:
+          progress: bool = False, resume: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train one job like ``dcoord run`` / ``python -m dcoord.launch`` and return its summary dict.
 
     ``job_config``: a YAML path, a dict of the same keys, or a JobConfig. ``workload``: optional
     Workload object or ``"package.module:function"`` (overrides the config's). ``out``: run directory
     (default ``runs/NAME``); rank 0 writes summary.json, metrics.jsonl and model.pt there.
-    ``overrides``: ``key=value`` strings, as ``--set``. Errors raise dcoord.errors.DcoordError subclasses
+    ``overrides``: ``key=value`` strings, as ``--set``. ``resume``: a run directory to continue (as
+    ``--resume``); ``overwrite``: replace the run already in ``out``. Errors raise dcoord.errors.DcoordError subclasses
     (ConfigError for a bad config), with a one-line message.
     """
     from dcoord.errors import ConfigError
@@ -78,7 +79,10 @@ def train(job_config: str | Path | dict | JobConfig, workload: Workload | str | 
     for note in notes:
         if env.rank == 0:
             log.warning("%s", note)
-    run_dir = Path(out) if out is not None else Path("runs") / cfg.name
+    from dcoord.runtime.resume import default_out
+
+    run_dir = Path(resume) if resume is not None else Path(out) if out is not None else default_out(cfg.name)
+    mode = "resume" if resume is not None else "overwrite" if overwrite else "new"
     if env.launcher == "none":
         if cfg.workload.startswith(OBJECT_PREFIX):
             raise ConfigError("workload: a Workload object can only be shared by the ranks of a torchrun/"
@@ -86,8 +90,8 @@ def train(job_config: str | Path | dict | JobConfig, workload: Workload | str | 
                               "'package.module:function'")
         from dcoord.runtime.local import run_local
 
-        return run_local(cfg, run_dir, progress=progress)
-    result = launch(cfg, env, run_dir, progress=progress)
+        return run_local(cfg, run_dir, progress=progress, mode=mode)
+    result = launch(cfg, env, run_dir, progress=progress, mode=mode)
     if not result.pop("_clean_exit", True):
         log.warning("a data-plane receiver is still waiting on a worker that is gone; the process group was "
                     "left as is (exit the process when done)")

@@ -58,6 +58,7 @@ class RuntimeConfig(_Strict):
     checkpoint_every: int = Field(10, ge=0, description="rounds between atomic checkpoints (0 = only at the end)")
     keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept (the newest K; older ones are deleted)")
     elastic: bool = Field(False, description="re-plan n and s over the workers present instead of failing")
+    restart_workers: bool = Field(False, description="dcoord run: restart a local worker that dies (same id)")
     progress: bool = True
     stream_chunk_bytes: int = Field(
         1 << 20, ge=0, description="gRPC: send payloads larger than this as chunks of this size (0 = never)"

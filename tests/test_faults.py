@@ -23,16 +23,19 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.timeout(900)
 def test_random_worker_kills_and_restarts_keep_the_model_exact(tmp_path):
-    """The issue's 300-round soak, scaled to 120 rounds (about a minute on a 2-core box): a random worker is
-    SIGKILLed whenever all are up (so at most s=1 is down), `dcoord run` restarts it with the same id, and it
-    rejoins; the final model equals full-batch gradient descent, and every kill and rejoin is in metrics."""
-    rounds, seed = 120, random.randrange(1 << 30)
+    """The issue's 300-round run, scaled to 150 rounds (about a minute on an idle 2-core box): a random
+    worker is SIGKILLed whenever fewer than s=2 are down, `dcoord run` restarts it with the same id
+    (runtime.restart_workers) and it rejoins; the final model equals full-batch gradient descent, and every
+    kill and rejoin is in metrics.jsonl."""
+    rounds, seed = 150, random.randrange(1 << 30)
     cfg = load_config(None, data={
-        "name": "kills", "workload": "logreg-digits", "seed": 0, "workers": 5, "rounds": rounds,
+        "name": "kills", "workload": "logreg-digits", "seed": 0, "workers": 6, "rounds": rounds,
         "batch_size": None, "optimizer": {"name": "sgd", "lr": 0.5},
-        "coding": {"scheme": "gc-cyclic", "stragglers": 1},
-        "runtime": {"progress": False, "emulate_part_s": 0.03, "worker_wait_s": 120}})
+        "coding": {"scheme": "gc-cyclic", "stragglers": 2},
+        "runtime": {"progress": False, "emulate_part_s": 0.06, "worker_wait_s": 300,
+                    "restart_workers": True}})
     rng = random.Random(seed)
     procs: dict = {}
     kills: list[tuple[int, int]] = []
@@ -41,22 +44,24 @@ def test_random_worker_kills_and_restarts_keep_the_model_exact(tmp_path):
         procs["list"] = ps
 
     def each_round(record, coord):
-        if coord.alive_count() == coord.n and record["round"] < rounds - 10 and rng.random() < 0.25:
-            w = rng.randrange(coord.n)
+        up = sorted(coord.alive_ids())
+        if len(up) > coord.n - 2 and record["round"] < rounds - 10 and rng.random() < 0.3:
+            w = rng.choice(up)
             os.kill(procs["list"][w].pid, signal.SIGKILL)
             kills.append((record["round"], w))
 
     summary = run_local(cfg, tmp_path, progress=False, on_started=started, on_round=each_round)
     assert summary["rounds_completed"] == rounds
-    assert len(kills) >= 3, f"only {len(kills)} kills happened (seed {seed})"
+    assert len(kills) >= 2, f"only {len(kills)} kills happened (seed {seed})"
     ref = full_batch_gd("logreg-digits", seed=0, rounds=rounds, lr=0.5)
     assert max_rel_diff(torch.load(tmp_path / "model.pt"), ref) < 1e-5, f"seed {seed}"
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in lines if "round" in r] == list(range(rounds))
     lost = [e["worker"] for e in lines if e.get("event") == "worker-lost"]
     back = [e["worker"] for e in lines if e.get("event") == "worker-rejoined"]
-    assert lost == [w for _, w in kills], f"seed {seed}"
-    assert sorted(back) == sorted(lost[: len(back)]) and len(back) >= len(lost) - 1, f"seed {seed}"
+    assert sorted(lost) == sorted(w for _, w in kills), f"seed {seed}"
+    # each kill is followed by its rejoin (the last ones may still be starting when the run ends)
+    assert len(back) >= len(lost) - 2 and not set(back) - set(lost), f"seed {seed}"
 
 
 def _job(tmp_path: Path, **over) -> Path:
@@ -84,6 +89,7 @@ def _in_tmpfs(script: str, size: str = "64k") -> subprocess.CompletedProcess:
                           timeout=400)
 
 
+@pytest.mark.timeout(900)
 def test_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path):
     job = _job(tmp_path)
     dcoord = f"{sys.executable} -m dcoord"
@@ -109,6 +115,7 @@ def test_read_only_out_is_one_line(tmp_path):
     assert res.stderr.strip() == "dcoord: error: cannot write /tmp/.dcoord-mnt/run: the file system is read-only"
 
 
+@pytest.mark.timeout(900)
 def test_out_that_is_a_file_and_existing_runs(tmp_path):
     job = _job(tmp_path, rounds=4)
     f = tmp_path / "afile"
@@ -136,6 +143,7 @@ def test_out_that_is_a_file_and_existing_runs(tmp_path):
     assert (run / "workers" / "worker-0.log").read_text().count("worker done") == logs.count("worker done")
 
 
+@pytest.mark.timeout(900)
 def test_worker_that_loses_its_coordinator_exits_nonzero(tmp_path):
     job = _job(tmp_path, rounds=100000, workers=2, runtime={"progress": False, "emulate_part_s": 0.01})
     coord = subprocess.Popen([sys.executable, "-m", "dcoord", "coordinator", str(job), "--out",
@@ -161,6 +169,7 @@ def test_worker_that_loses_its_coordinator_exits_nonzero(tmp_path):
         assert "lost the coordinator" in err and "Traceback" not in err, err
 
 
+@pytest.mark.timeout(900)
 def test_elastic_run_losing_s_plus_one_workers_then_two_back_equals_full_batch_gd(tmp_path):
     """gc-cyclic n=6, s=1: two workers die for good at round 8 (more than s), the coordinator re-plans the
     code over the 4 left after runtime.worker_wait_s; from round 12 two workers come back (their start-up

@@ -101,6 +101,7 @@ def _load(run: Path):
     return m if isinstance(m, list) else [m]
 
 
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("kind", list(JOBS))
 def test_sigkill_coordinator_then_resume_equals_uninterrupted(tmp_path, kind):
     job = _job(tmp_path, kind)
@@ -156,6 +157,7 @@ def _start(job: Path, out: Path, *extra: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_checkpoints_stops_workers_and_says_how_to_resume(tmp_path, sig):
     job = _job(tmp_path, "gc-cyclic")

@@ -42,12 +42,13 @@ def worker_secret_env(cfg: JobConfig) -> dict[str, str]:
 
 async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = True,
                           on_started=None, on_round=None, spawn: int | None = None, mode: str = "new",
-                          respawn: bool = True) -> dict:
+                          respawn: bool | None = None) -> dict:
     """``on_started(coord, procs, address)`` and ``on_round(record, coord)`` are hooks for tests and tools;
     ``spawn`` starts fewer local workers than the config asks for (the rest join from elsewhere).
 
-    ``mode``: new / resume / overwrite (see RunDir). ``respawn``: a local worker process that dies while
-    the run goes on is started again with the same id (as a pod restart would), and rejoins.
+    ``mode``: new / resume / overwrite (see RunDir). ``respawn`` (default runtime.restart_workers): a local
+    worker process that dies while the run goes on is started again with the same id, as a pod restart
+    would, and rejoins.
     SIGINT/SIGTERM checkpoint, stop the workers and raise :class:`~dcoord.runtime.resume.Stopped`."""
     coord = make_coordinator(cfg, out, mode)
     server, port = await start_server(coord, "127.0.0.1:0")
@@ -70,6 +71,7 @@ async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = Tru
     loop = asyncio.get_running_loop()
     stopped: list[int] = []
     stop_on_signals(loop, asyncio.current_task(), stopped)
+    respawn = cfg.runtime.restart_workers if respawn is None else respawn
     supervisor = WorkerSupervisor(coord, procs, lambda i: spawn_worker(
         address, i, logs / f"worker-{i}.log" if logs else None, extra_env)) if respawn else None
     try:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 #: config fields that may change between a run and its resumption (they do not change the math)
 OPERATIONAL = ("name", "device", "runtime.round_timeout_s", "runtime.worker_wait_s", "runtime.heartbeat_s",
                "runtime.checkpoint_every", "runtime.keep_checkpoints", "runtime.progress",
-               "runtime.stream_chunk_bytes", "runtime.emulate_part_s")
+               "runtime.stream_chunk_bytes", "runtime.emulate_part_s", "runtime.restart_workers")
 
 
 class Stopped(DcoordError):
@@ -142,8 +142,6 @@ def open_rundir(cfg: JobConfig, out: Path | None, mode: str = "new") -> RunDir:
     """The run directory for ``mode`` (new / resume / overwrite); a resumed run must have the same config."""
     rd = RunDir(out, mode, keep=cfg.runtime.keep_checkpoints)
     if mode == "resume" and out is not None:
-        if (Path(out) / "summary.json").is_file():
-            raise RunDirError(f"--resume {out}: that run already finished (summary.json); nothing to resume")
         saved = rd.read_config()
         if saved is not None:
             diff = config_difference(saved, cfg)

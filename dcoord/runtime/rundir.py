@@ -77,6 +77,8 @@ class RunDir:
         if mode == "new" and is_run(p):
             raise RunDirError(f"--out {p}: already holds a run; pass --resume {p} to continue it, "
                               "--overwrite to replace it, or choose another --out")
+        if mode == "resume" and (p / "summary.json").is_file():
+            raise RunDirError(f"--resume {p}: that run already finished (summary.json); nothing to resume")
         if mode == "resume" and not ckpt.list_checkpoints(p / "checkpoints"):
             raise RunDirError(f"--resume {p}: no checkpoint there (checkpoints/ckpt-*.pt); nothing to resume")
         try:
