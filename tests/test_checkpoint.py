@@ -157,10 +157,13 @@ def test_existing_run_is_refused_unless_resume_or_overwrite(tmp_path):
         RunDir(tmp_path)
     assert (tmp_path / "metrics.jsonl").read_text() == '{"round": 0}\n'  # untouched
     cfg = load_config(None, data={})
+    with pytest.raises(RunDirError, match="already finished"):
+        open_rundir(cfg, tmp_path, "resume")
+    (tmp_path / "summary.json").unlink()
     with pytest.raises(RunDirError, match="no checkpoint"):
         open_rundir(cfg, tmp_path, "resume")
     RunDir(tmp_path, "overwrite")
-    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "summary.json").exists()
+    assert not (tmp_path / "metrics.jsonl").exists()
     assert (tmp_path / "notes.txt").read_text() == "mine"  # only the run's own files are removed
 
 
