@@ -23,7 +23,7 @@ import torch
 from dcoord.coding.base import ResultRef, Scheme, Task
 from dcoord.coding.combine import combine
 from dcoord.config import JobConfig
-from dcoord.errors import RunFailed
+from dcoord.errors import DcoordError, RunFailed
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.runtime.rundir import RunDir
 from dcoord.runtime.tensors import PayloadError, flat_grads_to_model, flat_params, from_proto, to_proto
@@ -136,8 +136,8 @@ class Coordinator:
         try:
             self.rundir.log_event({"event": kind, "worker": worker, "during_round": self.round,
                                    "alive": self.alive_count(), "time": time.time()})
-        except OSError:
-            pass
+        except (OSError, DcoordError) as exc:  # e.g. a full disk: the round path reports it, not this
+            log.warning("could not log %s of worker %d: %s", kind, worker, exc)
 
     def alive_ids(self) -> set[int]:
         """Workers whose stream is up and who were heard from recently (heartbeats or results)."""
