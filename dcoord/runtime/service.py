@@ -34,7 +34,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         if wid is None or c.state in ("done", "failed"):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"job {c.job_id} already has its {c.n} workers (state {c.state})")
-        parts = sorted({p for t in c.scheme.tasks(0).get(wid, []) for p in t.parts}) if c.state != "done" else []
+        # the parts of its current tasks (a resumed or running job is past round 0: never re-plan it)
+        tasks = c.scheme.tasks(0) if c.round < 0 and c.state != "done" else c.round_tasks
+        parts = sorted({p for t in tasks.get(wid, []) for p in t.parts})
         log.info("registered worker %d (%s pid %d)", wid, request.hostname, request.pid)
         # reserve the id until the stream attaches, so two registrations never get the same id
         c.conns[wid] = WorkerConn(wid, asyncio.Queue(), hostname=request.hostname)
