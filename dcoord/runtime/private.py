@@ -115,7 +115,7 @@ class CoordinatorPrivacy:
 
     def load_state_dict(self, state: dict) -> None:
         self.estimator.load_state_dict(state["estimator"])
-        self.prev = None if state["prev"] is None else np.array(state["prev"], dtype=np.float64)
+        self.prev = None if state["prev"] is None else np.array(state["prev"])  # the model's dtype, as saved
         self.seed = None if state["seed"] is None else int(state["seed"])
 
     def epsilon_after(self, job: int) -> float:

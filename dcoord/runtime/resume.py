@@ -88,7 +88,8 @@ def restore(coord: Coordinator, state: dict) -> None:
         o.load_state_dict(sd)
     coord.steps = [int(s) for s in state["steps"]]
     coord.round = int(state["round"])
-    coord.job_params = {int(j): (int(v), np.asarray(p, dtype=np.float64)) for j, (v, p) in state["job_params"].items()}
+    # parameters keep the dtype they were saved with (the model's): workers load them into the model as is
+    coord.job_params = {int(j): (int(v), np.asarray(p)) for j, (v, p) in state["job_params"].items()}
     coord.stored = {int(j): {ResultRef(int(r), int(w), int(s)): np.asarray(a) for r, w, s, a in refs}
                     for j, refs in state["stored"].items()}
     coord.part_losses = {int(j): {int(p): float(x) for p, x in v.items()} for j, v in state["part_losses"].items()}
