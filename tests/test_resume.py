@@ -166,6 +166,7 @@ def test_signal_checkpoints_stops_workers_and_says_how_to_resume(tmp_path, sig):
     data = yaml.safe_load(job.read_text())
     data["rounds"] = 150
     data["runtime"]["checkpoint_every"] = 1000  # only the signal's checkpoint
+    data["runtime"]["emulate_part_s"] = 0.05  # ~0.1 s rounds: the signal lands mid-run even on a loaded box
     job.write_text(yaml.safe_dump(data))
     run = tmp_path / "run"
     proc = _start(job, run)
