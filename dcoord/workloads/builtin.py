@@ -51,4 +51,11 @@ def linreg_synthetic(seed: int, n: int = 1200, d: int = 20) -> Workload:
     return Workload(model, X, y, F.mse_loss, name="linreg-synthetic")
 
 
-BUILTINS = {"logreg-digits": logreg_digits, "mlp-digits": mlp_digits, "linreg-synthetic": linreg_synthetic}
+from dcoord.workloads.housing import housing_mlp  # noqa: E402  (after the helpers it does not need)
+
+BUILTINS = {
+    "logreg-digits": logreg_digits,
+    "mlp-digits": mlp_digits,
+    "linreg-synthetic": linreg_synthetic,
+    "housing-mlp": housing_mlp,
+}
