@@ -9,8 +9,8 @@ per-sample gradient has a closed form, and so does its norm without materialisin
     ||g_i||^2 = ||e_i a||^2 + e_i^2 + ||dh_i||^2 (||x_i||^2 + 1)
 
 and a difference g_i(x_t) - g_i(x_{t-1}) has the same structure (x_i is shared), so per-sample clipping of
-gradients AND of differences costs a few (B, N, 10) element-wise passes and one (B,10,N)x(N,8) product per
-round for B runs together. The mechanism is dcoord's (``dcoord.privacy.mechanisms``), run by run:
+gradients AND of differences costs a few (N, B, 10) element-wise passes and two GEMMs with X per round
+for B runs together. The mechanism is dcoord's (``dcoord.privacy.mechanisms``), run by run:
 
     restart (t % T == 0)  g_t = (1/N) sum_i clip_C1(g_i(x_t))                        + N(0, s1^2 C1^2 I)
     difference            g_t = (1/N) sum_i clip_C2t(g_i(x_t) - g_i(x_{t-1}))         + N(0, s2^2 C2t^2 I)
@@ -53,15 +53,25 @@ def pack(gW1: Tensor, gb1: Tensor, gw2: Tensor, gb2: Tensor) -> Tensor:
 
 
 def pieces(x: Tensor, X: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-sample gradient factors at x: e (B,N), e*a (B,N,10), dh (B,N,10), and the train loss (B,)."""
+    """Per-sample gradient factors at x: e (N,B), e*a (N,B,10), dh (N,B,10), and the train loss (B,).
+
+    Sample-major layout so that both products with X are single GEMMs over all B runs.
+    """
     W1, b1, w2, b2 = unpack(x)
-    h = torch.matmul(X, W1.transpose(1, 2)) + b1[:, None, :]
+    B, N = x.shape[0], X.shape[0]
+    h = (X @ W1.permute(2, 0, 1).reshape(D_IN, B * HIDDEN)).view(N, B, HIDDEN) + b1
     a = F.softplus(h)
-    res = torch.matmul(a, w2[:, :, None])[..., 0] + b2[:, None] - y
+    res = (a * w2).sum(-1) + b2 - y[:, None]
     e = 2.0 * res
     ea = e[..., None] * a
-    dh = (e[..., None] * w2[:, None, :]) * torch.sigmoid(h)
-    return e, ea, dh, (res * res).mean(1)
+    dh = (e[..., None] * w2) * torch.sigmoid(h)
+    return e, ea, dh, (res * res).mean(0)
+
+
+def _grad_w1(r: Tensor, X: Tensor) -> Tensor:
+    """sum_i r_i x_i^T for every run: (N,B,10) -> (B,10,8), one GEMM."""
+    N, B, K = r.shape
+    return (X.T @ r.reshape(N, B * K)).view(D_IN, B, K).permute(1, 2, 0)
 
 
 def clipped_sum(q: Tensor, p: Tensor, r: Tensor, X: Tensor, xx: Tensor, clip: Tensor) -> Tensor:
@@ -70,17 +80,17 @@ def clipped_sum(q: Tensor, p: Tensor, r: Tensor, X: Tensor, xx: Tensor, clip: Te
     ``xx`` = ||x_i||^2 + 1 (grad_W1 = r x_i^T, grad_b1 = r); ``clip`` (B,) is each run's C.
     Clip factor min(1, C / ||u_i||) as dcoord's ``clip_rows``.
     """
-    nrm2 = (p * p).sum(-1) + q * q + (r * r).sum(-1) * xx
+    nrm2 = (p * p).sum(-1) + q * q + (r * r).sum(-1) * xx[:, None]
     tiny = torch.finfo(nrm2.dtype).tiny
-    c = (clip[:, None] / nrm2.sqrt().clamp_min(tiny)).clamp(max=1.0)
+    c = (clip / nrm2.sqrt().clamp_min(tiny)).clamp(max=1.0)
     cr = c[..., None] * r
-    return pack(torch.matmul(cr.transpose(1, 2), X), cr.sum(1), (c[..., None] * p).sum(1), (c * q).sum(1))
+    return pack(_grad_w1(cr, X), cr.sum(0), (c[..., None] * p).sum(0), (c * q).sum(0))
 
 
 def full_grad(e: Tensor, ea: Tensor, dh: Tensor, X: Tensor) -> Tensor:
     """grad f(x) of the mean loss (unclipped, noiseless; a metric, never released)."""
     N = X.shape[0]
-    return pack(torch.matmul(dh.transpose(1, 2), X) / N, dh.mean(1), ea.mean(1), e.mean(1))
+    return pack(_grad_w1(dh, X) / N, dh.mean(0), ea.mean(0), e.mean(0))
 
 
 @dataclass
@@ -131,8 +141,8 @@ def simulate(batch: Batch, x0: Tensor, X: Tensor, y: Tensor, Xt: Tensor, yt: Ten
                 keep = ~bad
                 alive, x, v, step, eta, C1, c2, T, s1, s2 = (a[keep] for a in (alive, x, v, step, eta, C1, c2,
                                                                                  T, s1, s2))
-                e, ea, dh = e[keep], ea[keep], dh[keep]
-                prev = None if prev is None else tuple(p[keep] for p in prev)  # type: ignore[assignment]
+                e, ea, dh = e[:, keep], ea[:, keep], dh[:, keep]
+                prev = None if prev is None else tuple(p[:, keep] for p in prev)  # type: ignore[assignment]
                 if alive.numel() == 0:
                     break
         restart = (t % T) == 0
@@ -140,9 +150,8 @@ def simulate(batch: Batch, x0: Tensor, X: Tensor, y: Tensor, Xt: Tensor, yt: Ten
             q, p, r, clip = e, ea, dh, C1
             std = s1 * C1
         else:
-            rs = restart[:, None]
-            q = torch.where(rs, e, e - prev[0])
-            rs3 = restart[:, None, None]
+            q = torch.where(restart, e, e - prev[0])
+            rs3 = restart[:, None]
             p = torch.where(rs3, ea, ea - prev[1])
             r = torch.where(rs3, dh, dh - prev[2])
             clip = torch.where(restart, C1, c2 * step)
@@ -183,8 +192,10 @@ def run_batches(configs: dict[str, Tensor], x0: Tensor, data: dict[str, Tensor],
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
-def run_spec(spec: dict, device: str, batch_size: int) -> dict:
-    """Run a spec exported by bench/privacy.py: {'jobs': [{'name', 'seed', 'configs'}], data, x0s, ...}."""
+def run_spec(spec: dict, device: str, batch_size: int, on_job=None) -> dict:
+    """Run a spec exported by bench/privacy.py: {'jobs': [{'name', 'seed', 'configs'}], data, x0s, ...}.
+
+    ``on_job(results_so_far)`` is called after every job (the CLI saves partial results with it)."""
     dtype = torch.float32 if spec.get("dtype", "float32") == "float32" else torch.float64
     out = {}
     for job in spec["jobs"]:
@@ -194,6 +205,8 @@ def run_spec(spec: dict, device: str, batch_size: int) -> dict:
         out[job["name"]] = {k: v.tolist() for k, v in res.items() if k != "x"}
         print(f"{job['name']}: {job['configs']['eta'].shape[0]} runs in {time.perf_counter() - t0:.1f} s",
               flush=True)
+        if on_job is not None:
+            on_job(out)
     return out
 
 
@@ -206,10 +219,13 @@ def main() -> None:
     args = ap.parse_args()
     spec = torch.load(args.spec, weights_only=False)
     t0 = time.perf_counter()
-    res = run_spec(spec, args.device, args.batch_size)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    with open(args.out, "w") as f:
-        json.dump({"device": name, "wall_s": time.perf_counter() - t0, "results": res}, f)
+
+    def save(res: dict) -> None:
+        with open(args.out, "w") as f:
+            json.dump({"device": name, "wall_s": time.perf_counter() - t0, "results": res}, f)
+
+    save(run_spec(spec, args.device, args.batch_size, on_job=save))
 
 
 if __name__ == "__main__":

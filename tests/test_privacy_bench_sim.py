@@ -52,7 +52,7 @@ def test_closed_form_clipped_sums_match_dcoord(clip):
     assert torch.allclose(got[0], clipped_sum(m0, F.mse_loss, X, y, clip, x1), atol=1e-10)
     assert torch.allclose(got[1], clipped_sum(m0, F.mse_loss, X, y, clip, x0), atol=1e-10)
     assert float(loss[1]) == pytest.approx(float(F.mse_loss(m0(X), y).detach()))
-    diff = sim.clipped_sum(e[:1] - e[1:], ea[:1] - ea[1:], dh[:1] - dh[1:], X, xx, C[:1])[0]
+    diff = sim.clipped_sum(e[:, :1] - e[:, 1:], ea[:, :1] - ea[:, 1:], dh[:, :1] - dh[:, 1:], X, xx, C[:1])[0]
     assert torch.allclose(diff, clipped_diff_sum(m0, F.mse_loss, X, y, clip, x1, x0), atol=1e-10)
     if clip > 1e3:  # no clipping: the sum is N * the full gradient
         assert torch.allclose(sim.full_grad(e, ea, dh, X)[1] * X.shape[0], got[1], atol=1e-10)
