@@ -152,7 +152,7 @@ def report(spec: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any]:
             i = max(ok, key=lambda j: configs[j]["lr"])  # the largest lr that does not diverge
             chosen[h] = {"index": i, "lr": configs[i]["lr"], "tune_loss": tune["loss"][i]}
 
-        def stats(i: int) -> dict[str, Any]:
+        def stats(i: int, eps: float = eps, tune: dict[str, Any] = tune) -> dict[str, Any]:
             res = {m: mean_std([sweep[f"eps={eps}/seed={s}"][m][i] for s in report_seeds])
                    for m in ("loss", "grad_norm", "test_loss")}
             curves = [sweep[f"eps={eps}/seed={s}"]["curve"][i] for s in report_seeds]
@@ -160,7 +160,7 @@ def report(spec: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any]:
                                  for v in zip(*curves, strict=True)]
             return {**configs[i], **res, "tune_loss": tune["loss"][i]}
 
-        def best(pred) -> dict[str, Any] | None:
+        def best(pred: Any, chosen: dict[tuple, dict[str, Any]] = chosen) -> dict[str, Any] | None:
             cands = [(v["tune_loss"], v["index"]) for h, v in chosen.items() if pred(h)]
             return stats(min(cands)[1]) if cands else None
 
@@ -216,12 +216,13 @@ def plot(rep: dict[str, Any], rounds: int, log_every: int, path: Path) -> None:
             ax.bar(names, means, yerr=stds, color=colors, capsize=3)
             ax.set(title=f"eps={eps}: {title}", yscale="log")
             ax.grid(alpha=0.3, axis="y")
+        palette = iter(["tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown"])
         for name, s in entries:
             if s and s["curve_mean"]:
                 xs = [min(i * log_every, rounds) for i in range(len(s["curve_mean"]))]
                 ys = [v if v is not None else math.nan for v in s["curve_mean"]]
                 row[3].plot(xs, ys, label=f"{'DIFF2 ' if name != 'DP-GD' else ''}{name}",
-                            color="tab:blue" if name == "DP-GD" else None)
+                            color="tab:blue" if name == "DP-GD" else next(palette))
         row[3].set(title=f"eps={eps}: train loss (mean over seeds)", xlabel="round", yscale="log")
         row[3].legend(fontsize=8)
         row[3].grid(alpha=0.3)
