@@ -166,11 +166,18 @@ def report(spec: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any]:
 
         rows = {"dp-gd": best(lambda h: h[0] == "dp-gd"), "diff2": best(lambda h: h[0] == "diff2")}
         per_T = {str(T): best(lambda h, T=T: h[0] == "diff2" and h[1] == T) for T in grid["T"]}
+        # where DIFF2 wins and where not: best C1 (on the tuning seed) for every (T, c2), on the report seeds
+        t_by_c2 = {}
+        for T, c2 in product(grid["T"], grid["c2"]):
+            b = best(lambda h, T=T, c2=c2: h[0] == "diff2" and h[1] == T and h[3] == c2)
+            t_by_c2[f"T={T}/c2={c2:g}"] = None if b is None else {
+                k: b[k] for k in ("lr", "C1", "loss", "grad_norm", "test_loss")}
         lr_table = [{"mechanism": h[0], "T": h[1], "C1": h[2], "c2": h[3], "lr": v["lr"],
                      "tune_loss": _fin(v["tune_loss"])} for h, v in chosen.items()]
         never = [{"mechanism": h[0], "T": h[1], "C1": h[2], "c2": h[3]} for h in by_h if h not in chosen]
         cal = {k.split("/")[1]: v for k, v in spec["calibration"].items() if k.startswith(f"{eps}/")}
-        out[str(eps)] = {"best": rows, "diff2_best_per_T": per_T, "lr_chosen": lr_table,
+        out[str(eps)] = {"best": rows, "diff2_best_per_T": per_T, "diff2_by_T_and_c2": t_by_c2,
+                         "lr_chosen": lr_table,
                          "all_lrs_diverged": never, "calibration": cal}
     return out
 
@@ -195,6 +202,20 @@ def print_report(rep: dict[str, Any]) -> None:
                 f" c2={s['c2']:g} T={s['T']}" if s["mechanism"] == "diff2" else "")
             rows.append([eps, name, fmt(s, "loss"), fmt(s, "grad_norm"), fmt(s, "test_loss"), setting])
     print_table(["eps", "mechanism", "train loss", "||grad f||", "test loss", "tuned setting"], rows)
+    for eps, r in rep.items():  # DIFF2 (best C1) per (T, c2) against DP-GD's best, report seeds
+        dp = r["best"]["dp-gd"]
+        if dp is None or dp["loss"]["mean"] is None:
+            continue
+        cells = []
+        for key, b in r["diff2_by_T_and_c2"].items():
+            if b is None or b["loss"]["mean"] is None:
+                cells.append([eps, key, "all lr diverged" if b is None else "diverged", "-", "-"])
+                continue
+            lr_ = b["loss"]["mean"] / dp["loss"]["mean"]
+            gr_ = b["grad_norm"]["mean"] / dp["grad_norm"]["mean"]
+            cells.append([eps, key, f"{lr_:.3f}", f"{gr_:.3f}", f"lr={b['lr']:g} C1={b['C1']:g}"])
+        print(f"\nDIFF2 / DP-GD at eps {eps} (ratios of report-seed means; < 1: DIFF2 better)")
+        print_table(["eps", "DIFF2 setting", "train loss ratio", "||grad f|| ratio", "tuned"], cells)
 
 
 def plot(rep: dict[str, Any], rounds: int, log_every: int, path: Path) -> None:
