@@ -100,3 +100,24 @@ def test_noise_has_the_calibrated_std_and_divergence_is_reported():
     big = sim.Batch(f(1e4), f(100.0), f(1.0), torch.ones(B, dtype=torch.long), f(0.0), f(0.0))
     res = sim.simulate(big, x0, X, y, X, y, 60, seed=1, log_every=10, compact_every=10)
     assert bool(res["diverged"].all()) and torch.isinf(res["loss"]).all()
+
+
+def test_housing_reads_a_local_copy_and_rejects_a_bad_one(tmp_path, monkeypatch):
+    from dcoord.workloads.base import WorkloadError
+
+    g = torch.Generator().manual_seed(0)
+    arr = torch.randn(100, 9, generator=g, dtype=torch.float64).numpy()
+    path = tmp_path / "housing.csv"
+    path.write_text("a,b,c,d,e,f,g,h,target\n" + "\n".join(",".join(f"{v:.6f}" for v in row) for row in arr))
+    monkeypatch.setenv("DCOORD_CALIFORNIA_HOUSING", str(path))
+    wl = load("housing-mlp", 0)
+    assert tuple(wl.X.shape) == (80, 8) and tuple(wl.X_test.shape) == (20, 8) and "california-housing" in wl.name
+    assert torch.allclose(wl.y.mean(), torch.zeros(()), atol=1e-5)  # standardised on the training split
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,2,3\n4,5,6\n")
+    monkeypatch.setenv("DCOORD_CALIFORNIA_HOUSING", str(bad))
+    with pytest.raises(WorkloadError, match="expected 9 numeric columns"):
+        load("housing-mlp", 0)
+    monkeypatch.setenv("DCOORD_CALIFORNIA_HOUSING", str(tmp_path / "missing.csv"))
+    with pytest.raises(WorkloadError, match="no such file"):
+        load("housing-mlp", 0)
