@@ -73,7 +73,9 @@ class JobConfig(_Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     coding: CodingConfig = CodingConfig()
     inject: InjectConfig = InjectConfig()
-    transport: Literal["grpc", "torch", "mpi"] = "grpc"
+    transport: Literal["grpc", "tcp", "torch", "mpi"] = Field(
+        "grpc", description="where payloads travel: grpc (the control stream), tcp (the standalone data plane: "
+        "raw bytes on an authenticated socket per worker), torch/mpi (under torchrun/mpirun)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     runtime: RuntimeConfig = RuntimeConfig()
     shards: Literal["iid", "label-skew"] = Field(

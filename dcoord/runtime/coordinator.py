@@ -95,6 +95,35 @@ class Coordinator:
         self.started = time.monotonic()
         self.round_closed = asyncio.Event()
         self._registered = asyncio.Event()
+        self.data_server = None  # transport: tcp (runtime.transport.tcp_dp.TcpDataServer)
+        self._data_keys: dict[int, bytes] = {}
+
+    # -- the standalone data plane (transport: tcp) -------------------------------------------------
+    def start_data_plane(self, host: str, matcher) -> None:
+        """Listen for workers' data connections; payloads are paired with results by ``matcher``."""
+        from dcoord.runtime.transport.tcp_dp import TcpDataServer
+
+        loop = asyncio.get_running_loop()
+
+        def fail(worker: int, msg: str) -> None:
+            loop.call_soon_threadsafe(self.reject, "data-plane", msg)
+
+        def refuse(reason: str) -> None:
+            loop.call_soon_threadsafe(self.reject, reason, "data-plane peer refused")
+
+        self.data_server = TcpDataServer(host, self.job_id, self._data_keys.get, 4 * max(self.num_params, 1),
+                                         matcher.on_payload, fail, on_connect=matcher.reset, refuse=refuse,
+                                         max_workers=self.n)
+
+    def new_data_key(self, worker: int) -> bytes:
+        from dcoord.runtime.transport.tcp_dp import new_key
+
+        self._data_keys[worker] = key = new_key()
+        return key
+
+    def close_data_plane(self) -> None:
+        if self.data_server is not None:
+            self.data_server.close()
 
     # -- membership --------------------------------------------------------------------------------
     def free_worker_id(self, requested: int = -1) -> int | None:
@@ -138,7 +167,14 @@ class Coordinator:
             needed[(m, version)] = params
             if self.privacy is not None and self.privacy.needs_previous(t.job):
                 needed[(m, version - 1)] = self.privacy.prev  # DIFF2 differences need x_(t-1) too
-        models = [pb.ModelState(model=m, version=v, params=to_proto(p)) for (m, v), p in needed.items()]
+        if self.data_server is not None and self.data_server.connected(worker):
+            models = []  # the bytes go on the worker's data connection, ahead of this assignment
+            for (m, v), p in needed.items():
+                self.data_server.send_model(worker, m, v, p)
+                models.append(pb.ModelState(model=m, version=v, params_on_data_plane=True,
+                                            params=pb.Tensor(shape=list(p.shape), dtype=str(p.dtype))))
+        else:
+            models = [pb.ModelState(model=m, version=v, params=to_proto(p)) for (m, v), p in needed.items()]
         a = pb.Assignment(job_id=self.job_id, round=r, tasks=specs, models=models,
                           deadline_unix=time.time() + self.cfg.runtime.round_timeout_s)
         return pb.CoordinatorMessage(assignment=a)
@@ -369,6 +405,8 @@ class Coordinator:
             self.rundir.checkpoint(self._checkpoint_state())
             self.rundir.close()
             raise
+        finally:
+            self.close_data_plane()
         self.state = "done"
         summary = self.summary()
         self.rundir.finish(summary, self.models[0].state_dict() if len(self.models) == 1

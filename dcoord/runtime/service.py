@@ -38,11 +38,14 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         log.info("registered worker %d (%s pid %d)", wid, request.hostname, request.pid)
         # reserve the id until the stream attaches, so two registrations never get the same id
         c.conns[wid] = WorkerConn(wid, asyncio.Queue(), hostname=request.hostname)
-        return pb.RegisterReply(
+        reply = pb.RegisterReply(
             worker_id=wid, job_id=c.job_id, job_config_yaml=c.cfg.to_yaml(),
             data=pb.DataAssignment(workload=c.cfg.workload, seed=c.cfg.seed, parts=parts),
             heartbeat_interval_s=c.cfg.runtime.heartbeat_s,
         )
+        if c.data_server is not None:  # a fresh key per registration: an old connection of this id is void
+            reply.data_port, reply.data_key = c.data_server.port, c.new_data_key(wid)
+        return reply
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context) -> pb.HeartbeatReply:
         conn = self.coord.conns.get(request.worker_id)
@@ -126,6 +129,11 @@ async def start_server(coord: Coordinator, listen: str = "127.0.0.1:0",
     ``matcher`` (a transport.PayloadMatcher) is given under torchrun/mpirun, where payloads come over the
     data plane and results over gRPC."""
     server = grpc.aio.server(options=GRPC_OPTIONS)
+    if coord.cfg.transport == "tcp":  # the standalone data plane beside the control plane
+        from dcoord.runtime.transport.base import PayloadMatcher
+
+        matcher = PayloadMatcher(coord.results, asyncio.get_running_loop())
+        coord.start_data_plane(listen.rpartition(":")[0].strip("[]") or "0.0.0.0", matcher)
     pb_grpc.add_CoordinatorServicer_to_server(CoordinatorService(coord, matcher), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -22,7 +22,6 @@ import numpy as np
 
 from dcoord.errors import DcoordError
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
-from dcoord.runtime.tensors import from_proto
 
 log = logging.getLogger("dcoord.transport")
 
@@ -135,12 +134,11 @@ class DataPlane(ABC):
         """Leave the process group / communicator; ``clean=False`` skips anything that could block."""
 
 
-def offload_payloads(res: pb.Result, plane: DataPlane) -> None:
-    """Worker side: move every task payload of ``res`` onto the data plane and mark the result so."""
+def send_payloads(res: pb.Result, payloads: list[np.ndarray], plane: DataPlane) -> None:
+    """Worker side: send each task's payload array on the data plane (no copy into the Result)."""
     first = plane.next_seq
-    for tr in res.tasks:
-        plane.send(from_proto(tr.payload, check_finite=False))
-        tr.ClearField("payload")
+    for p in payloads:
+        plane.send(p)
     res.payload_on_data_plane = True
     res.data_seq = first
 
@@ -168,6 +166,12 @@ class PayloadMatcher:
         self.waiting: dict[int, deque] = {}
         self.payloads = 0
         self.orphaned = 0
+
+    def reset(self, worker: int) -> None:
+        """A worker's data connection was (re)made: its numbering starts again at 0, nothing old is kept."""
+        with self.lock:
+            self.orphaned += len(self.arrays.pop(worker, {}))
+            self.waiting.pop(worker, None)
 
     def on_payload(self, worker: int, seq: int, array: np.ndarray) -> None:
         """A payload arrived (receiver thread)."""
