@@ -130,9 +130,10 @@ def test_workers_trust_never_shows_the_seed_to_the_coordinator(tmp_path, workers
     def on_started(coord, procs, address):
         original = coord.handle_result
 
-        def spy(res, conn):
+        def spy(res, conn, arrays=None):  # arrays: payloads that came on a data plane
             seen.append(res.SerializeToString())
-            return original(res, conn)
+            seen.extend(a.tobytes() for a in arrays or [])
+            return original(res, conn, arrays)
 
         coord.handle_result = spy
         on_started.coord = coord

@@ -26,7 +26,14 @@ from dcoord.config import JobConfig
 from dcoord.errors import RunFailed
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.runtime.rundir import RunDir
-from dcoord.runtime.tensors import PayloadError, flat_grads_to_model, flat_params, from_proto, to_proto
+from dcoord.runtime.tensors import (
+    PayloadError,
+    check_array,
+    flat_grads_to_model,
+    flat_params,
+    from_proto,
+    to_proto,
+)
 from dcoord.workloads import batch_indices
 from dcoord.workloads import load as load_workload
 
@@ -200,8 +207,11 @@ class Coordinator:
         self.rejected[reason] += 1
         log.warning("rejected result (%s) %s", reason, detail)
 
-    def handle_result(self, res: pb.Result, conn: WorkerConn | None) -> bool:
-        """Validate one result message; store it and return True when it counts for the current round."""
+    def handle_result(self, res: pb.Result, conn: WorkerConn | None,
+                      arrays: list[np.ndarray] | None = None) -> bool:
+        """Validate one result message; store it and return True when it counts for the current round.
+
+        ``arrays``: the task payloads when they came on a data plane (then ``res`` carries none)."""
         if res.job_id != self.job_id:
             self.reject("wrong-job", f"job_id {res.job_id!r}")
             return False
@@ -225,13 +235,14 @@ class Coordinator:
             self.reject("task-mismatch", f"{len(res.tasks)} task results, expected {len(expected)}")
             return False
         decoded = []
-        for tr, t in zip(res.tasks, expected):
+        for k, (tr, t) in enumerate(zip(res.tasks, expected)):
             version = self.job_params[t.job][0]
             if (tr.job, tr.slot, tr.model_version) != (t.job, t.slot, version):
                 self.reject("task-mismatch", f"got (job, slot, version)={(tr.job, tr.slot, tr.model_version)}")
                 return False
             try:
-                arr = from_proto(tr.payload, expect_size=self.num_params)
+                arr = (from_proto(tr.payload, expect_size=self.num_params) if arrays is None
+                       else check_array(arrays[k], expect_size=self.num_params))
             except PayloadError as exc:
                 reason = "wrong-shape" if "shape" in str(exc) or "bytes" in str(exc) else "non-finite"
                 if "dtype" in str(exc):
@@ -241,7 +252,7 @@ class Coordinator:
             decoded.append((t, tr, arr.reshape(-1)))
         for t, tr, arr in decoded:
             self.stored.setdefault(t.job, {})[ResultRef(self.round, res.worker_id, t.slot)] = arr
-            self.bytes_round += len(tr.payload.data)
+            self.bytes_round += arr.nbytes
             losses = self.part_losses.setdefault(t.job, {})
             for pl in tr.losses:
                 if math.isfinite(pl.loss):
@@ -295,10 +306,10 @@ class Coordinator:
                     f"{len(arrived)} of {self.n} workers delivered"
                 )
             try:
-                res, conn = await asyncio.wait_for(self.results.get(), timeout=0.05)
+                res, conn, *arrays = await asyncio.wait_for(self.results.get(), timeout=0.05)
             except asyncio.TimeoutError:
                 continue
-            if self.handle_result(res, conn) and first is None:
+            if self.handle_result(res, conn, *arrays) and first is None:
                 first = time.monotonic()
 
     def _reroute(self, r: int) -> bool:

@@ -74,3 +74,14 @@ def from_proto(t: pb.Tensor, expect_size: int | None = None, check_finite: bool 
     if check_finite and not np.all(np.isfinite(arr)):
         raise PayloadError("non-finite values (NaN or Inf)")
     return arr
+
+
+def check_array(arr: np.ndarray, expect_size: int | None = None) -> np.ndarray:
+    """Validate a payload that arrived as an array (a data plane): the same checks as ``from_proto``."""
+    if str(arr.dtype) not in _DTYPES:
+        raise PayloadError(f"unknown dtype {arr.dtype}")
+    if expect_size is not None and arr.size != expect_size:
+        raise PayloadError(f"wrong shape: {arr.size} values, expected {expect_size}")
+    if not np.all(np.isfinite(arr)):
+        raise PayloadError("non-finite values (NaN or Inf)")
+    return arr

@@ -143,13 +143,6 @@ def send_payloads(res: pb.Result, payloads: list[np.ndarray], plane: DataPlane) 
     res.data_seq = first
 
 
-def _fill(t: pb.Tensor, arr: np.ndarray) -> None:
-    t.dtype = str(arr.dtype)
-    del t.shape[:]
-    t.shape.extend(arr.shape)
-    t.data = arr.tobytes()
-
-
 class PayloadMatcher:
     """Coordinator side: pairs each data-plane Result (gRPC) with its payloads (data plane) by (worker, seq).
 
@@ -206,7 +199,5 @@ class PayloadMatcher:
             for s in [s for s in have if s < res.data_seq]:
                 del have[s]
                 self.orphaned += 1
-            for tr, s in zip(res.tasks, seqs):
-                _fill(tr.payload, have.pop(s))
-            out.append((res, conn))
+            out.append((res, conn, [have.pop(s) for s in seqs]))  # arrays as received: no copy
         return out
