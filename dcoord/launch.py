@@ -83,7 +83,7 @@ def resolve_config(cfg: JobConfig, env: LaunchEnv) -> tuple[JobConfig, list[str]
     notes: list[str] = []
     explicit = "transport" in cfg.model_fields_set
     if env.launcher == "none":
-        if cfg.transport != "grpc":
+        if cfg.transport not in ("grpc", "tcp"):
             notes.append(f"transport: {cfg.transport} needs torchrun/mpirun; without a launcher payloads go "
                          "over gRPC")
             cfg = _revalidate(cfg, ["transport=grpc"], "")
@@ -91,7 +91,7 @@ def resolve_config(cfg: JobConfig, env: LaunchEnv) -> tuple[JobConfig, list[str]
     wanted = {"torchrun": "torch", "mpirun": "mpi"}[env.launcher]
     if explicit and cfg.transport not in ("grpc", wanted):
         raise ConfigError(f"transport: {cfg.transport} cannot run under {env.launcher} "
-                          f"(use {wanted}, grpc, or leave it out)")
+                          f"(use {wanted}, grpc, or leave it out; tcp is for dcoord run / coordinator + worker)")
     transport = cfg.transport if explicit else wanted
     if env.world_size < 2:
         raise ConfigError(f"{env.launcher} started 1 process; dcoord.launch needs at least 2 "

@@ -120,7 +120,7 @@ class Coordinator:
 
         self.data_server = TcpDataServer(host, self.job_id, self._data_keys.get, 4 * max(self.num_params, 1),
                                          matcher.on_payload, fail, on_connect=matcher.reset, refuse=refuse,
-                                         max_workers=self.n)
+                                         max_workers=self.n, port=self.cfg.runtime.data_port)
 
     def new_data_key(self, worker: int) -> bytes:
         from dcoord.runtime.transport.tcp_dp import new_key
