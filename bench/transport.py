@@ -185,11 +185,15 @@ def tcp_server(port: int, tls: bool) -> None:
     def deliver(worker: int, seq: int, arr: np.ndarray) -> None:
         check_array(arr, expect_size=arr.size)  # what the coordinator does with every payload
         box["srv"].send_model(worker, 0, seq, np.zeros(1))  # the ack
+        box["seen"] = True
 
     box["srv"] = TcpDataServer("127.0.0.1", "bench", {0: KEY}.get, max_count=1 << 30, deliver=deliver,
                                fail=lambda w, m: done.set(), port=port,
                                ssl_context=_server_ctx() if tls else None)
-    done.wait(600)
+    deadline = time.monotonic() + 600
+    while not done.wait(0.1) and time.monotonic() < deadline:
+        if box.get("seen") and not box["srv"].conns:  # the client sent END and left
+            break
     box["srv"].close()
 
 
