@@ -242,6 +242,9 @@ class TcpDataServer:
                 self.fail(conn.worker, f"data plane from worker {conn.worker} ended: {exc}")
         finally:
             self._drop(conn)
+            down = self.conns.get((conn.worker, DOWN))
+            if down is not None and not self.conns.get((conn.worker, UP)):
+                self._drop(down)  # the worker is gone (or said END): its model connection goes with it
 
     def _drop(self, conn: _Conn) -> None:
         with self.lock:
