@@ -17,13 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-class SchemeError(ValueError):
-    """Invalid scheme parameters; the message names the parameter and what is allowed."""
-
-
-class DecodeError(RuntimeError):
-    """A job could not be decoded (not enough results, or the residual check failed)."""
+from dcoord.errors import DecodeError as DecodeError  # re-exported: the coding API
+from dcoord.errors import SchemeError as SchemeError
 
 
 @dataclass(frozen=True)

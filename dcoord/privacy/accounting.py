@@ -24,6 +24,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from dcoord.errors import AccountingError
+
 if TYPE_CHECKING:
     from dcoord.privacy.config import PrivacyConfig
 
@@ -33,10 +35,6 @@ History = list[tuple[float, float, int]]
 RDP_ORDERS: tuple[float, ...] = tuple(
     [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [64, 80, 96, 128, 192, 256, 384, 512, 1024]
 )
-
-
-class AccountingError(ValueError):
-    """The accountant cannot answer for these parameters (the message says which and why)."""
 
 
 class Accountant(ABC):

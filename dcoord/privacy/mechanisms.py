@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor, nn
 
+from dcoord.errors import PrivacyError
 from dcoord.privacy.accounting import (
     History,
     mechanism_history,
@@ -72,10 +73,6 @@ PAPER_ETA_GRID = tuple(0.5**i for i in range(10))
 PAPER_U = 1.25
 
 Kind = Literal["restart", "difference"]
-
-
-class PrivacyError(ValueError):
-    """Misuse of a privacy mechanism (missing key, seed on the wrong side, ...)."""
 
 
 # --------------------------------------------------------------------------------------------- noise keys

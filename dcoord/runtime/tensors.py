@@ -5,13 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dcoord.errors import PayloadError
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
-
-
-class PayloadError(ValueError):
-    """A tensor on the wire that cannot be trusted (unknown dtype, size mismatch, non-finite values)."""
 
 
 def flat_params(model: torch.nn.Module) -> np.ndarray:

@@ -25,12 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from dcoord.coding.base import Scheme
+from dcoord.errors import SimulationError
 from dcoord.sim.config import SimulateConfig
 from dcoord.stragglers import InjectConfig, StragglerModel, load_trace_csv, make_straggler_model
-
-
-class SimulationError(RuntimeError):
-    """A scheme failed to decode a job by its deadline (a scheme bug), or the inputs cannot be simulated."""
 
 
 class DelaySource(ABC):

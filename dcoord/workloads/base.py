@@ -8,9 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-class WorkloadError(ValueError):
-    """A workload name that does not resolve, or a user function that returns the wrong thing."""
+from dcoord.errors import WorkloadError
 
 
 @dataclass

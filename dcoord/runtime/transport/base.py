@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from dcoord.errors import DcoordError
+from dcoord.errors import DataPlaneError
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.runtime.tensors import from_proto
 
@@ -36,10 +36,6 @@ DTYPE_CODES: dict[np.dtype, int] = {v: k for k, v in DTYPES.items()}
 #: deliver(worker_id, seq, array) and fail(worker_id, message), both called from receiver threads
 Deliver = Callable[[int, int, np.ndarray], None]
 Fail = Callable[[int, str], None]
-
-
-class DataPlaneError(DcoordError):
-    """A data-plane message that breaks the protocol (lost or reordered sequence number, bad header)."""
 
 
 def make_header(kind: int, seq: int, payload: np.ndarray | None = None) -> np.ndarray:
