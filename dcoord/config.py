@@ -35,7 +35,7 @@ class OptimizerConfig(_Strict):
 
 
 class CodingConfig(_Strict):
-    scheme: Literal["uncoded", "gc-fr", "gc-cyclic", "ignore-stragglers", "sr-sgc", "m-sgc"] = "uncoded"
+    scheme: str = Field("uncoded", description="a registered scheme (dcoord.coding.registry; README 'Schemes')")
     stragglers: int = Field(0, ge=0, description="s: stragglers tolerated per round (plain codes)")
     B: int | None = Field(None, ge=1, description="burst length (sequential codes)")
     W: int | None = Field(None, ge=2, description="window length (sequential codes)")
@@ -45,6 +45,14 @@ class CodingConfig(_Strict):
     wait: Literal["all", "minimal"] = "all"
     payload_dtype: Literal["float64", "float32"] = "float64"
     seed: int = 0
+
+    @field_validator("scheme")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from dcoord.coding.registry import scheme_spec
+
+        scheme_spec(v)  # SchemeError (a ValueError) listing the allowed names
+        return v
 
 
 class RuntimeConfig(_Strict):
@@ -64,6 +72,10 @@ class RuntimeConfig(_Strict):
 
 class JobConfig(_Strict):
     name: str = "job"
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="modules imported first (in every process) that register schemes or workloads",
+    )
     mode: Literal["coded", "token"] = "coded"
     workload: str = "logreg-digits"
     seed: int = 0
@@ -82,6 +94,15 @@ class JobConfig(_Strict):
     token: TokenConfig | None = None
     privacy: PrivacyConfig | None = None
     simulate: SimulateConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_plugins(cls, data):
+        if isinstance(data, dict) and data.get("plugins"):
+            from dcoord.plugins import import_plugins
+
+            import_plugins(data["plugins"])
+        return data
 
     @field_validator("workload")
     @classmethod

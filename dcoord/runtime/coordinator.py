@@ -65,8 +65,8 @@ class Coordinator:
         self.optimizers = [make_optimizer(cfg, m, i) for i, m in enumerate(self.models)]
         self.steps = [0] * len(self.models)
         self.num_params = self.workload.num_params()
-        if hasattr(self.scheme, "bind_data"):  # token mode: shard sizes for grad F_i
-            self.scheme.bind_data(len(batch_indices(self.workload.num_samples, cfg.batch_size, 0, cfg.seed)))
+        self.scheme.bind_data(  # token mode: shard sizes for grad F_i
+            len(batch_indices(self.workload.num_samples, cfg.batch_size, 0, cfg.seed)))
         self.privacy = None
         if cfg.privacy is not None:  # DP-GD / DIFF2: decoded aggregates feed a private running estimate
             from dcoord.runtime.private import CoordinatorPrivacy
@@ -248,7 +248,7 @@ class Coordinator:
                     raise RunFailed(
                         f"round {r}: only {self.alive_count()} of {self.n} workers alive and "
                         f"{self.scheme.name} cannot finish the round without more (tolerates "
-                        f"{getattr(self.scheme, 's', 0)} stragglers); no replacement registered within "
+                        f"{self.scheme.s} stragglers); no replacement registered within "
                         f"{rt.worker_wait_s:g} s (start one with `dcoord worker --coordinator ADDRESS`)"
                     )
             else:
@@ -267,8 +267,7 @@ class Coordinator:
 
     def _reroute(self, r: int) -> bool:
         """Token mode: hand tokens held by lost workers to live ones (restored from the last hop)."""
-        reroute = getattr(self.scheme, "reroute", None)
-        if reroute is None or not reroute(r, frozenset(self.alive_ids())):
+        if not self.scheme.reroute(r, frozenset(self.alive_ids())):
             return False
         before, self.round_tasks = self.round_tasks, self.scheme.tasks(r)
         for w, tasks in self.round_tasks.items():
@@ -287,7 +286,7 @@ class Coordinator:
         coeffs = self.scheme.decode(job)
         msgs = self.stored.pop(job, {})
         g = combine(coeffs, msgs, self.num_params)
-        residual = float(getattr(self.scheme, "last_residual", 0.0))
+        residual = float(self.scheme.last_residual)
         self.max_residual = max(self.max_residual, residual)
         m = self.scheme.model_of(job)
         version, version_params = self.job_params.pop(job)
@@ -352,8 +351,7 @@ class Coordinator:
                 }
                 if self.privacy is not None and jobs:
                     record["epsilon"] = jobs[-1]["epsilon"]
-                if hasattr(self.scheme, "round_info"):
-                    record.update(self.scheme.round_info(r))
+                record.update(self.scheme.round_info(r))
                 self.rundir.log_round(record)
                 ce = self.cfg.runtime.checkpoint_every
                 if ce and (r + 1) % ce == 0:
@@ -406,7 +404,7 @@ class Coordinator:
             "load": self.scheme.load(), "max_decode_residual": self.max_residual,
             "dropped_late_results": self.dropped_late, "rejected_results": dict(self.rejected),
             "stragglers_seen": self.stragglers_seen,
-            **(self.scheme.report() if hasattr(self.scheme, "report") else {}),
+            **self.scheme.report(),
             **(self.privacy.summary(self.steps[0]) if self.privacy is not None else {}),
         }
 

@@ -157,7 +157,7 @@ def simulate(scheme: Scheme, delays: DelaySource, cfg: SimulateConfig) -> SimRes
     n, J = scheme.n, cfg.jobs
     if delays.n != n:
         raise SimulationError(f"delay source has {delays.n} workers, scheme has {n}")
-    sj = getattr(scheme, "jobs", None)
+    sj = scheme.jobs
     if sj is not None and sj != J:
         raise SimulationError(f"scheme was built for {sj} jobs but simulate.jobs = {J}")
     T = int(scheme.delay)
