@@ -107,10 +107,11 @@ class JobConfig(_Strict):
     @field_validator("workload")
     @classmethod
     def _workload_name(cls, v: str) -> str:
-        from dcoord.workloads.builtin import BUILTINS
+        from dcoord.workloads.registry import workload_names
 
-        if v not in BUILTINS and (":" not in v or not all(v.split(":", 1))):
-            raise ValueError(f"unknown workload {v!r}; use one of {sorted(BUILTINS)} or 'package.module:function'")
+        names = workload_names()
+        if v not in names and (":" not in v or not all(v.split(":", 1))):
+            raise ValueError(f"unknown workload {v!r}; use one of {names} or 'package.module:function'")
         return v
 
     @model_validator(mode="after")

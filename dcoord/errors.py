@@ -51,6 +51,10 @@ class WalkError(InputError):
     """Invalid random-walk parameters (chain, graph, step sizes)."""
 
 
+class StragglerError(InputError):
+    """An injected-straggler setting or a delay trace that cannot be used (names the field or file row)."""
+
+
 class PayloadError(DcoordError, ValueError):
     """A tensor on the wire that cannot be trusted (unknown dtype, size mismatch, non-finite values)."""
 

@@ -9,7 +9,7 @@ The control plane stays gRPC: rank 0 starts the coordinator's server on a free p
 never through a collective, so the round path never waits on a straggler. Without a launcher this is
 ``dcoord run`` (a coordinator and local worker processes over loopback gRPC).
 
-Choices (documented in docs/launch.md):
+Choices (documented in the README, section "torchrun and mpirun"):
 - transport: ``torch`` under torchrun and ``mpi`` under mpirun unless the config says ``grpc`` explicitly
   (then payloads stay in the gRPC messages and the launcher only places the processes); naming the other
   launcher's transport is a config error.

@@ -27,6 +27,7 @@ from dcoord.errors import RunFailed
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.runtime.rundir import RunDir
 from dcoord.runtime.tensors import PayloadError, flat_grads_to_model, flat_params, from_proto, to_proto
+from dcoord.wire import StatusInfo
 from dcoord.workloads import batch_indices
 from dcoord.workloads import load as load_workload
 
@@ -408,8 +409,8 @@ class Coordinator:
             **(self.privacy.summary(self.steps[0]) if self.privacy is not None else {}),
         }
 
-    def status(self) -> pb.StatusReply:
-        return pb.StatusReply(
+    def status(self) -> StatusInfo:
+        return StatusInfo(
             job_id=self.job_id, name=self.cfg.name, state=self.state, round=max(self.round, 0),
             rounds_total=self.total_rounds, workers_alive=self.alive_count(), workers_total=self.n,
             last_loss=self.last_loss, stragglers_seen=self.stragglers_seen,

@@ -13,6 +13,7 @@ from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
 from dcoord.runtime.chunking import ChunkAssembler
 from dcoord.runtime.coordinator import Coordinator, WorkerConn
+from dcoord.wire import status_to_proto
 
 log = logging.getLogger("dcoord.service")
 
@@ -109,14 +110,14 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             c.detach(conn)
 
     async def GetStatus(self, request, context) -> pb.StatusReply:
-        return self.coord.status()
+        return status_to_proto(self.coord.status())
 
     async def WatchStatus(self, request, context):
         c = self.coord
-        yield c.status()
+        yield status_to_proto(c.status())
         while c.state not in ("done", "failed"):
             await c.round_closed.wait()
-            yield c.status()
+            yield status_to_proto(c.status())
 
 
 async def start_server(coord: Coordinator, listen: str = "127.0.0.1:0",
