@@ -24,9 +24,9 @@ from dcoord.coding.base import ResultRef, Scheme, Task
 from dcoord.coding.combine import combine
 from dcoord.config import JobConfig
 from dcoord.errors import RunFailed
-from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
+from dcoord.runtime.messages import Assignment, ModelState, Result, Shutdown, TaskSpec, TensorData
 from dcoord.runtime.rundir import RunDir
-from dcoord.runtime.tensors import PayloadError, flat_grads_to_model, flat_params, from_proto, to_proto
+from dcoord.runtime.tensors import PayloadError, flat_grads_to_model, flat_params, from_proto
 from dcoord.wire import StatusInfo
 from dcoord.workloads import batch_indices
 from dcoord.workloads import load as load_workload
@@ -129,20 +129,19 @@ class Coordinator:
         return len(self.alive_ids())
 
     # -- the round path ----------------------------------------------------------------------------
-    def _assignment(self, r: int, worker: int) -> pb.CoordinatorMessage:
+    def _assignment(self, r: int, worker: int) -> Assignment:
         specs, needed = [], {}
         for t in self.round_tasks.get(worker, []):
             version, params = self.job_params[t.job]
             m = self.scheme.model_of(t.job)
-            specs.append(pb.TaskSpec(job=t.job, slot=t.slot, parts=list(t.parts), coeffs=list(t.coeffs),
-                                     kind=t.kind, model=m, model_version=version))
+            specs.append(TaskSpec(job=t.job, slot=t.slot, parts=list(t.parts), coeffs=list(t.coeffs),
+                                  kind=t.kind, model=m, model_version=version))
             needed[(m, version)] = params
             if self.privacy is not None and self.privacy.needs_previous(t.job):
                 needed[(m, version - 1)] = self.privacy.prev  # DIFF2 differences need x_(t-1) too
-        models = [pb.ModelState(model=m, version=v, params=to_proto(p)) for (m, v), p in needed.items()]
-        a = pb.Assignment(job_id=self.job_id, round=r, tasks=specs, models=models,
+        models = [ModelState(model=m, version=v, params=TensorData.of(p)) for (m, v), p in needed.items()]
+        return Assignment(job_id=self.job_id, round=r, tasks=specs, models=models,
                           deadline_unix=time.time() + self.cfg.runtime.round_timeout_s)
-        return pb.CoordinatorMessage(assignment=a)
 
     def _start_round(self, r: int) -> None:
         self.round = r
@@ -165,7 +164,7 @@ class Coordinator:
         self.rejected[reason] += 1
         log.warning("rejected result (%s) %s", reason, detail)
 
-    def handle_result(self, res: pb.Result, conn: WorkerConn | None) -> bool:
+    def handle_result(self, res: Result, conn: WorkerConn | None) -> bool:
         """Validate one result message; store it and return True when it counts for the current round."""
         if res.job_id != self.job_id:
             self.reject("wrong-job", f"job_id {res.job_id!r}")
@@ -378,7 +377,7 @@ class Coordinator:
     def _shutdown_all(self, reason: str) -> None:
         for c in self.conns.values():
             if c.alive:
-                c.outbox.put_nowait(pb.CoordinatorMessage(shutdown=pb.Shutdown(reason=reason)))
+                c.outbox.put_nowait(Shutdown(reason=reason))
         self.round_closed.set()
 
     def final_losses(self) -> list[float]:

@@ -22,11 +22,11 @@ from dcoord.config import load_config
 from dcoord.errors import DcoordError
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
-from dcoord.runtime.chunking import pack_result
 from dcoord.runtime.compute import TaskComputer
 from dcoord.runtime.service import GRPC_OPTIONS
-from dcoord.runtime.tensors import fill_proto, from_proto, load_flat_params
-from dcoord.runtime.transport.base import offload_payloads
+from dcoord.runtime.tensors import from_proto, load_flat_params
+from dcoord.wire import fill_proto
+from dcoord.wire.chunking import offload_payloads, pack_result
 from dcoord.workloads import load as load_workload
 
 log = logging.getLogger("dcoord.worker")

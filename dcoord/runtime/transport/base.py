@@ -21,8 +21,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from dcoord.errors import DataPlaneError
-from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
-from dcoord.runtime.tensors import from_proto
+from dcoord.runtime.messages import Result, TensorData
 
 log = logging.getLogger("dcoord.transport")
 
@@ -131,23 +130,6 @@ class DataPlane(ABC):
         """Leave the process group / communicator; ``clean=False`` skips anything that could block."""
 
 
-def offload_payloads(res: pb.Result, plane: DataPlane) -> None:
-    """Worker side: move every task payload of ``res`` onto the data plane and mark the result so."""
-    first = plane.next_seq
-    for tr in res.tasks:
-        plane.send(from_proto(tr.payload, check_finite=False))
-        tr.ClearField("payload")
-    res.payload_on_data_plane = True
-    res.data_seq = first
-
-
-def _fill(t: pb.Tensor, arr: np.ndarray) -> None:
-    t.dtype = str(arr.dtype)
-    del t.shape[:]
-    t.shape.extend(arr.shape)
-    t.data = arr.tobytes()
-
-
 class PayloadMatcher:
     """Coordinator side: pairs each data-plane Result (gRPC) with its payloads (data plane) by (worker, seq).
 
@@ -176,7 +158,7 @@ class PayloadMatcher:
                 except RuntimeError:  # the event loop is closed: the run is over
                     return
 
-    def on_result(self, res: pb.Result, conn) -> None:
+    def on_result(self, res: Result, conn) -> None:
         """A Result whose payloads are on the data plane arrived (event-loop thread)."""
         worker = conn.worker_id if conn is not None else res.worker_id
         with self.lock:
@@ -199,6 +181,6 @@ class PayloadMatcher:
                 del have[s]
                 self.orphaned += 1
             for tr, s in zip(res.tasks, seqs):
-                _fill(tr.payload, have.pop(s))
+                tr.payload = TensorData.of(have.pop(s))
             out.append((res, conn))
         return out
