@@ -125,7 +125,7 @@ def diff2_noise_gain(plan: dict, lr: float, num_params: int) -> float | None:
     itself (bench/privacy.py saw the paper's c2 = 30 diverge on digits for this reason).
     """
     per_c2 = plan.get("noise_std_diff_aggregate_per_C2")
-    if plan.get("mechanism") != "diff2" or per_c2 is None or plan.get("restart_every", 1) <= 1:
+    if per_c2 is None or plan.get("restart_every", 1) <= 1:  # no difference rounds
         return None
     return float(lr * plan["clip_diff"] * per_c2 * num_params**0.5)
 
