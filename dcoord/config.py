@@ -85,7 +85,7 @@ class JobConfig(_Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     coding: CodingConfig = CodingConfig()
     inject: InjectConfig = InjectConfig()
-    transport: Literal["grpc", "torch", "mpi"] = "grpc"
+    transport: str = Field("grpc", description="grpc, or a registered data plane (torch, mpi)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     runtime: RuntimeConfig = RuntimeConfig()
     shards: Literal["iid", "label-skew"] = Field(
@@ -103,6 +103,16 @@ class JobConfig(_Strict):
 
             import_plugins(data["plugins"])
         return data
+
+    @field_validator("transport")
+    @classmethod
+    def _transport_name(cls, v: str) -> str:
+        from dcoord.runtime.transport.registry import data_plane_names
+
+        allowed = ("grpc", *data_plane_names())
+        if v not in allowed:
+            raise ValueError(f"unknown transport {v!r}; allowed: {', '.join(allowed)}")
+        return v
 
     @field_validator("workload")
     @classmethod
