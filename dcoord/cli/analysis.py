@@ -133,7 +133,10 @@ def diff2_noise_gain(plan: dict, lr: float, num_params: int) -> float | None:
 def register(sub) -> None:
     sp = sub.add_parser("simulate", help="virtual-time simulation of the job's scheme (no processes)")
     job_args(sp)
-    sp.add_argument("--compare", help="comma-separated schemes to put side by side, e.g. uncoded,gc-cyclic,m-sgc")
+    from dcoord.coding.registry import scheme_names
+
+    sp.add_argument("--compare", help="comma-separated schemes to put side by side (tuned), from: "
+                    + ", ".join(scheme_names()))
     sp.add_argument("--no-plot", action="store_true")
     sp.set_defaults(func=cmd_simulate)
 
