@@ -3,7 +3,7 @@
 Transports, each between two processes on this machine, measured in the same run:
 - socket: a raw loopback TCP socket (sendall / recv_into a preallocated buffer): the baseline.
 - grpc:   what a worker sends on its Work stream: the pb.Result built in place (fill_proto), payloads over
-          1 MB as 1 MB PayloadChunk messages then the Result (dcoord.runtime.chunking), dcoord's
+          1 MB as 1 MB PayloadChunk messages then the Result (dcoord.wire.chunking), dcoord's
           GRPC_OPTIONS; the server reassembles (ChunkAssembler) and decodes and validates the payload
           (from_proto, finite check) as the coordinator does.
 - grpc-1msg: the same with chunking off (runtime.stream_chunk_bytes: 0): one message per result.
@@ -222,9 +222,9 @@ def grpc_server(port: int) -> None:
     import grpc
 
     from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
-    from dcoord.runtime.chunking import ChunkAssembler
     from dcoord.runtime.service import GRPC_OPTIONS
     from dcoord.runtime.tensors import from_proto
+    from dcoord.wire.chunking import ChunkAssembler
 
     done = futures.Future()
 
@@ -257,8 +257,8 @@ def grpc_client(port: int, chunk_bytes: int) -> None:
     import grpc
 
     from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
-    from dcoord.runtime.chunking import pack_result
     from dcoord.runtime.service import GRPC_OPTIONS
+    from dcoord.wire.chunking import pack_result
 
     ch = grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS)
     grpc.channel_ready_future(ch).result(timeout=30)
@@ -368,7 +368,7 @@ def child(role: str, port: int) -> None:
     elif role in ("grpc-0", "grpc-1msg-0"):
         grpc_server(port)
     elif role == "grpc-1":
-        from dcoord.runtime.chunking import DEFAULT_CHUNK_BYTES
+        from dcoord.wire.chunking import DEFAULT_CHUNK_BYTES
 
         grpc_client(port, DEFAULT_CHUNK_BYTES)
     elif role == "grpc-1msg-1":

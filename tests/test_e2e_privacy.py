@@ -19,6 +19,7 @@ from dcoord.privacy.accounting import compute_epsilon, mechanism_history
 from dcoord.privacy.mechanisms import GradientEstimator, NoiseKey, PrivateGD, worker_message
 from dcoord.privacy.per_sample import flat_params, step_norm, unflatten
 from dcoord.runtime.local import run_local
+from dcoord.wire import result_to_proto
 from dcoord.workloads import load, split_parts
 
 pytestmark = pytest.mark.slow
@@ -130,10 +131,9 @@ def test_workers_trust_never_shows_the_seed_to_the_coordinator(tmp_path, workers
     def on_started(coord, procs, address):
         original = coord.handle_result
 
-        def spy(res, conn, arrays=None):  # arrays: payloads that came on a data plane
-            seen.append(res.SerializeToString())
-            seen.extend(a.tobytes() for a in arrays or [])
-            return original(res, conn, arrays)
+        def spy(res, conn):
+            seen.append(result_to_proto(res).SerializeToString())
+            return original(res, conn)
 
         coord.handle_result = spy
         on_started.coord = coord

@@ -24,16 +24,10 @@ from dcoord.coding.base import ResultRef, Scheme, Task
 from dcoord.coding.combine import combine
 from dcoord.config import JobConfig
 from dcoord.errors import RunFailed
-from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
+from dcoord.runtime.messages import Assignment, ModelState, Result, Shutdown, TaskSpec, TensorData
 from dcoord.runtime.rundir import RunDir
-from dcoord.runtime.tensors import (
-    PayloadError,
-    check_array,
-    flat_grads_to_model,
-    flat_params,
-    from_proto,
-    to_proto,
-)
+from dcoord.runtime.tensors import PayloadError, check_array, flat_grads_to_model, flat_params, from_proto
+from dcoord.wire import StatusInfo
 from dcoord.workloads import batch_indices
 from dcoord.workloads import load as load_workload
 
@@ -72,8 +66,8 @@ class Coordinator:
         self.optimizers = [make_optimizer(cfg, m, i) for i, m in enumerate(self.models)]
         self.steps = [0] * len(self.models)
         self.num_params = self.workload.num_params()
-        if hasattr(self.scheme, "bind_data"):  # token mode: shard sizes for grad F_i
-            self.scheme.bind_data(len(batch_indices(self.workload.num_samples, cfg.batch_size, 0, cfg.seed)))
+        self.scheme.bind_data(  # token mode: shard sizes for grad F_i
+            len(batch_indices(self.workload.num_samples, cfg.batch_size, 0, cfg.seed)))
         self.privacy = None
         if cfg.privacy is not None:  # DP-GD / DIFF2: decoded aggregates feed a private running estimate
             from dcoord.runtime.private import CoordinatorPrivacy
@@ -164,13 +158,13 @@ class Coordinator:
         return len(self.alive_ids())
 
     # -- the round path ----------------------------------------------------------------------------
-    def _assignment(self, r: int, worker: int) -> pb.CoordinatorMessage:
+    def _assignment(self, r: int, worker: int) -> Assignment:
         specs, needed = [], {}
         for t in self.round_tasks.get(worker, []):
             version, params = self.job_params[t.job]
             m = self.scheme.model_of(t.job)
-            specs.append(pb.TaskSpec(job=t.job, slot=t.slot, parts=list(t.parts), coeffs=list(t.coeffs),
-                                     kind=t.kind, model=m, model_version=version))
+            specs.append(TaskSpec(job=t.job, slot=t.slot, parts=list(t.parts), coeffs=list(t.coeffs),
+                                  kind=t.kind, model=m, model_version=version))
             needed[(m, version)] = params
             if self.privacy is not None and self.privacy.needs_previous(t.job):
                 needed[(m, version - 1)] = self.privacy.prev  # DIFF2 differences need x_(t-1) too
@@ -178,13 +172,12 @@ class Coordinator:
             models = []  # the bytes go on the worker's data connection, ahead of this assignment
             for (m, v), p in needed.items():
                 self.data_server.send_model(worker, m, v, p)
-                models.append(pb.ModelState(model=m, version=v, params_on_data_plane=True,
-                                            params=pb.Tensor(shape=list(p.shape), dtype=str(p.dtype))))
+                models.append(ModelState(model=m, version=v, on_data_plane=True,
+                                         params=TensorData(tuple(p.shape), str(p.dtype))))
         else:
-            models = [pb.ModelState(model=m, version=v, params=to_proto(p)) for (m, v), p in needed.items()]
-        a = pb.Assignment(job_id=self.job_id, round=r, tasks=specs, models=models,
+            models = [ModelState(model=m, version=v, params=TensorData.of(p)) for (m, v), p in needed.items()]
+        return Assignment(job_id=self.job_id, round=r, tasks=specs, models=models,
                           deadline_unix=time.time() + self.cfg.runtime.round_timeout_s)
-        return pb.CoordinatorMessage(assignment=a)
 
     def _start_round(self, r: int) -> None:
         self.round = r
@@ -207,8 +200,7 @@ class Coordinator:
         self.rejected[reason] += 1
         log.warning("rejected result (%s) %s", reason, detail)
 
-    def handle_result(self, res: pb.Result, conn: WorkerConn | None,
-                      arrays: list[np.ndarray] | None = None) -> bool:
+    def handle_result(self, res: Result, conn: WorkerConn | None, arrays: list[np.ndarray] | None = None) -> bool:
         """Validate one result message; store it and return True when it counts for the current round.
 
         ``arrays``: the task payloads when they came on a data plane (then ``res`` carries none)."""
@@ -295,7 +287,7 @@ class Coordinator:
                     raise RunFailed(
                         f"round {r}: only {self.alive_count()} of {self.n} workers alive and "
                         f"{self.scheme.name} cannot finish the round without more (tolerates "
-                        f"{getattr(self.scheme, 's', 0)} stragglers); no replacement registered within "
+                        f"{self.scheme.s} stragglers); no replacement registered within "
                         f"{rt.worker_wait_s:g} s (start one with `dcoord worker --coordinator ADDRESS`)"
                     )
             else:
@@ -314,8 +306,7 @@ class Coordinator:
 
     def _reroute(self, r: int) -> bool:
         """Token mode: hand tokens held by lost workers to live ones (restored from the last hop)."""
-        reroute = getattr(self.scheme, "reroute", None)
-        if reroute is None or not reroute(r, frozenset(self.alive_ids())):
+        if not self.scheme.reroute(r, frozenset(self.alive_ids())):
             return False
         before, self.round_tasks = self.round_tasks, self.scheme.tasks(r)
         for w, tasks in self.round_tasks.items():
@@ -334,7 +325,7 @@ class Coordinator:
         coeffs = self.scheme.decode(job)
         msgs = self.stored.pop(job, {})
         g = combine(coeffs, msgs, self.num_params)
-        residual = float(getattr(self.scheme, "last_residual", 0.0))
+        residual = float(self.scheme.last_residual)
         self.max_residual = max(self.max_residual, residual)
         m = self.scheme.model_of(job)
         version, version_params = self.job_params.pop(job)
@@ -399,8 +390,7 @@ class Coordinator:
                 }
                 if self.privacy is not None and jobs:
                     record["epsilon"] = jobs[-1]["epsilon"]
-                if hasattr(self.scheme, "round_info"):
-                    record.update(self.scheme.round_info(r))
+                record.update(self.scheme.round_info(r))
                 self.rundir.log_round(record)
                 ce = self.cfg.runtime.checkpoint_every
                 if ce and (r + 1) % ce == 0:
@@ -428,7 +418,7 @@ class Coordinator:
     def _shutdown_all(self, reason: str) -> None:
         for c in self.conns.values():
             if c.alive:
-                c.outbox.put_nowait(pb.CoordinatorMessage(shutdown=pb.Shutdown(reason=reason)))
+                c.outbox.put_nowait(Shutdown(reason=reason))
         self.round_closed.set()
 
     def final_losses(self) -> list[float]:
@@ -455,12 +445,12 @@ class Coordinator:
             "load": self.scheme.load(), "max_decode_residual": self.max_residual,
             "dropped_late_results": self.dropped_late, "rejected_results": dict(self.rejected),
             "stragglers_seen": self.stragglers_seen,
-            **(self.scheme.report() if hasattr(self.scheme, "report") else {}),
+            **self.scheme.report(),
             **(self.privacy.summary(self.steps[0]) if self.privacy is not None else {}),
         }
 
-    def status(self) -> pb.StatusReply:
-        return pb.StatusReply(
+    def status(self) -> StatusInfo:
+        return StatusInfo(
             job_id=self.job_id, name=self.cfg.name, state=self.state, round=max(self.round, 0),
             rounds_total=self.total_rounds, workers_alive=self.alive_count(), workers_total=self.n,
             last_loss=self.last_loss, stragglers_seen=self.stragglers_seen,

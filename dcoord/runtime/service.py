@@ -11,8 +11,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
-from dcoord.runtime.chunking import ChunkAssembler
 from dcoord.runtime.coordinator import Coordinator, WorkerConn
+from dcoord.runtime.messages import Shutdown
+from dcoord.wire import coordinator_message, result_from_proto, status_to_proto
+from dcoord.wire.chunking import ChunkAssembler
 
 log = logging.getLogger("dcoord.service")
 
@@ -85,10 +87,11 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     if msg.result.payload_chunked and not chunks.attach(msg.result):
                         c.reject("oversized", f"worker {conn.worker_id} streamed more payload bytes than allowed")
                         continue
-                    if not msg.result.payload_on_data_plane:
-                        c.results.put_nowait((msg.result, conn))
+                    res = result_from_proto(msg.result)
+                    if not res.payload_on_data_plane:
+                        c.results.put_nowait((res, conn))
                     elif self.matcher is not None:
-                        self.matcher.on_result(msg.result, conn)
+                        self.matcher.on_result(res, conn)
                     else:
                         c.reject("no-data-plane", f"worker {conn.worker_id} sent payloads on a data plane "
                                  "this coordinator does not have")
@@ -104,22 +107,22 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 msg = await conn.outbox.get()
                 if msg is None:
                     break
-                yield msg
-                if msg.HasField("shutdown"):
+                yield coordinator_message(msg)
+                if isinstance(msg, Shutdown):
                     break
         finally:
             reader.cancel()
             c.detach(conn)
 
     async def GetStatus(self, request, context) -> pb.StatusReply:
-        return self.coord.status()
+        return status_to_proto(self.coord.status())
 
     async def WatchStatus(self, request, context):
         c = self.coord
-        yield c.status()
+        yield status_to_proto(c.status())
         while c.state not in ("done", "failed"):
             await c.round_closed.wait()
-            yield c.status()
+            yield status_to_proto(c.status())
 
 
 async def start_server(coord: Coordinator, listen: str = "127.0.0.1:0",

@@ -22,11 +22,10 @@ from dcoord.config import load_config
 from dcoord.errors import DcoordError
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
-from dcoord.runtime.chunking import pack_result
 from dcoord.runtime.compute import TaskComputer
 from dcoord.runtime.service import GRPC_OPTIONS
 from dcoord.runtime.tensors import from_proto, load_flat_params
-from dcoord.runtime.transport.base import send_payloads
+from dcoord.wire.chunking import pack_result, send_payloads
 from dcoord.workloads import load as load_workload
 
 log = logging.getLogger("dcoord.worker")
@@ -180,7 +179,7 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
                 payload, losses = computer.coded(t.job, list(t.parts), list(t.coeffs), dtype,
                                                  params=cache[(t.model, t.model_version)],
                                                  prev=cache.get((t.model, t.model_version - 1)))
-                tr = result.tasks.add(job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
+                result.tasks.add(job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
                                       losses=[pb.PartLoss(part=p, loss=v) for p, v in losses.items()])
                 payloads.append(payload)
             emulated = cfg.runtime.emulate_part_s * sum(len(t.parts) for t in a.tasks)
@@ -192,9 +191,6 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
                 time.sleep(delay)
             result.compute_s, result.injected_delay_s = compute_s, delay
             if data_plane is not None:
-                for tr, payload in zip(result.tasks, payloads):  # shape and dtype only: the bytes go below
-                    tr.payload.shape[:] = list(payload.shape)
-                    tr.payload.dtype = str(payload.dtype)
                 send_payloads(result, payloads, data_plane)  # point-to-point, in order
                 outbox.put(pb.WorkerMessage(result=result))
             else:  # payloads inline, or over ~1 MB as chunks on the stream

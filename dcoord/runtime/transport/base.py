@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from dcoord.errors import DcoordError
-from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
+from dcoord.errors import DataPlaneError
+from dcoord.runtime.messages import Result
 
 log = logging.getLogger("dcoord.transport")
 
@@ -35,10 +35,6 @@ DTYPE_CODES: dict[np.dtype, int] = {v: k for k, v in DTYPES.items()}
 #: deliver(worker_id, seq, array) and fail(worker_id, message), both called from receiver threads
 Deliver = Callable[[int, int, np.ndarray], None]
 Fail = Callable[[int, str], None]
-
-
-class DataPlaneError(DcoordError):
-    """A data-plane message that breaks the protocol (lost or reordered sequence number, bad header)."""
 
 
 def make_header(kind: int, seq: int, payload: np.ndarray | None = None) -> np.ndarray:
@@ -134,15 +130,6 @@ class DataPlane(ABC):
         """Leave the process group / communicator; ``clean=False`` skips anything that could block."""
 
 
-def send_payloads(res: pb.Result, payloads: list[np.ndarray], plane: DataPlane) -> None:
-    """Worker side: send each task's payload array on the data plane (no copy into the Result)."""
-    first = plane.next_seq
-    for p in payloads:
-        plane.send(p)
-    res.payload_on_data_plane = True
-    res.data_seq = first
-
-
 class PayloadMatcher:
     """Coordinator side: pairs each data-plane Result (gRPC) with its payloads (data plane) by (worker, seq).
 
@@ -177,7 +164,7 @@ class PayloadMatcher:
                 except RuntimeError:  # the event loop is closed: the run is over
                     return
 
-    def on_result(self, res: pb.Result, conn) -> None:
+    def on_result(self, res: Result, conn) -> None:
         """A Result whose payloads are on the data plane arrived (event-loop thread)."""
         worker = conn.worker_id if conn is not None else res.worker_id
         with self.lock:
