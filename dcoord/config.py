@@ -65,6 +65,11 @@ class RuntimeConfig(_Strict):
     )
     checkpoint_every: int = Field(10, ge=0, description="rounds between atomic checkpoints (0 = only at the end)")
     progress: bool = True
+    data_port: int = Field(
+        0, ge=0, lt=65536,
+        description="transport: tcp -- the data plane's port on the coordinator's host (0 = any free port; fix it "
+        "when a firewall or a Kubernetes Service must name it)",
+    )
     stream_chunk_bytes: int = Field(
         1 << 20, ge=0, description="gRPC: send payloads larger than this as chunks of this size (0 = never)"
     )
