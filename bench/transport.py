@@ -359,7 +359,7 @@ def child(role: str, port: int) -> None:
     elif role == "socket-0":
         socket_server(port)
     elif role == "socket-1":
-        for _ in range(50):  # the server may still be starting
+        for _ in range(600):  # the server may still be starting (imports take seconds on a busy machine)
             try:
                 socket_client(port)
                 return
@@ -382,7 +382,7 @@ def child(role: str, port: int) -> None:
     elif role in ("socket-tls-1", "tcp-1", "tcp-tls-1"):
         client = {"socket-tls-1": lambda: tls_socket_client(port), "tcp-1": lambda: tcp_client(port, False),
                   "tcp-tls-1": lambda: tcp_client(port, True)}[role]
-        for _ in range(50):  # the server may still be starting
+        for _ in range(600):  # the server may still be starting (imports take seconds on a busy machine)
             try:
                 client()
                 return
