@@ -19,6 +19,7 @@ from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.runtime.coordinator import Coordinator
 from dcoord.runtime.service import CoordinatorService
 from dcoord.runtime.tensors import flat_params
+from dcoord.wire import result_from_proto
 
 LOOP = asyncio.new_event_loop()
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -62,8 +63,8 @@ def _check_invariants():
 
 async def _drain():
     while not COORD.results.empty():
-        res, conn = COORD.results.get_nowait()
-        COORD.handle_result(res, conn)
+        res, conn, *arrays = COORD.results.get_nowait()  # (res, conn[, arrays from a data plane])
+        COORD.handle_result(res, conn, *arrays)
 
 
 async def _work(messages):
@@ -182,7 +183,7 @@ def test_hostile_results_and_chunks_on_the_work_stream(wid, msgs):
 def test_hostile_results_straight_into_round_validation(res):
     async def go():
         conn = COORD.conns.get(res.worker_id) if 0 <= res.worker_id < COORD.n else None
-        COORD.handle_result(res, conn)
+        COORD.handle_result(result_from_proto(res), conn)  # the round logic sees the wire layer's dataclass
 
     _run(go())
 
@@ -205,5 +206,5 @@ def test_a_valid_result_is_still_accepted_after_the_fuzzing():
     res = pb.Result(job_id=c.job_id, round=0, worker_id=w, tasks=[pb.TaskResult(
         job=t.job, slot=t.slot, model=0, model_version=c.job_params[t.job][0],
         payload=pb.Tensor(shape=[NUM], dtype="float64", data=np.ones(NUM).tobytes()))])
-    assert c.handle_result(res, None)
+    assert c.handle_result(result_from_proto(res), None)
     _check_invariants()

@@ -103,3 +103,18 @@ class ElasticScheme(Scheme):
                   int(e["epoch"]), None if e["jobs"] is None else int(e["jobs"]))
         sch.load_state_dict(state)
         return sch
+
+
+def plan_members(scheme: Scheme, n: int) -> list[int]:
+    """The physical workers the current plan uses (all ``n`` while the code was never re-planned)."""
+    return list(scheme.members) if isinstance(scheme, ElasticScheme) else list(range(n))
+
+
+def replan(current: Scheme, workers: list[int], n_physical: int, base: str, parts: int, s: int,
+           jobs: int | None) -> ElasticScheme | None:
+    """The code ``base`` re-planned over ``workers`` (a new epoch); None when that is the plan already."""
+    workers = sorted(workers)
+    if not workers or workers == plan_members(current, n_physical):
+        return None
+    epoch = (current.epoch if isinstance(current, ElasticScheme) else 0) + 1
+    return ElasticScheme(base, workers, n_physical, parts, s, epoch, jobs=jobs)

@@ -11,6 +11,7 @@ import asyncio
 import copy
 import logging
 import math
+import random
 import time
 import uuid
 from collections import Counter
@@ -22,11 +23,13 @@ import torch
 
 from dcoord.coding.base import ResultRef, Scheme, Task
 from dcoord.coding.combine import combine
+from dcoord.coding.elastic import ElasticScheme, plan_members, replan
 from dcoord.config import JobConfig
 from dcoord.errors import DcoordError, RunFailed
-from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
+from dcoord.runtime.messages import Assignment, ModelState, Result, Shutdown, TaskSpec, TensorData
 from dcoord.runtime.rundir import RunDir
-from dcoord.runtime.tensors import PayloadError, flat_grads_to_model, flat_params, from_proto, to_proto
+from dcoord.runtime.tensors import PayloadError, check_array, flat_grads_to_model, flat_params, from_proto
+from dcoord.wire import StatusInfo
 from dcoord.workloads import batch_indices
 from dcoord.workloads import load as load_workload
 
@@ -65,8 +68,8 @@ class Coordinator:
         self.optimizers = [make_optimizer(cfg, m, i) for i, m in enumerate(self.models)]
         self.steps = [0] * len(self.models)
         self.num_params = self.workload.num_params()
-        if hasattr(self.scheme, "bind_data"):  # token mode: shard sizes for grad F_i
-            self.scheme.bind_data(len(batch_indices(self.workload.num_samples, cfg.batch_size, 0, cfg.seed)))
+        self.scheme.bind_data(  # token mode: shard sizes for grad F_i
+            len(batch_indices(self.workload.num_samples, cfg.batch_size, 0, cfg.seed)))
         self.privacy = None
         if cfg.privacy is not None:  # DP-GD / DIFF2: decoded aggregates feed a private running estimate
             from dcoord.runtime.private import CoordinatorPrivacy
@@ -95,12 +98,41 @@ class Coordinator:
         self.started = time.monotonic()
         self.round_closed = asyncio.Event()
         self._registered = asyncio.Event()
+        self.data_server = None  # transport: tcp (runtime.transport.tcp_dp.TcpDataServer)
+        self._data_keys: dict[int, bytes] = {}
         # checkpoints: "collect" while a round waits for results (the scheme as it was when the round
         # started is kept), "closing" while a closed round is applied, "boundary" between rounds
         self.phase = "boundary"
         self.scheme_snapshot: dict | None = None
         self.resumed_elapsed = 0.0
         self.lost_ids: set[int] = set()
+
+    # -- the standalone data plane (transport: tcp) -------------------------------------------------
+    def start_data_plane(self, host: str, matcher) -> None:
+        """Listen for workers' data connections; payloads are paired with results by ``matcher``."""
+        from dcoord.runtime.transport.tcp_dp import TcpDataServer
+
+        loop = asyncio.get_running_loop()
+
+        def fail(worker: int, msg: str) -> None:
+            loop.call_soon_threadsafe(self.reject, "data-plane", msg)
+
+        def refuse(reason: str) -> None:
+            loop.call_soon_threadsafe(self.reject, reason, "data-plane peer refused")
+
+        self.data_server = TcpDataServer(host, self.job_id, self._data_keys.get, 4 * max(self.num_params, 1),
+                                         matcher.on_payload, fail, on_connect=matcher.reset, refuse=refuse,
+                                         max_workers=self.n, port=self.cfg.runtime.data_port)
+
+    def new_data_key(self, worker: int) -> bytes:
+        from dcoord.runtime.transport.tcp_dp import new_key
+
+        self._data_keys[worker] = key = new_key()
+        return key
+
+    def close_data_plane(self) -> None:
+        if self.data_server is not None:
+            self.data_server.close()
 
     # -- membership --------------------------------------------------------------------------------
     def free_worker_id(self, requested: int = -1) -> int | None:
@@ -148,20 +180,26 @@ class Coordinator:
         return len(self.alive_ids())
 
     # -- the round path ----------------------------------------------------------------------------
-    def _assignment(self, r: int, worker: int) -> pb.CoordinatorMessage:
+    def _assignment(self, r: int, worker: int) -> Assignment:
         specs, needed = [], {}
         for t in self.round_tasks.get(worker, []):
             version, params = self.job_params[t.job]
             m = self.scheme.model_of(t.job)
-            specs.append(pb.TaskSpec(job=t.job, slot=t.slot, parts=list(t.parts), coeffs=list(t.coeffs),
-                                     kind=t.kind, model=m, model_version=version))
+            specs.append(TaskSpec(job=t.job, slot=t.slot, parts=list(t.parts), coeffs=list(t.coeffs),
+                                  kind=t.kind, model=m, model_version=version))
             needed[(m, version)] = params
             if self.privacy is not None and self.privacy.needs_previous(t.job):
                 needed[(m, version - 1)] = self.privacy.prev  # DIFF2 differences need x_(t-1) too
-        models = [pb.ModelState(model=m, version=v, params=to_proto(p)) for (m, v), p in needed.items()]
-        a = pb.Assignment(job_id=self.job_id, round=r, tasks=specs, models=models,
+        if self.data_server is not None and self.data_server.connected(worker):
+            models = []  # the bytes go on the worker's data connection, ahead of this assignment
+            for (m, v), p in needed.items():
+                self.data_server.send_model(worker, m, v, p)
+                models.append(ModelState(model=m, version=v, on_data_plane=True,
+                                         params=TensorData(tuple(p.shape), str(p.dtype))))
+        else:
+            models = [ModelState(model=m, version=v, params=TensorData.of(p)) for (m, v), p in needed.items()]
+        return Assignment(job_id=self.job_id, round=r, tasks=specs, models=models,
                           deadline_unix=time.time() + self.cfg.runtime.round_timeout_s)
-        return pb.CoordinatorMessage(assignment=a)
 
     def _start_round(self, r: int) -> None:
         self.scheme_snapshot = self.scheme.state_dict()  # a checkpoint taken mid-round restores this
@@ -186,8 +224,10 @@ class Coordinator:
         self.rejected[reason] += 1
         log.warning("rejected result (%s) %s", reason, detail)
 
-    def handle_result(self, res: pb.Result, conn: WorkerConn | None) -> bool:
-        """Validate one result message; store it and return True when it counts for the current round."""
+    def handle_result(self, res: Result, conn: WorkerConn | None, arrays: list[np.ndarray] | None = None) -> bool:
+        """Validate one result message; store it and return True when it counts for the current round.
+
+        ``arrays``: the task payloads when they came on a data plane (then ``res`` carries none)."""
         if res.job_id != self.job_id:
             self.reject("wrong-job", f"job_id {res.job_id!r}")
             return False
@@ -211,13 +251,14 @@ class Coordinator:
             self.reject("task-mismatch", f"{len(res.tasks)} task results, expected {len(expected)}")
             return False
         decoded = []
-        for tr, t in zip(res.tasks, expected):
+        for k, (tr, t) in enumerate(zip(res.tasks, expected)):
             version = self.job_params[t.job][0]
             if (tr.job, tr.slot, tr.model_version) != (t.job, t.slot, version):
                 self.reject("task-mismatch", f"got (job, slot, version)={(tr.job, tr.slot, tr.model_version)}")
                 return False
             try:
-                arr = from_proto(tr.payload, expect_size=self.num_params)
+                arr = (from_proto(tr.payload, expect_size=self.num_params) if arrays is None
+                       else check_array(arrays[k], expect_size=self.num_params))
             except PayloadError as exc:
                 reason = "wrong-shape" if "shape" in str(exc) or "bytes" in str(exc) else "non-finite"
                 if "dtype" in str(exc):
@@ -227,7 +268,7 @@ class Coordinator:
             decoded.append((t, tr, arr.reshape(-1)))
         for t, tr, arr in decoded:
             self.stored.setdefault(t.job, {})[ResultRef(self.round, res.worker_id, t.slot)] = arr
-            self.bytes_round += len(tr.payload.data)
+            self.bytes_round += arr.nbytes
             losses = self.part_losses.setdefault(t.job, {})
             for pl in tr.losses:
                 if math.isfinite(pl.loss):
@@ -273,7 +314,7 @@ class Coordinator:
                     raise RunFailed(
                         f"round {r}: only {self.alive_count()} of {self.n} workers alive and "
                         f"{self.scheme.name} cannot finish the round without more (tolerates "
-                        f"{getattr(self.scheme, 's', 0)} stragglers); no replacement registered within "
+                        f"{self.scheme.s} stragglers); no replacement registered within "
                         f"{rt.worker_wait_s:g} s (start one with `dcoord worker --coordinator ADDRESS`)"
                     )
             else:
@@ -284,16 +325,15 @@ class Coordinator:
                     f"{len(arrived)} of {self.n} workers delivered"
                 )
             try:
-                res, conn = await asyncio.wait_for(self.results.get(), timeout=0.05)
+                res, conn, *arrays = await asyncio.wait_for(self.results.get(), timeout=0.05)
             except asyncio.TimeoutError:
                 continue
-            if self.handle_result(res, conn) and first is None:
+            if self.handle_result(res, conn, *arrays) and first is None:
                 first = time.monotonic()
 
     def _reroute(self, r: int) -> bool:
         """Token mode: hand tokens held by lost workers to live ones (restored from the last hop)."""
-        reroute = getattr(self.scheme, "reroute", None)
-        if reroute is None or not reroute(r, frozenset(self.alive_ids())):
+        if not self.scheme.reroute(r, frozenset(self.alive_ids())):
             return False
         before, self.round_tasks = self.round_tasks, self.scheme.tasks(r)
         for w, tasks in self.round_tasks.items():
@@ -308,16 +348,41 @@ class Coordinator:
         log.warning("round %d: token(s) restored on live workers", r)
         return True
 
-    def _shrink(self, r: int) -> bool:
-        from dcoord.runtime.elastic import shrink
+    # -- elastic membership (runtime.elastic): shrink the code to the workers present, grow it back ----------
+    def _replan(self, r: int, workers: list[int], why: str) -> bool:
+        """Re-plan round ``r`` (and later ones) over ``workers`` (a line in metrics.jsonl); False if unchanged."""
+        cfg = self.cfg
+        new = replan(self.scheme, workers, self.n, cfg.coding.scheme, cfg.workers, cfg.coding.stragglers,
+                     cfg.rounds)
+        if new is None:
+            return False
+        self.scheme = new
+        self.stored.pop(r, None)  # results of the abandoned plan for this round are not used
+        self.part_losses.pop(r, None)
+        log.warning("round %d: re-planned %s over %d workers (s=%d): %s", r, new.name, len(new.members), new.s, why)
+        self.rundir.log_event({"event": "replan", "from_round": r, "why": why, "workers": new.members,
+                               "n": len(new.members), "s": new.s, "scheme": new.name, "epoch": new.epoch,
+                               "time": time.time()})
+        return True
 
-        return shrink(self, r)
+    def _grow(self, r: int) -> None:
+        """Before round ``r``: take workers that came back (or joined) into the plan."""
+        alive = self.alive_ids()
+        if alive - set(plan_members(self.scheme, self.n)):
+            self._replan(r, sorted(alive), "workers back")
+
+    def _shrink(self, r: int) -> bool:
+        """Round ``r`` cannot finish with the workers left: re-plan it over them; False if none are left."""
+        if self._replan(r, sorted(self.alive_ids()), "too many workers gone"):
+            self._start_round(r)
+            return True
+        return False
 
     def _decode_and_step(self, job: int) -> dict:
         coeffs = self.scheme.decode(job)
         msgs = self.stored.pop(job, {})
         g = combine(coeffs, msgs, self.num_params)
-        residual = float(getattr(self.scheme, "last_residual", 0.0))
+        residual = float(self.scheme.last_residual)
         self.max_residual = max(self.max_residual, residual)
         m = self.scheme.model_of(job)
         version, version_params = self.job_params.pop(job)
@@ -336,13 +401,75 @@ class Coordinator:
             out.update(self.privacy.round_info(job))
         return out
 
+    # -- checkpoints (what runtime.resume writes and puts back) -------------------------------------------
     def save_checkpoint(self) -> None:
         """Checkpoint the state as of the last closed round (atomic; the newest K are kept)."""
-        from dcoord.runtime.resume import capture
-
-        got = capture(self)
+        got = self.checkpoint_state()
         if got is not None and got[1] >= 0:
             self.rundir.checkpoint(*got)
+
+    def checkpoint_state(self) -> tuple[dict, int] | None:
+        """The state as of the last closed round and that round, or None while a round is being applied.
+
+        The models and optimizers, the model versions still needed by pending jobs (sequential codes) and the
+        messages already delivered for them, the scheme's state, DIFF2's running estimate, counters, RNG
+        states, and how long metrics.jsonl was then (a resumed run cuts it back to that length)."""
+        if self.phase == "closing":
+            return None
+        mid = self.phase == "collect"
+        done = self.round - 1 if mid else self.round
+        scheme_state = self.scheme_snapshot if mid else self.scheme.state_dict()
+        stored = {job: [(ref.round, ref.worker, ref.slot, arr) for ref, arr in msgs.items() if ref.round <= done]
+                  for job, msgs in self.stored.items()}
+        state = {
+            "version": 1, "job_id": self.job_id, "round": done, "config": self.cfg.to_yaml(),
+            "models": [m.state_dict() for m in self.models],
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "steps": list(self.steps),
+            "job_params": {j: [v, p] for j, (v, p) in self.job_params.items()},
+            "stored": {j: v for j, v in stored.items() if v},
+            "part_losses": {j: dict(v) for j, v in self.part_losses.items()},
+            "scheme": scheme_state,
+            "privacy": self.privacy.state_dict() if self.privacy is not None else None,
+            "counters": {"rejected": dict(self.rejected), "dropped_late": self.dropped_late,
+                         "stragglers_seen": self.stragglers_seen, "max_residual": self.max_residual,
+                         "last_loss": self.last_loss, "elapsed_s": time.monotonic() - self.started},
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "metrics_offset": self.rundir.round_offset,
+        }
+        return state, done
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        """Put a checkpoint back into this freshly built coordinator (same config)."""
+        if len(state["models"]) != len(self.models):
+            raise DcoordError(f"checkpoint has {len(state['models'])} models, the config {len(self.models)}")
+        self.job_id = state["job_id"]
+        for m, sd in zip(self.models, state["models"]):
+            m.load_state_dict(sd)
+        for o, sd in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(sd)
+        self.steps = [int(s) for s in state["steps"]]
+        self.round = int(state["round"])
+        # parameters keep the dtype they were saved with (the model's): workers load them into the model as is
+        self.job_params = {int(j): (int(v), np.asarray(p)) for j, (v, p) in state["job_params"].items()}
+        self.stored = {int(j): {ResultRef(int(r), int(w), int(s)): np.asarray(a) for r, w, s, a in refs}
+                       for j, refs in state["stored"].items()}
+        self.part_losses = {int(j): {int(p): float(x) for p, x in v.items()}
+                            for j, v in state["part_losses"].items()}
+        if "elastic" in state["scheme"]:  # the run had re-planned its code over fewer workers
+            self.scheme = ElasticScheme.from_state(state["scheme"], self.n)
+        else:
+            self.scheme.load_state_dict(state["scheme"])
+        if self.privacy is not None:
+            self.privacy.load_state_dict(state["privacy"])
+        c = state["counters"]
+        self.rejected = Counter({str(k): int(v) for k, v in c["rejected"].items()})
+        self.dropped_late, self.stragglers_seen = int(c["dropped_late"]), int(c["stragglers_seen"])
+        self.max_residual, self.last_loss = float(c["max_residual"]), float(c["last_loss"])
+        self.resumed_elapsed = float(c["elapsed_s"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(_tuples(state["rng"]["python"]))
 
     async def wait_for_workers(self, timeout: float) -> None:
         try:
@@ -362,9 +489,7 @@ class Coordinator:
             for r in range(self.round + 1, self.total_rounds):
                 t0 = time.monotonic()
                 if self.cfg.runtime.elastic:
-                    from dcoord.runtime.elastic import grow
-
-                    grow(self, r)
+                    self._grow(r)
                 self._start_round(r)
                 arrived = await self._collect(r)
                 self.phase = "closing"
@@ -387,8 +512,7 @@ class Coordinator:
                 }
                 if self.privacy is not None and jobs:
                     record["epsilon"] = jobs[-1]["epsilon"]
-                if hasattr(self.scheme, "round_info"):
-                    record.update(self.scheme.round_info(r))
+                record.update(self.scheme.round_info(r))
                 self.rundir.log_round(record)
                 self.phase = "boundary"
                 ce = self.cfg.runtime.checkpoint_every
@@ -408,6 +532,8 @@ class Coordinator:
                 log.warning("could not write the final checkpoint: %s", ckexc)
             self.rundir.close()
             raise
+        finally:
+            self.close_data_plane()
         self.state = "done"
         summary = self.summary()
         self.rundir.finish(summary, self.models[0].state_dict() if len(self.models) == 1
@@ -418,7 +544,7 @@ class Coordinator:
     def _shutdown_all(self, reason: str) -> None:
         for c in self.conns.values():
             if c.alive:
-                c.outbox.put_nowait(pb.CoordinatorMessage(shutdown=pb.Shutdown(reason=reason)))
+                c.outbox.put_nowait(Shutdown(reason=reason))
         self.round_closed.set()
 
     def final_losses(self) -> list[float]:
@@ -445,15 +571,20 @@ class Coordinator:
             "load": self.scheme.load(), "max_decode_residual": self.max_residual,
             "dropped_late_results": self.dropped_late, "rejected_results": dict(self.rejected),
             "stragglers_seen": self.stragglers_seen,
-            **(self.scheme.report() if hasattr(self.scheme, "report") else {}),
+            **self.scheme.report(),
             **(self.privacy.summary(self.steps[0]) if self.privacy is not None else {}),
         }
 
-    def status(self) -> pb.StatusReply:
-        return pb.StatusReply(
+    def status(self) -> StatusInfo:
+        return StatusInfo(
             job_id=self.job_id, name=self.cfg.name, state=self.state, round=max(self.round, 0),
             rounds_total=self.total_rounds, workers_alive=self.alive_count(), workers_total=self.n,
             last_loss=self.last_loss, stragglers_seen=self.stragglers_seen,
             dropped_late_results=self.dropped_late, rejected=dict(self.rejected),
             elapsed_s=time.monotonic() - self.started, scheme=self.scheme.name, message=self.message,
         )
+
+
+def _tuples(x):
+    """random.setstate needs tuples where a checkpoint may hold lists."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
