@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -5,7 +6,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# ../shared beside the repo; DCOORD_SHARED points elsewhere (e.g. from a git worktree)
+SHARED = Path(os.environ.get("DCOORD_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 
 
 @pytest.fixture

@@ -32,6 +32,17 @@ class SimulateConfig(BaseModel):
         description="plain codes close at the first decodable arrival (what the coordinator does), or, as in "
         "the SGC paper's comparison, by the (1+mu) straggler rule with wait-all when they cannot decode",
     )
+    close: Literal["straggler-rule", "earliest"] = Field(
+        "straggler-rule",
+        description="sequential codes' close rule (dcoord simulate takes it from coding.close): the (1+mu) "
+        "straggler rule, or the first arrival at which the late set fits the (B, W, lambda) model",
+    )
+    load_model: Literal["actual", "nominal"] = Field(
+        "actual",
+        description="actual: charge each worker the minitasks it really has (fewer in a run's first and last "
+        "T rounds); nominal: as the SGC authors' simulator, every worker the scheme's full normalised load in "
+        "every round that has any task (so SR-SGC's closing rounds charge all n workers)",
+    )
     max_delay: int = Field(3, ge=0, description="largest T considered when tuning --compare schemes")
     lambda_grid: list[int] | None = Field(None, description="lambda values tried when tuning (default: coarse)")
     hops: int = Field(10_000, ge=1, description="token mode: hops to simulate")

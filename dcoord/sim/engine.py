@@ -8,6 +8,11 @@ round the way the coordinator would, tell the scheme, and advance the clock by t
   (a wait-all round); ``wait="minimal"`` admits arrivals in time order until the scheme accepts.
 - Plain codes close at the first arrival at which ``accepts`` holds (waiting longer buys nothing), or, with
   ``plain_close="straggler-rule"`` (the SGC paper's comparison), by the same rule as sequential codes.
+- Sequential codes with ``close="earliest"`` also close at the first arrival at which ``accepts`` holds: the
+  late set fits the (B, W, lambda) model given the recorded history (so every pending job stays decodable by
+  its deadline) and the job due this round decodes.
+- ``load_model="nominal"`` (the SGC authors' simulator) charges every worker the scheme's full normalised
+  load in every round that has any task; ``"actual"`` charges only the minitasks that exist.
 
 Only workers with a task count (fastest, slowest, stragglers). ``accepts`` is monotone in the arrived set
 (more arrivals never hurt), so the first accepting arrival is found by bisection: O(log n) checks a round.
@@ -165,7 +170,10 @@ def simulate(scheme: Scheme, delays: DelaySource, cfg: SimulateConfig) -> SimRes
         raise SimulationError(f"scheme was built for {sj} jobs but simulate.jobs = {J}")
     T = int(scheme.delay)
     rounds = J + T
-    rule = scheme.uses_straggler_rule() or cfg.plain_close == "straggler-rule"
+    sequential = scheme.uses_straggler_rule()
+    rule = (sequential and cfg.close == "straggler-rule") or (not sequential and cfg.plain_close == "straggler-rule")
+    nominal = cfg.load_model == "nominal"
+    full_load = float(scheme.load())
     durations = np.zeros(rounds)
     stragglers = np.zeros(rounds, dtype=np.int64)
     finish = np.full(J, np.nan)
@@ -175,6 +183,11 @@ def simulate(scheme: Scheme, delays: DelaySource, cfg: SimulateConfig) -> SimRes
     for r in range(rounds):
         loads = np.asarray(scheme.worker_loads(r), dtype=np.float64)
         tasked = loads > 0
+        if nominal and tasked.any():
+            # the authors' accounting: every worker computes the full normalised load in every round that
+            # has work, and all of them count for the fastest, the slowest and the straggler rule
+            loads = np.full(n, full_load)
+            tasked = all_in
 
         def accepts(arrived: np.ndarray, r: int = r) -> bool:
             return scheme.accepts_mask(r, arrived)
@@ -201,6 +214,7 @@ def simulate(scheme: Scheme, delays: DelaySource, cfg: SimulateConfig) -> SimRes
                         if k == order.size:
                             wait_all += 1
             else:
+                # plain codes (decodable) and sequential codes (earliest): the first arrival that may close
                 order = np.flatnonzero(tasked)[np.argsort(tt, kind="stable")]
                 k, arrived = _first_accepting(accepts, t, tasked, order, 1)
                 dur = float(t[order[k - 1]])
