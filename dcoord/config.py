@@ -60,6 +60,11 @@ class RuntimeConfig(_Strict):
         0.0, ge=0.0,
         description="sleep this long per part computed, to emulate one machine per worker on a small box",
     )
+    emulate_job_s: float = Field(
+        0.0, ge=0.0,
+        description="sleep this long times the fraction of one job's gradient computed (the simulator's "
+        "base_comp), so emulated compute follows the normalised load whatever the part sizes",
+    )
     checkpoint_every: int = Field(10, ge=0, description="rounds between atomic checkpoints (0 = only at the end)")
     progress: bool = True
     stream_chunk_bytes: int = Field(

@@ -149,3 +149,21 @@ def test_config_and_simulate_job_carry_the_close_rule(tmp_path):
     inj = {"model": "bernoulli", "p": 0.3, "slowdown": 5.0}
     data = simulate_job(4, cfg.coding.model_dump(by_alias=True), {"jobs": 10}, tmp_path, inject=inj, plot=False)
     assert data["simulate"]["close"] == "earliest"
+
+
+def test_carry_over_delays_a_cut_off_worker_into_the_next_round():
+    """Persistent workers: a worker cut off at the close keeps working and starts the next round late."""
+    from dcoord.sim import TraceDelays
+
+    hand = np.array([[1.0, 1.0, 1.0, 3.0],   # worker 3 late (> 2 x fastest): cut off at t=2, 1 s left
+                     [1.0, 1.0, 1.0, 1.0]])  # fresh: everybody at 1; carry-over: worker 3 at 1 + 1 = 2
+    src = TraceDelays(hand, base_comp=0.0)
+    cfg = SimulateConfig(jobs=2, plain_close="straggler-rule")
+    fresh = simulate(make_scheme("gc-cyclic", 4, s=1, jobs=2), src, cfg)
+    carry = simulate(make_scheme("gc-cyclic", 4, s=1, jobs=2), src, cfg.model_copy(update={"carry_over": True}))
+    assert fresh.round_durations.tolist() == [2.0, 1.0]
+    assert carry.round_durations.tolist() == [2.0, 2.0]  # 2 <= (1+mu) x 1: it is waited for, not late
+    # the first decodable arrival does not wait for it at all
+    early = simulate(make_scheme("gc-cyclic", 4, s=1, jobs=2), src,
+                     SimulateConfig(jobs=2, carry_over=True))
+    assert early.round_durations.tolist() == [1.0, 1.0]

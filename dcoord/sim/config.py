@@ -43,6 +43,12 @@ class SimulateConfig(BaseModel):
         "T rounds); nominal: as the SGC authors' simulator, every worker the scheme's full normalised load in "
         "every round that has any task (so SR-SGC's closing rounds charge all n workers)",
     )
+    carry_over: bool = Field(
+        False,
+        description="a worker cut off when a round closes keeps computing its stale task and starts the next "
+        "round that much later (dcoord's persistent worker processes); false: every round starts every worker "
+        "fresh (the paper's one Lambda invocation per worker and round)",
+    )
     max_delay: int = Field(3, ge=0, description="largest T considered when tuning --compare schemes")
     lambda_grid: list[int] | None = Field(None, description="lambda values tried when tuning (default: coarse)")
     hops: int = Field(10_000, ge=1, description="token mode: hops to simulate")

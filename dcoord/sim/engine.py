@@ -11,6 +11,8 @@ round the way the coordinator would, tell the scheme, and advance the clock by t
 - Sequential codes with ``close="earliest"`` also close at the first arrival at which ``accepts`` holds: the
   late set fits the (B, W, lambda) model given the recorded history (so every pending job stays decodable by
   its deadline) and the job due this round decodes.
+- ``carry_over``: a worker cut off by a close keeps working on its stale task and starts the next round
+  late by what it had left (persistent worker processes); off, every round starts every worker fresh.
 - ``load_model="nominal"`` (the SGC authors' simulator) charges every worker the scheme's full normalised
   load in every round that has any task; ``"actual"`` charges only the minitasks that exist.
 
@@ -180,6 +182,7 @@ def simulate(scheme: Scheme, delays: DelaySource, cfg: SimulateConfig) -> SimRes
     wait_all = extended = 0
     now = 0.0
     all_in = np.ones(n, dtype=bool)
+    busy = np.zeros(n)  # carry_over: seconds each worker still spends on a stale task when the round starts
     for r in range(rounds):
         loads = np.asarray(scheme.worker_loads(r), dtype=np.float64)
         tasked = loads > 0
@@ -195,7 +198,7 @@ def simulate(scheme: Scheme, delays: DelaySource, cfg: SimulateConfig) -> SimRes
         if not tasked.any():
             arrived, dur = all_in, 0.0
         else:
-            t = delays.finish_times(r, loads)
+            t = delays.finish_times(r, loads) + busy
             tt = t[tasked]
             slowest = float(tt.max())
             if rule:
@@ -219,6 +222,9 @@ def simulate(scheme: Scheme, delays: DelaySource, cfg: SimulateConfig) -> SimRes
                 k, arrived = _first_accepting(accepts, t, tasked, order, 1)
                 dur = float(t[order[k - 1]])
             stragglers[r] = int(np.count_nonzero(tasked & ~arrived))
+        if cfg.carry_over:
+            busy = np.maximum(busy - dur, 0.0) if not tasked.any() else np.where(
+                tasked & ~arrived, np.maximum(t - dur, 0.0), np.where(tasked, 0.0, np.maximum(busy - dur, 0.0)))
         newly = scheme.close_round_mask(r, arrived)
         durations[r] = dur
         now += dur
