@@ -13,5 +13,5 @@ SHARED = Path(os.environ.get("DCOORD_SHARED") or Path(__file__).resolve().parent
 @pytest.fixture
 def shared_dir() -> Path:
     if not SHARED.is_dir():
-        pytest.skip(f"../shared is not beside the repo ({SHARED}); the trace tests need it")
+        pytest.skip(f"no shared dir at {SHARED} (../shared beside the repo, or set DCOORD_SHARED); the trace tests need it")
     return SHARED

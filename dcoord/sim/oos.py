@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dcoord.coding.registry import make_scheme
+from dcoord.errors import ConfigError
 from dcoord.sim.config import SimulateConfig
 from dcoord.sim.engine import DelaySource, TraceDelays, simulate
-from dcoord.sim.tune import TUNABLE, Choice, best_per_scheme, tune_source
+from dcoord.sim.tune import Choice, best_per_scheme, tune_source
 
 RULES = ("earliest", "straggler-rule")
 PAPER_SCHEMES = ("uncoded", "gc-cyclic", "sr-sgc", "m-sgc")  # the SGC paper's comparison (GC: any s stragglers)
@@ -42,7 +43,7 @@ class EvalSource:
 def sim_config(rule: str, jobs: int, mu: float = 1.0, load_model: str = "actual", wait: str = "all") -> SimulateConfig:
     """The simulator settings of one close rule (see the module docstring)."""
     if rule not in RULES:
-        raise ValueError(f"close rule must be one of {', '.join(RULES)} (got {rule!r})")
+        raise ConfigError(f"close rule must be one of {', '.join(RULES)} (got {rule!r})")
     return SimulateConfig(jobs=jobs, mu=mu, wait=wait, load_model=load_model,  # type: ignore[arg-type]
                           plain_close="decodable" if rule == "earliest" else "straggler-rule", close=rule)
 
@@ -74,7 +75,7 @@ class Scored:
                 "eval_per_job_s": v.tolist()}
 
 
-def tune_policies(n: int, tune: EvalSource, max_delay: int, *, schemes: Iterable[str] = TUNABLE,
+def tune_policies(n: int, tune: EvalSource, max_delay: int, *, schemes: Iterable[str] | None = None,
                   rules: Iterable[str] = RULES, mu: float = 1.0, load_model: str = "actual", wait: str = "all",
                   lambda_grid: list[int] | None = None, max_window: int = 10) -> dict[tuple[str, str], Scored]:
     """Best parameters of every (scheme, rule) on the tune source (no evaluation yet)."""
@@ -82,8 +83,9 @@ def tune_policies(n: int, tune: EvalSource, max_delay: int, *, schemes: Iterable
     for rule in rules:
         cfg = sim_config(rule, tune.jobs, mu, load_model, wait)
         choices = tune_source(n, tune.source, tune.jobs, max_delay, mu=mu, wait=wait, plain_close=cfg.plain_close,
-                              close=cfg.close, load_model=load_model, schemes=list(schemes),
-                              lambda_grid=lambda_grid, max_window=max_window)
+                              close=cfg.close, load_model=load_model,
+                              schemes=None if schemes is None else list(schemes), lambda_grid=lambda_grid,
+                              max_window=max_window)
         for name, c in best_per_scheme(choices).items():
             out[(name, rule)] = Scored(name, rule, c, c.runtime_s / tune.jobs)
     return out
@@ -105,7 +107,7 @@ def recommend(policies: dict[tuple[str, str], Scored], schemes: Iterable[str] | 
     """The policy with the fastest TUNE runtime (what a user picks before seeing the evaluation data)."""
     pool = [p for (s, r), p in policies.items() if (schemes is None or s in schemes) and (rules is None or r in rules)]
     if not pool:
-        raise ValueError("no policy to recommend from")
+        raise ConfigError("no policy to recommend from")
     return min(pool, key=lambda p: (p.tune_per_job_s, p.choice.load))
 
 
@@ -118,10 +120,10 @@ def holdout_split(d0: np.ndarray, n: int, base_comp: float, holdout: float, max_
     """
     rows = d0.shape[0]
     if not 0.0 < holdout < 1.0:
-        raise ValueError(f"--holdout must be a fraction in (0, 1) (got {holdout})")
+        raise ConfigError(f"--holdout must be a fraction in (0, 1) (got {holdout})")
     k = int(round(rows * (1.0 - holdout)))
     if k < max_delay + 1 or rows - k < max_delay + 1:
-        raise ValueError(f"{name}: {rows} rows cannot be split {1 - holdout:.2f}/{holdout:.2f} with max delay "
+        raise ConfigError(f"{name}: {rows} rows cannot be split {1 - holdout:.2f}/{holdout:.2f} with max delay "
                          f"{max_delay} (each part needs more than {max_delay} rows); use another --holdout, a "
                          "smaller --max-delay, or --eval with a second profile")
     cap = jobs if jobs is not None else rows
@@ -142,7 +144,7 @@ def whole(d0: np.ndarray, n: int, base_comp: float, max_delay: int, jobs: int | 
 
 
 def tune_out_of_sample(n: int, tune: EvalSource, evals: Sequence[EvalSource], max_delay: int, *,
-                       schemes: Iterable[str] = TUNABLE, rules: Iterable[str] = RULES, mu: float = 1.0,
+                       schemes: Iterable[str] | None = None, rules: Iterable[str] = RULES, mu: float = 1.0,
                        load_model: str = "actual", wait: str = "all", lambda_grid: list[int] | None = None,
                        max_window: int = 10) -> dict:
     """Tune every policy on ``tune``, score on ``evals``; the table, the recommendation and the paper's pick."""

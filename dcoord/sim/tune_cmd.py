@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dcoord.errors import ConfigError, DcoordError
+from dcoord.errors import ConfigError
 
 
 def add_oos_options(parser: argparse.ArgumentParser) -> None:
@@ -37,20 +37,17 @@ def run_oos_tune(args) -> int | None:
     for p in [args.profile, *args.eval]:
         if not Path(p).is_file():
             raise ConfigError(f"{p}: no such delay profile (CSV, rows = rounds, columns = workers)")
-    try:
-        d0 = load_trace_csv(args.profile)
-        n = args.workers or d0.shape[1]
-        if args.eval:
-            tune = whole(d0, n, args.base_comp, args.max_delay, args.jobs, name=str(args.profile))
-            evals = [whole(load_trace_csv(p), n, args.base_comp, args.max_delay, args.jobs, name=str(p))
-                     for p in args.eval]
-        else:
-            tune, evals = holdout_split(d0, n, args.base_comp, args.holdout, args.max_delay, args.jobs,
-                                        name=str(args.profile))
-        data = tune_out_of_sample(n, tune, evals, args.max_delay, rules=rules, mu=args.mu,
-                                  load_model=args.load_model)
-    except ValueError as exc:
-        raise DcoordError(str(exc)) from None
+    d0 = load_trace_csv(args.profile)
+    n = args.workers or d0.shape[1]
+    if args.eval:
+        tune = whole(d0, n, args.base_comp, args.max_delay, args.jobs, name=str(args.profile))
+        evals = [whole(load_trace_csv(p), n, args.base_comp, args.max_delay, args.jobs, name=str(p))
+                 for p in args.eval]
+    else:
+        tune, evals = holdout_split(d0, n, args.base_comp, args.holdout, args.max_delay, args.jobs,
+                                    name=str(args.profile))
+    data = tune_out_of_sample(n, tune, evals, args.max_delay, rules=rules, mu=args.mu,
+                              load_model=args.load_model)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
