@@ -103,7 +103,7 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
                           "its data-plane payloads could not be paired with its results")
     scheme = cfg.make_scheme()
     stragglers = cfg.straggler_model()
-    workload = load_workload(cfg.workload, cfg.seed)
+    workload = load_workload(cfg.workload, cfg.seed, cfg.workload_args)
     privacy = None
     if cfg.privacy is not None:
         from dcoord.privacy.mechanisms import PrivacyError
@@ -114,7 +114,8 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
         except (PrivacyError, OSError) as exc:
             raise DcoordError(f"worker: {exc}") from None
     computer = TaskComputer(workload, scheme.part_fractions(), cfg.batch_size,
-                            cfg.seed, models=scheme.models, device=dev, shards=cfg.shards, privacy=privacy)
+                            cfg.seed, models=scheme.models, device=dev, shards=cfg.shards, privacy=privacy,
+                            loader_workers=cfg.runtime.loader_workers)
     dtype = cfg.coding.payload_dtype
     log.info("worker %d of job %s on %s", wid, job_id, dev)
 
@@ -158,12 +159,13 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
             payloads = []
             for t in a.tasks:
                 load_flat_params(computer.model, cache[(t.model, t.model_version)])
-                payload, losses = computer.coded(t.job, list(t.parts), list(t.coeffs), dtype,
-                                                 params=cache[(t.model, t.model_version)],
-                                                 prev=cache.get((t.model, t.model_version - 1)))
+                payload, losses = computer.coded_device(t.job, list(t.parts), list(t.coeffs), dtype,
+                                                        params=cache[(t.model, t.model_version)],
+                                                        prev=cache.get((t.model, t.model_version - 1)))
                 tr = result.tasks.add(job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
                                       losses=[pb.PartLoss(part=p, loss=v) for p, v in losses.items()])
                 payloads.append(payload)
+            payloads = computer.to_host(payloads)  # GPU: one pinned copy per result
             emulated = cfg.runtime.emulate_part_s * sum(len(t.parts) for t in a.tasks)
             if emulated > 0:
                 time.sleep(emulated)

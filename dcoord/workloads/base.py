@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 
 class WorkloadError(ValueError):
@@ -15,43 +18,99 @@ class WorkloadError(ValueError):
 
 @dataclass
 class Workload:
-    """Everything a worker and the coordinator need to train: same seed -> same model and data everywhere."""
+    """Everything a worker and the coordinator need to train: same seed -> same model and data everywhere.
+
+    Two data forms: tensors ``X``/``y`` held in memory (small tasks), or a map-style
+    ``torch.utils.data.Dataset`` (``dataset``, optional ``test_dataset``) whose items are ``(x, y)`` pairs;
+    then partitions are fixed index sets and each worker reads only the samples of the parts it computes.
+    """
 
     model: torch.nn.Module
-    X: torch.Tensor
-    y: torch.Tensor
+    X: torch.Tensor | None
+    y: torch.Tensor | None
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # mean loss over a batch
     X_test: torch.Tensor | None = None
     y_test: torch.Tensor | None = None
     name: str = "workload"
+    dataset: Dataset | None = None
+    test_dataset: Dataset | None = None
+    eval_samples: int = 1024  # Dataset form: the coordinator's final loss / accuracy use this many samples
+
+    def __post_init__(self) -> None:
+        if self.dataset is None and (self.X is None or self.y is None):
+            raise WorkloadError(f"workload {self.name}: give tensors X and y, or a dataset")
+
+    @classmethod
+    def from_dataset(cls, model: torch.nn.Module, loss_fn: Callable, dataset: Dataset,
+                     test_dataset: Dataset | None = None, name: str = "workload",
+                     eval_samples: int = 1024) -> Workload:
+        """A workload over a map-style Dataset of ``(x, y)`` pairs (read lazily, by index)."""
+        return cls(model, None, None, loss_fn, name=name, dataset=dataset, test_dataset=test_dataset,
+                   eval_samples=eval_samples)
+
+    @property
+    def is_dataset(self) -> bool:
+        return self.dataset is not None
 
     @property
     def num_samples(self) -> int:
+        if self.dataset is not None:
+            return len(self.dataset)  # type: ignore[arg-type]
+        assert self.X is not None
         return int(self.X.shape[0])
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def load(name: str, seed: int = 0) -> Workload:
-    """Build a workload by built-in name or ``package.module:function`` (called as ``function(seed)``)."""
+def accepted_args(func: Callable) -> set[str] | None:
+    """Keyword arguments a workload function takes besides ``seed`` (None: it takes ``**kwargs``)."""
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return set()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params[1:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def check_args(name: str, func: Callable, args: dict[str, Any]) -> None:
+    """Raise WorkloadError naming an argument ``func`` does not take, and the ones it does."""
+    ok = accepted_args(func)
+    if ok is None:
+        return
+    bad = sorted(set(args) - ok)
+    if bad:
+        allowed = ", ".join(sorted(ok)) or "none"
+        raise WorkloadError(f"workload_args: {name} takes no argument {bad[0]!r} (it takes: {allowed})")
+
+
+def load(name: str, seed: int = 0, args: dict[str, Any] | None = None) -> Workload:
+    """Build a workload by built-in name or ``package.module:function``.
+
+    Called as ``function(seed, **args)`` (``args`` = the config's ``workload_args``).
+    """
     from dcoord.workloads.builtin import BUILTINS
 
+    args = dict(args or {})
     if name in BUILTINS:
-        return BUILTINS[name](seed)
-    if ":" not in name:
+        func = BUILTINS[name]
+    elif ":" not in name:
         raise WorkloadError(
             f"workload: unknown name {name!r}; use one of {sorted(BUILTINS)} or 'package.module:function'"
         )
-    module_name, func_name = name.split(":", 1)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise WorkloadError(f"workload: cannot import module {module_name!r} ({exc})") from exc
-    func = getattr(module, func_name, None)
-    if not callable(func):
-        raise WorkloadError(f"workload: {module_name!r} has no function {func_name!r}")
-    wl = func(seed)
+    else:
+        module_name, func_name = name.split(":", 1)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise WorkloadError(f"workload: cannot import module {module_name!r} ({exc})") from exc
+        func = getattr(module, func_name, None)
+        if not callable(func):
+            raise WorkloadError(f"workload: {module_name!r} has no function {func_name!r}")
+    if args:
+        check_args(name, func, args)
+    wl = func(seed, **args)
     if not isinstance(wl, Workload):
         raise WorkloadError(f"workload: {name} must return dcoord.workloads.Workload, got {type(wl).__name__}")
     return wl
