@@ -11,6 +11,7 @@ import logging
 import os
 import queue
 import socket
+import sys
 import threading
 import time
 
@@ -117,7 +118,7 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
                             cfg.seed, models=scheme.models, device=dev, shards=cfg.shards, privacy=privacy,
                             loader_workers=cfg.runtime.loader_workers)
     dtype = cfg.coding.payload_dtype
-    log.info("worker %d of job %s on %s", wid, job_id, dev)
+    print(f"worker {wid} of job {job_id} on {dev}", file=sys.stderr, flush=True)
 
     outbox: queue.Queue = queue.Queue()
     outbox.put(pb.WorkerMessage(hello=pb.Hello(job_id=job_id, worker_id=wid)))
