@@ -98,6 +98,8 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
     except grpc.RpcError as exc:
         raise DcoordError(f"registration refused: {exc.details()}") from None
     cfg = load_config(None, data=__import__("yaml").safe_load(reg.job_config_yaml))
+    if device is None and cfg.device != "auto":
+        dev = pick_device(cfg.device)  # no --device flag: the job config's device
     wid, job_id = reg.worker_id, reg.job_id
     if data_plane is not None and wid != data_plane.rank - 1:
         raise DcoordError(f"rank {data_plane.rank} was given worker id {wid}, not {data_plane.rank - 1}; "
