@@ -132,6 +132,7 @@ def cpu_part(names: list[str], size: str, workers: int, rounds: int, tmp: Path) 
 
 def gpu_part(workers: int, rounds: int, b: int, tmp: Path) -> dict:
     """resnet18-cifar (full size) with its workers on the GPU vs plain single-process torch on that GPU."""
+    import numpy as np
     import torch
 
     from dcoord.workloads import load
@@ -164,8 +165,6 @@ def gpu_part(workers: int, rounds: int, b: int, tmp: Path) -> dict:
             torch.cuda.synchronize()
             t = time.perf_counter()
             if fetch or resident is None:
-                import numpy as np
-
                 idx = np.concatenate(dataset_job_parts(parts, fr, b * workers, r, 0)[0])
                 resident = src.fetch(idx)
             step(*resident)

@@ -43,3 +43,11 @@ def test_builtin_trains_with_falling_loss(tmp_path, name):
     assert all(b < a for a, b in zip(losses, losses[1:])), losses  # full-batch steps: falls every round
     assert summary["final_loss"] < before
     assert summary["test_accuracy"] is not None
+
+
+@pytest.mark.parametrize("example", ["resnet18.yaml", "gpt-char.yaml"])
+def test_examples_validate(example):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / example)
+    assert cfg.workload in SMALL
