@@ -28,7 +28,7 @@ from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.runtime.rundir import RunDir
 from dcoord.runtime.tensors import PayloadError, flat_grads_to_model, flat_params, from_proto, to_proto
 from dcoord.workloads import batch_indices, evaluate
-from dcoord.workloads import load as load_workload
+from dcoord.workloads.data import load_checked
 
 log = logging.getLogger("dcoord.coordinator")
 
@@ -60,7 +60,7 @@ class Coordinator:
         self.job_id = job_id or f"{cfg.name}-{uuid.uuid4().hex[:8]}"
         self.scheme: Scheme = cfg.make_scheme()
         self.n = cfg.workers
-        self.workload = load_workload(cfg.workload, cfg.seed, cfg.workload_args)
+        self.workload = load_checked(cfg)
         self.models = [copy.deepcopy(self.workload.model) for _ in range(self.scheme.models)]
         self.optimizers = [make_optimizer(cfg, m, i) for i, m in enumerate(self.models)]
         self.steps = [0] * len(self.models)

@@ -28,7 +28,7 @@ from dcoord.runtime.compute import TaskComputer
 from dcoord.runtime.service import GRPC_OPTIONS
 from dcoord.runtime.tensors import fill_proto, from_proto, load_flat_params
 from dcoord.runtime.transport.base import offload_payloads
-from dcoord.workloads import load as load_workload
+from dcoord.workloads.data import load_checked
 
 log = logging.getLogger("dcoord.worker")
 
@@ -106,7 +106,7 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
                           "its data-plane payloads could not be paired with its results")
     scheme = cfg.make_scheme()
     stragglers = cfg.straggler_model()
-    workload = load_workload(cfg.workload, cfg.seed, cfg.workload_args)
+    workload = load_checked(cfg)
     privacy = None
     if cfg.privacy is not None:
         from dcoord.privacy.mechanisms import PrivacyError

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dcoord.workloads.base import Workload
+from dcoord.errors import ConfigError
+from dcoord.workloads.base import Workload, WorkloadError, load
 
 
 class _Requests:
@@ -71,6 +72,17 @@ def labels_of(workload: Workload) -> np.ndarray | None:
         return workload.y.reshape(len(workload.y), -1)[:, 0].cpu().numpy()
     targets = getattr(workload.dataset, "targets", None)
     if targets is None:
-        raise ValueError("shards: label-skew needs the Dataset to expose .targets (one label per sample); "
+        raise WorkloadError("shards: label-skew needs the Dataset to expose .targets (one label per sample); "
                          "use shards: iid")
     return np.asarray(targets)
+
+
+def load_checked(cfg) -> Workload:
+    """The job's workload (``cfg``: a JobConfig), or a ConfigError with the one-line reason."""
+    try:
+        wl = load(cfg.workload, cfg.seed, cfg.workload_args)
+        if cfg.shards == "label-skew":
+            labels_of(wl)
+    except WorkloadError as exc:
+        raise ConfigError(str(exc)) from None
+    return wl
