@@ -197,6 +197,7 @@ def main() -> None:
     ap.add_argument("--name", default="real_models", help="results file bench/results/NAME.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    os.environ["PYTHONPATH"] = ENV["PYTHONPATH"]  # `dcoord run`'s worker processes import this checkout
     size = "quick" if args.quick else "full"
     rounds = args.rounds or (5 if args.quick else 20)
     t0 = time.time()
