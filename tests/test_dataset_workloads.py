@@ -125,6 +125,8 @@ def test_workload_args_are_validated():
     with pytest.raises(WorkloadError, match=r"takes no argument 'bogus'"):
         load("fixtures.dataset_workload:make", 0, {"bogus": 1})
     assert load("fixtures.dataset_workload:make", 0, {"n": 50}).num_samples == 50
+    with pytest.raises(WorkloadError, match=r"workload_args.width: give a positive integer"):
+        load("resnet18-cifar", 0, {"width": 0})  # the registry's value check runs on load too
 
 
 def _fake_cifar(root: Path, per_file: int = 20) -> None:

@@ -107,8 +107,10 @@ class TaskComputer:
         return acc.to(_TORCH_DTYPES[dtype]), out
 
     def to_host(self, payloads: list[torch.Tensor]) -> list[np.ndarray]:
-        """Host copies of one result's payloads. On a GPU: one pinned buffer (reused across results; the
-        wire packing copies out of it before the next result), filled asynchronously, one synchronize."""
+        """Host copies of one result's payloads. On a GPU: one pinned buffer, filled asynchronously, one
+        synchronize. The buffer is reused across results: the caller must be done with the arrays before
+        the next call (the worker is: gRPC packing copies into protobuf, and every data plane -- tcp's
+        blocking sendall, MPI/torch's wait_sent -- has sent them before the next compute starts)."""
         if self.device.type != "cuda":
             return [p.numpy() for p in payloads]
         total = sum(p.numel() * p.element_size() for p in payloads)

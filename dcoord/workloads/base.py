@@ -1,8 +1,7 @@
-"""The Workload record and the loader that resolves a name to one."""
+"""The Workload record and the table of registered workload names (resolved by workloads/registry.py)."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,9 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-
-class WorkloadError(ValueError):
-    """A workload name that does not resolve, or a user function that returns the wrong thing."""
+from dcoord.errors import WorkloadError
 
 
 @dataclass
@@ -85,32 +82,36 @@ def check_args(name: str, func: Callable, args: dict[str, Any]) -> None:
         raise WorkloadError(f"workload_args: {name} takes no argument {bad[0]!r} (it takes: {allowed})")
 
 
-def load(name: str, seed: int = 0, args: dict[str, Any] | None = None) -> Workload:
-    """Build a workload by built-in name or ``package.module:function``.
+#: a registered workload's value check of its ``workload_args`` (raises WorkloadError naming the field)
+ArgCheck = Callable[[dict[str, Any]], None]
 
-    Called as ``function(seed, **args)`` (``args`` = the config's ``workload_args``).
-    """
-    from dcoord.workloads.builtin import BUILTINS
+#: name -> function(seed, **workload_args) -> Workload; built-ins register in builtin.py, users with
+#: register_workload
+_REGISTERED: dict[str, Callable[..., Workload]] = {}
+_ARG_CHECKS: dict[str, ArgCheck] = {}
 
-    args = dict(args or {})
-    if name in BUILTINS:
-        func = BUILTINS[name]
-    elif ":" not in name:
-        raise WorkloadError(
-            f"workload: unknown name {name!r}; use one of {sorted(BUILTINS)} or 'package.module:function'"
-        )
+
+def register_workload(name: str, factory: Callable[..., Workload], *, replace: bool = False,
+                      check: ArgCheck | None = None) -> None:
+    """Make ``name`` resolve to ``factory(seed, **workload_args)`` in this process (config ``workload: name``).
+
+    ``check`` validates the values of ``workload_args`` up front (config validation and load); argument
+    names are always checked against ``factory``'s signature. A registered name wins over the
+    ``package.module:function`` reading of the same text."""
+    if name in _REGISTERED and not replace:
+        raise WorkloadError(f"workload: {name!r} is already registered")
+    _REGISTERED[name] = factory
+    if check is None:
+        _ARG_CHECKS.pop(name, None)
     else:
-        module_name, func_name = name.split(":", 1)
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise WorkloadError(f"workload: cannot import module {module_name!r} ({exc})") from exc
-        func = getattr(module, func_name, None)
-        if not callable(func):
-            raise WorkloadError(f"workload: {module_name!r} has no function {func_name!r}")
-    if args:
-        check_args(name, func, args)
-    wl = func(seed, **args)
-    if not isinstance(wl, Workload):
-        raise WorkloadError(f"workload: {name} must return dcoord.workloads.Workload, got {type(wl).__name__}")
-    return wl
+        _ARG_CHECKS[name] = check
+
+
+def registered_workloads() -> dict[str, Callable[..., Workload]]:
+    """Registered names in this process (import dcoord.workloads.registry for the built-ins)."""
+    return dict(_REGISTERED)
+
+
+def registered_arg_check(name: str) -> ArgCheck | None:
+    """The value check ``name`` was registered with, if any."""
+    return _ARG_CHECKS.get(name)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dcoord.workloads.base import Workload, WorkloadError, check_args
+from dcoord.workloads.base import Workload, register_workload
 from dcoord.workloads.cifar import check_args as check_cifar_args
 from dcoord.workloads.cifar import resnet18_cifar
 from dcoord.workloads.gptchar import check_args as check_gpt_args
@@ -59,19 +59,9 @@ def linreg_synthetic(seed: int, n: int = 1200, d: int = 20) -> Workload:
 BUILTINS = {"logreg-digits": logreg_digits, "mlp-digits": mlp_digits, "linreg-synthetic": linreg_synthetic,
             "resnet18-cifar": resnet18_cifar, "gpt-char": gpt_char}
 
-# value checks of the built-ins' workload_args, run when the config is validated (names are checked for all)
+# value checks of the built-ins' workload_args, run when the config is validated and on load
+# (argument names are checked against the function's signature for every registered workload)
 _ARG_CHECKS = {"resnet18-cifar": check_cifar_args, "gpt-char": check_gpt_args}
 
-
-def check_builtin_args(name: str, args: dict) -> None:
-    """ValueError ("workload_args...: ...") for an argument a built-in does not take or a bad value.
-
-    User workloads ('package.module:function') are checked when they are loaded."""
-    if name not in BUILTINS:
-        return
-    try:
-        check_args(name, BUILTINS[name], args)
-    except WorkloadError as exc:
-        raise ValueError(str(exc)) from None
-    if name in _ARG_CHECKS:
-        _ARG_CHECKS[name](args)
+for _name, _fn in BUILTINS.items():
+    register_workload(_name, _fn, check=_ARG_CHECKS.get(_name))

@@ -27,16 +27,16 @@ _STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(3, 1, 1)
 
 
 def check_cifar_dir(data: object) -> Path:
-    """The CIFAR-10 python directory (cifar-10-batches-py), or a ValueError naming what is missing."""
+    """The CIFAR-10 python directory (cifar-10-batches-py), or a WorkloadError naming what is missing."""
     if not isinstance(data, str | Path):
-        raise ValueError(f"workload_args.data: give a directory path, not {type(data).__name__}")
+        raise WorkloadError(f"workload_args.data: give a directory path, not {type(data).__name__}")
     root = Path(data).expanduser()
     if not root.is_dir():
-        raise ValueError(f"workload_args.data: {root} is not a directory (give the CIFAR-10 python folder, "
+        raise WorkloadError(f"workload_args.data: {root} is not a directory (give the CIFAR-10 python folder, "
                          "cifar-10-batches-py, or leave data out for the synthetic stand-in)")
     missing = [f for f in TRAIN_FILES + TEST_FILES if not (root / f).is_file()]
     if missing:
-        raise ValueError(f"workload_args.data: {root} lacks {', '.join(missing)} (expected CIFAR-10's "
+        raise WorkloadError(f"workload_args.data: {root} lacks {', '.join(missing)} (expected CIFAR-10's "
                          "python-pickle files data_batch_1..5 and test_batch)")
     return root
 
@@ -159,4 +159,4 @@ def check_args(args: dict) -> None:
     for key in ("width", "samples", "test_samples", "eval_samples"):
         v = args.get(key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise ValueError(f"workload_args.{key}: give a positive integer, got {v!r}")
+            raise WorkloadError(f"workload_args.{key}: give a positive integer, got {v!r}")

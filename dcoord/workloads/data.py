@@ -12,7 +12,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dcoord.errors import ConfigError
-from dcoord.workloads.base import Workload, WorkloadError, load
+from dcoord.workloads.base import Workload, WorkloadError
+from dcoord.workloads.registry import load
 
 
 class _Requests:

@@ -108,14 +108,14 @@ def check_args(args: dict) -> None:
     for key in ("chars", "block", "d_model", "layers", "heads", "eval_samples"):
         v = args.get(key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise ValueError(f"workload_args.{key}: give a positive integer, got {v!r}")
+            raise WorkloadError(f"workload_args.{key}: give a positive integer, got {v!r}")
     d, h = args.get("d_model", 384), args.get("heads", 6)
     if d % h:
-        raise ValueError(f"workload_args.d_model: {d} must be a multiple of heads ({h})")
+        raise WorkloadError(f"workload_args.d_model: {d} must be a multiple of heads ({h})")
     tf = args.get("test_fraction", 0.1)
     if not isinstance(tf, int | float) or not 0 < tf < 1:
-        raise ValueError(f"workload_args.test_fraction: give a number between 0 and 1, got {tf!r}")
+        raise WorkloadError(f"workload_args.test_fraction: give a number between 0 and 1, got {tf!r}")
     block, chars = args.get("block", 128), args.get("chars", 2_000_000)
     if chars * tf < block + 1 or chars * (1 - tf) < block + 1:
-        raise ValueError(f"workload_args.chars: {chars} characters leave no {block + 1}-byte window for train "
+        raise WorkloadError(f"workload_args.chars: {chars} characters leave no {block + 1}-byte window for train "
                          "or test; give more chars or a smaller block")
