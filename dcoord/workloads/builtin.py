@@ -12,6 +12,7 @@ from dcoord.workloads.cifar import check_args as check_cifar_args
 from dcoord.workloads.cifar import resnet18_cifar
 from dcoord.workloads.gptchar import check_args as check_gpt_args
 from dcoord.workloads.gptchar import gpt_char
+from dcoord.workloads.housing import housing_mlp
 
 
 def _digits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -56,8 +57,14 @@ def linreg_synthetic(seed: int, n: int = 1200, d: int = 20) -> Workload:
     return Workload(model, X, y, F.mse_loss, name="linreg-synthetic")
 
 
-BUILTINS = {"logreg-digits": logreg_digits, "mlp-digits": mlp_digits, "linreg-synthetic": linreg_synthetic,
-            "resnet18-cifar": resnet18_cifar, "gpt-char": gpt_char}
+BUILTINS = {
+    "logreg-digits": logreg_digits,
+    "mlp-digits": mlp_digits,
+    "linreg-synthetic": linreg_synthetic,
+    "housing-mlp": housing_mlp,
+    "resnet18-cifar": resnet18_cifar,
+    "gpt-char": gpt_char,
+}
 
 # value checks of the built-ins' workload_args, run when the config is validated and on load
 # (argument names are checked against the function's signature for every registered workload)
