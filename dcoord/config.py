@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -78,6 +78,9 @@ class RuntimeConfig(_Strict):
     elastic: bool = Field(False, description="re-plan n and s over the workers present instead of failing")
     restart_workers: bool = Field(False, description="dcoord run: restart a local worker that dies (same id)")
     progress: bool = True
+    loader_workers: int = Field(
+        0, ge=0, le=64, description="Dataset workloads: DataLoader processes per worker reading samples (0 = inline)"
+    )
     data_port: int = Field(
         0, ge=0, lt=65536,
         description="transport: tcp -- the data plane's port on the coordinator's host (0 = any free port; fix it "
@@ -96,6 +99,9 @@ class JobConfig(_Strict):
     )
     mode: Literal["coded", "token"] = "coded"
     workload: str = "logreg-digits"
+    workload_args: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the workload function, e.g. {data: DIR}"
+    )
     seed: int = 0
     workers: int = Field(4, ge=1, le=100_000)
     rounds: int = Field(10, ge=1, description="jobs to run; with several models they are shared round-robin")
@@ -144,6 +150,9 @@ class JobConfig(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> JobConfig:
+        from dcoord.workloads.registry import check_workload_args
+
+        check_workload_args(self.workload, self.workload_args)
         if self.mode == "token":
             if self.token is None:
                 self.token = TokenConfig()
