@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dcoord.coding.base import Scheme, SchemeError
 
-PLAIN = ("uncoded", "gc-fr", "gc-cyclic", "ignore-stragglers")
+PLAIN = ("uncoded", "gc-fr", "gc-cyclic", "gc-binary", "ignore-stragglers")
 SEQUENTIAL = ("sr-sgc", "m-sgc")
 SCHEMES = PLAIN + SEQUENTIAL
 
@@ -24,7 +24,7 @@ def make_scheme(name: str, n: int, *, s: int | None = None, B: int | None = None
     if name in PLAIN:
         if models not in (None, 1):
             raise SchemeError(f"{name} trains one model (coding.models must be 1 or unset, got {models})")
-        cls = {"uncoded": gc.Uncoded, "gc-fr": gc.GCFractional, "gc-cyclic": gc.GCCyclic,
+        cls = {"uncoded": gc.Uncoded, "gc-fr": gc.GCFractional, "gc-cyclic": gc.GCCyclic, "gc-binary": gc.GCBinary,
                "ignore-stragglers": gc.IgnoreStragglers}[name]
         return cls(n, s, jobs=jobs)
     if name in SEQUENTIAL:
