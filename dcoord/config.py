@@ -35,7 +35,7 @@ class OptimizerConfig(_Strict):
 
 
 class CodingConfig(_Strict):
-    scheme: Literal["uncoded", "gc-fr", "gc-cyclic", "ignore-stragglers", "sr-sgc", "m-sgc"] = "uncoded"
+    scheme: Literal["uncoded", "gc-fr", "gc-cyclic", "gc-binary", "ignore-stragglers", "sr-sgc", "m-sgc"] = "uncoded"
     stragglers: int = Field(0, ge=0, description="s: stragglers tolerated per round (plain codes)")
     B: int | None = Field(None, ge=1, description="burst length (sequential codes)")
     W: int | None = Field(None, ge=2, description="window length (sequential codes)")
@@ -43,7 +43,7 @@ class CodingConfig(_Strict):
     models: int | None = Field(None, ge=1, description="models trained concurrently (default: delay + 1)")
     mu: float = Field(1.0, ge=0.0, description="straggler rule: late if not back by (1+mu) * fastest")
     wait: Literal["all", "minimal"] = "all"
-    payload_dtype: Literal["float64", "float32"] = "float64"
+    payload_dtype: Literal["float64", "float32", "bfloat16"] = "float64"  # workers combine in float64, round once
     seed: int = 0
 
 
@@ -115,6 +115,9 @@ class JobConfig(_Strict):
                 raise ValueError(
                     f"optimizer.lr: give one value or {scheme.models} (one per model); got {len(lrs)}"
                 )
+        if self.coding.payload_dtype == "bfloat16" and self.transport != "grpc":
+            raise ValueError("coding.payload_dtype: bfloat16 payloads travel over runtime.transport: grpc only "
+                             "(the torch/mpi data planes carry float32/float64); use float32 or grpc")
         if self.privacy is not None:
             self._check_privacy()
         self.straggler_model()  # validates inject against workers

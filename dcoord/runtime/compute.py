@@ -2,7 +2,8 @@
 
 Each part gradient is g_j = (1/N) sum_{i in part j} grad l_i (N = the job's batch size), so the sum over
 all parts is the gradient of the mean loss. Parts are computed in float32 with torch (like the reference),
-combined in the payload dtype (float64 by default, since cyclic-code coefficients amplify rounding).
+combined in float64 and rounded once into the payload dtype (float64 by default; float32 and bfloat16 halve
+and quarter the bytes, see ``dcoord.coding.precision`` for what each code's decoding does to that rounding).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from dcoord.runtime.tensors import round_payload
 from dcoord.workloads import Workload, batch_indices, split_parts
 
 if TYPE_CHECKING:
@@ -79,4 +81,4 @@ class TaskComputer:
             g, loss = self.part_gradient(all_parts[j], total)
             acc += c * g.astype(np.float64)
             losses[j] = loss
-        return acc.astype(dtype, copy=False), losses
+        return round_payload(acc, dtype), losses

@@ -39,7 +39,7 @@ def write_json(path: Path, data: Mapping) -> Path:
     return path
 
 
-_COLORS = {"uncoded": "C7", "gc-fr": "C1", "gc-cyclic": "C0", "ignore-stragglers": "C5", "sr-sgc": "C3",
+_COLORS = {"uncoded": "C7", "gc-fr": "C1", "gc-cyclic": "C0", "gc-binary": "C4", "ignore-stragglers": "C5", "sr-sgc": "C3",
            "m-sgc": "C2"}
 
 

@@ -2,7 +2,7 @@
 measured delay profile and keep the fastest.
 
 Grids (documented because they decide what "best" means):
-- gc-cyclic / ignore-stragglers: s over ``s_grid`` (default 1..8 then roughly geometric up to n/2; larger s
+- gc-cyclic / gc-binary / ignore-stragglers: s over ``s_grid`` (default 1..8 then roughly geometric up to n/2; larger s
   only adds load); gc-fr: the same grid restricted to (s+1) | n; uncoded: no parameter.
 - sr-sgc: B = 1..max_delay (T = B), W = 1 + k B for W <= max_window, lambda over ``lambda_grid``.
 - m-sgc: 1 <= B < W with T = W-2+B <= max_delay, lambda over ``lambda_grid``.
@@ -25,7 +25,7 @@ from dcoord.sim.config import SimulateConfig
 from dcoord.sim.engine import DelaySource, TraceDelays, simulate
 from dcoord.stragglers import load_trace_csv
 
-TUNABLE = ("uncoded", "gc-fr", "gc-cyclic", "sr-sgc", "m-sgc")
+TUNABLE = ("uncoded", "gc-fr", "gc-cyclic", "gc-binary", "sr-sgc", "m-sgc")
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def candidates(n: int, max_delay: int, schemes: Iterable[str] = TUNABLE, lambda_
     for name in schemes:
         if name == "uncoded":
             yield name, {}
-        elif name in ("gc-cyclic", "ignore-stragglers"):
+        elif name in ("gc-cyclic", "gc-binary", "ignore-stragglers"):
             for s in ss:
                 yield name, {"s": s}
         elif name == "gc-fr":
