@@ -46,8 +46,10 @@ def cmd_run(args) -> int:
 
     cfg = _load(args)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
-    summary = run_local(cfg, out, progress=not args.quiet)
     console = Console()
+    from dcoord.coding.precision import print_precision  # issue 16: decode amplification, warned when high
+    print_precision(cfg, console)
+    summary = run_local(cfg, out, progress=not args.quiet)
     console.print(summary_table(summary))
     console.print(f"run directory: {out}")
     return 0

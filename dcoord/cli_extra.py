@@ -35,6 +35,8 @@ def cmd_simulate(args) -> int:
     sim = cfg.simulate or SimulateConfig()
     if sim.trace is not None and not Path(sim.trace).is_file():
         raise ConfigError(f"simulate.trace: no such file {sim.trace}")
+    from dcoord.coding.precision import print_precision  # issue 16: decode amplification, warned when high
+    print_precision(cfg, console)
     try:
         data = simulate_job(cfg.workers, cfg.coding.model_dump(by_alias=True), sim, out, compare=args.compare,
                             inject=None if sim.trace else cfg.inject, seed=cfg.seed, plot=not args.no_plot)
