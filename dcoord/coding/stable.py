@@ -4,8 +4,8 @@ Why: Tandon's random cyclic construction has encoding entries up to ~1e3 and dec
 ~1e5 at n = 32, so float32 worker messages lose four digits when decoded. Two remedies live here.
 
 gc-binary (``binary_groups``): fractional repetition generalised to every (n, s). Write
-n = l (s+1) + r with l = floor(n / (s+1)) and 0 <= r <= s. Workers form l groups, r of them with s+2
-members and l-r with s+1; the job is cut into l parts of equal size 1/l and every member of group g
+n = l (s+1) + r with l = floor(n / (s+1)) and 0 <= r <= s. Workers form l groups of floor(n/l) or
+ceil(n/l) >= s+1 consecutive workers; the job is cut into l parts of equal size 1/l and every member of group g
 computes part g alone (encoding entries 0/1). s stragglers cannot empty a group of >= s+1 members, so
 one survivor per group, summed with coefficient 1, is the gradient (decoding entries 0/1): the decoded
 value is a plain sum of l messages, as stable as the uncoded sum. Load 1/floor(n/(s+1)), against
@@ -43,14 +43,15 @@ __all__ = ["binary_groups", "binary_load", "cyclic_load", "stable_cyclic_matrix"
 
 
 def binary_groups(n: int, s: int) -> list[tuple[int, ...]]:
-    """Worker groups of gc-binary: floor(n/(s+1)) groups of consecutive workers, the first r of size s+2."""
+    """Worker groups of gc-binary: floor(n/(s+1)) groups of consecutive workers, sizes as equal as possible
+    (each >= s+1)."""
     groups_n = n // (s + 1)
-    r = n - groups_n * (s + 1)
+    size, extra = divmod(n, groups_n)
     out, w = [], 0
     for g in range(groups_n):
-        size = s + 2 if g < r else s + 1
-        out.append(tuple(range(w, w + size)))
-        w += size
+        k = size + (1 if g < extra else 0)
+        out.append(tuple(range(w, w + k)))
+        w += k
     return out
 
 
