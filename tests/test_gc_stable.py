@@ -30,7 +30,7 @@ def _check_binary(n, s, sets, rng):
     assert parts == n // (s + 1)
     grads = rng.standard_normal((parts, 5)).astype(np.float32)  # float32 "messages"
     msgs = _encode(g, grads)
-    for w, t in g.tasks(0).items():  # 0/1 encoding: one part per worker
+    for t in g.tasks(0).values():  # 0/1 encoding: one part per worker
         assert t[0].coeffs == (1.0,) and len(t[0].parts) == 1
     for F in sets:
         coeffs, got = _decode(g, msgs, F)
@@ -73,7 +73,7 @@ def test_loads_match_the_formulas(n, s):
     # the load every worker really computes: its parts' fractions
     assert np.allclose(b.worker_loads(0), b.load())
     frac = b.part_fractions()
-    for w, t in b.tasks(0).items():
+    for t in b.tasks(0).values():
         assert frac[list(t[0].parts)].sum() == pytest.approx(b.load())
     c = make_scheme("gc-cyclic", n, s=s)
     assert c.load() == pytest.approx(cyclic_load(n, s)) == pytest.approx((s + 1) / n)
@@ -146,8 +146,9 @@ def test_bfloat16_rounds_once_from_float64():
 
 def test_bfloat16_needs_grpc_transport():
     from dcoord.config import load_config
+    from dcoord.errors import ConfigError
 
-    with pytest.raises(ValueError, match="payload_dtype"):
+    with pytest.raises(ConfigError, match="payload_dtype"):
         load_config(None, data={"name": "x", "workers": 4, "transport": "torch",
                                 "coding": {"scheme": "gc-binary", "stragglers": 1, "payload_dtype": "bfloat16"}})
 
