@@ -30,7 +30,7 @@ MAX_AMPLIFICATION = 4.0
 
 DTYPE_EPS = {"float64": 2.0**-53, "float32": 2.0**-24, "bfloat16": 2.0**-8}  # unit roundoff
 
-__all__ = ["Precision", "measure", "inner_code_of", "precision_for", "DECODE_REL_TOL", "DTYPE_EPS"]
+__all__ = ["Precision", "measure", "measure_dtypes", "inner_code_of", "precision_for", "DECODE_REL_TOL", "DTYPE_EPS"]
 
 
 def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
@@ -137,6 +137,12 @@ def measure(name: str, n: int, s: int, dtype: str, max_sets: int = 32, draws: in
     Cached: the coordinator and ``dcoord simulate`` ask once per configuration. Cost: one float64 solve per
     survivor set for gc-cyclic (none for the binary codes).
     """
+    return measure_dtypes(name, n, s, (dtype,), max_sets, draws, dim, seed, construction)[dtype]
+
+
+def measure_dtypes(name: str, n: int, s: int, dtypes: tuple[str, ...], max_sets: int = 32, draws: int = 2,
+                   dim: int = 16, seed: int = 0, construction: str = "stable") -> dict[str, Precision]:
+    """``measure`` for several dtypes at once (each survivor set is decoded once)."""
     from dcoord.coding import gc
     from dcoord.coding.registry import make_scheme
     from dcoord.coding.sgc import InnerCode
@@ -164,19 +170,20 @@ def measure(name: str, n: int, s: int, dtype: str, max_sets: int = 32, draws: in
     E = np.zeros((n, len(frac)))
     for i, (parts, coeffs) in enumerate(rows):
         E[i, list(parts)] = coeffs
-    worst = 0.0
     grads = [rng.standard_normal((len(frac), dim)) * frac[:, None] for _ in range(draws)]
-    msgs = [round_to(E @ g, dtype) for g in grads]
+    exact = [g.sum(axis=0) for g in grads]
+    msgs = {dt: [round_to(E @ g, dt) for g in grads] for dt in dtypes}
+    worst = dict.fromkeys(dtypes, 0.0)
     for F in sets:
         a = coefficients(F)
         idx = np.fromiter(a.keys(), dtype=np.int64)
         w = np.fromiter(a.values(), dtype=np.float64)
-        for g, m in zip(grads, msgs):
-            exact = g.sum(axis=0)
-            got = w @ m[idx]
-            worst = max(worst, float(np.max(np.abs(got - exact)) / np.max(np.abs(exact))))
-    unc = _uncoded_error(n, dtype, max(draws, 4), dim, seed + 1)
-    return Precision(name, n, s, dtype, worst, unc, len(sets), exhaustive)
+        for dt in dtypes:
+            for ex, m in zip(exact, msgs[dt]):
+                err = float(np.max(np.abs(w @ m[idx] - ex)) / np.max(np.abs(ex)))
+                worst[dt] = max(worst[dt], err)
+    return {dt: Precision(name, n, s, dt, worst[dt], _uncoded_error(n, dt, max(draws, 4), dim, seed + 1),
+                          len(sets), exhaustive) for dt in dtypes}
 
 
 def precision_for(coding: dict, n: int) -> Precision | None:
