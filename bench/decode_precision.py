@@ -13,6 +13,7 @@ bench/results/decode_precision.json and .png.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 from _util import RESULTS, print_table, write_json
@@ -39,7 +40,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="n in {8, 32} only, fewer survivor sets")
     ap.add_argument("--sets", type=int, default=None, help="survivor sets per (scheme, n, s) (default 64, quick 24)")
+    ap.add_argument("--markdown", action="store_true", help="print the README table from the saved JSON and exit")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(json.loads((RESULTS / "decode_precision.json").read_text())["records"]))
+        return
     ns = (8, 32) if args.quick else (8, 32, 64, 256)
     sets = args.sets or (24 if args.quick else 64)
     rows, records = [], []
@@ -74,6 +79,24 @@ def main() -> None:
                                            "wall_s": time.perf_counter() - t0})
     print(f"wrote {path}")
     plot(records, RESULTS / "decode_precision.png")
+
+
+def markdown(records: list[dict]) -> str:
+    """One row per (n, s); per scheme: load, then amplification at float64 / float32 / bfloat16."""
+    order = ["uncoded", "gc-fr", "gc-cyclic", "gc-binary", "sgc inner code", "gc-cyclic (tandon, old)"]
+    head = "| n | s | " + " | ".join(order) + " |\n|" + "---|" * (len(order) + 2) + "\n"
+    lines = []
+    for n, s in sorted({(r["n"], r["s"]) for r in records}):
+        cells = []
+        for lab in order:
+            r = next((r for r in records if r["scheme"] == lab and r["n"] == n and r["s"] == s), None)
+            if r is None:
+                cells.append("n/a")
+                continue
+            amps = " / ".join(f"{r[dt]['amplification']:.2g}" for dt in DTYPES)
+            cells.append(f"{r['load']:.3g} · {amps}")
+        lines.append(f"| {n} | {s} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines)
 
 
 def plot(records: list[dict], path) -> None:
