@@ -10,7 +10,8 @@ from dcoord.coding.gc import GCBinary, GCCyclic
 from dcoord.coding.precision import Precision, measure, round_to
 from dcoord.coding.registry import make_scheme
 from dcoord.coding.stable import binary_groups, binary_load, cyclic_load
-from dcoord.runtime.tensors import from_proto, round_payload, to_proto
+from dcoord.runtime.tensors import from_proto, round_payload
+from dcoord.wire import to_proto
 
 
 def _encode(scheme, grads):
@@ -144,12 +145,13 @@ def test_bfloat16_rounds_once_from_float64():
     assert math.isclose(float(back[4]), 1e-3, rel_tol=2**-8)
 
 
-def test_bfloat16_needs_grpc_transport():
+@pytest.mark.parametrize("transport", ["torch", "tcp"])
+def test_bfloat16_needs_grpc_transport(transport):
     from dcoord.config import load_config
     from dcoord.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="payload_dtype"):
-        load_config(None, data={"name": "x", "workers": 4, "transport": "torch",
+    with pytest.raises(ConfigError, match="bfloat16 payloads need transport: grpc"):
+        load_config(None, data={"name": "x", "workers": 4, "transport": transport,
                                 "coding": {"scheme": "gc-binary", "stragglers": 1, "payload_dtype": "bfloat16"}})
 
 

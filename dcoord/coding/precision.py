@@ -121,6 +121,10 @@ def _uncoded_error(n: int, dtype: str, draws: int, dim: int, seed: int) -> float
     return worst
 
 
+#: the built-in schemes whose decoding ``precision_for`` measures
+_MEASURED = ("uncoded", "gc-fr", "gc-cyclic", "gc-binary", "sr-sgc", "m-sgc")
+
+
 def inner_code_of(name: str, n: int, s: int = 0, B: int | None = None, W: int | None = None,
                   lam: int | None = None) -> tuple[str, int]:
     """(plain code, s) whose decoding a scheme's precision is: sequential codes decode their inner cyclic or
@@ -193,9 +197,10 @@ def measure_dtypes(name: str, n: int, s: int, dtypes: tuple[str, ...], max_sets:
 
 def precision_for(coding: dict, n: int) -> Precision | None:
     """The precision of a job's coding config (``CodingConfig.model_dump(by_alias=True)``); None when the
-    scheme has no exact decoding to measure (ignore-stragglers is biased by design)."""
+    scheme has no exact decoding to measure (ignore-stragglers is biased by design) or is not a built-in one
+    (a user-registered scheme's decoding is its own business)."""
     name = coding.get("scheme", "uncoded")
-    if name == "ignore-stragglers":
+    if name not in _MEASURED:
         return None
     plain, s = inner_code_of(name, n, coding.get("stragglers") or 0, coding.get("B"), coding.get("W"),
                              coding.get("lambda"))

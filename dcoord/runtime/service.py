@@ -11,8 +11,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
-from dcoord.runtime.chunking import ChunkAssembler
 from dcoord.runtime.coordinator import Coordinator, WorkerConn
+from dcoord.runtime.messages import Shutdown
+from dcoord.wire import coordinator_message, result_from_proto, status_to_proto
+from dcoord.wire.chunking import ChunkAssembler
 
 log = logging.getLogger("dcoord.service")
 
@@ -38,11 +40,14 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         log.info("registered worker %d (%s pid %d)", wid, request.hostname, request.pid)
         # reserve the id until the stream attaches, so two registrations never get the same id
         c.conns[wid] = WorkerConn(wid, asyncio.Queue(), hostname=request.hostname)
-        return pb.RegisterReply(
+        reply = pb.RegisterReply(
             worker_id=wid, job_id=c.job_id, job_config_yaml=c.cfg.to_yaml(),
             data=pb.DataAssignment(workload=c.cfg.workload, seed=c.cfg.seed, parts=parts),
             heartbeat_interval_s=c.cfg.runtime.heartbeat_s,
         )
+        if c.data_server is not None:  # a fresh key per registration: an old connection of this id is void
+            reply.data_port, reply.data_key = c.data_server.port, c.new_data_key(wid)
+        return reply
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context) -> pb.HeartbeatReply:
         conn = self.coord.conns.get(request.worker_id)
@@ -82,10 +87,11 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     if msg.result.payload_chunked and not chunks.attach(msg.result):
                         c.reject("oversized", f"worker {conn.worker_id} streamed more payload bytes than allowed")
                         continue
-                    if not msg.result.payload_on_data_plane:
-                        c.results.put_nowait((msg.result, conn))
+                    res = result_from_proto(msg.result)
+                    if not res.payload_on_data_plane:
+                        c.results.put_nowait((res, conn))
                     elif self.matcher is not None:
-                        self.matcher.on_result(msg.result, conn)
+                        self.matcher.on_result(res, conn)
                     else:
                         c.reject("no-data-plane", f"worker {conn.worker_id} sent payloads on a data plane "
                                  "this coordinator does not have")
@@ -101,22 +107,22 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 msg = await conn.outbox.get()
                 if msg is None:
                     break
-                yield msg
-                if msg.HasField("shutdown"):
+                yield coordinator_message(msg)
+                if isinstance(msg, Shutdown):
                     break
         finally:
             reader.cancel()
             c.detach(conn)
 
     async def GetStatus(self, request, context) -> pb.StatusReply:
-        return self.coord.status()
+        return status_to_proto(self.coord.status())
 
     async def WatchStatus(self, request, context):
         c = self.coord
-        yield c.status()
+        yield status_to_proto(c.status())
         while c.state not in ("done", "failed"):
             await c.round_closed.wait()
-            yield c.status()
+            yield status_to_proto(c.status())
 
 
 async def start_server(coord: Coordinator, listen: str = "127.0.0.1:0",
@@ -126,6 +132,11 @@ async def start_server(coord: Coordinator, listen: str = "127.0.0.1:0",
     ``matcher`` (a transport.PayloadMatcher) is given under torchrun/mpirun, where payloads come over the
     data plane and results over gRPC."""
     server = grpc.aio.server(options=GRPC_OPTIONS)
+    if coord.cfg.transport == "tcp":  # the standalone data plane beside the control plane
+        from dcoord.runtime.transport.base import PayloadMatcher
+
+        matcher = PayloadMatcher(coord.results, asyncio.get_running_loop())
+        coord.start_data_plane(listen.rpartition(":")[0].strip("[]") or "0.0.0.0", matcher)
     pb_grpc.add_CoordinatorServicer_to_server(CoordinatorService(coord, matcher), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
