@@ -183,6 +183,7 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
                                       losses=[pb.PartLoss(part=p, loss=v) for p, v in losses.items()])
                 payloads.append(payload)
             emulated = cfg.runtime.emulate_part_s * sum(len(t.parts) for t in a.tasks)
+            emulated += cfg.runtime.emulate_job_s * sum(float(computer.fractions[list(t.parts)].sum()) for t in a.tasks)
             if emulated > 0:
                 time.sleep(emulated)
             compute_s = time.perf_counter() - t0
