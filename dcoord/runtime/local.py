@@ -14,9 +14,8 @@ from pathlib import Path
 from dcoord.config import JobConfig
 from dcoord.runtime.coordinator import Coordinator
 from dcoord.runtime.progress import RoundProgress
-from dcoord.runtime.security import TOKEN_FILE_ENV, ServerSecurity, random_token, write_token_file
+from dcoord.runtime.security import ALLOW_ENV, TOKEN_FILE_ENV, ServerSecurity, random_token, write_token_file
 from dcoord.runtime.service import start_server
-from dcoord.runtime.worker_guard import ALLOW_ENV
 
 
 def spawn_worker(address: str, requested_id: int = -1, log_path: Path | None = None,

@@ -30,6 +30,10 @@ TOKEN_HEADER = "authorization"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 #: What `dcoord run` gives its local workers (a 0600 file in a private temp dir; never argv).
 TOKEN_FILE_ENV = "DCOORD_TOKEN_FILE"
+#: Worker side: the package.module:function workloads it may run (comma-separated shell patterns).
+ALLOW_ENV = "DCOORD_ALLOW_WORKLOADS"
+#: Worker side: refuse jobs less private than this epsilon against a compromised coordinator.
+MAX_EPSILON_ENV = "DCOORD_MAX_EPSILON"
 
 
 # --------------------------------------------------------------------------------------------- settings

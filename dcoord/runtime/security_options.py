@@ -12,8 +12,14 @@ import argparse
 import os
 
 from dcoord.errors import DcoordError
-from dcoord.runtime.security import ClientSecurity, ServerSecurity, read_secret_file, read_token
-from dcoord.runtime.worker_guard import ALLOW_ENV, MAX_EPSILON_ENV
+from dcoord.runtime.security import (
+    ALLOW_ENV,
+    MAX_EPSILON_ENV,
+    ClientSecurity,
+    ServerSecurity,
+    read_secret_file,
+    read_token,
+)
 
 ROLES = ("coordinator", "worker", "status")
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from dcoord.config import JobConfig
 from dcoord.errors import DcoordError
+from dcoord.runtime.security import ALLOW_ENV
 
-ALLOW_ENV = "DCOORD_ALLOW_WORKLOADS"
-MAX_EPSILON_ENV = "DCOORD_MAX_EPSILON"
+if TYPE_CHECKING:
+    from dcoord.config import JobConfig
 
 
 def allowed_from_env() -> list[str]:
