@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor, nn
 
+from dcoord.errors import AccountingError, PrivacyError
 from dcoord.privacy.accounting import (
     History,
     mechanism_history,
@@ -61,6 +62,7 @@ from dcoord.privacy.accounting import (
     resolve_noise,
 )
 from dcoord.privacy.per_sample import LossFn, Params, clipped_diff_sum, clipped_sum
+from dcoord.privacy.registry import get_mechanism
 
 if TYPE_CHECKING:
     from dcoord.privacy.config import PrivacyConfig
@@ -72,10 +74,6 @@ PAPER_ETA_GRID = tuple(0.5**i for i in range(10))
 PAPER_U = 1.25
 
 Kind = Literal["restart", "difference"]
-
-
-class PrivacyError(ValueError):
-    """Misuse of a privacy mechanism (missing key, seed on the wrong side, ...)."""
 
 
 # --------------------------------------------------------------------------------------------- noise keys
@@ -218,10 +216,14 @@ class PrivateGD:
         trust: Literal["workers", "coordinator"] = "workers",
         noise_split: Literal["partition", "aggregate"] = "partition",
     ) -> None:
-        if mechanism == "dp-gd":
+        try:
+            mech = get_mechanism(mechanism)
+        except AccountingError as exc:
+            raise PrivacyError(str(exc)) from None
+        if not mech.has_differences:
             restart_every = 1
-        if mechanism == "diff2" and restart_every > 1 and (clip_diff is None or noise_multiplier_diff is None):
-            raise PrivacyError("diff2 with restart_every > 1 needs clip_diff and noise_multiplier_diff")
+        elif restart_every > 1 and (clip_diff is None or noise_multiplier_diff is None):
+            raise PrivacyError(f"{mechanism} with restart_every > 1 needs clip_diff and noise_multiplier_diff")
         if clip <= 0 or noise_multiplier < 0 or n_samples <= 0 or num_partitions <= 0 or restart_every < 1:
             raise PrivacyError(
                 f"bad mechanism parameters: clip={clip}, noise_multiplier={noise_multiplier}, "

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dcoord.workloads.base import Workload
+from dcoord.workloads.base import Workload, register_workload
 
 
 def _digits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -52,3 +52,5 @@ def linreg_synthetic(seed: int, n: int = 1200, d: int = 20) -> Workload:
 
 
 BUILTINS = {"logreg-digits": logreg_digits, "mlp-digits": mlp_digits, "linreg-synthetic": linreg_synthetic}
+for _name, _fn in BUILTINS.items():
+    register_workload(_name, _fn)
