@@ -1,12 +1,15 @@
 """Privacy accounting through a library (Opacus), calibration by bisection, and the plan for ``dcoord privacy``.
 
-Neighbouring relation: ADD/REMOVE ONE SAMPLE (record-level). The dataset size N is treated as public; each
-round releases (a noisy version of) (1/N) * sum_i clip_C(u_i) -- u_i a per-sample gradient (restart, dp-gd)
-or gradient difference (diff2) -- whose L2 sensitivity is C/N: one added or removed sample moves the sum by
-at most C. Under replace-one the sensitivity would be 2C/N (the DIFF2 authors' code uses that convention).
-A release with Gaussian noise of std s on that mean has noise multiplier z = s * N / C, the number the
-accountant sees. Full-batch rounds have sample rate 1. Rounds are adaptive (C2_r depends on earlier
-releases), which Gaussian/RDP composition allows because z is fixed in advance.
+Neighbouring relation (``privacy.neighbouring``): ADD/REMOVE ONE SAMPLE (default) or REPLACE ONE SAMPLE
+(record-level). The dataset size N is treated as public; each round releases (a noisy version of)
+(1/N) * sum_i clip_C(u_i) -- u_i a per-sample gradient (restart, dp-gd) or gradient difference (diff2).
+Its L2 sensitivity is k * C / N with k = 1 under add/remove (one added or removed sample moves the sum by at
+most C) and k = 2 under replace-one (the replaced sample's clipped term goes from one vector of norm <= C to
+another: the DIFF2 paper's 2C/N). The noise multiplier z is always noise std / sensitivity, so a release
+with std s has z = s * N / (k C), the number the accountant sees: the accountant and the calibration are the
+same for both relations, and the mechanisms scale the std by k (the relation's, see
+:class:`dcoord.privacy.registry.Neighbouring`). Full-batch rounds have sample rate 1. Rounds are adaptive
+(C2_r depends on earlier releases), which Gaussian/RDP composition allows because z is fixed in advance.
 
 Per partition (coded runs): a partition's message (1/N) * sum_{i in part} clip_C(u_i) has the same
 sensitivity C/N, each sample lives in one partition, so one round is one Gaussian mechanism with multiplier
@@ -25,9 +28,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dcoord.errors import AccountingError
-from dcoord.privacy.registry import History, get_mechanism
+from dcoord.privacy.registry import History, get_mechanism, get_neighbouring
 from dcoord.privacy.registry import diff2_noise_ratio as diff2_noise_ratio  # re-exported
 from dcoord.privacy.registry import restart_count as restart_count  # re-exported
+from dcoord.privacy.registry import sensitivity_factor as sensitivity_factor  # re-exported
 
 if TYPE_CHECKING:
     from dcoord.privacy.config import PrivacyConfig
@@ -263,7 +267,8 @@ def plan(privacy_cfg: PrivacyConfig, rounds: int, n_samples: int, num_partitions
     """What ``dcoord privacy JOB.yaml`` prints: the noise, the epsilon it buys, restarts, noise stds, and
     the epsilon a compromised coordinator can get (``replicas``: workers that hold each partition).
 
-    Noise stds are those of the released MEAN gradient (sum over partitions): per partition and in the
+    Noise stds include the neighbouring relation's sensitivity factor (x2 under replace-one). They are those
+    of the released MEAN gradient (sum over partitions): per partition and in the
     decoded aggregate, for restarts (clip C1) and per unit of C2_r for differences (C2_r is only known at
     run time: c2 * ||x_{r-1} - x_{r-2}||).
     """
@@ -278,10 +283,13 @@ def plan(privacy_cfg: PrivacyConfig, rounds: int, n_samples: int, num_partitions
     eps = get_accountant(cfg.accountant).epsilon(hist, cfg.delta)
     n_restart = restart_count(rounds, T)
     part_factor, agg_factor = noise_std_factors(cfg.trust, cfg.noise_split, num_partitions)
+    relation = get_neighbouring(cfg.neighbouring)
+    k = relation.sensitivity_factor
+    part_factor, agg_factor = k * part_factor, k * agg_factor
     out: dict[str, Any] = {
         "mechanism": cfg.mechanism,
         "accountant": cfg.accountant,
-        "neighbouring": "add/remove one sample (sensitivity C/N of the mean)",
+        "neighbouring": relation.description,
         "epsilon": eps,
         "target_epsilon": cfg.epsilon,
         "delta": cfg.delta,
@@ -308,7 +316,7 @@ def plan(privacy_cfg: PrivacyConfig, rounds: int, n_samples: int, num_partitions
 
 
 def noise_std_factors(trust: str, noise_split: str, num_partitions: int) -> tuple[float, float]:
-    """(per-partition, aggregate) noise std in units of z * clip / N.
+    """(per-partition, aggregate) noise std in units of z * sensitivity = z * k * clip / N.
 
     - trust=coordinator: partitions carry no noise; the coordinator adds std z*C/N once after decoding.
     - trust=workers, noise_split=partition (default): each partition message carries std z*C/N, so EVERY

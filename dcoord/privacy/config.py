@@ -31,7 +31,11 @@ PAPER_RESTART_SHARE = 1 / 1.25
 
 
 class PrivacyConfig(BaseModel):
-    """Differential privacy of the training run (record-level, add/remove one sample)."""
+    """Differential privacy of the training run (record-level: add/remove or replace one sample).
+
+    The DIFF2 paper's own setting is ``neighbouring: replace-one`` with ``trust: coordinator`` (one noise
+    draw on the aggregate, the paper's noise on the average over nodes).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -51,6 +55,11 @@ class PrivacyConfig(BaseModel):
     restart_every: int | None = Field(default=None, description="diff2: T, a full private gradient every T rounds")
     restart_share: float = Field(
         default=PAPER_RESTART_SHARE, description="diff2: share of the privacy budget spent on restarts"
+    )
+    neighbouring: Literal["add-remove", "replace-one"] = Field(
+        default="add-remove",
+        description="neighbouring datasets: add/remove one sample (sensitivity C/N) or replace one (2C/N, the "
+        "DIFF2 paper's); the noise std scales with the sensitivity, the accountant sees the same multiplier",
     )
     trust: Literal["workers", "coordinator"] = "workers"
     noise_split: Literal["partition", "aggregate"] = "partition"

@@ -1,13 +1,17 @@
-"""Privacy mechanisms by name: what each round releases, the accountant's history, how noise is split.
+"""Privacy mechanisms and neighbouring relations by name.
 
 Each mechanism (DP-GD, DIFF2, or one registered by a plugin) answers the questions the accounting, the
-config checks and the plan ask, so none of them branches on the mechanism's name. Pure: no I/O, no torch.
+config checks and the plan ask (what each round releases, the accountant's history, how noise is split), so
+none of them branches on the mechanism's name. The neighbouring relation (add/remove or replace one sample)
+owns the sensitivity factor k (sensitivity k * C / N of the clipped mean) for every mechanism alike.
+Pure: no I/O, no torch.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 from dcoord.errors import AccountingError
@@ -174,3 +178,39 @@ def get_mechanism(name: str) -> Mechanism:
 
 register_mechanism(DPGD())
 register_mechanism(DIFF2())
+
+
+@dataclass(frozen=True)
+class Neighbouring:
+    """A neighbouring relation: k in the sensitivity k * C / N of any clipped-mean release.
+
+    The noise multiplier z stays noise std / sensitivity, so the accountant sees the same z under every
+    relation; only the std a mechanism draws scales with k."""
+
+    name: str
+    sensitivity_factor: float
+    description: str
+
+
+NEIGHBOURING: dict[str, Neighbouring] = {
+    n.name: n
+    for n in (
+        Neighbouring("add-remove", 1.0, "add/remove one sample (sensitivity C/N of the mean)"),
+        Neighbouring("replace-one", 2.0, "replace one sample (sensitivity 2C/N of the mean)"),
+    )
+}
+
+
+def get_neighbouring(name: str) -> Neighbouring:
+    """The relation named by ``privacy.neighbouring``."""
+    rel = NEIGHBOURING.get(name)
+    if rel is None:
+        raise AccountingError(
+            f"privacy.neighbouring must be {' or '.join(repr(n) for n in NEIGHBOURING)}, got {name!r}"
+        )
+    return rel
+
+
+def sensitivity_factor(neighbouring: str) -> float:
+    """k in sensitivity k * C / N of the clipped mean: 1 for add/remove one sample, 2 for replace-one."""
+    return get_neighbouring(neighbouring).sensitivity_factor
