@@ -99,7 +99,7 @@ def cmd_privacy(args) -> int:
     cfg = load_job(args)
     if cfg.privacy is None:
         raise ConfigError("privacy: this job has no privacy section (add privacy: {mechanism: dp-gd, epsilon: 1})")
-    wl = load_workload(cfg.workload, cfg.seed)
+    wl = load_workload(cfg.workload, cfg.seed, cfg.workload_args)
     n_samples = len(batch_indices(wl.num_samples, cfg.batch_size, 0, cfg.seed))
     p = plan(cfg.privacy, cfg.rounds, n_samples, num_partitions=cfg.make_scheme().num_parts(),
              replicas=partition_replicas(cfg))

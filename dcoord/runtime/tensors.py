@@ -20,6 +20,9 @@ def load_flat_params(model: torch.nn.Module, flat: np.ndarray) -> None:
     """Write a flat vector back into the model's parameters (in place, no autograd)."""
     flat = np.ascontiguousarray(flat)
     vec = torch.from_numpy(flat if flat.flags.writeable else flat.copy())  # wire buffers are read-only
+    first = next(iter(model.parameters()), None)
+    if first is not None and first.device.type != "cpu":
+        vec = vec.to(first.device)  # one host-to-device copy, not one per parameter
     offset = 0
     with torch.no_grad():
         for p in model.parameters():
