@@ -32,14 +32,16 @@ def cmd_coordinator(args) -> int:
 
     from dcoord.runtime.coordinator import Coordinator
     from dcoord.runtime.progress import RoundProgress, summary_table
+    from dcoord.runtime.security_options import security_from_args
     from dcoord.runtime.service import start_server
 
+    security = security_from_args(args, "coordinator")
     cfg = load_job(args)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
 
     async def main() -> dict:
         coord = Coordinator(cfg, out)
-        server, port = await start_server(coord, args.listen)
+        server, port = await start_server(coord, args.listen, security=security)
         print(f"coordinator for job {coord.job_id} listening on port {port}; "
               f"waiting for {cfg.workers} workers", file=sys.stderr, flush=True)
         try:
@@ -55,26 +57,37 @@ def cmd_coordinator(args) -> int:
 
 
 def cmd_worker(args) -> int:
+    from dcoord.errors import DcoordError
+    from dcoord.runtime.security_options import worker_kwargs
     from dcoord.runtime.worker import run_worker
 
-    rounds = run_worker(args.coordinator, requested_id=args.id, device=args.device)
+    if not args.coordinator:
+        raise DcoordError("worker: give --coordinator HOST:PORT (or DCOORD_COORDINATOR)")
+    rounds = run_worker(args.coordinator, requested_id=args.id, device=args.device, **worker_kwargs(args))
     print(f"worker done: {rounds} rounds computed", file=sys.stderr)
     return 0
 
 
 def register(sub) -> None:
+    from dcoord.runtime.security_options import add_security_options, env
+
     sp = sub.add_parser("run", help="coordinator + N local worker processes over loopback gRPC")
     job_args(sp)
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("coordinator", help="run a coordinator that waits for remote workers")
     job_args(sp)
-    sp.add_argument("--listen", type=address, default="0.0.0.0:50051", help="HOST:PORT to listen on")
+    sp.add_argument("--listen", type=address, default=env("DCOORD_LISTEN", "0.0.0.0:50051"),
+                    help="HOST:PORT to listen on [DCOORD_LISTEN]")
+    add_security_options(sp, "coordinator")
     sp.add_argument("--wait-workers", type=float, default=600.0, help="seconds to wait for all workers")
     sp.set_defaults(func=cmd_coordinator)
 
     sp = sub.add_parser("worker", help="a worker that joins a coordinator")
-    sp.add_argument("--coordinator", type=address, required=True, help="HOST:PORT of the coordinator")
-    sp.add_argument("--id", type=int, default=-1, help="worker id to take (default: any free one)")
-    sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    sp.add_argument("--coordinator", type=address, default=env("DCOORD_COORDINATOR"),
+                    help="HOST:PORT of the coordinator [DCOORD_COORDINATOR]")
+    sp.add_argument("--id", type=int, default=env("DCOORD_WORKER_ID", -1),
+                    help="worker id to take (default: any free one) [DCOORD_WORKER_ID]")
+    sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default=env("DCOORD_DEVICE"), help="[DCOORD_DEVICE]")
+    add_security_options(sp, "worker")
     sp.set_defaults(func=cmd_worker)

@@ -90,3 +90,4 @@ class Result:
     injected_delay_s: float = 0.0
     payload_on_data_plane: bool = False
     data_seq: int = 0
+    session: str = ""  # the sender's session credential (RegisterReply.session), checked at the gRPC edge
