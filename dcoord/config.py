@@ -48,7 +48,7 @@ class CodingConfig(_Strict):
         description="sequential codes: close by the (1+mu) straggler rule (the paper), or at the first arrival "
         "whose straggler set still fits the (B, W, lambda) model and keeps every pending job decodable",
     )
-    payload_dtype: Literal["float64", "float32"] = "float64"
+    payload_dtype: Literal["float64", "float32", "bfloat16"] = "float64"  # workers combine in float64, round once
     seed: int = 0
 
     @field_validator("scheme")
@@ -174,6 +174,10 @@ class JobConfig(_Strict):
                 raise ValueError(
                     f"optimizer.lr: give one value or {scheme.models} (one per model); got {len(lrs)}"
                 )
+        if self.coding.payload_dtype == "bfloat16" and self.transport != "grpc":
+            raise ValueError(f"coding.payload_dtype: bfloat16 payloads need transport: grpc (transport: "
+                             f"{self.transport} carries float32/float64 only); use payload_dtype float32 or "
+                             "transport grpc")
         if self.privacy is not None:
             self._check_privacy()
         if self.runtime.elastic:

@@ -204,7 +204,9 @@ def _work(cfg: JobConfig, env: LaunchEnv, plane) -> dict:
     os.environ.setdefault("LOCAL_RANK", str(env.local_rank))  # pick_device uses it (mpirun does not set it)
     carries = cfg.transport != "grpc"
     rounds = run_worker(address, requested_id=env.rank - 1, device=cfg.device,
-                        data_plane=plane if carries else None)
+                        data_plane=plane if carries else None,
+                        allow_workloads=[cfg.workload],  # this rank read the job file itself
+                        rejoin=False)  # the launcher ends every rank when rank 0 (the coordinator) goes
     if carries:
         plane.send_end()
     plane.close(clean=True)

@@ -151,8 +151,9 @@ def test_worker_that_loses_its_coordinator_exits_nonzero(tmp_path):
                              env=_env(), stderr=subprocess.PIPE, text=True)
     line = coord.stderr.readline()
     port = line.split("listening on port ")[1].split(";")[0]
-    workers = [subprocess.Popen([sys.executable, "-m", "dcoord", "worker", "--coordinator", f"127.0.0.1:{port}"],
-                                env=_env(), stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    workers = [subprocess.Popen([sys.executable, "-m", "dcoord", "worker", "--coordinator", f"127.0.0.1:{port}",
+                                 "--connect-timeout", "3"], env=_env(), stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
     import time
 
     deadline = time.monotonic() + 300
@@ -167,6 +168,53 @@ def test_worker_that_loses_its_coordinator_exits_nonzero(tmp_path):
         _, err = w.communicate(timeout=60)
         assert w.returncode == 4, err
         assert "lost the coordinator" in err and "Traceback" not in err, err
+        assert "no coordinator took it back within 3 s" in err, err  # it tried to rejoin first
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(900)
+def test_workers_rejoin_a_coordinator_restarted_with_resume(tmp_path):
+    """SIGKILL the coordinator mid-run and start it again with --resume on the same address: the same worker
+    processes re-register (with their ids), and the run finishes with every round exactly once."""
+    import time
+
+    rounds = 40
+    job = _job(tmp_path, rounds=rounds, workers=2,
+               runtime={"progress": False, "emulate_part_s": 0.02, "checkpoint_every": 1})
+    run, addr = tmp_path / "run", f"127.0.0.1:{_free_port()}"
+
+    def coordinator(*extra: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "dcoord", "coordinator", str(job), *extra, "--listen", addr,
+                                 "--quiet"], env=_env(), stderr=subprocess.PIPE, text=True)
+
+    coord = coordinator("--out", str(run))
+    coord.stderr.readline()  # listening
+    workers = [subprocess.Popen([sys.executable, "-m", "dcoord", "worker", "--coordinator", addr, "--id", str(i),
+                                 "--connect-timeout", "120"], env=_env(), stderr=subprocess.PIPE, text=True)
+               for i in range(2)]
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().count('"round"') >= 5):
+        time.sleep(0.05)
+    coord.kill()
+    coord.wait()
+    assert all(w.poll() is None for w in workers), "a worker exited instead of waiting for its coordinator"
+    coord = coordinator("--resume", str(run))
+    _, err = coord.communicate(timeout=600)
+    assert coord.returncode == 0, err
+    for w in workers:
+        _, werr = w.communicate(timeout=60)
+        assert w.returncode == 0, werr
+        assert "rejoined the coordinator" in werr, werr
+    done = [json.loads(x)["round"] for x in metrics.read_text().splitlines() if '"round"' in x]
+    assert done == list(range(rounds))
 
 
 @pytest.mark.timeout(900)

@@ -33,6 +33,9 @@ class Context:
     async def abort(self, code, details):
         raise Abort(code, details)
 
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:40000"
+
 
 async def _make():
     cfg = load_config(None, data={"workers": 4, "rounds": 5, "batch_size": None,
@@ -46,6 +49,8 @@ async def _make():
 
 COORD = LOOP.run_until_complete(_make())
 SERVICE = CoordinatorService(COORD)
+for _w in range(COORD.n):  # every id registered once, so hostile streams can present a real session
+    LOOP.run_until_complete(SERVICE.Register(pb.RegisterRequest(requested_id=_w), Context()))
 BEFORE = [flat_params(m).copy() for m in COORD.models]
 NUM = COORD.num_params
 
@@ -85,8 +90,14 @@ def _run(coro):
     _check_invariants()
 
 
+def _session(wid: int) -> str:
+    """The session the coordinator holds for ``wid`` now (white box: what a registered worker would present)."""
+    conn = COORD.conns.get(wid)
+    return conn.session if conn is not None else ""
+
+
 def _hello(wid: int) -> pb.WorkerMessage:
-    return pb.WorkerMessage(hello=pb.Hello(job_id=COORD.job_id, worker_id=wid))
+    return pb.WorkerMessage(hello=pb.Hello(job_id=COORD.job_id, worker_id=wid, session=_session(wid)))
 
 
 # -- arbitrary bytes ---------------------------------------------------------------------------------
@@ -163,7 +174,9 @@ def results(draw):
                                                  losses=[pb.PartLoss(part=a, loss=b) for a, b in losses]),
         st.sampled_from([0, 1, -1, 2**31 - 1]), st.sampled_from([0, 1, 7]), st.sampled_from([0, 1, -5]),
         payloads(), st.lists(st.tuples(st.integers(-5, 10), _floats), max_size=3)), max_size=3))
-    return pb.Result(job_id=job, round=rnd, worker_id=wid, tasks=tasks,
+    session = draw(st.sampled_from(["right", "", "forged"]))
+    session = _session(wid) if session == "right" else session
+    return pb.Result(job_id=job, round=rnd, worker_id=wid, tasks=tasks, session=session,
                      compute_s=draw(_floats), payload_chunked=draw(st.booleans()),
                      payload_on_data_plane=draw(st.booleans()))
 

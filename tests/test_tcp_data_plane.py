@@ -20,6 +20,7 @@ from dcoord.config import load_config
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
 from dcoord.runtime.local import run_local
+from dcoord.runtime.security import ClientSecurity, open_channel
 from dcoord.runtime.transport import tcp_dp
 from dcoord.runtime.transport.base import KIND_DATA, DataPlaneError
 from dcoord.runtime.transport.tcp_dp import TcpDataPlane, TcpDataServer
@@ -32,6 +33,7 @@ BASE = {
 }
 KEY = b"k" * 32
 JOB = "job-1"
+TOKEN = "tcp-test-token-" + "0123abcd" * 4  # run_local's control-plane token, given to the rogue worker
 
 
 def _cfg(**over):
@@ -247,7 +249,8 @@ def test_tls_data_plane_and_plaintext_refused(tmp_path):
 
 # -- a registered worker that misbehaves on the data plane, in a real run ---------------------------------
 class _RogueDataWorker(threading.Thread):
-    """Registers, opens the data plane, and answers assignments with bad payloads of several kinds."""
+    """Registers (with the job's token, then speaking with its session), opens the data plane, and answers
+    assignments with bad payloads of several kinds."""
 
     KINDS = ["wrong-shape", "nan", "stale", "future", "orphan"]
 
@@ -257,18 +260,19 @@ class _RogueDataWorker(threading.Thread):
         self.sent: list[str] = []
 
     def run(self):
-        ch = grpc.insecure_channel(self.address)
+        ch = open_channel(self.address, ClientSecurity(token=TOKEN))
         stub = pb_grpc.CoordinatorStub(ch)
         reg = stub.Register(pb.RegisterRequest(hostname="rogue", pid=0, requested_id=3))
         plane = TcpDataPlane("127.0.0.1", reg.data_port, reg.worker_id, reg.data_key, reg.job_id)
         q: queue.Queue = queue.Queue()
-        q.put(pb.WorkerMessage(hello=pb.Hello(job_id=reg.job_id, worker_id=reg.worker_id)))
+        q.put(pb.WorkerMessage(hello=pb.Hello(job_id=reg.job_id, worker_id=reg.worker_id, session=reg.session)))
         done = threading.Event()
 
         def heartbeat():  # stays counted alive however long the real workers take to start
             while not done.wait(0.5):
                 try:
-                    stub.Heartbeat(pb.HeartbeatRequest(job_id=reg.job_id, worker_id=reg.worker_id), timeout=5)
+                    stub.Heartbeat(pb.HeartbeatRequest(job_id=reg.job_id, worker_id=reg.worker_id,
+                                                       session=reg.session), timeout=5)
                 except grpc.RpcError:
                     return
 
@@ -293,7 +297,7 @@ class _RogueDataWorker(threading.Thread):
                 elif kind == "orphan":  # a finite payload no result claims: pairing it would corrupt the model
                     plane.send(np.full(size, 1e30))
                     vec[0] = np.nan
-                res = pb.Result(job_id=reg.job_id, round=rnd, worker_id=reg.worker_id)
+                res = pb.Result(job_id=reg.job_id, round=rnd, worker_id=reg.worker_id, session=reg.session)
                 for t in a.tasks:
                     res.tasks.add(job=t.job, slot=t.slot, model=t.model, model_version=t.model_version)
                 res.payload_on_data_plane, res.data_seq = True, plane.next_seq
@@ -317,7 +321,7 @@ def test_hostile_payloads_on_the_data_plane_are_rejected_and_the_model_is_exact(
         rogue["w"] = _RogueDataWorker(address)
         rogue["w"].start()
 
-    summary = run_local(cfg, tmp_path, progress=False, on_started=started, spawn=3)
+    summary = run_local(cfg, tmp_path, progress=False, on_started=started, spawn=3, token=TOKEN)
     assert summary["rounds_completed"] == 18
     assert len(rogue["w"].sent) >= 5
     rej = summary["rejected_results"]

@@ -16,8 +16,11 @@ def cmd_run(args) -> int:
 
     cfg = load_job(args)
     out, mode = out_and_mode(args, cfg)
-    summary = run_local(cfg, out, progress=not args.quiet, mode=mode)
     console = Console()
+    from dcoord.coding.precision import print_precision  # issue 16: decode amplification, warned when high
+
+    print_precision(cfg, console)
+    summary = run_local(cfg, out, progress=not args.quiet, mode=mode)
     console.print(summary_table(summary))
     console.print(f"run directory: {out}")
     return 0
@@ -28,14 +31,16 @@ def cmd_coordinator(args) -> int:
 
     from dcoord.runtime import resume
     from dcoord.runtime.progress import RoundProgress, summary_table
+    from dcoord.runtime.security_options import security_from_args
     from dcoord.runtime.service import start_server
 
+    security = security_from_args(args, "coordinator")
     cfg = load_job(args)
     out, mode = out_and_mode(args, cfg)
 
     async def main() -> dict:
         coord = resume.make_coordinator(cfg, out, mode)
-        server, port = await start_server(coord, args.listen)
+        server, port = await start_server(coord, args.listen, security=security)
         print(f"coordinator for job {coord.job_id} listening on port {port}; "
               f"waiting for {cfg.workers} workers", file=sys.stderr, flush=True)
         loop, stopped = asyncio.get_running_loop(), []
@@ -58,14 +63,21 @@ def cmd_coordinator(args) -> int:
 
 
 def cmd_worker(args) -> int:
+    from dcoord.errors import DcoordError
+    from dcoord.runtime.security_options import worker_kwargs
     from dcoord.runtime.worker import run_worker
 
-    rounds = run_worker(args.coordinator, requested_id=args.id, device=args.device)
+    if not args.coordinator:
+        raise DcoordError("worker: give --coordinator HOST:PORT (or DCOORD_COORDINATOR)")
+    rounds = run_worker(args.coordinator, requested_id=args.id, device=args.device, rejoin=not args.no_rejoin,
+                        **worker_kwargs(args))
     print(f"worker done: {rounds} rounds computed", file=sys.stderr)
     return 0
 
 
 def register(sub) -> None:
+    from dcoord.runtime.security_options import add_security_options, env
+
     sp = sub.add_parser("run", help="coordinator + N local worker processes over loopback gRPC")
     job_args(sp)
     add_resume_options(sp)
@@ -74,12 +86,20 @@ def register(sub) -> None:
     sp = sub.add_parser("coordinator", help="run a coordinator that waits for remote workers")
     job_args(sp)
     add_resume_options(sp)
-    sp.add_argument("--listen", type=address, default="0.0.0.0:50051", help="HOST:PORT to listen on")
+    sp.add_argument("--listen", type=address, default=env("DCOORD_LISTEN", "0.0.0.0:50051"),
+                    help="HOST:PORT to listen on [DCOORD_LISTEN]")
+    add_security_options(sp, "coordinator")
     sp.add_argument("--wait-workers", type=float, default=600.0, help="seconds to wait for all workers")
     sp.set_defaults(func=cmd_coordinator)
 
     sp = sub.add_parser("worker", help="a worker that joins a coordinator")
-    sp.add_argument("--coordinator", type=address, required=True, help="HOST:PORT of the coordinator")
-    sp.add_argument("--id", type=int, default=-1, help="worker id to take (default: any free one)")
-    sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    sp.add_argument("--coordinator", type=address, default=env("DCOORD_COORDINATOR"),
+                    help="HOST:PORT of the coordinator [DCOORD_COORDINATOR]")
+    sp.add_argument("--id", type=int, default=env("DCOORD_WORKER_ID", -1),
+                    help="worker id to take (default: any free one) [DCOORD_WORKER_ID]")
+    sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default=env("DCOORD_DEVICE"), help="[DCOORD_DEVICE]")
+    sp.add_argument("--no-rejoin", action="store_true",
+                    help="exit (status 4) as soon as the coordinator is lost, instead of re-registering for up "
+                         "to --connect-timeout (a coordinator restarted with --resume takes workers back)")
+    add_security_options(sp, "worker")
     sp.set_defaults(func=cmd_worker)

@@ -2,8 +2,11 @@
 
 Each part gradient is g_j = (1/N) sum_{i in part j} grad l_i (N = the job's batch size), so the sum over
 all parts is the gradient of the mean loss. Parts are computed in float32 with torch (like the reference),
-combined in float64 on the compute device (cyclic-code coefficients amplify rounding), then cast to the
-payload dtype. On a GPU the payloads of one result reach the host in one pinned, asynchronous copy.
+combined in float64 on the compute device (cyclic-code coefficients amplify rounding), then rounded once
+into the payload dtype (float64 by default; float32 and bfloat16 halve and quarter the bytes, see
+``dcoord.coding.precision`` for what each code's decoding does to that rounding; bfloat16 is rounded on the
+host from float64, directly, because torch's cast would round twice via float32). On a GPU the payloads of
+one result reach the host in one pinned, asynchronous copy.
 
 Data: tensor workloads cut each job's batch (``batch_indices``) into parts; Dataset workloads have fixed
 partitions (index sets) and draw each job's mini-batch inside every partition, so a worker reads only the
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from dcoord.runtime.tensors import round_payload
 from dcoord.workloads import Workload, batch_indices, split_parts
 from dcoord.workloads.batching import dataset_job_parts, partition_indices
 from dcoord.workloads.data import SampleSource, labels_of
@@ -104,13 +108,17 @@ class TaskComputer:
         values = torch.stack([v for _, v in known]).tolist() if known else []  # one device sync
         out = {j: 0.0 for j, v in losses.items() if v is None}
         out.update({j: float(v) for (j, _), v in zip(known, values)})
+        if dtype == "bfloat16":  # rounded once on the host (to_host), from float64
+            return acc, out
         return acc.to(_TORCH_DTYPES[dtype]), out
 
-    def to_host(self, payloads: list[torch.Tensor]) -> list[np.ndarray]:
+    def to_host(self, payloads: list[torch.Tensor], dtype: str | None = None) -> list[np.ndarray]:
         """Host copies of one result's payloads. On a GPU: one pinned buffer, filled asynchronously, one
         synchronize. The buffer is reused across results: the caller must be done with the arrays before
         the next call (the worker is: gRPC packing copies into protobuf, and every data plane -- tcp's
         blocking sendall, MPI/torch's wait_sent -- has sent them before the next compute starts)."""
+        if dtype == "bfloat16":  # float64 payloads from coded_device: round once, here
+            return [round_payload(p.cpu().numpy(), dtype) for p in payloads]
         if self.device.type != "cuda":
             return [p.numpy() for p in payloads]
         total = sum(p.numel() * p.element_size() for p in payloads)
@@ -131,4 +139,4 @@ class TaskComputer:
               ) -> tuple[np.ndarray, dict[int, float]]:
         """``coded_device`` copied to the host (a fresh array the caller may keep)."""
         t, losses = self.coded_device(job, parts, coeffs, dtype, params=params, prev=prev)
-        return self.to_host([t])[0].copy(), losses
+        return self.to_host([t], dtype)[0].copy(), losses

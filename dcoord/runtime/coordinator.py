@@ -45,6 +45,9 @@ class WorkerConn:
     hostname: str = ""
     last_seen: float = field(default_factory=time.monotonic)
     alive: bool = True
+    session: str = ""                # its session credential (runtime/sessions.py)
+    attached: bool = False           # its Work stream is up
+    reserved_until: float = math.inf  # a registered id waits this long for its Work stream
 
 
 def make_optimizer(cfg: JobConfig, model: torch.nn.Module, index: int) -> torch.optim.Optimizer:
@@ -82,7 +85,8 @@ class Coordinator:
         self.state = "waiting-for-workers"
         self.message = ""
         self.conns: dict[int, WorkerConn] = {}
-        self.results: asyncio.Queue = asyncio.Queue()
+        self.results: asyncio.Queue = asyncio.Queue()  # service.py bounds what it queues (results_limit)
+        self.results_limit = 4 * self.n + 16
         self.round_tasks: dict[int, list[Task]] = {}
         self.job_params: dict[int, tuple[int, np.ndarray]] = {}  # job -> (model version, params)
         self.stored: dict[int, dict[ResultRef, np.ndarray]] = {}  # job -> delivered messages
@@ -90,6 +94,7 @@ class Coordinator:
         self.arrived: set[int] = set()
         # counters
         self.rejected: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()  # refused before reaching the job (auth, sessions, limits)
         self.dropped_late = 0
         self.stragglers_seen = 0
         self.max_residual = 0.0
@@ -109,8 +114,11 @@ class Coordinator:
         self.lost_ids: set[int] = set()
 
     # -- the standalone data plane (transport: tcp) -------------------------------------------------
-    def start_data_plane(self, host: str, matcher) -> None:
-        """Listen for workers' data connections; payloads are paired with results by ``matcher``."""
+    def start_data_plane(self, host: str, matcher, ssl_context=None) -> None:
+        """Listen for workers' data connections; payloads are paired with results by ``matcher``.
+
+        ``ssl_context`` (an ssl.SSLContext, server side): TLS on every data connection, as on the control
+        plane. Peers refused there (TLS, key) are counted in ``refused``, like the control plane's."""
         from dcoord.runtime.transport.tcp_dp import TcpDataServer
 
         loop = asyncio.get_running_loop()
@@ -119,11 +127,12 @@ class Coordinator:
             loop.call_soon_threadsafe(self.reject, "data-plane", msg)
 
         def refuse(reason: str) -> None:
-            loop.call_soon_threadsafe(self.reject, reason, "data-plane peer refused")
+            loop.call_soon_threadsafe(self.refuse, reason, "data-plane peer")
 
         self.data_server = TcpDataServer(host, self.job_id, self._data_keys.get, 4 * max(self.num_params, 1),
                                          matcher.on_payload, fail, on_connect=matcher.reset, refuse=refuse,
-                                         max_workers=self.n, port=self.cfg.runtime.data_port)
+                                         max_workers=self.n, port=self.cfg.runtime.data_port,
+                                         ssl_context=ssl_context)
 
     def new_data_key(self, worker: int) -> bytes:
         from dcoord.runtime.transport.tcp_dp import new_key
@@ -137,7 +146,8 @@ class Coordinator:
 
     # -- membership --------------------------------------------------------------------------------
     def free_worker_id(self, requested: int = -1) -> int | None:
-        taken = {w for w, c in self.conns.items() if c.alive}
+        now = time.monotonic()  # an id is taken while its stream is up or its reservation has not expired
+        taken = {w for w, c in self.conns.items() if c.alive and (c.attached or now < c.reserved_until)}
         if 0 <= requested < self.n and requested not in taken:
             return requested
         return next((i for i in range(self.n) if i not in taken), None)
@@ -145,6 +155,7 @@ class Coordinator:
     def attach(self, conn: WorkerConn) -> None:
         """A worker's stream is up: remember it and, mid-round, hand it the current round's tasks."""
         self.conns[conn.worker_id] = conn
+        conn.attached = True
         log.info("worker %d attached (%d alive)", conn.worker_id, self.alive_count())
         if conn.worker_id in self.lost_ids:  # a worker that died (or its replacement) is back
             self.lost_ids.discard(conn.worker_id)
@@ -156,8 +167,9 @@ class Coordinator:
             conn.outbox.put_nowait(self._assignment(self.round, conn.worker_id))
 
     def detach(self, conn: WorkerConn) -> None:
-        if self.conns.get(conn.worker_id) is conn:
+        if self.conns.get(conn.worker_id) is conn and conn.attached:
             was_alive, conn.alive = conn.alive, False
+            conn.attached = False
             level = logging.WARNING if self.state == "running" else logging.INFO
             log.log(level, "worker %d is gone (%d alive)", conn.worker_id, self.alive_count())
             if was_alive and self.state == "running":
@@ -175,7 +187,7 @@ class Coordinator:
     def alive_ids(self) -> set[int]:
         """Workers whose stream is up and who were heard from recently (heartbeats or results)."""
         stale = time.monotonic() - max(5.0, 10 * self.cfg.runtime.heartbeat_s)
-        return {w for w, c in self.conns.items() if c.alive and c.last_seen >= stale}
+        return {w for w, c in self.conns.items() if c.alive and c.attached and c.last_seen >= stale}
 
     def alive_count(self) -> int:
         return len(self.alive_ids())
@@ -227,6 +239,11 @@ class Coordinator:
     def reject(self, reason: str, detail: str = "") -> None:
         self.rejected[reason] += 1
         log.warning("rejected result (%s) %s", reason, detail)
+
+    def refuse(self, reason: str, detail: str = "") -> None:
+        """A peer refused before it reached the job (counted apart from rejected results)."""
+        self.refused[reason] += 1
+        log.warning("refused (%s) %s", reason, detail)
 
     def handle_result(self, res: Result, conn: WorkerConn | None, arrays: list[np.ndarray] | None = None) -> bool:
         """Validate one result message; store it and return True when it counts for the current round.
@@ -498,7 +515,9 @@ class Coordinator:
 
     async def run(self, progress=None, start_timeout: float = 120.0) -> dict:
         """Run every round; returns the summary (also written to the run directory)."""
-        self.rundir.write_config(self.cfg.to_yaml())
+        from dcoord.runtime.sessions import public_config_yaml
+
+        self.rundir.write_config(public_config_yaml(self.cfg))  # no secret reaches the run directory
         await self.wait_for_workers(start_timeout)
         self.state = "running"
         self.started = time.monotonic() - self.resumed_elapsed
@@ -583,6 +602,7 @@ class Coordinator:
             "scheme": self.scheme.name, "workers": self.n, "models": len(self.models),
             "load": self.scheme.load(), "max_decode_residual": self.max_residual,
             "dropped_late_results": self.dropped_late, "rejected_results": dict(self.rejected),
+            "refused": dict(self.refused),
             "stragglers_seen": self.stragglers_seen,
             **self.scheme.report(),
             **(self.privacy.summary(self.steps[0]) if self.privacy is not None else {}),
@@ -595,6 +615,7 @@ class Coordinator:
             last_loss=self.last_loss, stragglers_seen=self.stragglers_seen,
             dropped_late_results=self.dropped_late, rejected=dict(self.rejected),
             elapsed_s=time.monotonic() - self.started, scheme=self.scheme.name, message=self.message,
+            refused=dict(self.refused),
         )
 
 

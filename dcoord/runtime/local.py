@@ -8,12 +8,14 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from dcoord.config import JobConfig
 from dcoord.runtime.coordinator import Coordinator
 from dcoord.runtime.progress import RoundProgress
 from dcoord.runtime.resume import make_coordinator, remove_signal_handlers, stop_on_signals, stopped_error
+from dcoord.runtime.security import ALLOW_ENV, TOKEN_FILE_ENV, ServerSecurity, random_token, write_token_file
 from dcoord.runtime.service import start_server
 from dcoord.runtime.supervise import WorkerSupervisor
 
@@ -21,7 +23,9 @@ from dcoord.runtime.supervise import WorkerSupervisor
 def spawn_worker(address: str, requested_id: int = -1, log_path: Path | None = None,
                  extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start one worker process (``python -m dcoord worker``) that connects to ``address``."""
-    cmd = [sys.executable, "-m", "dcoord", "worker", "--coordinator", address, "--id", str(requested_id)]
+    # --no-rejoin: the coordinator is our parent process; a resumed run starts workers of its own
+    cmd = [sys.executable, "-m", "dcoord", "worker", "--coordinator", address, "--id", str(requested_id),
+           "--no-rejoin"]
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(extra_env or {}))
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -31,32 +35,41 @@ def worker_secret_env(cfg: JobConfig) -> dict[str, str]:
     """trust: workers: the workers' shared noise secret, for local runs that did not provide one.
 
     The launcher (not the Coordinator object) makes a fresh random secret and puts it only into the worker
-    processes' environment; give your own in ``$DCOORD_NOISE_SECRET`` (or privacy.secret_file) to make the
-    noise replayable across runs.
+    processes' environment; give your own in ``$DCOORD_NOISE_SECRET`` (or a file named by
+    ``$DCOORD_NOISE_SECRET_FILE``) to make the noise replayable across runs.
     """
+    from dcoord.privacy.mechanisms import SECRET_ENV, SECRET_FILE_ENV
+
     p = cfg.privacy
-    if p is None or p.trust != "workers" or p.secret_file is not None or os.environ.get(p.secret_env):
+    if p is None or p.trust != "workers" or os.environ.get(SECRET_FILE_ENV) or os.environ.get(SECRET_ENV):
         return {}
-    return {p.secret_env: secrets.token_hex(32)}
+    return {SECRET_ENV: secrets.token_hex(32)}
 
 
 async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = True,
                           on_started=None, on_round=None, spawn: int | None = None, mode: str = "new",
-                          respawn: bool | None = None) -> dict:
+                          respawn: bool | None = None, token: str | None = None) -> dict:
     """``on_started(coord, procs, address)`` and ``on_round(record, coord)`` are hooks for tests and tools;
     ``spawn`` starts fewer local workers than the config asks for (the rest join from elsewhere).
 
     ``mode``: new / resume / overwrite (see RunDir). ``respawn`` (default runtime.restart_workers): a local
     worker process that dies while the run goes on is started again with the same id, as a pod restart
     would, and rejoins.
-    SIGINT/SIGTERM checkpoint, stop the workers and raise :class:`~dcoord.runtime.resume.Stopped`."""
+    SIGINT/SIGTERM checkpoint, stop the workers and raise :class:`~dcoord.runtime.resume.Stopped`.
+
+    The server listens on loopback and requires a bearer token (``token``, default a fresh random one),
+    which the local workers read from a 0600 file in a private temporary directory named by
+    $DCOORD_TOKEN_FILE (never argv, never the run directory). They may run the job's own workload."""
+    token = token or random_token()
     coord = make_coordinator(cfg, out, mode)
-    server, port = await start_server(coord, "127.0.0.1:0")
+    server, port = await start_server(coord, "127.0.0.1:0", security=ServerSecurity(token=token))
     address = f"127.0.0.1:{port}"
     logs = (out / "workers") if out else None
     if logs:
         logs.mkdir(parents=True, exist_ok=True)
-    extra_env = worker_secret_env(cfg)
+    secret_dir = tempfile.TemporaryDirectory(prefix="dcoord-")
+    extra_env = {**worker_secret_env(cfg), TOKEN_FILE_ENV: str(write_token_file(Path(secret_dir.name), token)),
+                 ALLOW_ENV: cfg.workload}
     procs = [spawn_worker(address, i, logs / f"worker-{i}.log" if logs else None, extra_env)
              for i in range(cfg.workers if spawn is None else spawn)]
     if on_started is not None:
@@ -95,6 +108,7 @@ async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = Tru
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        secret_dir.cleanup()
 
 
 def run_local(cfg: JobConfig, out: Path | None, progress: bool = True, **hooks) -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 
 @dataclass
 class TensorData:
-    """A dense tensor as it travels: shape, dtype name ("float32"/"float64") and little-endian bytes.
+    """A dense tensor as it travels: shape, dtype name ("float32"/"float64"/"bfloat16") and little-endian bytes.
 
     Validate with ``dcoord.runtime.tensors.from_proto`` before trusting it."""
 
@@ -90,3 +90,4 @@ class Result:
     injected_delay_s: float = 0.0
     payload_on_data_plane: bool = False
     data_seq: int = 0
+    session: str = ""  # the sender's session credential (RegisterReply.session), checked at the gRPC edge

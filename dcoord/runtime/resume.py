@@ -46,7 +46,12 @@ class Stopped(DcoordError):
 
 # -- config comparison ---------------------------------------------------------------------------------
 def config_difference(saved_yaml: str, cfg: JobConfig) -> str | None:
-    """The first field (dotted) whose value differs between the run's config and ``cfg``, with both values."""
+    """The first field (dotted) whose value differs between the run's config and ``cfg``, with both values.
+
+    Secret fields are not compared: config.yaml never holds them (runtime/sessions.py), and the checkpoint
+    carries the state they seeded (the coordinator's noise seed)."""
+    from dcoord.runtime.sessions import SECRET_FIELDS
+
     old = yaml.safe_load(saved_yaml) or {}
     new = yaml.safe_load(cfg.to_yaml()) or {}
 
@@ -54,7 +59,7 @@ def config_difference(saved_yaml: str, cfg: JobConfig) -> str | None:
         if isinstance(a, dict) and isinstance(b, dict):
             for k in list(a) + [k for k in b if k not in a]:
                 key = f"{prefix}{k}"
-                if key in OPERATIONAL:
+                if key in OPERATIONAL or key in SECRET_FIELDS:
                     continue
                 d = walk(a.get(k), b.get(k), key + ".")
                 if d:

@@ -24,6 +24,7 @@ from dcoord.errors import DcoordError
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
 from dcoord.runtime.compute import TaskComputer
+from dcoord.runtime.security import ClientSecurity, data_plane_client_context, open_channel
 from dcoord.runtime.service import GRPC_OPTIONS
 from dcoord.runtime.tensors import from_proto, load_flat_params
 from dcoord.wire.chunking import pack_result, send_payloads
@@ -81,61 +82,153 @@ def computer_size(workload) -> int:
     return 4 * max(workload.num_params(), 1)
 
 
+#: Register errors worth retrying: the coordinator is not up yet, busy, or the job is full for now (an id
+#: held by a dead worker frees after its reservation expires).
+RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def register(stub, request: pb.RegisterRequest, address: str, connect_timeout: float) -> pb.RegisterReply:
+    """Register, retrying with exponential backoff (0.2 s doubling to 5 s) until ``connect_timeout``,
+    so workers may start before the coordinator (pod start order does not matter)."""
+    deadline = time.monotonic() + connect_timeout
+    delay = 0.2
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return stub.Register(request, timeout=max(0.5, min(10.0, left)))
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code not in RETRY_CODES:
+                raise DcoordError(f"registration refused by {address}: {code.name}: {exc.details()}") from None
+            if time.monotonic() + delay > deadline:
+                raise DcoordError(
+                    f"cannot register with the coordinator at {address} within {connect_timeout:g} s "
+                    f"(--connect-timeout): last answer {code.name}: {exc.details()}"
+                ) from None
+            log.info("register: %s (%s); retrying in %.1f s", code.name, exc.details(), delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
+
+
 def run_worker(address: str, requested_id: int = -1, device: str | None = None,
-               connect_timeout: float = 60.0, data_plane=None) -> int:
+               connect_timeout: float = 60.0, data_plane=None, security: ClientSecurity | None = None,
+               allow_workloads: list[str] | None = None, noise_secret_file: str | None = None,
+               max_epsilon: float | None = None, rejoin: bool = True) -> int:
     """Serve one job until the coordinator says stop; returns the number of rounds computed.
+
+    A worker that loses its coordinator (stream gone without a shutdown) registers again, with its id and
+    the same backoff, for up to ``connect_timeout``, so it rejoins a coordinator restarted with --resume
+    (same job id); after that, or at once with ``rejoin=False``, it raises LostCoordinator (exit status 4).
 
     With ``data_plane`` (a transport.DataPlane, under torchrun/mpirun) payloads go to rank 0 over the
     process group / MPI and the gRPC Result only points at them (``payload_on_data_plane``, ``data_seq``).
+    ``security``: token and TLS (runtime/security.py); ``allow_workloads``: ``package.module:function``
+    patterns this worker may run (None: $DCOORD_ALLOW_WORKLOADS); ``noise_secret_file``: this worker's
+    noise secret (default $DCOORD_NOISE_SECRET_FILE, then $DCOORD_NOISE_SECRET); ``max_epsilon``: refuse
+    jobs less private than this against a compromised coordinator (runtime/worker_guard.py).
     """
+    from dcoord.runtime.worker_guard import allowed_from_env, check_privacy, check_workload
+
     torch.set_num_threads(1)
-    channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
-    try:
-        grpc.channel_ready_future(channel).result(timeout=connect_timeout)
-    except grpc.FutureTimeoutError:
-        raise DcoordError(f"cannot reach the coordinator at {address} within {connect_timeout:g} s") from None
+    channel = open_channel(address, security, options=GRPC_OPTIONS)
     stub = pb_grpc.CoordinatorStub(channel)
     dev = pick_device(device or "auto")
-    try:
-        reg = stub.Register(pb.RegisterRequest(hostname=socket.gethostname(), pid=os.getpid(),
-                                               requested_id=requested_id, device=str(dev)))
-    except grpc.RpcError as exc:
-        raise DcoordError(f"registration refused: {exc.details()}") from None
+    reg = register(stub, pb.RegisterRequest(hostname=socket.gethostname()[:255], pid=os.getpid(),
+                                            requested_id=requested_id, device=str(dev)), address, connect_timeout)
     cfg = load_config(None, data=__import__("yaml").safe_load(reg.job_config_yaml))
+    check_workload(cfg.workload, allowed_from_env() if allow_workloads is None else allow_workloads)
     if device is None and cfg.device != "auto":
         dev = pick_device(cfg.device)  # no --device flag: the job config's device
-    wid, job_id = reg.worker_id, reg.job_id
+    wid, job_id, session = reg.worker_id, reg.job_id, reg.session
     if data_plane is not None and wid != data_plane.rank - 1:
         raise DcoordError(f"rank {data_plane.rank} was given worker id {wid}, not {data_plane.rank - 1}; "
                           "its data-plane payloads could not be paired with its results")
     scheme = cfg.make_scheme()
     stragglers = cfg.straggler_model()
     workload = load_checked(cfg)
+    check_privacy(cfg, workload, max_epsilon)
     privacy = None
+    from dcoord.privacy.mechanisms import PrivacyError
+
     if cfg.privacy is not None:
-        from dcoord.privacy.mechanisms import PrivacyError
+        from dcoord.privacy.mechanisms import load_worker_noise_key
         from dcoord.runtime.private import WorkerPrivacy
 
         try:
-            privacy = WorkerPrivacy(cfg, workload, scheme.num_parts())
+            key = load_worker_noise_key(noise_secret_file) if cfg.privacy.trust == "workers" else None
+            privacy = WorkerPrivacy(cfg, workload, scheme.num_parts(), key=key)
         except (PrivacyError, OSError) as exc:
             raise DcoordError(f"worker: {exc}") from None
     computer = TaskComputer(workload, scheme.part_fractions(), cfg.batch_size,
                             cfg.seed, models=scheme.models, device=dev, shards=cfg.shards, privacy=privacy,
                             loader_workers=cfg.runtime.loader_workers)
     dtype = cfg.coding.payload_dtype
-    if reg.data_port and data_plane is None:  # transport: tcp -- models and payloads on our own sockets
+    launcher_plane = data_plane is not None  # torchrun/mpirun: the launcher ends every rank with rank 0
+    host = address.rpartition(":")[0].strip("[]")
+
+    def open_tcp_plane(reg: pb.RegisterReply):
+        """transport: tcp -- models and payloads on our own sockets (a fresh key per registration)."""
         from dcoord.runtime.transport.tcp_dp import TcpDataPlane
 
-        host = address.rpartition(":")[0].strip("[]")
-        try:
-            data_plane = TcpDataPlane(host, reg.data_port, wid, reg.data_key, job_id, max_count=computer_size(workload))
+        try:  # TLS exactly when the control plane has it (--tls-ca), with the same server name
+            return TcpDataPlane(host, reg.data_port, reg.worker_id, reg.data_key, reg.job_id,
+                                max_count=computer_size(workload), ssl_context=data_plane_client_context(security),
+                                server_hostname=(security.server_name if security else None) or host)
         except (OSError, DcoordError) as exc:
-            raise DcoordError(f"worker {wid}: cannot open the data plane at {host}:{reg.data_port}: {exc}") from None
+            raise DcoordError(f"worker {reg.worker_id}: cannot open the data plane at {host}:{reg.data_port}: "
+                              f"{exc}") from None
+
+    if reg.data_port and not launcher_plane:
+        data_plane = open_tcp_plane(reg)
     print(f"worker {wid} of job {job_id} on {dev}", file=sys.stderr, flush=True)
+    cache: dict[tuple[int, int], np.ndarray] = {}
+    computed = 0
+    try:
+        while True:  # one pass per registration: a coordinator restarted from its checkpoint is rejoined
+            told_to_stop, closed, computed = _serve(
+                stub, reg, session, wid, job_id, cfg, computer, privacy, stragglers, dtype, data_plane, cache,
+                computed)
+            if told_to_stop:
+                return computed
+            lost = (f"worker {wid}: lost the coordinator at {address} ({closed}) after {computed} rounds "
+                    "computed; the job did not tell this worker to stop")
+            if launcher_plane or not rejoin:  # torchrun/mpirun stop every rank: no coordinator to wait for
+                raise LostCoordinator(lost)
+            if privacy is not None:  # the ledger refuses rounds a restarted coordinator would run again
+                raise LostCoordinator(f"{lost}; a private job's worker does not rejoin a restarted coordinator "
+                                      "(it would be asked again for rounds it answered): start fresh workers")
+            log.warning("%s; re-registering for up to %g s (--connect-timeout)", lost, connect_timeout)
+            if reg.data_port and data_plane is not None:
+                data_plane.close(clean=False)
+                data_plane = None
+            try:
+                reg = register(stub, pb.RegisterRequest(hostname=socket.gethostname()[:255], pid=os.getpid(),
+                                                        requested_id=wid, device=str(dev)),
+                               address, connect_timeout)
+            except DcoordError as exc:
+                raise LostCoordinator(f"{lost}; no coordinator took it back within {connect_timeout:g} s "
+                                      f"(--connect-timeout): {exc}") from None
+            if reg.job_id != job_id:
+                raise LostCoordinator(f"{lost}; the coordinator at {address} now runs job {reg.job_id}, not "
+                                      f"{job_id} (resume the run with --resume to continue it)")
+            wid, session = reg.worker_id, reg.session
+            if reg.data_port:
+                data_plane = open_tcp_plane(reg)
+            print(f"worker {wid} of job {job_id} rejoined the coordinator at {address}", file=sys.stderr,
+                  flush=True)
+    finally:
+        if reg.data_port and data_plane is not None and not launcher_plane:
+            data_plane.close(clean=True)
+        channel.close()
+
+
+def _serve(stub, reg: pb.RegisterReply, session: str, wid: int, job_id: str, cfg, computer, privacy, stragglers,
+           dtype: str, data_plane, cache: dict, computed: int) -> tuple[bool, str | None, int]:
+    """Serve one registration's Work stream until it ends: (told to stop?, why the stream closed, rounds)."""
+    from dcoord.privacy.mechanisms import PrivacyError
 
     outbox: queue.Queue = queue.Queue()
-    outbox.put(pb.WorkerMessage(hello=pb.Hello(job_id=job_id, worker_id=wid)))
+    outbox.put(pb.WorkerMessage(hello=pb.Hello(job_id=job_id, worker_id=wid, session=session)))
     inbox = _Inbox()
     stop = threading.Event()
 
@@ -151,23 +244,19 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
     def heartbeat(last_round: list[int]) -> None:
         while not stop.wait(reg.heartbeat_interval_s):
             try:
-                stub.Heartbeat(pb.HeartbeatRequest(job_id=job_id, worker_id=wid, last_round=last_round[0]),
-                               timeout=5)
+                stub.Heartbeat(pb.HeartbeatRequest(job_id=job_id, worker_id=wid, last_round=last_round[0],
+                                                   session=session), timeout=5)
             except grpc.RpcError:
                 pass
 
     last = [-1]
     threading.Thread(target=receive, daemon=True).start()
     threading.Thread(target=heartbeat, args=(last,), daemon=True).start()
-    cache: dict[tuple[int, int], np.ndarray] = {}
-    computed = 0
-    told_to_stop = False
     try:
         while True:
             msg = inbox.latest()
             if msg is None or msg.HasField("shutdown"):
-                told_to_stop = msg is not None
-                break
+                return msg is not None, inbox.closed, computed
             a = msg.assignment
             for ms in a.models:
                 if ms.params_on_data_plane:
@@ -178,21 +267,30 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
                 else:
                     cache[(ms.model, ms.version)] = from_proto(ms.params)
             t0 = time.perf_counter()
-            result = pb.Result(job_id=job_id, round=a.round, worker_id=wid)  # built in place: no payload copies
+            result = pb.Result(job_id=job_id, round=a.round, worker_id=wid,  # built in place: no payload copies
+                               session=session)
             payloads = []
-            for t in a.tasks:
-                load_flat_params(computer.model, cache[(t.model, t.model_version)])
-                payload, losses = computer.coded_device(t.job, list(t.parts), list(t.coeffs), dtype,
-                                                        params=cache[(t.model, t.model_version)],
-                                                        prev=cache.get((t.model, t.model_version - 1)))
-                result.tasks.add(job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
-                                      losses=[pb.PartLoss(part=p, loss=v) for p, v in losses.items()])
-                payloads.append(payload)
+            try:
+                if privacy is not None:
+                    privacy.ledger.begin_round(a.round)
+                for t in a.tasks:
+                    load_flat_params(computer.model, cache[(t.model, t.model_version)])
+                    payload, losses = computer.coded_device(t.job, list(t.parts), list(t.coeffs), dtype,
+                                                            params=cache[(t.model, t.model_version)],
+                                                            prev=cache.get((t.model, t.model_version - 1)))
+                    result.tasks.add(job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
+                                     losses=[pb.PartLoss(part=p, loss=v) for p, v in losses.items()])
+                    payloads.append(payload)
+            except PrivacyError as exc:  # trust: workers: never a second answer the coordinator could subtract
+                log.warning("worker %d refuses round %d: %s", wid, a.round, exc)
+                continue
+            if privacy is not None:
+                privacy.ledger.answered_round(a.round)
             # GPU: one pinned copy per result, into a buffer reused by the next result. Safe on every path:
             # pack_result copies the bytes into protobuf messages; send_payloads (tcp: sendall returns with
             # the bytes in the kernel; mpi/torch: wait_sent below) is done with the arrays before the next
             # compute writes the buffer again.
-            payloads = computer.to_host(payloads)
+            payloads = computer.to_host(payloads, dtype)
             emulated = cfg.runtime.emulate_part_s * sum(len(t.parts) for t in a.tasks)
             emulated += cfg.runtime.emulate_job_s * sum(float(computer.fractions[list(t.parts)].sum()) for t in a.tasks)
             if emulated > 0:
@@ -218,15 +316,8 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
             if hasattr(data_plane, "keep_models"):
                 data_plane.keep_models(keep)
     finally:
-        if reg.data_port and data_plane is not None:
-            data_plane.close(clean=True)
         stop.set()
         outbox.put(None)
-        channel.close()
-    if not told_to_stop:
-        raise LostCoordinator(f"worker {wid}: lost the coordinator at {address} ({inbox.closed}) after "
-                              f"{computed} rounds computed; the job did not tell this worker to stop")
-    return computed
 
 
 class LostCoordinator(DcoordError):

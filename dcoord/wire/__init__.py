@@ -23,7 +23,7 @@ from dcoord.runtime.messages import (
 __all__ = ["StatusInfo", "coordinator_message", "fill_proto", "result_from_proto", "result_to_proto",
            "status_from_proto", "status_to_dict", "status_to_proto", "to_proto"]
 
-_DTYPES = ("float32", "float64")
+_DTYPES = ("float32", "float64", "bfloat16")  # bfloat16: ml_dtypes arrays (coding.payload_dtype)
 
 
 # -- tensors --------------------------------------------------------------------------------------------
@@ -75,7 +75,7 @@ def result_from_proto(res: pb.Result) -> Result:
                         losses=[PartLoss(pl.part, pl.loss) for pl in tr.losses]) for tr in res.tasks]
     return Result(job_id=res.job_id, round=res.round, worker_id=res.worker_id, tasks=tasks,
                   compute_s=res.compute_s, injected_delay_s=res.injected_delay_s,
-                  payload_on_data_plane=res.payload_on_data_plane, data_seq=res.data_seq)
+                  payload_on_data_plane=res.payload_on_data_plane, data_seq=res.data_seq, session=res.session)
 
 
 def result_to_proto(res: Result) -> pb.Result:
@@ -85,7 +85,8 @@ def result_to_proto(res: Result) -> pb.Result:
                            losses=[pb.PartLoss(part=pl.part, loss=pl.loss) for pl in t.losses]) for t in res.tasks]
     return pb.Result(job_id=res.job_id, round=res.round, worker_id=res.worker_id, tasks=tasks,
                      compute_s=res.compute_s, injected_delay_s=res.injected_delay_s,
-                     payload_on_data_plane=res.payload_on_data_plane, data_seq=res.data_seq)
+                     payload_on_data_plane=res.payload_on_data_plane, data_seq=res.data_seq,
+                     session=res.session)
 
 
 @dataclass
@@ -103,6 +104,7 @@ class StatusInfo:
     stragglers_seen: int = 0
     dropped_late_results: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)  # refused before reaching the job, by reason
     elapsed_s: float = 0.0
     scheme: str = ""
     message: str = ""
@@ -113,8 +115,8 @@ def status_to_proto(st: StatusInfo) -> pb.StatusReply:
 
 
 def status_from_proto(reply: pb.StatusReply) -> StatusInfo:
-    kw = {f: getattr(reply, f) for f in StatusInfo.__dataclass_fields__ if f != "rejected"}
-    return StatusInfo(rejected=dict(reply.rejected), **kw)
+    kw = {f: getattr(reply, f) for f in StatusInfo.__dataclass_fields__ if f not in ("rejected", "refused")}
+    return StatusInfo(rejected=dict(reply.rejected), refused=dict(reply.refused), **kw)
 
 
 def status_to_dict(reply: pb.StatusReply) -> dict:

@@ -17,7 +17,7 @@ from dcoord.wire import fill_proto
 
 #: default chunk size (runtime.stream_chunk_bytes); payloads no larger than this travel inline
 DEFAULT_CHUNK_BYTES = 1 << 20
-_ITEMSIZE = {"float32": 4, "float64": 8}
+_ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2}
 
 
 def pack_result(result: pb.Result, payloads: list[np.ndarray], chunk_bytes: int) -> list[pb.WorkerMessage]:
@@ -62,6 +62,10 @@ class ChunkAssembler:
             return
         self.parts.append(chunk.data)
         self.size += len(chunk.data)
+
+    def discard(self) -> None:
+        """Drop the chunks received since the last result (that result was refused)."""
+        self.parts, self.size, self.overflow = [], 0, False
 
     def attach(self, result: pb.Result) -> bool:
         """Fill ``result``'s payload bytes from the chunks; False when they were more than allowed."""
