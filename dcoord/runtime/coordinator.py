@@ -448,6 +448,8 @@ class Coordinator:
         The models and optimizers, the model versions still needed by pending jobs (sequential codes) and the
         messages already delivered for them, the scheme's state, DIFF2's running estimate, counters, RNG
         states, and how long metrics.jsonl was then (a resumed run cuts it back to that length)."""
+        from dcoord.runtime.sessions import public_config_yaml  # no secret reaches the run directory
+
         if self.phase == "closing":
             return None
         mid = self.phase == "collect"
@@ -456,7 +458,7 @@ class Coordinator:
         stored = {job: [(ref.round, ref.worker, ref.slot, arr) for ref, arr in msgs.items() if ref.round <= done]
                   for job, msgs in self.stored.items()}
         state = {
-            "version": 1, "job_id": self.job_id, "round": done, "config": self.cfg.to_yaml(),
+            "version": 1, "job_id": self.job_id, "round": done, "config": public_config_yaml(self.cfg),
             "models": [m.state_dict() for m in self.models],
             "optimizers": [o.state_dict() for o in self.optimizers],
             "steps": list(self.steps),

@@ -144,16 +144,16 @@ class CoordinatorPrivacy:
         return v.numpy()
 
     def state_dict(self) -> dict:
-        """DIFF2's running estimate, x_(t-1), and the coordinator's own noise seed (trust: coordinator).
+        """DIFF2's running estimate and x_(t-1), for a checkpoint.
 
-        The epsilon history is a function of the config and the round, so it is not stored."""
-        return {"estimator": self.estimator.state_dict(), "prev": None if self.prev is None else self.prev.copy(),
-                "seed": self.seed}
+        Not the coordinator's own noise seed (trust: coordinator): no secret reaches the run directory. A
+        resumed run draws its noise from ``privacy.coordinator_seed`` again, or from a fresh random seed (fresh
+        noise, the same accounting). The epsilon history is a function of the config and the round."""
+        return {"estimator": self.estimator.state_dict(), "prev": None if self.prev is None else self.prev.copy()}
 
     def load_state_dict(self, state: dict) -> None:
         self.estimator.load_state_dict(state["estimator"])
         self.prev = None if state["prev"] is None else np.array(state["prev"])  # the model's dtype, as saved
-        self.seed = None if state["seed"] is None else int(state["seed"])
 
     def epsilon_after(self, job: int) -> float:
         return self.epsilons[job] if 0 <= job < len(self.epsilons) else math.nan
