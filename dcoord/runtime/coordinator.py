@@ -440,16 +440,16 @@ class Coordinator:
             self.state = "failed"
             self.message = str(exc)
             self._shutdown_all(f"run failed: {exc}")
+            self.close_data_plane()
             self.rundir.checkpoint(self._checkpoint_state())
             self.rundir.close()
             raise
-        finally:
-            self.close_data_plane()
         self.state = "done"
         summary = self.summary()
         self.rundir.finish(summary, self.models[0].state_dict() if len(self.models) == 1
                            else [m.state_dict() for m in self.models])
         self._shutdown_all("run complete")
+        self.close_data_plane()  # after the stop messages are queued: workers waiting on it end cleanly
         return summary
 
     def _shutdown_all(self, reason: str) -> None:
