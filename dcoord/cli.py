@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from dcoord.errors import ConfigError, DcoordError
+from dcoord.runtime.metrics import add_metrics_options, metrics_hook
 
 
 def _address(value: str) -> str:
@@ -46,7 +47,7 @@ def cmd_run(args) -> int:
 
     cfg = _load(args)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
-    summary = run_local(cfg, out, progress=not args.quiet)
+    summary = run_local(cfg, out, progress=not args.quiet, on_started=metrics_hook(args, "127.0.0.1"))
     console = Console()
     console.print(summary_table(summary))
     console.print(f"run directory: {out}")
@@ -62,10 +63,13 @@ def cmd_coordinator(args) -> int:
 
     cfg = _load(args)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
+    start_metrics = metrics_hook(args, args.listen.rpartition(":")[0].strip("[]"))
 
     async def main() -> dict:
         coord = Coordinator(cfg, out)
         server, port = await start_server(coord, args.listen)
+        if start_metrics:
+            start_metrics(coord)
         print(f"coordinator for job {coord.job_id} listening on port {port}; "
               f"waiting for {cfg.workers} workers", file=sys.stderr, flush=True)
         try:
@@ -132,12 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("run", help="coordinator + N local worker processes over loopback gRPC")
     job_args(sp)
+    add_metrics_options(sp)
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("coordinator", help="run a coordinator that waits for remote workers")
     job_args(sp)
     sp.add_argument("--listen", type=_address, default="0.0.0.0:50051", help="HOST:PORT to listen on")
     sp.add_argument("--wait-workers", type=float, default=600.0, help="seconds to wait for all workers")
+    add_metrics_options(sp)
     sp.set_defaults(func=cmd_coordinator)
 
     sp = sub.add_parser("worker", help="a worker that joins a coordinator")

@@ -74,6 +74,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             try:
                 async for msg in request_iterator:
                     conn.last_seen = time.monotonic()
+                    c.bytes_in += msg.ByteSize()
                     if msg.HasField("chunk"):
                         chunks.add(msg.chunk)
                         continue
@@ -101,6 +102,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 msg = await conn.outbox.get()
                 if msg is None:
                     break
+                c.bytes_out += msg.ByteSize()
                 yield msg
                 if msg.HasField("shutdown"):
                     break
