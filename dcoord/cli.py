@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from dcoord.errors import ConfigError, DcoordError
+from dcoord.runtime.health import add_health_options, start_health_server
 from dcoord.runtime.metrics import add_metrics_options, metrics_hook
 
 
@@ -70,6 +71,7 @@ def cmd_coordinator(args) -> int:
         server, port = await start_server(coord, args.listen)
         if start_metrics:
             start_metrics(coord)
+        probe = await start_health_server(args, args.listen.rpartition(":")[0].strip("[]"))
         print(f"coordinator for job {coord.job_id} listening on port {port}; "
               f"waiting for {cfg.workers} workers", file=sys.stderr, flush=True)
         try:
@@ -78,6 +80,8 @@ def cmd_coordinator(args) -> int:
         finally:
             await asyncio.sleep(0.2)
             await server.stop(grace=1.0)
+            if probe is not None:
+                await probe.stop(grace=None)
 
     summary = asyncio.run(main())
     Console().print(summary_table(summary))
@@ -144,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--listen", type=_address, default="0.0.0.0:50051", help="HOST:PORT to listen on")
     sp.add_argument("--wait-workers", type=float, default=600.0, help="seconds to wait for all workers")
     add_metrics_options(sp)
+    add_health_options(sp)
     sp.set_defaults(func=cmd_coordinator)
 
     sp = sub.add_parser("worker", help="a worker that joins a coordinator")
