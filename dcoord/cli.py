@@ -68,10 +68,10 @@ def cmd_coordinator(args) -> int:
 
     async def main() -> dict:
         coord = Coordinator(cfg, out)
+        probe = await start_health_server(args, args.listen.rpartition(":")[0].strip("[]"))
         server, port = await start_server(coord, args.listen)
         if start_metrics:
             start_metrics(coord)
-        probe = await start_health_server(args, args.listen.rpartition(":")[0].strip("[]"))
         print(f"coordinator for job {coord.job_id} listening on port {port}; "
               f"waiting for {cfg.workers} workers", file=sys.stderr, flush=True)
         try:
