@@ -60,8 +60,10 @@ def cmd_coordinator(args) -> int:
 
     from dcoord.runtime.coordinator import Coordinator
     from dcoord.runtime.progress import RoundProgress, summary_table
+    from dcoord.runtime.security_options import security_from_args
     from dcoord.runtime.service import start_server
 
+    security = security_from_args(args, "coordinator")
     cfg = _load(args)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     start_metrics = metrics_hook(args, args.listen.rpartition(":")[0].strip("[]"))
@@ -69,7 +71,7 @@ def cmd_coordinator(args) -> int:
     async def main() -> dict:
         coord = Coordinator(cfg, out)
         probe = await start_health_server(args, args.listen.rpartition(":")[0].strip("[]"))
-        server, port = await start_server(coord, args.listen)
+        server, port = await start_server(coord, args.listen, security=security)
         if start_metrics:
             start_metrics(coord)
         print(f"coordinator for job {coord.job_id} listening on port {port}; "
@@ -89,9 +91,12 @@ def cmd_coordinator(args) -> int:
 
 
 def cmd_worker(args) -> int:
+    from dcoord.runtime.security_options import worker_kwargs
     from dcoord.runtime.worker import run_worker
 
-    rounds = run_worker(args.coordinator, requested_id=args.id, device=args.device)
+    if not args.coordinator:
+        raise DcoordError("worker: give --coordinator HOST:PORT (or DCOORD_COORDINATOR)")
+    rounds = run_worker(args.coordinator, requested_id=args.id, device=args.device, **worker_kwargs(args))
     print(f"worker done: {rounds} rounds computed", file=sys.stderr)
     return 0
 
@@ -102,8 +107,12 @@ def cmd_status(args) -> int:
 
     from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
     from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
+    from dcoord.runtime.security import open_channel
+    from dcoord.runtime.security_options import security_from_args
 
-    channel = grpc.insecure_channel(args.address)
+    if not args.address:
+        raise DcoordError("status: give the coordinator's HOST:PORT (or DCOORD_COORDINATOR)")
+    channel = open_channel(args.address, security_from_args(args, "status"))
     stub = pb_grpc.CoordinatorStub(channel)
     try:
         replies = stub.WatchStatus(pb.StatusRequest()) if args.watch else [stub.GetStatus(pb.StatusRequest(),
@@ -116,9 +125,11 @@ def cmd_status(args) -> int:
                 print(f"{st.name} [{st.job_id}] {st.state}: round {st.round + 1}/{st.rounds_total} "
                       f"scheme {st.scheme} workers {st.workers_alive}/{st.workers_total} "
                       f"loss {st.last_loss:.5f} stragglers {st.stragglers_seen} late {st.dropped_late_results} "
-                      f"rejected {rejected} elapsed {st.elapsed_s:.1f}s" + (f" ({st.message})" if st.message else ""),
+                      f"rejected {rejected} refused {sum(st.refused.values())} elapsed {st.elapsed_s:.1f}s" + (f" ({st.message})" if st.message else ""),
                       flush=True)
     except grpc.RpcError as exc:
+        if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            raise DcoordError(f"{args.address} refused: {exc.details()}") from None
         raise DcoordError(f"no coordinator answering at {args.address}: {exc.code().name}") from None
     return 0
 
@@ -134,6 +145,8 @@ def job_args(sp: argparse.ArgumentParser, workers_help: str = "number of workers
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dcoord.runtime.security_options import add_security_options, env
+
     p = argparse.ArgumentParser(prog="dcoord", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log what the runtime does")
     sub = p.add_subparsers(dest="command", required=True)
@@ -145,20 +158,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("coordinator", help="run a coordinator that waits for remote workers")
     job_args(sp)
-    sp.add_argument("--listen", type=_address, default="0.0.0.0:50051", help="HOST:PORT to listen on")
+    sp.add_argument("--listen", type=_address, default=env("DCOORD_LISTEN", "0.0.0.0:50051"),
+                    help="HOST:PORT to listen on [DCOORD_LISTEN]")
+    add_security_options(sp, "coordinator")
     sp.add_argument("--wait-workers", type=float, default=600.0, help="seconds to wait for all workers")
     add_metrics_options(sp)
     add_health_options(sp)
     sp.set_defaults(func=cmd_coordinator)
 
     sp = sub.add_parser("worker", help="a worker that joins a coordinator")
-    sp.add_argument("--coordinator", type=_address, required=True, help="HOST:PORT of the coordinator")
-    sp.add_argument("--id", type=int, default=-1, help="worker id to take (default: any free one)")
-    sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    sp.add_argument("--coordinator", type=_address, default=env("DCOORD_COORDINATOR"),
+                    help="HOST:PORT of the coordinator [DCOORD_COORDINATOR]")
+    sp.add_argument("--id", type=int, default=env("DCOORD_WORKER_ID", -1),
+                    help="worker id to take (default: any free one) [DCOORD_WORKER_ID]")
+    sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default=env("DCOORD_DEVICE"), help="[DCOORD_DEVICE]")
+    add_security_options(sp, "worker")
     sp.set_defaults(func=cmd_worker)
 
     sp = sub.add_parser("status", help="show a running job's status")
-    sp.add_argument("address", type=_address, help="coordinator HOST:PORT")
+    sp.add_argument("address", type=_address, nargs="?", default=env("DCOORD_COORDINATOR"),
+                    help="coordinator HOST:PORT [DCOORD_COORDINATOR]")
+    add_security_options(sp, "status")
     sp.add_argument("--watch", action="store_true", help="stream one line per round until the job ends")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--timeout", type=float, default=5.0)

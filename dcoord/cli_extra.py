@@ -109,6 +109,7 @@ def cmd_tune(args) -> int:
 def cmd_privacy(args) -> int:
     from dcoord.cli import _load
     from dcoord.privacy.accounting import plan
+    from dcoord.runtime.private import partition_replicas
     from dcoord.workloads import batch_indices
     from dcoord.workloads import load as load_workload
 
@@ -118,7 +119,8 @@ def cmd_privacy(args) -> int:
     wl = load_workload(cfg.workload, cfg.seed)
     n_samples = len(batch_indices(wl.num_samples, cfg.batch_size, 0, cfg.seed))
     try:
-        p = plan(cfg.privacy, cfg.rounds, n_samples, num_partitions=cfg.make_scheme().num_parts())
+        p = plan(cfg.privacy, cfg.rounds, n_samples, num_partitions=cfg.make_scheme().num_parts(),
+                 replicas=partition_replicas(cfg))
     except ValueError as exc:
         raise DcoordError(str(exc)) from None
     gain = diff2_noise_gain(p, cfg.lr_for(0), wl.num_params())

@@ -258,8 +258,33 @@ def resolve_noise(cfg: PrivacyConfig, rounds: int) -> tuple[float, float | None]
     )
 
 
-def plan(privacy_cfg: PrivacyConfig, rounds: int, n_samples: int, num_partitions: int = 1) -> dict[str, Any]:
-    """What ``dcoord privacy JOB.yaml`` prints: the noise, the epsilon it buys, restarts, noise stds.
+def compromised_coordinator_epsilon(privacy_cfg: PrivacyConfig, rounds: int, num_partitions: int, replicas: int,
+                                    z1: float, z2: float | None) -> float:
+    """Epsilon against a coordinator that asks every replica of a partition, each with other parameters.
+
+    With trust: workers every replica binds its noise to the parameters it was asked about and answers each
+    (round, partition) once, so such a coordinator gets up to ``replicas`` (s + 1 for gradient codes)
+    independently noised answers about each partition per round; one sample lies in one partition, so
+    that is ``replicas`` adaptive Gaussian releases of a query of sensitivity C/N with each message's own
+    noise (z * C/N, or z * C/(N sqrt J) with noise_split: aggregate): by RDP composition, one release with
+    multiplier z * part_factor / sqrt(replicas). With trust: coordinator it sees un-noised sums: infinite.
+    """
+    if privacy_cfg.trust == "coordinator":
+        return math.inf
+    if replicas < 1:
+        raise AccountingError(f"replicas must be >= 1, got {replicas}")
+    part_factor, _ = noise_std_factors(privacy_cfg.trust, privacy_cfg.noise_split, num_partitions)
+    scale = part_factor / math.sqrt(replicas)
+    hist = mechanism_history(privacy_cfg.mechanism, rounds, z1 * scale,
+                             noise_multiplier_diff=None if z2 is None else z2 * scale,
+                             restart_every=privacy_cfg.resolved_restart_every(rounds))
+    return get_accountant(privacy_cfg.accountant).epsilon(hist, privacy_cfg.delta)
+
+
+def plan(privacy_cfg: PrivacyConfig, rounds: int, n_samples: int, num_partitions: int = 1,
+         replicas: int = 1) -> dict[str, Any]:
+    """What ``dcoord privacy JOB.yaml`` prints: the noise, the epsilon it buys, restarts, noise stds, and
+    the epsilon a compromised coordinator can get (``replicas``: workers that hold each partition).
 
     Noise stds are those of the released MEAN gradient (sum over partitions): per partition and in the
     decoded aggregate, for restarts (clip C1) and per unit of C2_r for differences (C2_r is only known at
@@ -298,6 +323,9 @@ def plan(privacy_cfg: PrivacyConfig, rounds: int, n_samples: int, num_partitions
         "noise_std_partition": part_factor * z1 * cfg.clip / n_samples,
         "noise_std_aggregate": agg_factor * z1 * cfg.clip / n_samples,
     }
+    out["replicas_per_partition"] = replicas
+    out["epsilon_compromised_coordinator"] = compromised_coordinator_epsilon(cfg, rounds, num_partitions,
+                                                                             replicas, z1, z2)
     if cfg.mechanism == "diff2":
         out["noise_multiplier_diff"] = z2
         out["clip_diff"] = cfg.resolved_clip_diff()

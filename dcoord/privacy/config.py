@@ -1,8 +1,9 @@
 """``privacy:`` section of a job: which mechanism, how much privacy, who adds the noise.
 
-The config is shared by the coordinator and the workers, so it never holds the workers' noise secret:
-with ``trust: workers`` it only names WHERE a worker reads the secret (``secret_env`` / ``secret_file``),
-see :func:`dcoord.privacy.mechanisms.load_worker_noise_key`.
+The config is shared by the coordinator and the workers, so it never holds the workers' noise secret, nor
+says where a worker reads it: that is the worker's own setting (``--noise-secret-file`` /
+$DCOORD_NOISE_SECRET_FILE / $DCOORD_NOISE_SECRET, see :func:`dcoord.privacy.mechanisms.load_worker_noise_key`),
+because the config comes from the coordinator, which must not choose the worker's key.
 
 Defaults marked "paper" come from Murata & Suzuki, DIFF2 (ICML 2023, arXiv 2302.03884) and the authors'
 public experiment code; see :mod:`dcoord.privacy.mechanisms` for what was taken and what was chosen.
@@ -52,9 +53,20 @@ class PrivacyConfig(BaseModel):
     trust: Literal["workers", "coordinator"] = "workers"
     noise_split: Literal["partition", "aggregate"] = "partition"
     accountant: Literal["rdp", "prv"] = "rdp"
-    secret_env: str = Field(default="DCOORD_NOISE_SECRET", description="trust=workers: env var with the secret")
-    secret_file: str | None = Field(default=None, description="trust=workers: file with the secret (wins)")
     coordinator_seed: int | None = Field(default=None, description="trust=coordinator: the coordinator's seed")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data):
+        if isinstance(data, dict):
+            for key in ("secret_env", "secret_file"):
+                if key in data:
+                    raise ValueError(
+                        f"privacy.{key} was removed: where a worker reads its noise secret is the worker's own "
+                        "setting (dcoord worker --noise-secret-file PATH, $DCOORD_NOISE_SECRET_FILE or "
+                        "$DCOORD_NOISE_SECRET), never the job config's; delete the key"
+                    )
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> PrivacyConfig:
@@ -102,14 +114,10 @@ class PrivacyConfig(BaseModel):
         if self.trust == "coordinator":
             if self.noise_split != "partition":
                 raise ValueError("privacy.noise_split applies to trust: workers only (the coordinator adds one noise)")
-            if self.secret_file is not None:
-                raise ValueError("privacy.secret_file applies to trust: workers only")
         elif self.coordinator_seed is not None:
             raise ValueError(
                 "privacy.coordinator_seed is not allowed with trust: workers (the coordinator must hold no noise seed)"
             )
-        if not self.secret_env:
-            raise ValueError("privacy.secret_env must name an environment variable")
         return self
 
     def resolved_restart_every(self, rounds: int) -> int:

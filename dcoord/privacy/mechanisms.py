@@ -99,8 +99,9 @@ class NoiseKey:
             raise PrivacyError("a noise secret must have at least 16 bytes (use e.g. `openssl rand -hex 32`)")
         object.__setattr__(self, "_key", hmac.new(raw, domain, hashlib.sha256).digest())
 
-    def _seed(self, stream: int, round: int, partition: int) -> int:
-        msg = b"dcoord/noise/v1" + struct.pack(">qqq", stream, round, partition)
+    def _seed(self, stream: int, round: int, partition: int, binding: bytes = b"") -> int:
+        """``binding``: a digest of what was asked (the parameters); other parameters, independent noise."""
+        msg = b"dcoord/noise/v1" + struct.pack(">qqq", stream, round, partition) + binding
         return int.from_bytes(hmac.new(self._key, msg, hashlib.sha256).digest()[:8], "big")
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -121,23 +122,33 @@ class NoiseKey:
         raise TypeError("a NoiseKey never leaves the worker: it cannot be pickled or copied")
 
 
-def load_worker_noise_key(cfg: PrivacyConfig | None = None, *, env: Mapping[str, str] | None = None) -> NoiseKey:
-    """THE ONE I/O FUNCTION: read the workers' shared noise secret (file ``secret_file`` or env ``secret_env``).
+#: Where a worker reads its noise secret by default: a file named here, else the secret itself in SECRET_ENV.
+SECRET_FILE_ENV = "DCOORD_NOISE_SECRET_FILE"
+SECRET_ENV = "DCOORD_NOISE_SECRET"
 
-    All workers of a job get the same secret (a Kubernetes Secret, an env var set by the launcher) and the
+
+def load_worker_noise_key(secret_file: str | None = None, *, env: Mapping[str, str] | None = None) -> NoiseKey:
+    """THE ONE I/O FUNCTION: read the worker's noise secret: ``secret_file`` (the worker's --noise-secret-file),
+    else the file named by $DCOORD_NOISE_SECRET_FILE, else $DCOORD_NOISE_SECRET.
+
+    Where the secret comes from is the worker's own setting, never the job config's (the config comes from
+    the coordinator, which must not pick which of the worker's files or variables becomes the key). All
+    workers of a job get the same secret (a Kubernetes Secret, an env var set by the launcher) and the
     coordinator does not. Replicas of a partition then draw identical noise; the coordinator cannot.
     """
-    secret_env = cfg.secret_env if cfg is not None else "DCOORD_NOISE_SECRET"
-    secret_file = cfg.secret_file if cfg is not None else None
-    if secret_file is not None:
-        with open(secret_file, "rb") as f:
-            return NoiseKey(f.read().strip())
     env = os.environ if env is None else env
-    value = env.get(secret_env)
+    secret_file = secret_file or env.get(SECRET_FILE_ENV) or None
+    if secret_file is not None:
+        try:
+            with open(secret_file, "rb") as f:
+                return NoiseKey(f.read().strip())
+        except OSError as exc:
+            raise PrivacyError(f"noise secret file {secret_file}: {exc.strerror or exc}") from None
+    value = env.get(SECRET_ENV)
     if not value:
         raise PrivacyError(
-            f"trust: workers needs the workers' noise secret in ${secret_env} (or privacy.secret_file); "
-            "the coordinator must not have it"
+            f"trust: workers needs the worker's noise secret: --noise-secret-file PATH, ${SECRET_FILE_ENV} "
+            f"or ${SECRET_ENV}; the coordinator must not have it"
         )
     return NoiseKey(value)
 
@@ -157,6 +168,7 @@ def gaussian_noise(
     stream: int = 0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    binding: bytes = b"",
 ) -> Tensor:
     """N(0, std^2 I) of length ``numel``, a deterministic function of (key, stream, round, partition).
 
@@ -167,7 +179,7 @@ def gaussian_noise(
     if std < 0 or not math.isfinite(std):
         raise PrivacyError(f"noise std must be finite and >= 0, got {std}")
     g = torch.Generator(device="cpu")
-    g.manual_seed(key._seed(stream, round, partition))
+    g.manual_seed(key._seed(stream, round, partition, binding))
     z = torch.randn(numel, generator=g, dtype=torch.float64) * std
     return z.to(dtype=dtype, device=device)
 
@@ -333,6 +345,9 @@ def worker_message(
 
     ``X, y`` are the partition's samples; ``params`` = x_t (default: the model's own), ``prev_params`` =
     x_{t-1} (difference rounds). ``key`` is the workers' NoiseKey (required when spec.partition_std > 0).
+    The noise seed binds a digest of (x_t, x_{t-1}): replicas asked with the same parameters send identical
+    messages (decoding stays exact), while a coordinator that asks for the same round and partition with
+    other parameters gets independent noise and cannot cancel it by subtracting two answers.
     """
     if spec.kind == "restart":
         s = clipped_sum(model, loss_fn, X, y, spec.clip, params, chunk_size=chunk_size)
@@ -344,10 +359,33 @@ def worker_message(
     if spec.partition_std > 0:
         if not isinstance(key, NoiseKey):
             raise PrivacyError("trust: workers needs the workers' NoiseKey (load_worker_noise_key) for the noise")
+        binding = params_digest(model if params is None else params, prev_params)
         m = m + gaussian_noise(
-            key, spec.round, partition, m.numel(), spec.partition_std, stream=stream, dtype=m.dtype, device=m.device
+            key, spec.round, partition, m.numel(), spec.partition_std, stream=stream, dtype=m.dtype, device=m.device,
+            binding=binding,
         )
     return m.detach()
+
+
+def params_digest(params, prev_params=None) -> bytes:
+    """SHA-256 of the parameters a message was asked about, canonical as float64 (a float32 vector and its
+    exact float64 copy give the same digest); ``params`` a flat tensor/array, a name -> tensor mapping, or a
+    module (its own parameters)."""
+    h = hashlib.sha256(b"dcoord/params/v1")
+    for p in (params, prev_params):
+        if p is None:
+            h.update(b"\x00none")
+            continue
+        if isinstance(p, nn.Module):
+            tensors = [t.detach() for t in p.parameters()]
+        elif isinstance(p, Mapping):
+            tensors = [torch.as_tensor(p[k]).detach() for k in sorted(p)]
+        else:
+            tensors = [torch.as_tensor(p).detach()]
+        flat = torch.cat([t.reshape(-1).to("cpu", torch.float64) for t in tensors])
+        h.update(struct.pack(">q", flat.numel()))
+        h.update(flat.numpy().tobytes())
+    return h.digest()
 
 
 def encode(parts: Sequence[int], coeffs: Sequence[float], messages: Mapping[int, Tensor]) -> Tensor:

@@ -64,6 +64,10 @@ class ChunkAssembler:
         self.parts.append(chunk.data)
         self.size += len(chunk.data)
 
+    def discard(self) -> None:
+        """Drop the chunks received since the last result (that result was refused)."""
+        self.parts, self.size, self.overflow = [], 0, False
+
     def attach(self, result: pb.Result) -> bool:
         """Fill ``result``'s payload bytes from the chunks; False when they were more than allowed."""
         buf = b"".join(self.parts)

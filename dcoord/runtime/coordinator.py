@@ -42,6 +42,9 @@ class WorkerConn:
     hostname: str = ""
     last_seen: float = field(default_factory=time.monotonic)
     alive: bool = True
+    session: str = ""                # its session credential (runtime/sessions.py)
+    attached: bool = False           # its Work stream is up
+    reserved_until: float = math.inf  # a registered id waits this long for its Work stream
 
 
 def make_optimizer(cfg: JobConfig, model: torch.nn.Module, index: int) -> torch.optim.Optimizer:
@@ -79,7 +82,8 @@ class Coordinator:
         self.state = "waiting-for-workers"
         self.message = ""
         self.conns: dict[int, WorkerConn] = {}
-        self.results: asyncio.Queue = asyncio.Queue()
+        self.results: asyncio.Queue = asyncio.Queue()  # service.py bounds what it queues (results_limit)
+        self.results_limit = 4 * self.n + 16
         self.round_tasks: dict[int, list[Task]] = {}
         self.job_params: dict[int, tuple[int, np.ndarray]] = {}  # job -> (model version, params)
         self.stored: dict[int, dict[ResultRef, np.ndarray]] = {}  # job -> delivered messages
@@ -87,6 +91,7 @@ class Coordinator:
         self.arrived: set[int] = set()
         # counters
         self.rejected: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()  # refused before reaching the job (auth, sessions, limits)
         self.dropped_late = 0
         self.stragglers_seen = 0
         self.max_residual = 0.0
@@ -101,7 +106,8 @@ class Coordinator:
 
     # -- membership --------------------------------------------------------------------------------
     def free_worker_id(self, requested: int = -1) -> int | None:
-        taken = {w for w, c in self.conns.items() if c.alive}
+        now = time.monotonic()  # an id is taken while its stream is up or its reservation has not expired
+        taken = {w for w, c in self.conns.items() if c.alive and (c.attached or now < c.reserved_until)}
         if 0 <= requested < self.n and requested not in taken:
             return requested
         return next((i for i in range(self.n) if i not in taken), None)
@@ -109,6 +115,7 @@ class Coordinator:
     def attach(self, conn: WorkerConn) -> None:
         """A worker's stream is up: remember it and, mid-round, hand it the current round's tasks."""
         self.conns[conn.worker_id] = conn
+        conn.attached = True
         log.info("worker %d attached (%d alive)", conn.worker_id, self.alive_count())
         if self.alive_count() >= self.n:
             self._registered.set()
@@ -117,15 +124,16 @@ class Coordinator:
             conn.outbox.put_nowait(self._assignment(self.round, conn.worker_id))
 
     def detach(self, conn: WorkerConn) -> None:
-        if self.conns.get(conn.worker_id) is conn:
+        if self.conns.get(conn.worker_id) is conn and conn.attached:
             conn.alive = False
+            conn.attached = False
             level = logging.WARNING if self.state == "running" else logging.INFO
             log.log(level, "worker %d is gone (%d alive)", conn.worker_id, self.alive_count())
 
     def alive_ids(self) -> set[int]:
         """Workers whose stream is up and who were heard from recently (heartbeats or results)."""
         stale = time.monotonic() - max(5.0, 10 * self.cfg.runtime.heartbeat_s)
-        return {w for w, c in self.conns.items() if c.alive and c.last_seen >= stale}
+        return {w for w, c in self.conns.items() if c.alive and c.attached and c.last_seen >= stale}
 
     def alive_count(self) -> int:
         return len(self.alive_ids())
@@ -328,7 +336,9 @@ class Coordinator:
 
     async def run(self, progress=None, start_timeout: float = 120.0) -> dict:
         """Run every round; returns the summary (also written to the run directory)."""
-        self.rundir.write_config(self.cfg.to_yaml())
+        from dcoord.runtime.sessions import public_config_yaml
+
+        self.rundir.write_config(public_config_yaml(self.cfg))  # no secret reaches the run directory
         await self.wait_for_workers(start_timeout)
         self.state = "running"
         self.started = time.monotonic()
@@ -423,4 +433,5 @@ class Coordinator:
             last_loss=self.last_loss, stragglers_seen=self.stragglers_seen,
             dropped_late_results=self.dropped_late, rejected=dict(self.rejected),
             elapsed_s=time.monotonic() - self.started, scheme=self.scheme.name, message=self.message,
+            refused=dict(self.refused),
         )

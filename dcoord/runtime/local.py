@@ -8,11 +8,13 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from dcoord.config import JobConfig
 from dcoord.runtime.coordinator import Coordinator
 from dcoord.runtime.progress import RoundProgress
+from dcoord.runtime.security import ALLOW_ENV, TOKEN_FILE_ENV, ServerSecurity, random_token, write_token_file
 from dcoord.runtime.service import start_server
 
 
@@ -29,26 +31,36 @@ def worker_secret_env(cfg: JobConfig) -> dict[str, str]:
     """trust: workers: the workers' shared noise secret, for local runs that did not provide one.
 
     The launcher (not the Coordinator object) makes a fresh random secret and puts it only into the worker
-    processes' environment; give your own in ``$DCOORD_NOISE_SECRET`` (or privacy.secret_file) to make the
-    noise replayable across runs.
+    processes' environment; give your own in ``$DCOORD_NOISE_SECRET`` (or a file named by
+    ``$DCOORD_NOISE_SECRET_FILE``) to make the noise replayable across runs.
     """
+    from dcoord.privacy.mechanisms import SECRET_ENV, SECRET_FILE_ENV
+
     p = cfg.privacy
-    if p is None or p.trust != "workers" or p.secret_file is not None or os.environ.get(p.secret_env):
+    if p is None or p.trust != "workers" or os.environ.get(SECRET_FILE_ENV) or os.environ.get(SECRET_ENV):
         return {}
-    return {p.secret_env: secrets.token_hex(32)}
+    return {SECRET_ENV: secrets.token_hex(32)}
 
 
 async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = True,
-                          on_started=None, on_round=None, spawn: int | None = None) -> dict:
+                          on_started=None, on_round=None, spawn: int | None = None,
+                          token: str | None = None) -> dict:
     """``on_started(coord, procs, address)`` and ``on_round(record, coord)`` are hooks for tests and tools;
-    ``spawn`` starts fewer local workers than the config asks for (the rest join from elsewhere)."""
+    ``spawn`` starts fewer local workers than the config asks for (the rest join from elsewhere).
+
+    The server listens on loopback and requires a bearer token (``token``, default a fresh random one),
+    which the local workers read from a 0600 file in a private temporary directory named by
+    $DCOORD_TOKEN_FILE (never argv, never the run directory). They may run the job's own workload."""
+    token = token or random_token()
     coord = Coordinator(cfg, out)
-    server, port = await start_server(coord, "127.0.0.1:0")
+    server, port = await start_server(coord, "127.0.0.1:0", security=ServerSecurity(token=token))
     address = f"127.0.0.1:{port}"
     logs = (out / "workers") if out else None
     if logs:
         logs.mkdir(parents=True, exist_ok=True)
-    extra_env = worker_secret_env(cfg)
+    secret_dir = tempfile.TemporaryDirectory(prefix="dcoord-")
+    extra_env = {**worker_secret_env(cfg), TOKEN_FILE_ENV: str(write_token_file(Path(secret_dir.name), token)),
+                 ALLOW_ENV: cfg.workload}
     procs = [spawn_worker(address, i, logs / f"worker-{i}.log" if logs else None, extra_env)
              for i in range(cfg.workers if spawn is None else spawn)]
     if on_started is not None:
@@ -72,6 +84,7 @@ async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = Tru
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        secret_dir.cleanup()
 
 
 def run_local(cfg: JobConfig, out: Path | None, progress: bool = True, **hooks) -> dict:

@@ -17,6 +17,7 @@ import argparse
 import math
 import os
 import threading
+from collections import Counter
 from typing import Any
 
 ENV_PORT = "DCOORD_METRICS_PORT"
@@ -59,9 +60,12 @@ class _LiveCollector:
         yield counter("received_bytes", "bytes of work-stream messages received from workers",
                       getattr(c, "bytes_in", 0))
         yield counter("sent_bytes", "bytes of work-stream messages sent to workers", getattr(c, "bytes_out", 0))
-        rej = CounterMetricFamily("dcoord_rejected_messages", "messages refused, by reason",
+        rej = CounterMetricFamily("dcoord_rejected_messages", "messages refused, by reason: by the job (bad "
+                                  "results) or before reaching it (authentication, sessions, limits)",
                                   labels=["job_name", "reason"])
-        for reason, n in sorted(dict(c.rejected).items()):
+        reasons = Counter(dict(c.rejected))
+        reasons.update(dict(getattr(c, "refused", {})))
+        for reason, n in sorted(reasons.items()):
             rej.add_metric(job + [reason], n)
         yield rej
         yield counter("dropped_late_results", "results that came after their round had closed", c.dropped_late)

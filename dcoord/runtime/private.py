@@ -6,8 +6,10 @@ and folds it into the DIFF2 / DP-GD running estimate v_t, which the optimizer th
 
 Both sides derive the same public round parameters (clip, noise std) from public inputs: the config, the
 round index and ||x_t - x_{t-1}||, computed by the same function from the same parameter vectors.
-The workers' noise secret lives only in :class:`WorkerPrivacy` (read from the worker's environment);
-:class:`CoordinatorPrivacy` never reads it.
+The workers' noise secret lives only in :class:`WorkerPrivacy` (read from the worker's own settings);
+:class:`CoordinatorPrivacy` never reads it. Against a compromised coordinator (trust: workers) a worker
+answers each (round, partition) for one parameter vector only and never a round older than one it
+answered (:class:`AnswerLedger`); its noise is bound to the parameters asked about (mechanisms.worker_message).
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from dcoord.privacy.accounting import epsilon_per_round, plan, round_multipliers
 from dcoord.privacy.mechanisms import (
     GradientEstimator,
     NoiseKey,
+    PrivacyError,
     PrivateGD,
     RoundSpec,
     load_worker_noise_key,
+    params_digest,
     worker_message,
 )
 from dcoord.privacy.per_sample import step_norm
@@ -47,15 +51,40 @@ def round_spec(mech: PrivateGD, job: int, params: np.ndarray, prev: np.ndarray |
     return mech.round_spec(job, _norm(params, prev))
 
 
+class AnswerLedger:
+    """What a worker promised to a possibly compromised coordinator: each (job, partition) is answered for
+    one parameter vector only, and no assignment round older than one already answered is served."""
+
+    def __init__(self) -> None:
+        self.digests: dict[tuple[int, int], bytes] = {}
+        self.newest_round = -1
+        self.refused = 0
+
+    def begin_round(self, round: int) -> None:
+        if round < self.newest_round:
+            self.refused += 1
+            raise PrivacyError(f"round {round} is older than round {self.newest_round}, already answered")
+
+    def answered_round(self, round: int) -> None:
+        self.newest_round = max(self.newest_round, round)
+
+    def check(self, job: int, part: int, digest: bytes) -> None:
+        seen = self.digests.setdefault((job, part), digest)
+        if seen != digest:
+            self.refused += 1
+            raise PrivacyError(f"round {job} partition {part} was already answered for other parameters")
+
+
 class WorkerPrivacy:
     """A worker's private messages; holds the noise key (trust: workers), which never leaves this object."""
 
-    def __init__(self, cfg: JobConfig, workload: Workload, num_partitions: int) -> None:
+    def __init__(self, cfg: JobConfig, workload: Workload, num_partitions: int, key: NoiseKey | None = None) -> None:
         assert cfg.privacy is not None
         self.mech = build_mechanism(cfg, workload, num_partitions)
-        self.key: NoiseKey | None = (
-            load_worker_noise_key(cfg.privacy) if cfg.privacy.trust == "workers" else None
-        )
+        self.key: NoiseKey | None = None
+        if cfg.privacy.trust == "workers":
+            self.key = key if key is not None else load_worker_noise_key()
+        self.ledger = AnswerLedger()
 
     def needs_previous(self, job: int) -> bool:
         return not self.mech.is_restart(job)
@@ -64,6 +93,8 @@ class WorkerPrivacy:
                      part: int, params: np.ndarray, prev: np.ndarray | None) -> np.ndarray:
         """m_j for part ``part`` of round ``job`` as float64 (identical on every replica of the part)."""
         spec = round_spec(self.mech, job, params, prev)
+        if self.key is not None:  # trust: workers: one answer per (job, partition)
+            self.ledger.check(job, part, params_digest(params, prev if spec.kind == "difference" else None))
         flat = torch.from_numpy(np.ascontiguousarray(params)).to(X.device)
         prev_t = None if prev is None else torch.from_numpy(np.ascontiguousarray(prev)).to(X.device)
         m = worker_message(model, loss_fn, X, y, spec=spec, partition=part, key=self.key, params=flat,
@@ -129,3 +160,28 @@ def _norm(a: np.ndarray, b: np.ndarray | None) -> float:
     if b is None:
         raise ValueError("a DIFF2 difference round needs the previous parameters")
     return step_norm(torch.from_numpy(a), torch.from_numpy(b))
+
+
+def partition_replicas(cfg: JobConfig) -> int:
+    """How many workers the job's scheme has compute each partition (s + 1 for gradient codes): how many
+    independently noised answers about one partition a compromised coordinator can collect per round.
+
+    Read from the task lists of the first rounds of a fresh scheme (sequential codes assign more parts as
+    jobs overlap); at least 1."""
+    scheme = cfg.make_scheme()
+    holders: dict[int, set[int]] = {}
+    for r in range(min(cfg.rounds + scheme.delay, 2 * (scheme.delay + 1) + 2)):
+        for w, tasks in scheme.tasks(r).items():
+            for t in tasks:
+                for p in t.parts:
+                    holders.setdefault(p, set()).add(w)
+    return max((len(h) for h in holders.values()), default=1)
+
+
+def compromised_epsilon(cfg: JobConfig, workload: Workload) -> float:
+    """Epsilon a compromised coordinator asking every replica with other parameters can reach (see
+    accounting.compromised_coordinator_epsilon)."""
+    assert cfg.privacy is not None
+    p = plan(cfg.privacy, cfg.rounds, workload.num_samples, cfg.make_scheme().num_parts(),
+             replicas=partition_replicas(cfg))
+    return p["epsilon_compromised_coordinator"]

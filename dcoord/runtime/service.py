@@ -1,4 +1,9 @@
-"""The gRPC face of the coordinator: registration, heartbeats, the work stream, status, health."""
+"""The gRPC face of the coordinator: registration, heartbeats, the work stream, status, health.
+
+Who may call is decided in runtime/security.py (token interceptor, TLS); what a caller may do here is
+bound to its session credential (runtime/sessions.py). Nothing is queued for the round loop before its
+session, job, state and round were checked, and every refusal is counted in ``coord.refused``.
+"""
 
 from __future__ import annotations
 
@@ -13,56 +18,120 @@ from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
 from dcoord.runtime.chunking import ChunkAssembler
 from dcoord.runtime.coordinator import Coordinator, WorkerConn
+from dcoord.runtime.security import (
+    RateLimiter,
+    Refusals,
+    ServerSecurity,
+    check_listen,
+    peer_host,
+    server_credentials,
+    server_interceptors,
+)
+from dcoord.runtime.sessions import new_session, public_config_yaml, session_ok
 
 log = logging.getLogger("dcoord.service")
 
-#: Large enough for the coded gradients of models of a few hundred MB.
+#: Large enough for the coded gradients of models of a few hundred MB (what workers accept).
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 1 << 30),
     ("grpc.max_receive_message_length", 1 << 30),
 ]
+MAX_HOSTNAME = 255
+MAX_DEVICE = 64
+
+
+def message_limit(coord: Coordinator) -> int:
+    """Largest message the coordinator accepts: one result with every task's float64 payload inline, plus
+    slack (chunked payloads come in chunks of runtime.stream_chunk_bytes)."""
+    tasks = max((len(ts) for ts in coord.scheme.tasks(0).values()), default=1)
+    payload = 8 * max(coord.num_params, 1) * max(tasks, 1)
+    return max(4 << 20, payload + (1 << 20), coord.cfg.runtime.stream_chunk_bytes + (1 << 20))
+
+
+class _Refusals(Refusals):
+    """Refusal counts kept on the coordinator, so status() reports them."""
+
+    def __init__(self, coord: Coordinator) -> None:
+        self.counts = coord.refused
 
 
 class CoordinatorService(pb_grpc.CoordinatorServicer):
-    def __init__(self, coord: Coordinator, matcher=None) -> None:
+    def __init__(self, coord: Coordinator, matcher=None, security: ServerSecurity | None = None) -> None:
         self.coord = coord
         self.matcher = matcher  # data plane (torchrun/mpirun): pairs results with their payloads
+        self.sec = security or ServerSecurity()
+        self.refusals = _Refusals(coord)
+        self.register_limit = RateLimiter(self.sec.register_rate, self.sec.register_burst)
+        self.streams = 0  # Work streams open now
+        self.max_streams = 2 * coord.n + 8
+
+    async def _refuse(self, context, code: grpc.StatusCode, reason: str, detail: str) -> None:
+        self.refusals.add(reason, f"{context.peer()}: {detail}")
+        await context.abort(code, detail)
 
     async def Register(self, request: pb.RegisterRequest, context) -> pb.RegisterReply:
         c = self.coord
+        if not self.register_limit.allow(peer_host(context.peer())):
+            await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "register-rate",
+                               "too many registrations from this host; retry later")
+        if len(request.hostname) > MAX_HOSTNAME or len(request.device) > MAX_DEVICE:
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "bad-register",
+                               f"hostname must be <= {MAX_HOSTNAME} and device <= {MAX_DEVICE} characters")
         wid = c.free_worker_id(request.requested_id)
         if wid is None or c.state in ("done", "failed"):
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"job {c.job_id} already has its {c.n} workers (state {c.state})")
+            await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "job-full",
+                               f"job {c.job_id} already has its {c.n} workers (state {c.state}); an id held by a "
+                               f"worker that never opened its stream frees after {self.sec.reserve_s:g} s")
         parts = sorted({p for t in c.scheme.tasks(0).get(wid, []) for p in t.parts}) if c.state != "done" else []
         log.info("registered worker %d (%s pid %d)", wid, request.hostname, request.pid)
-        # reserve the id until the stream attaches, so two registrations never get the same id
-        c.conns[wid] = WorkerConn(wid, asyncio.Queue(), hostname=request.hostname)
+        # reserve the id until the stream attaches (at most reserve_s), so two registrations never share it
+        session = new_session()
+        c.conns[wid] = WorkerConn(wid, asyncio.Queue(), hostname=request.hostname, session=session,
+                                  reserved_until=time.monotonic() + self.sec.reserve_s)
         return pb.RegisterReply(
-            worker_id=wid, job_id=c.job_id, job_config_yaml=c.cfg.to_yaml(),
+            worker_id=wid, job_id=c.job_id, job_config_yaml=public_config_yaml(c.cfg),
             data=pb.DataAssignment(workload=c.cfg.workload, seed=c.cfg.seed, parts=parts),
-            heartbeat_interval_s=c.cfg.runtime.heartbeat_s,
+            heartbeat_interval_s=c.cfg.runtime.heartbeat_s, session=session,
         )
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context) -> pb.HeartbeatReply:
         conn = self.coord.conns.get(request.worker_id)
-        ok = request.job_id == self.coord.job_id and conn is not None and conn.alive
+        if request.job_id != self.coord.job_id or conn is None or not session_ok(conn.session, request.session):
+            await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "bad-session",
+                               "heartbeat without this worker's session")
+        ok = conn.alive
         if ok:
             conn.last_seen = time.monotonic()
         return pb.HeartbeatReply(ok=ok, current_round=max(self.coord.round, 0))
 
     async def Work(self, request_iterator, context):
+        if self.streams >= self.max_streams:
+            await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "too-many-streams",
+                               f"at most {self.max_streams} work streams at a time")
+        self.streams += 1
+        try:
+            async for msg in self._work(request_iterator, context):
+                yield msg
+        finally:
+            self.streams -= 1
+
+    async def _work(self, request_iterator, context):
         c = self.coord
         try:
-            first = await request_iterator.__anext__()
+            first = await asyncio.wait_for(request_iterator.__anext__(), self.sec.hello_timeout_s)
         except StopAsyncIteration:
             return
+        except asyncio.TimeoutError:
+            await self._refuse(context, grpc.StatusCode.DEADLINE_EXCEEDED, "no-hello",
+                               f"no hello within {self.sec.hello_timeout_s:g} s")
         hello = first.hello if first.HasField("hello") else None
-        if hello is None or hello.job_id != c.job_id or hello.worker_id not in c.conns:
-            c.reject("unknown-worker", "work stream without a valid hello")
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                "register first and open the stream with hello(job_id, worker_id)")
-        conn = c.conns[hello.worker_id]
+        conn = c.conns.get(hello.worker_id) if hello is not None else None
+        if hello is None or hello.job_id != c.job_id or conn is None or not session_ok(conn.session, hello.session):
+            await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "bad-session",
+                               "register first and open the stream with hello(job_id, worker_id, session)")
+        if conn.attached:
+            await self._refuse(context, grpc.StatusCode.ALREADY_EXISTS, "stream-in-use",
+                               f"worker {conn.worker_id} already has its work stream open")
         conn.alive = True
         conn.last_seen = time.monotonic()
         c.attach(conn)
@@ -76,9 +145,13 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     conn.last_seen = time.monotonic()
                     c.bytes_in += msg.ByteSize()
                     if msg.HasField("chunk"):
-                        chunks.add(msg.chunk)
+                        if c.state == "running":  # nothing is buffered before the job runs
+                            chunks.add(msg.chunk)
                         continue
                     if not msg.HasField("result"):
+                        continue
+                    if not self._admit(msg.result, conn):
+                        chunks.discard()
                         continue
                     if msg.result.payload_chunked and not chunks.attach(msg.result):
                         c.reject("oversized", f"worker {conn.worker_id} streamed more payload bytes than allowed")
@@ -110,6 +183,23 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             reader.cancel()
             c.detach(conn)
 
+    def _admit(self, res: pb.Result, conn: WorkerConn) -> bool:
+        """Cheap checks before a result may wait in the round loop's queue (which they keep bounded)."""
+        c = self.coord
+        if not session_ok(conn.session, res.session):
+            c.reject("bad-session", f"result on worker {conn.worker_id}'s stream without its session")
+        elif c.state != "running":
+            c.reject("not-running", f"worker {conn.worker_id} sent a result while the job is {c.state}")
+        elif res.round < c.round:
+            c.dropped_late += 1
+        elif res.round > c.round:
+            c.reject("future-round", f"round {res.round} while at {c.round}")
+        elif c.results.qsize() >= c.results_limit:
+            c.reject("queue-full", f"worker {conn.worker_id}: {c.results.qsize()} results already wait")
+        else:
+            return True
+        return False
+
     async def GetStatus(self, request, context) -> pb.StatusReply:
         return self.coord.status()
 
@@ -121,17 +211,32 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             yield c.status()
 
 
-async def start_server(coord: Coordinator, listen: str = "127.0.0.1:0",
-                       matcher=None) -> tuple[grpc.aio.Server, int]:
+async def start_server(coord: Coordinator, listen: str = "127.0.0.1:0", matcher=None,
+                       security: ServerSecurity | None = None) -> tuple[grpc.aio.Server, int]:
     """Start the coordinator's gRPC server (with the standard health service); returns it and its port.
 
     ``matcher`` (a transport.PayloadMatcher) is given under torchrun/mpirun, where payloads come over the
-    data plane and results over gRPC."""
-    server = grpc.aio.server(options=GRPC_OPTIONS)
-    pb_grpc.add_CoordinatorServicer_to_server(CoordinatorService(coord, matcher), server)
+    data plane and results over gRPC. ``security`` (token, TLS, limits) is checked against ``listen``:
+    a non-loopback address needs authentication or ``insecure``. Without it (library use, launchers that
+    run inside their own trust domain) the server is plaintext with no token."""
+    if security is not None:
+        check_listen(listen, security)
+    sec = security or ServerSecurity()
+    service = CoordinatorService(coord, matcher, sec)
+    limit = sec.max_message_bytes or message_limit(coord)
+    max_rpcs = sec.max_streams or 4 * coord.n + 32
+    service.max_streams = min(service.max_streams, max_rpcs)
+    options = [("grpc.max_send_message_length", 1 << 30), ("grpc.max_receive_message_length", limit)]
+    server = grpc.aio.server(options=options, interceptors=server_interceptors(sec, service.refusals),
+                             maximum_concurrent_rpcs=max_rpcs)
+    pb_grpc.add_CoordinatorServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(listen)
+    creds = server_credentials(sec)
+    try:
+        port = server.add_secure_port(listen, creds) if creds is not None else server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()

@@ -24,6 +24,7 @@ from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
 from dcoord.runtime.chunking import pack_result
 from dcoord.runtime.compute import TaskComputer
+from dcoord.runtime.security import ClientSecurity, open_channel
 from dcoord.runtime.service import GRPC_OPTIONS
 from dcoord.runtime.tensors import fill_proto, from_proto, load_flat_params
 from dcoord.runtime.transport.base import offload_payloads
@@ -76,41 +77,75 @@ class _Inbox:
             return msg
 
 
+#: Register errors worth retrying: the coordinator is not up yet, busy, or the job is full for now (an id
+#: held by a dead worker frees after its reservation expires).
+RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def register(stub, request: pb.RegisterRequest, address: str, connect_timeout: float) -> pb.RegisterReply:
+    """Register, retrying with exponential backoff (0.2 s doubling to 5 s) until ``connect_timeout``,
+    so workers may start before the coordinator (pod start order does not matter)."""
+    deadline = time.monotonic() + connect_timeout
+    delay = 0.2
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return stub.Register(request, timeout=max(0.5, min(10.0, left)))
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code not in RETRY_CODES:
+                raise DcoordError(f"registration refused by {address}: {code.name}: {exc.details()}") from None
+            if time.monotonic() + delay > deadline:
+                raise DcoordError(
+                    f"cannot register with the coordinator at {address} within {connect_timeout:g} s "
+                    f"(--connect-timeout): last answer {code.name}: {exc.details()}"
+                ) from None
+            log.info("register: %s (%s); retrying in %.1f s", code.name, exc.details(), delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
+
+
 def run_worker(address: str, requested_id: int = -1, device: str | None = None,
-               connect_timeout: float = 60.0, data_plane=None) -> int:
+               connect_timeout: float = 60.0, data_plane=None, security: ClientSecurity | None = None,
+               allow_workloads: list[str] | None = None, noise_secret_file: str | None = None,
+               max_epsilon: float | None = None) -> int:
     """Serve one job until the coordinator says stop; returns the number of rounds computed.
 
     With ``data_plane`` (a transport.DataPlane, under torchrun/mpirun) payloads go to rank 0 over the
     process group / MPI and the gRPC Result only points at them (``payload_on_data_plane``, ``data_seq``).
+    ``security``: token and TLS (runtime/security.py); ``allow_workloads``: ``package.module:function``
+    patterns this worker may run (None: $DCOORD_ALLOW_WORKLOADS); ``noise_secret_file``: this worker's
+    noise secret (default $DCOORD_NOISE_SECRET_FILE, then $DCOORD_NOISE_SECRET); ``max_epsilon``: refuse
+    jobs less private than this against a compromised coordinator (runtime/worker_guard.py).
     """
+    from dcoord.runtime.worker_guard import allowed_from_env, check_privacy, check_workload
+
     torch.set_num_threads(1)
-    channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
-    try:
-        grpc.channel_ready_future(channel).result(timeout=connect_timeout)
-    except grpc.FutureTimeoutError:
-        raise DcoordError(f"cannot reach the coordinator at {address} within {connect_timeout:g} s") from None
+    channel = open_channel(address, security, options=GRPC_OPTIONS)
     stub = pb_grpc.CoordinatorStub(channel)
     dev = pick_device(device or "auto")
-    try:
-        reg = stub.Register(pb.RegisterRequest(hostname=socket.gethostname(), pid=os.getpid(),
-                                               requested_id=requested_id, device=str(dev)))
-    except grpc.RpcError as exc:
-        raise DcoordError(f"registration refused: {exc.details()}") from None
+    reg = register(stub, pb.RegisterRequest(hostname=socket.gethostname()[:255], pid=os.getpid(),
+                                            requested_id=requested_id, device=str(dev)), address, connect_timeout)
     cfg = load_config(None, data=__import__("yaml").safe_load(reg.job_config_yaml))
-    wid, job_id = reg.worker_id, reg.job_id
+    check_workload(cfg.workload, allowed_from_env() if allow_workloads is None else allow_workloads)
+    wid, job_id, session = reg.worker_id, reg.job_id, reg.session
     if data_plane is not None and wid != data_plane.rank - 1:
         raise DcoordError(f"rank {data_plane.rank} was given worker id {wid}, not {data_plane.rank - 1}; "
                           "its data-plane payloads could not be paired with its results")
     scheme = cfg.make_scheme()
     stragglers = cfg.straggler_model()
     workload = load_workload(cfg.workload, cfg.seed)
+    check_privacy(cfg, workload, max_epsilon)
     privacy = None
+    from dcoord.privacy.mechanisms import PrivacyError
+
     if cfg.privacy is not None:
-        from dcoord.privacy.mechanisms import PrivacyError
+        from dcoord.privacy.mechanisms import load_worker_noise_key
         from dcoord.runtime.private import WorkerPrivacy
 
         try:
-            privacy = WorkerPrivacy(cfg, workload, scheme.num_parts())
+            key = load_worker_noise_key(noise_secret_file) if cfg.privacy.trust == "workers" else None
+            privacy = WorkerPrivacy(cfg, workload, scheme.num_parts(), key=key)
         except (PrivacyError, OSError) as exc:
             raise DcoordError(f"worker: {exc}") from None
     computer = TaskComputer(workload, scheme.part_fractions(), cfg.batch_size,
@@ -119,7 +154,7 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
     log.info("worker %d of job %s on %s", wid, job_id, dev)
 
     outbox: queue.Queue = queue.Queue()
-    outbox.put(pb.WorkerMessage(hello=pb.Hello(job_id=job_id, worker_id=wid)))
+    outbox.put(pb.WorkerMessage(hello=pb.Hello(job_id=job_id, worker_id=wid, session=session)))
     inbox = _Inbox()
     stop = threading.Event()
 
@@ -135,8 +170,8 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
     def heartbeat(last_round: list[int]) -> None:
         while not stop.wait(reg.heartbeat_interval_s):
             try:
-                stub.Heartbeat(pb.HeartbeatRequest(job_id=job_id, worker_id=wid, last_round=last_round[0]),
-                               timeout=5)
+                stub.Heartbeat(pb.HeartbeatRequest(job_id=job_id, worker_id=wid, last_round=last_round[0],
+                                                   session=session), timeout=5)
             except grpc.RpcError:
                 pass
 
@@ -154,16 +189,25 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
             for ms in a.models:
                 cache[(ms.model, ms.version)] = from_proto(ms.params)
             t0 = time.perf_counter()
-            result = pb.Result(job_id=job_id, round=a.round, worker_id=wid)  # built in place: no payload copies
+            result = pb.Result(job_id=job_id, round=a.round, worker_id=wid,  # built in place: no payload copies
+                               session=session)
             payloads = []
-            for t in a.tasks:
-                load_flat_params(computer.model, cache[(t.model, t.model_version)])
-                payload, losses = computer.coded(t.job, list(t.parts), list(t.coeffs), dtype,
-                                                 params=cache[(t.model, t.model_version)],
-                                                 prev=cache.get((t.model, t.model_version - 1)))
-                tr = result.tasks.add(job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
-                                      losses=[pb.PartLoss(part=p, loss=v) for p, v in losses.items()])
-                payloads.append(payload)
+            try:
+                if privacy is not None:
+                    privacy.ledger.begin_round(a.round)
+                for t in a.tasks:
+                    load_flat_params(computer.model, cache[(t.model, t.model_version)])
+                    payload, losses = computer.coded(t.job, list(t.parts), list(t.coeffs), dtype,
+                                                     params=cache[(t.model, t.model_version)],
+                                                     prev=cache.get((t.model, t.model_version - 1)))
+                    tr = result.tasks.add(job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
+                                          losses=[pb.PartLoss(part=p, loss=v) for p, v in losses.items()])
+                    payloads.append(payload)
+            except PrivacyError as exc:  # trust: workers: never a second answer the coordinator could subtract
+                log.warning("worker %d refuses round %d: %s", wid, a.round, exc)
+                continue
+            if privacy is not None:
+                privacy.ledger.answered_round(a.round)
             emulated = cfg.runtime.emulate_part_s * sum(len(t.parts) for t in a.tasks)
             if emulated > 0:
                 time.sleep(emulated)

@@ -29,28 +29,32 @@ class DataAssignment(_message.Message):
     def __init__(self, workload: _Optional[str] = ..., seed: _Optional[int] = ..., parts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
-    __slots__ = ("worker_id", "job_id", "job_config_yaml", "data", "heartbeat_interval_s")
+    __slots__ = ("worker_id", "job_id", "job_config_yaml", "data", "heartbeat_interval_s", "session")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     job_id: str
     job_config_yaml: str
     data: DataAssignment
     heartbeat_interval_s: float
-    def __init__(self, worker_id: _Optional[int] = ..., job_id: _Optional[str] = ..., job_config_yaml: _Optional[str] = ..., data: _Optional[_Union[DataAssignment, _Mapping]] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
+    session: str
+    def __init__(self, worker_id: _Optional[int] = ..., job_id: _Optional[str] = ..., job_config_yaml: _Optional[str] = ..., data: _Optional[_Union[DataAssignment, _Mapping]] = ..., heartbeat_interval_s: _Optional[float] = ..., session: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("job_id", "worker_id", "last_round")
+    __slots__ = ("job_id", "worker_id", "last_round", "session")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     LAST_ROUND_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     worker_id: int
     last_round: int
-    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[int] = ..., last_round: _Optional[int] = ...) -> None: ...
+    session: str
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[int] = ..., last_round: _Optional[int] = ..., session: _Optional[str] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
     __slots__ = ("ok", "current_round")
@@ -119,12 +123,14 @@ class Shutdown(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("job_id", "worker_id")
+    __slots__ = ("job_id", "worker_id", "session")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     worker_id: int
-    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[int] = ...) -> None: ...
+    session: str
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[int] = ..., session: _Optional[str] = ...) -> None: ...
 
 class PartLoss(_message.Message):
     __slots__ = ("part", "loss")
@@ -151,7 +157,7 @@ class TaskResult(_message.Message):
     def __init__(self, job: _Optional[int] = ..., slot: _Optional[int] = ..., model: _Optional[int] = ..., model_version: _Optional[int] = ..., payload: _Optional[_Union[Tensor, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[PartLoss, _Mapping]]] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("job_id", "round", "worker_id", "tasks", "compute_s", "injected_delay_s", "payload_on_data_plane", "data_seq", "payload_chunked")
+    __slots__ = ("job_id", "round", "worker_id", "tasks", "compute_s", "injected_delay_s", "payload_on_data_plane", "data_seq", "payload_chunked", "session")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +167,7 @@ class Result(_message.Message):
     PAYLOAD_ON_DATA_PLANE_FIELD_NUMBER: _ClassVar[int]
     DATA_SEQ_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_CHUNKED_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     round: int
     worker_id: int
@@ -170,7 +177,8 @@ class Result(_message.Message):
     payload_on_data_plane: bool
     data_seq: int
     payload_chunked: bool
-    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., worker_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., compute_s: _Optional[float] = ..., injected_delay_s: _Optional[float] = ..., payload_on_data_plane: _Optional[bool] = ..., data_seq: _Optional[int] = ..., payload_chunked: _Optional[bool] = ...) -> None: ...
+    session: str
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., worker_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., compute_s: _Optional[float] = ..., injected_delay_s: _Optional[float] = ..., payload_on_data_plane: _Optional[bool] = ..., data_seq: _Optional[int] = ..., payload_chunked: _Optional[bool] = ..., session: _Optional[str] = ...) -> None: ...
 
 class PayloadChunk(_message.Message):
     __slots__ = ("data",)
@@ -201,8 +209,15 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("job_id", "name", "state", "round", "rounds_total", "workers_alive", "workers_total", "last_loss", "stragglers_seen", "dropped_late_results", "rejected", "elapsed_s", "scheme", "message")
+    __slots__ = ("job_id", "name", "state", "round", "rounds_total", "workers_alive", "workers_total", "last_loss", "stragglers_seen", "dropped_late_results", "rejected", "elapsed_s", "scheme", "message", "refused")
     class RejectedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class RefusedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +238,7 @@ class StatusReply(_message.Message):
     ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
     SCHEME_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     state: str
@@ -237,4 +253,5 @@ class StatusReply(_message.Message):
     elapsed_s: float
     scheme: str
     message: str
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., round: _Optional[int] = ..., rounds_total: _Optional[int] = ..., workers_alive: _Optional[int] = ..., workers_total: _Optional[int] = ..., last_loss: _Optional[float] = ..., stragglers_seen: _Optional[int] = ..., dropped_late_results: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., elapsed_s: _Optional[float] = ..., scheme: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    refused: _containers.ScalarMap[str, int]
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., round: _Optional[int] = ..., rounds_total: _Optional[int] = ..., workers_alive: _Optional[int] = ..., workers_total: _Optional[int] = ..., last_loss: _Optional[float] = ..., stragglers_seen: _Optional[int] = ..., dropped_late_results: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., elapsed_s: _Optional[float] = ..., scheme: _Optional[str] = ..., message: _Optional[str] = ..., refused: _Optional[_Mapping[str, int]] = ...) -> None: ...

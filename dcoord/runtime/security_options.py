@@ -1,0 +1,125 @@
+"""Command-line options for authentication, TLS, limits and worker-side guards (flag, else env var).
+
+Kept out of the CLI modules so the commands add them with one call: ``add_security_options(parser, role)``
+and read them back with ``security_from_args(args, role)`` / ``worker_kwargs(args)``. Every option can come
+from an environment variable (as containers need); the flag wins. Secrets are only ever named by a
+path (a file), never given on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from dcoord.errors import DcoordError
+from dcoord.runtime.security import (
+    ALLOW_ENV,
+    MAX_EPSILON_ENV,
+    ClientSecurity,
+    ServerSecurity,
+    read_secret_file,
+    read_token,
+)
+
+ROLES = ("coordinator", "worker", "status")
+
+
+def env(name: str, default=None):
+    """$name when set and non-empty, else ``default`` (the flag's default)."""
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def _env_flag(name: str) -> bool:
+    return env(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def add_security_options(parser: argparse.ArgumentParser, role: str) -> None:
+    """Add the options of ``role`` (coordinator, worker or status) to ``parser``."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    g = parser.add_argument_group("security (each also from the environment variable shown)")
+    g.add_argument("--token-file", default=env("DCOORD_TOKEN_FILE"), metavar="PATH",
+                   help="file holding the job's bearer token, checked on every RPC [DCOORD_TOKEN_FILE]")
+    if role == "coordinator":
+        g.add_argument("--tls-cert", default=env("DCOORD_TLS_CERT"), metavar="PATH",
+                       help="PEM server certificate: serve TLS [DCOORD_TLS_CERT]")
+        g.add_argument("--tls-key", default=env("DCOORD_TLS_KEY"), metavar="PATH",
+                       help="PEM private key of --tls-cert [DCOORD_TLS_KEY]")
+        g.add_argument("--tls-ca", default=env("DCOORD_TLS_CA"), metavar="PATH",
+                       help="PEM CA: mutual TLS, clients must present a certificate it signed [DCOORD_TLS_CA]")
+        g.add_argument("--insecure", action="store_true", default=_env_flag("DCOORD_INSECURE"),
+                       help="allow listening beyond loopback without authentication (warns) [DCOORD_INSECURE=1]")
+        g.add_argument("--max-message-mb", type=float, default=env("DCOORD_MAX_MESSAGE_MB"),
+                       help="largest message accepted, MB (default: one result of this job) [DCOORD_MAX_MESSAGE_MB]")
+        g.add_argument("--max-streams", type=int, default=env("DCOORD_MAX_STREAMS"),
+                       help="concurrent RPCs at most (default 4 x workers + 32) [DCOORD_MAX_STREAMS]")
+        g.add_argument("--register-rate", type=float, default=env("DCOORD_REGISTER_RATE", 5.0),
+                       help="Register calls per second per peer host (burst 20) [DCOORD_REGISTER_RATE]")
+        g.add_argument("--reserve-s", type=float, default=env("DCOORD_RESERVE_S", 30.0),
+                       help="a registered id frees if its Work stream does not open within this [DCOORD_RESERVE_S]")
+        return
+    g.add_argument("--tls-ca", default=env("DCOORD_TLS_CA"), metavar="PATH",
+                   help="PEM CA that signed the coordinator's certificate: use TLS and check it [DCOORD_TLS_CA]")
+    g.add_argument("--tls-cert", default=env("DCOORD_TLS_CERT"), metavar="PATH",
+                   help="PEM client certificate for mutual TLS [DCOORD_TLS_CERT]")
+    g.add_argument("--tls-key", default=env("DCOORD_TLS_KEY"), metavar="PATH",
+                   help="PEM private key of --tls-cert [DCOORD_TLS_KEY]")
+    g.add_argument("--tls-server-name", default=env("DCOORD_TLS_SERVER_NAME"), metavar="NAME",
+                   help="name to check in the coordinator's certificate (default: the host dialled) "
+                        "[DCOORD_TLS_SERVER_NAME]")
+    if role == "worker":
+        allowed = [p.strip() for p in env(ALLOW_ENV, "").split(",") if p.strip()]
+        g.add_argument("--allow-workload", action="append", default=None, metavar="PATTERN",
+                       help="a package.module:function workload this worker may run (shell pattern, repeatable; "
+                            f"built-ins always) [{ALLOW_ENV}, comma-separated]")
+        g.set_defaults(allow_workload_env=allowed)
+        g.add_argument("--noise-secret-file", default=env("DCOORD_NOISE_SECRET_FILE"), metavar="PATH",
+                       help="this worker's DIFF2/DP noise secret (trust: workers) [DCOORD_NOISE_SECRET_FILE; "
+                            "else $DCOORD_NOISE_SECRET]")
+        g.add_argument("--max-epsilon", type=float, default=env(MAX_EPSILON_ENV),
+                       help="refuse jobs without trust: workers privacy or with a larger epsilon against a "
+                            f"compromised coordinator [{MAX_EPSILON_ENV}]")
+        g.add_argument("--connect-timeout", type=float, default=env("DCOORD_CONNECT_TIMEOUT_S", 300.0),
+                       help="keep retrying registration (with backoff) this many seconds [DCOORD_CONNECT_TIMEOUT_S]")
+
+
+def _pem(path: str | None, what: str) -> bytes | None:
+    return None if not path else read_secret_file(path, what)
+
+
+def security_from_args(args: argparse.Namespace, role: str) -> ServerSecurity | ClientSecurity:
+    """The ServerSecurity (coordinator) or ClientSecurity (worker, status) the options describe."""
+    token = read_token(args.token_file) if args.token_file else None
+    cert, key, ca = _pem(args.tls_cert, "--tls-cert"), _pem(args.tls_key, "--tls-key"), _pem(args.tls_ca, "--tls-ca")
+    if role == "coordinator":
+        if (cert is None) != (key is None):
+            raise DcoordError("--tls-cert and --tls-key go together (the server certificate and its key)")
+        if ca is not None and cert is None:
+            raise DcoordError("--tls-ca (mutual TLS) needs --tls-cert and --tls-key too")
+        mb = args.max_message_mb
+        if mb is not None and not mb > 0:
+            raise DcoordError(f"--max-message-mb must be > 0, got {mb}")
+        if args.max_streams is not None and args.max_streams < 1:
+            raise DcoordError(f"--max-streams must be >= 1, got {args.max_streams}")
+        if not args.register_rate > 0 or not args.reserve_s > 0:
+            raise DcoordError("--register-rate and --reserve-s must be > 0")
+        return ServerSecurity(token=token, tls_cert=cert, tls_key=key, tls_ca=ca, insecure=args.insecure,
+                              max_message_bytes=None if mb is None else int(mb * (1 << 20)),
+                              max_streams=None if args.max_streams is None else int(args.max_streams),
+                              register_rate=args.register_rate, reserve_s=args.reserve_s)
+    if (cert is None) != (key is None):
+        raise DcoordError("--tls-cert and --tls-key go together (the client certificate and its key)")
+    if cert is not None and ca is None:
+        raise DcoordError("a client certificate (--tls-cert) needs --tls-ca, the CA that signed the coordinator's")
+    return ClientSecurity(token=token, tls_ca=ca, tls_cert=cert, tls_key=key, server_name=args.tls_server_name)
+
+
+def worker_kwargs(args: argparse.Namespace) -> dict:
+    """Keyword arguments of runtime.worker.run_worker from the worker's options."""
+    allowed = args.allow_workload if args.allow_workload is not None else args.allow_workload_env
+    if args.connect_timeout is not None and not args.connect_timeout > 0:
+        raise DcoordError(f"--connect-timeout must be > 0, got {args.connect_timeout}")
+    return {"security": security_from_args(args, "worker"), "allow_workloads": list(allowed),
+            "noise_secret_file": args.noise_secret_file, "max_epsilon": args.max_epsilon,
+            "connect_timeout": args.connect_timeout}
