@@ -58,7 +58,7 @@ def _run_with_metrics(tmp_path, data: dict, scrape_at: int, during_started=None)
             seen["during"] = scrape(port)  # the endpoint answers while the job runs
 
     summary = run_local(load_config(None, data=data), tmp_path, progress=False, on_started=on_started,
-                        on_round=on_round)
+                        on_round=on_round, token=TOKEN)
     if "thread" in seen:
         seen["thread"].join(10)
     final = scrape(port)
@@ -67,13 +67,19 @@ def _run_with_metrics(tmp_path, data: dict, scrape_at: int, during_started=None)
     return summary, seen["during"], final, recs
 
 
-def _bad_hello(address: str) -> None:
-    """A stream that opens without registering: the coordinator must refuse and count it."""
+TOKEN = "metrics-test-token-0123456789abcdef"
+
+
+def _bad_streams(address: str) -> None:
+    """Two work streams the coordinator must refuse and count: one without the job's token, one with the
+    token but without a registered session."""
+    hello = pb.WorkerMessage(hello=pb.Hello(job_id="not-this-job", worker_id=0))
     with grpc.insecure_channel(address) as ch:
         stub = pb_grpc.CoordinatorStub(ch)
-        msgs = iter([pb.WorkerMessage(hello=pb.Hello(job_id="not-this-job", worker_id=0))])
         with pytest.raises(grpc.RpcError):
-            list(stub.Work(msgs, timeout=10))
+            list(stub.Work(iter([hello]), timeout=10))
+        with pytest.raises(grpc.RpcError):
+            list(stub.Work(iter([hello]), timeout=10, metadata=[("authorization", f"Bearer {TOKEN}")]))
 
 
 @pytest.mark.slow
@@ -81,7 +87,7 @@ def test_scrape_matches_the_run_directory(tmp_path):
     data = {"name": "metrics", "workload": "logreg-digits", "seed": 0, "workers": 4, "rounds": 8,
             "optimizer": {"name": "sgd", "lr": 0.5}, "coding": {"scheme": "gc-cyclic", "stragglers": 1},
             "inject": {"model": "fixed", "workers": [2], "slowdown": 20}, "runtime": {"progress": False}}
-    summary, during, final, recs = _run_with_metrics(tmp_path, data, scrape_at=2, during_started=_bad_hello)
+    summary, during, final, recs = _run_with_metrics(tmp_path, data, scrape_at=2, during_started=_bad_streams)
     job = {"job_name": "metrics"}
     assert value(during, "dcoord_rounds_total", **job) == 3
     assert value(during, "dcoord_round_duration_seconds_count", **job) == 3
@@ -91,7 +97,8 @@ def test_scrape_matches_the_run_directory(tmp_path):
     stragglers = sum(len(r["stragglers"]) for r in recs)
     assert stragglers >= 4  # worker 2 is 20x slow: the code decodes without it
     assert value(final, "dcoord_stragglers_total", **job) == stragglers == summary["stragglers_seen"]
-    assert value(final, "dcoord_rejected_messages_total", reason="unknown-worker", **job) == 1
+    assert value(final, "dcoord_rejected_messages_total", reason="no-token", **job) == 1
+    assert value(final, "dcoord_rejected_messages_total", reason="bad-session", **job) == 1
     assert value(final, "dcoord_decode_residual_max", **job) == summary["max_decode_residual"]
     assert value(final, "dcoord_decode_residual", **job) == recs[-1]["decode_residual"]
     # bytes: every worker got 8 assignments of the 65-parameter model and sent 8 results back
