@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from dcoord.errors import ConfigError, DcoordError
-from dcoord.runtime.health import add_health_options, start_health_server
+from dcoord.runtime.health import add_health_options, health_port, start_health_server
 from dcoord.runtime.metrics import add_metrics_options, metrics_hook
 
 
@@ -67,6 +67,7 @@ def cmd_coordinator(args) -> int:
     cfg = _load(args)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     start_metrics = metrics_hook(args, args.listen.rpartition(":")[0].strip("[]"))
+    health_port(args)  # a bad $DCOORD_HEALTH_PORT fails before the job loads
 
     async def main() -> dict:
         coord = Coordinator(cfg, out)

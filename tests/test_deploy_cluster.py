@@ -12,6 +12,7 @@ items as files under each mount path, the mount roots moved into a temp director
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -104,6 +105,7 @@ class EmulatedCluster:
         self.namespaces: list[str] = []
         self.procs: list[subprocess.Popen] = []
         self.hosts: dict[str, str] = {}
+        self.made_etc_netns = not Path("/etc/netns").exists()
         _sh("ip", "netns", "add", self.node)
         self.namespaces.append(self.node)
         _sh("ip", "-n", self.node, "link", "set", "lo", "up")
@@ -167,6 +169,9 @@ class EmulatedCluster:
                     pass
             _sh("ip", "netns", "del", ns, check=False)
             shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+        if self.made_etc_netns:
+            with contextlib.suppress(OSError):
+                Path("/etc/netns").rmdir()
 
 
 def materialize(pod_dir: Path, template: dict, container: dict, configmaps: dict, secret_data: dict,

@@ -31,28 +31,36 @@ def add_health_options(parser: argparse.ArgumentParser) -> None:
         parser.set_defaults(_health_env_error=f"{ENV_PORT}={env!r} is not a port number; set 0-65535 or unset it")
 
 
+def health_port(args: argparse.Namespace) -> int | None:
+    """The port asked for (None/0: no health port); a bad $DCOORD_HEALTH_PORT is a one-line ConfigError."""
+    from dcoord.errors import ConfigError
+
+    err = getattr(args, "_health_env_error", None)
+    if err and args.health_port is None:
+        raise ConfigError(err)
+    return args.health_port
+
+
 async def start_health_server(args: argparse.Namespace, host: str = "0.0.0.0"):
     """Start the health-only server when ``args.health_port`` asks for one; returns it (or None)."""
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    from dcoord.errors import ConfigError, DcoordError
+    from dcoord.errors import DcoordError
 
-    err = getattr(args, "_health_env_error", None)
-    if err and args.health_port is None:
-        raise ConfigError(err)
-    if not args.health_port:
+    port = health_port(args)
+    if not port:
         return None
     server = grpc.aio.server()
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    address = f"[{host}]:{args.health_port}" if ":" in host else f"{host}:{args.health_port}"
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
     except RuntimeError:
         bound = 0
     if bound == 0:
-        raise DcoordError(f"--health-port {args.health_port}: cannot listen on {host}")
+        raise DcoordError(f"--health-port {port}: cannot listen on {host}")
     await server.start()
     for name in SERVICES:
         await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
