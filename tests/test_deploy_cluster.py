@@ -38,7 +38,7 @@ from deploy_manifests import (
 )
 from reference import full_batch_gd, max_rel_diff
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 INDEX_FIELD = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 SUBNET = "10.213.13"  # private, and only inside the namespaces this test makes

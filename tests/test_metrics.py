@@ -83,6 +83,7 @@ def _bad_streams(address: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_scrape_matches_the_run_directory(tmp_path):
     data = {"name": "metrics", "workload": "logreg-digits", "seed": 0, "workers": 4, "rounds": 8,
             "optimizer": {"name": "sgd", "lr": 0.5}, "coding": {"scheme": "gc-cyclic", "stragglers": 1},
@@ -110,6 +111,7 @@ def test_scrape_matches_the_run_directory(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_private_run_exports_epsilon_and_sgc_fallbacks(tmp_path):
     data = {"name": "priv", "workload": "logreg-digits", "seed": 0, "workers": 4, "rounds": 6,
             "optimizer": {"name": "sgd", "lr": 0.5}, "coding": {"scheme": "gc-cyclic", "stragglers": 1},
