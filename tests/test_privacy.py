@@ -32,6 +32,7 @@ from dcoord.privacy import (
     flat_params,
     gaussian_noise,
     load_worker_noise_key,
+    params_digest,
     per_sample_grad_diffs,
     per_sample_grads,
     plan,
@@ -330,7 +331,8 @@ def test_worker_message_is_the_clipped_mean_plus_seeded_noise():
     model = _mlp()
     m = worker_message(model, F.cross_entropy, X[idx[2]], y[idx[2]], spec=spec, partition=2, key=NoiseKey(SECRET))
     ref = clipped_sum(model, F.cross_entropy, X[idx[2]], y[idx[2]], 0.3) / 24
-    ref = ref + gaussian_noise(NoiseKey(SECRET), 5, 2, ref.numel(), spec.partition_std, dtype=torch.float64)
+    ref = ref + gaussian_noise(NoiseKey(SECRET), 5, 2, ref.numel(), spec.partition_std, dtype=torch.float64,
+                               binding=params_digest(model, None))
     assert torch.equal(m, ref)
     with pytest.raises(PrivacyError):  # noise needs the workers' key
         worker_message(model, F.cross_entropy, X, y, spec=spec, partition=0, key=None)
@@ -383,15 +385,22 @@ def test_workers_trust_keeps_the_secret_on_the_workers(tmp_path):
 
 
 def test_load_worker_noise_key(tmp_path):
-    cfg = PrivacyConfig(epsilon=1.0, clip=1.0, secret_env="MY_SECRET")
-    k = load_worker_noise_key(cfg, env={"MY_SECRET": SECRET})
+    """The worker's own settings pick the secret: --noise-secret-file, $DCOORD_NOISE_SECRET_FILE, then
+    $DCOORD_NOISE_SECRET; the job config (which comes from the coordinator) has no say."""
+    k = load_worker_noise_key(env={"DCOORD_NOISE_SECRET": SECRET})
     assert torch.equal(gaussian_noise(k, 0, 0, 10, 1.0), gaussian_noise(NoiseKey(SECRET), 0, 0, 10, 1.0))
-    with pytest.raises(PrivacyError, match="MY_SECRET"):
-        load_worker_noise_key(cfg, env={})
+    with pytest.raises(PrivacyError, match="DCOORD_NOISE_SECRET"):
+        load_worker_noise_key(env={})
     f = tmp_path / "secret"
     f.write_text(SECRET + "\n")
-    k2 = load_worker_noise_key(PrivacyConfig(epsilon=1.0, clip=1.0, secret_file=str(f)), env={})
-    assert torch.equal(gaussian_noise(k2, 3, 1, 10, 1.0), gaussian_noise(NoiseKey(SECRET), 3, 1, 10, 1.0))
+    for k2 in (load_worker_noise_key(str(f), env={"DCOORD_NOISE_SECRET": "x" * 32}),
+               load_worker_noise_key(env={"DCOORD_NOISE_SECRET_FILE": str(f)})):
+        assert torch.equal(gaussian_noise(k2, 3, 1, 10, 1.0), gaussian_noise(NoiseKey(SECRET), 3, 1, 10, 1.0))
+    with pytest.raises(PrivacyError, match="nope"):
+        load_worker_noise_key(str(tmp_path / "nope"), env={})
+    for key in ("secret_file", "secret_env"):  # the coordinator's config cannot choose the worker's key
+        with pytest.raises(ValidationError, match=f"privacy.{key} was removed.*--noise-secret-file"):
+            PrivacyConfig(epsilon=1.0, clip=1.0, **{key: str(f)})
     with pytest.raises(PrivacyError):
         NoiseKey("short")
 

@@ -29,6 +29,7 @@ from dcoord.privacy.mechanisms import (
     encode,
     gaussian_noise,
     load_worker_noise_key,
+    params_digest,
     worker_message,
 )
 from dcoord.privacy.per_sample import (
@@ -66,6 +67,7 @@ __all__ = [
     "gaussian_noise",
     "get_accountant",
     "load_worker_noise_key",
+    "params_digest",
     "mechanism_history",
     "per_sample_grad_diffs",
     "per_sample_grads",

@@ -421,6 +421,7 @@ class Coordinator:
             "scheme": self.scheme.name, "workers": self.n, "models": len(self.models),
             "load": self.scheme.load(), "max_decode_residual": self.max_residual,
             "dropped_late_results": self.dropped_late, "rejected_results": dict(self.rejected),
+            "refused": dict(self.refused),
             "stragglers_seen": self.stragglers_seen,
             **(self.scheme.report() if hasattr(self.scheme, "report") else {}),
             **(self.privacy.summary(self.steps[0]) if self.privacy is not None else {}),

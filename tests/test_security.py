@@ -1,0 +1,691 @@
+"""The control plane under attack, with real gRPC servers and raw clients on loopback.
+
+Each attack is refused with the right gRPC status and counted; whole runs under attack end with exactly
+the model of an unattacked run. Certificates are made at test time (never committed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from reference import full_batch_gd, max_rel_diff
+
+from dcoord.config import load_config
+from dcoord.errors import DcoordError
+from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
+from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
+from dcoord.runtime.coordinator import Coordinator
+from dcoord.runtime.local import run_local
+from dcoord.runtime.security import ClientSecurity, ServerSecurity, check_listen, open_channel, read_token
+from dcoord.runtime.service import start_server
+from dcoord.runtime.tensors import to_proto
+
+TOKEN = "test-token-" + "a1b2c3d4" * 4
+WRONG = "test-token-" + "ffffffff" * 4
+ROOT = Path(__file__).resolve().parents[1]
+SC = grpc.StatusCode
+
+
+def _cfg(**over) -> object:
+    data = {"name": "sec", "workload": "logreg-digits", "seed": 0, "workers": 3, "rounds": 6, "batch_size": None,
+            "optimizer": {"name": "sgd", "lr": 0.5}, "coding": {"scheme": "gc-cyclic", "stragglers": 1},
+            "runtime": {"progress": False}}
+    data.update(over)
+    return load_config(None, data=data)
+
+
+# ------------------------------------------------------------------------------------------ certificates
+
+
+def _make_ca(name: str):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def _issue(ca, name: str, server: bool):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_key, ca_cert = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+         .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
+                                               else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+    if server:
+        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                            critical=False)
+    cert = b.sign(ca_key, hashes.SHA256())
+    pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), pem_key
+
+
+def _pem(cert) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture(scope="module")
+def pki():
+    pytest.importorskip("cryptography", reason="the TLS tests make their certificates with `cryptography`")
+    ca, other = _make_ca("dcoord test CA"), _make_ca("someone else's CA")
+    return {
+        "ca": _pem(ca[1]), "other_ca": _pem(other[1]),
+        "server": _issue(ca, "coordinator", server=True),
+        "client": _issue(ca, "worker", server=False),
+        "foreign_client": _issue(other, "intruder", server=False),
+        "fake_server": _issue(other, "coordinator", server=True),
+    }
+
+
+# ------------------------------------------------------------------------------------ a served coordinator
+
+
+@contextlib.contextmanager
+def serving(cfg, security: ServerSecurity | None, listen: str = "127.0.0.1:0"):
+    """A coordinator (not running rounds) served on a background event loop: yields (address, coord, loop)."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box: dict = {}
+
+    async def serve():
+        try:
+            coord = Coordinator(cfg, None)
+            server, port = await start_server(coord, listen, security=security)
+        except BaseException as exc:  # surface it in the test thread
+            box["error"] = exc
+            ready.set()
+            return
+        stop = asyncio.Event()
+        box.update(port=port, coord=coord, stop=stop)
+        ready.set()
+        await stop.wait()
+        await server.stop(0)
+
+    t = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
+    t.start()
+    assert ready.wait(120)
+    if "error" in box:
+        raise box["error"]
+    try:
+        yield f"127.0.0.1:{box['port']}", box["coord"], loop
+    finally:
+        loop.call_soon_threadsafe(box["stop"].set)
+        t.join(30)
+
+
+def _on_loop(loop, fn):
+    """Run ``fn()`` on the coordinator's loop (its state is owned by that thread) and return the result."""
+    return asyncio.run_coroutine_threadsafe(_call(fn), loop).result(30)
+
+
+async def _call(fn):
+    return fn()
+
+
+def _code(fn) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as ei:
+        fn()
+    return ei.value.code()
+
+
+def _stub(address: str, token: str | None = TOKEN, **kw):
+    return pb_grpc.CoordinatorStub(open_channel(address, ClientSecurity(token=token, **kw)))
+
+
+class _Stream:
+    """A raw Work stream: send WorkerMessages, read CoordinatorMessages (or the error that ended it)."""
+
+    def __init__(self, stub, first: pb.WorkerMessage):
+        self.q: queue.Queue = queue.Queue()
+        self.q.put(first)
+        self.got: queue.Queue = queue.Queue()
+        self.call = stub.Work(iter(self.q.get, None))
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        try:
+            for m in self.call:
+                self.got.put(m)
+            self.got.put("closed")
+        except grpc.RpcError as exc:
+            self.got.put(exc)
+
+    def ended(self, timeout=30):
+        while True:
+            item = self.got.get(timeout=timeout)
+            if not isinstance(item, pb.CoordinatorMessage):
+                return item
+
+    def close(self):
+        self.q.put(None)
+
+
+# ------------------------------------------------------------------------------------- authentication
+
+
+def test_every_rpc_needs_the_token_but_health_answers_anyone(tmp_path):
+    with serving(_cfg(), ServerSecurity(token=TOKEN)) as (address, coord, loop):
+        for token in (None, WRONG):
+            stub = _stub(address, token)
+            assert _code(lambda s=stub: s.Register(pb.RegisterRequest(hostname="x"), timeout=10)) == SC.UNAUTHENTICATED
+            assert _code(lambda s=stub: s.Heartbeat(pb.HeartbeatRequest(worker_id=0), timeout=10)) == SC.UNAUTHENTICATED
+            assert _code(lambda s=stub: s.GetStatus(pb.StatusRequest(), timeout=10)) == SC.UNAUTHENTICATED
+            assert _code(lambda s=stub: list(s.WatchStatus(pb.StatusRequest(), timeout=10))) == SC.UNAUTHENTICATED
+            st = _Stream(stub, pb.WorkerMessage(hello=pb.Hello(job_id=coord.job_id, worker_id=0)))
+            assert st.ended().code() == SC.UNAUTHENTICATED
+        # nothing reached the job: no id was reserved
+        assert coord.conns == {}
+        # the standard health service answers without a token (Kubernetes' grpc probe) and reveals nothing else
+        with grpc.insecure_channel(address) as ch:
+            reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        st = _stub(address).GetStatus(pb.StatusRequest(), timeout=10)
+        assert st.refused["no-token"] == 5 and st.refused["wrong-token"] == 5
+        # `dcoord status` shows the refusals; without the token it says it was refused, in one line
+        tok = tmp_path / "token"
+        tok.write_text(TOKEN + "\n")
+        r = subprocess.run([sys.executable, "-m", "dcoord", "status", address, "--token-file", str(tok)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "refused 10" in r.stdout, r.stdout + r.stderr
+        r = subprocess.run([sys.executable, "-m", "dcoord", "status", address], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 1 and "refused: authentication required" in r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_tls_refuses_a_wrong_ca_and_plaintext(pki):
+    cert, key = pki["server"]
+    with serving(_cfg(), ServerSecurity(token=TOKEN, tls_cert=cert, tls_key=key)) as (address, coord, _):
+        ok = _stub(address, tls_ca=pki["ca"]).GetStatus(pb.StatusRequest(), timeout=10)
+        assert ok.job_id == coord.job_id
+        # by name too (the certificate names localhost)
+        assert _stub(address, tls_ca=pki["ca"], server_name="localhost").GetStatus(pb.StatusRequest(), timeout=10)
+        # a client that trusts another CA does not accept this server (and sends it nothing)
+        assert _code(lambda: _stub(address, tls_ca=pki["other_ca"]).GetStatus(pb.StatusRequest(), timeout=5)) \
+            == SC.UNAVAILABLE
+        # the server name checked is the one given: a certificate for "coordinator" is not "elsewhere"
+        assert _code(lambda: _stub(address, tls_ca=pki["ca"], server_name="elsewhere").GetStatus(
+            pb.StatusRequest(), timeout=5)) == SC.UNAVAILABLE
+        # plaintext against TLS
+        assert _code(lambda: _stub(address).GetStatus(pb.StatusRequest(), timeout=5)) == SC.UNAVAILABLE
+        # TLS but no token
+        assert _code(lambda: _stub(address, None, tls_ca=pki["ca"]).GetStatus(pb.StatusRequest(), timeout=5)) \
+            == SC.UNAUTHENTICATED
+
+
+def test_mutual_tls_needs_a_client_certificate_from_the_ca(pki):
+    cert, key = pki["server"]
+    sec = ServerSecurity(tls_cert=cert, tls_key=key, tls_ca=pki["ca"])
+    with serving(_cfg(), sec) as (address, coord, _):
+        ccert, ckey = pki["client"]
+        ok = _stub(address, None, tls_ca=pki["ca"], tls_cert=ccert, tls_key=ckey).GetStatus(pb.StatusRequest(),
+                                                                                             timeout=10)
+        assert ok.job_id == coord.job_id
+        assert _code(lambda: _stub(address, None, tls_ca=pki["ca"]).GetStatus(pb.StatusRequest(), timeout=5)) \
+            == SC.UNAVAILABLE
+        fcert, fkey = pki["foreign_client"]
+        assert _code(lambda: _stub(address, None, tls_ca=pki["ca"], tls_cert=fcert, tls_key=fkey).GetStatus(
+            pb.StatusRequest(), timeout=5)) == SC.UNAVAILABLE
+
+
+def test_listening_beyond_loopback_needs_authentication_or_insecure(caplog, tmp_path):
+    with pytest.raises(DcoordError, match="refusing to listen beyond loopback without authentication"):
+        check_listen("0.0.0.0:50051", ServerSecurity())
+    check_listen("127.0.0.1:50051", ServerSecurity())
+    check_listen("[::1]:50051", ServerSecurity())
+    check_listen("0.0.0.0:50051", ServerSecurity(token=TOKEN))
+    with caplog.at_level("WARNING", logger="dcoord.security"):
+        check_listen("0.0.0.0:50051", ServerSecurity(insecure=True))
+    assert "WITHOUT authentication" in caplog.text
+    r = subprocess.run([sys.executable, "-m", "dcoord", "coordinator", str(ROOT / "examples" / "quickstart.yaml"),
+                        "--listen", "0.0.0.0:0", "--out", str(tmp_path / "o")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 1 and "--insecure" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    bad = tmp_path / "short"
+    bad.write_text("abc")
+    with pytest.raises(DcoordError, match=">= 16 printable"):
+        read_token(bad)
+    with pytest.raises(DcoordError, match="cannot read"):
+        read_token(tmp_path / "missing")
+
+
+# -------------------------------------------------------------------------------------------- sessions
+
+
+def test_register_flood_is_rate_limited():
+    with serving(_cfg(workers=64), ServerSecurity(token=TOKEN, register_rate=0.01, register_burst=3)) as (
+            address, coord, _):
+        stub = _stub(address)
+        for _ in range(3):
+            stub.Register(pb.RegisterRequest(hostname="flood"), timeout=10)
+        codes = [_code(lambda: stub.Register(pb.RegisterRequest(hostname="flood"), timeout=10)) for _ in range(5)]
+        assert codes == [SC.RESOURCE_EXHAUSTED] * 5
+        assert coord.refused["register-rate"] == 5 and len(coord.conns) == 3
+
+
+def test_id_squatting_expires_and_never_counts_as_alive():
+    with serving(_cfg(workers=2), ServerSecurity(token=TOKEN, reserve_s=1.5)) as (address, coord, loop):
+        stub = _stub(address)
+        squat = [stub.Register(pb.RegisterRequest(hostname="squatter", requested_id=i), timeout=10) for i in (0, 1)]
+        assert sorted(r.worker_id for r in squat) == [0, 1]
+        assert _code(lambda: stub.Register(pb.RegisterRequest(hostname="real", requested_id=0), timeout=10)) \
+            == SC.RESOURCE_EXHAUSTED
+        assert coord.refused["job-full"] == 1
+        assert _on_loop(loop, coord.alive_count) == 0  # a reservation is not a live worker
+        time.sleep(1.7)
+        real = stub.Register(pb.RegisterRequest(hostname="real", requested_id=0), timeout=10)
+        assert real.worker_id == 0 and real.session != squat[0].session
+        # the squatter's old session no longer speaks for id 0
+        st = _Stream(stub, pb.WorkerMessage(hello=pb.Hello(job_id=coord.job_id, worker_id=0,
+                                                          session=squat[0].session)))
+        assert st.ended().code() == SC.PERMISSION_DENIED
+
+
+def test_work_with_a_guessed_or_stolen_id_is_refused():
+    with serving(_cfg(), ServerSecurity(token=TOKEN)) as (address, coord, loop):
+        stub = _stub(address)
+        w0 = stub.Register(pb.RegisterRequest(hostname="w0", requested_id=0), timeout=10)
+        w1 = stub.Register(pb.RegisterRequest(hostname="w1", requested_id=1), timeout=10)
+        assert len({w0.session, w1.session}) == 2 and len(w0.session) >= 32
+        for hello in (pb.Hello(job_id=coord.job_id, worker_id=0),                       # guessed id
+                      pb.Hello(job_id=coord.job_id, worker_id=0, session=w1.session),   # another worker's session
+                      pb.Hello(job_id=coord.job_id, worker_id=2, session=w0.session),   # unregistered id
+                      pb.Hello(job_id="other", worker_id=0, session=w0.session)):       # other job
+            st = _Stream(stub, pb.WorkerMessage(hello=hello))
+            assert st.ended().code() == SC.PERMISSION_DENIED
+        assert _code(lambda: stub.Heartbeat(pb.HeartbeatRequest(job_id=coord.job_id, worker_id=0,
+                                                                 session=w1.session), timeout=10)) \
+            == SC.PERMISSION_DENIED
+        assert coord.refused["bad-session"] == 5
+        assert stub.Heartbeat(pb.HeartbeatRequest(job_id=coord.job_id, worker_id=0, session=w0.session),
+                              timeout=10).ok
+
+
+def test_nobody_can_replace_or_close_another_workers_stream():
+    with serving(_cfg(), ServerSecurity(token=TOKEN)) as (address, coord, loop):
+        stub = _stub(address)
+        w0 = stub.Register(pb.RegisterRequest(hostname="w0", requested_id=0), timeout=10)
+        real = _Stream(stub, pb.WorkerMessage(hello=pb.Hello(job_id=coord.job_id, worker_id=0, session=w0.session)))
+        deadline = time.monotonic() + 30
+        while not _on_loop(loop, lambda: coord.conns[0].attached) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # even with the stolen session a second stream is refused, and closing it leaves the real one open
+        thief = _Stream(stub, pb.WorkerMessage(hello=pb.Hello(job_id=coord.job_id, worker_id=0, session=w0.session)))
+        assert thief.ended().code() == SC.ALREADY_EXISTS
+        thief.close()
+        # a stranger's stream, opened and closed without a valid hello, changes nothing either
+        stranger = _Stream(stub, pb.WorkerMessage(hello=pb.Hello(job_id=coord.job_id, worker_id=0)))
+        assert stranger.ended().code() == SC.PERMISSION_DENIED
+        time.sleep(0.3)
+        assert _on_loop(loop, lambda: (coord.conns[0].attached, coord.conns[0].alive)) == (True, True)
+        assert coord.refused["stream-in-use"] == 1
+        assert real.got.empty()  # the real worker got no shutdown
+        real.close()
+
+
+def test_oversized_and_early_messages_are_not_buffered():
+    sec = ServerSecurity(token=TOKEN, max_message_bytes=1 << 20)
+    with serving(_cfg(), sec) as (address, coord, loop):
+        stub = _stub(address)
+        # a huge hostname: refused by the message limit before any handler
+        assert _code(lambda: stub.Register(pb.RegisterRequest(hostname="h" * (3 << 20)), timeout=30)) \
+            == SC.RESOURCE_EXHAUSTED
+        # a long one under the limit: refused by the handler, counted
+        assert _code(lambda: stub.Register(pb.RegisterRequest(hostname="h" * 10_000), timeout=10)) \
+            == SC.INVALID_ARGUMENT
+        assert coord.refused["bad-register"] == 1 and coord.conns == {}
+        # a registered worker's results and chunks sent while the job waits for workers: counted, not kept
+        w0 = stub.Register(pb.RegisterRequest(hostname="w0", requested_id=0), timeout=10)
+        st = _Stream(stub, pb.WorkerMessage(hello=pb.Hello(job_id=coord.job_id, worker_id=0, session=w0.session)))
+        for _ in range(3):
+            st.q.put(pb.WorkerMessage(chunk=pb.PayloadChunk(data=b"\0" * (900 << 10))))
+            st.q.put(pb.WorkerMessage(result=pb.Result(job_id=coord.job_id, round=0, worker_id=0, session=w0.session,
+                                                       payload_chunked=True)))
+        # an oversized single message ends the stream
+        st.q.put(pb.WorkerMessage(chunk=pb.PayloadChunk(data=b"\0" * (2 << 20))))
+        assert st.ended().code() == SC.RESOURCE_EXHAUSTED
+        assert coord.rejected["not-running"] == 3
+        assert coord.results.qsize() == 0
+
+
+# --------------------------------------------------------------------------------- whole runs under attack
+
+
+def _attacks(address: str, job_id: str, stop: threading.Event, counts: dict) -> None:
+    """A stranger without the token, and one with a wrong token, try everything until the job ends."""
+    codes = counts.setdefault("codes", set())
+    for token in (None, WRONG):
+        stub = _stub(address, token)
+        for method, request in ((stub.Register, pb.RegisterRequest(hostname="evil", requested_id=0)),
+                                (stub.GetStatus, pb.StatusRequest()),
+                                (stub.Heartbeat, pb.HeartbeatRequest(job_id=job_id, worker_id=0))):
+            try:
+                method(request, timeout=5)
+                codes.add("ACCEPTED")
+            except grpc.RpcError as exc:
+                codes.add(exc.code().name)
+    # an insider with the token but no session: guesses ids and opens their streams, sends huge results
+    stub = _stub(address)
+    for _ in range(20):
+        if stop.is_set():
+            break
+        for wid in range(3):
+            st = _Stream(stub, pb.WorkerMessage(hello=pb.Hello(job_id=job_id, worker_id=wid, session="guess")))
+            st.q.put(pb.WorkerMessage(result=pb.Result(job_id=job_id, round=1, worker_id=wid, tasks=[pb.TaskResult(
+                payload=pb.Tensor(shape=[1], dtype="float64", data=np.float64(1e30).tobytes()))])))
+            end = st.ended()
+            codes.add(end.code().name if isinstance(end, grpc.RpcError) else "OPEN")
+            st.close()
+        counts["rounds"] = counts.get("rounds", 0) + 1
+        stop.wait(0.2)
+
+
+def test_a_run_under_attack_ends_with_the_unattacked_model(tmp_path):
+    cfg = _cfg(rounds=12)
+    box: dict = {}
+    stop = threading.Event()
+
+    def started(coord, procs, address):
+        box["coord"] = coord
+        box["thread"] = threading.Thread(target=_attacks, args=(address, coord.job_id, stop, box), daemon=True)
+        box["thread"].start()
+
+    try:
+        summary = run_local(cfg, tmp_path, progress=False, on_started=started, token=TOKEN)
+    finally:
+        stop.set()
+    box["thread"].join(60)
+    assert summary["rounds_completed"] == 12
+    ref = full_batch_gd("logreg-digits", seed=0, rounds=12, lr=0.5)
+    assert max_rel_diff(torch.load(tmp_path / "model.pt"), ref) < 1e-5
+    # nothing was accepted (UNAVAILABLE/CANCELLED: calls still in flight when the finished job's server stopped)
+    assert {"UNAUTHENTICATED", "PERMISSION_DENIED"} <= box["codes"], box["codes"]
+    assert box["codes"] <= {"UNAUTHENTICATED", "PERMISSION_DENIED", "UNAVAILABLE", "CANCELLED"}, box["codes"]
+    refused = summary["refused"]
+    assert refused["no-token"] >= 3 and refused["wrong-token"] >= 3 and refused["bad-session"] >= 3
+    assert summary["rejected_results"] == {}  # nothing the attacker sent reached the round loop
+
+
+def test_workers_may_start_before_the_coordinator(tmp_path):
+    """Registration retries with backoff until the coordinator is up (pod start order does not matter)."""
+    import socket
+
+    from dcoord.runtime.worker import run_worker
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = _cfg(workers=1, rounds=3, coding={"scheme": "uncoded"})
+    done: dict = {}
+
+    def work():
+        try:
+            done["rounds"] = run_worker(f"127.0.0.1:{port}", security=ClientSecurity(token=TOKEN),
+                                        connect_timeout=120, device="cpu")
+        except BaseException as exc:
+            done["error"] = exc
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    time.sleep(2.0)  # the worker is already retrying
+
+    async def coordinate():
+        coord = Coordinator(cfg, tmp_path)
+        server, _ = await start_server(coord, f"127.0.0.1:{port}", security=ServerSecurity(token=TOKEN))
+        try:
+            return await coord.run(start_timeout=120)
+        finally:
+            await asyncio.sleep(0.2)
+            await server.stop(1.0)
+
+    summary = asyncio.run(coordinate())
+    t.join(60)
+    assert "error" not in done, done
+    assert summary["rounds_completed"] == 3 and done["rounds"] >= 1
+
+
+def test_secrets_never_leave(tmp_path):
+    """Token, coordinator_seed and the workers' noise secret: in no output file, status, result or Register reply."""
+    seed = 987654321987
+    noise_secret = "noise-secret-" + "5e" * 16
+    privacy = {"mechanism": "dp-gd", "noise_multiplier": 1.0, "clip": 1.0}
+    runs = {"coordinator": dict(privacy, trust="coordinator", coordinator_seed=seed),
+            "workers": dict(privacy, trust="workers")}
+    seen: list[bytes] = []
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DCOORD_NOISE_SECRET", noise_secret)
+    try:
+        for name, p in runs.items():
+            cfg = _cfg(rounds=4, privacy=p)
+
+            def started(coord, procs, address):
+                original = coord.handle_result
+
+                def spy(res, conn):
+                    seen.append(res.SerializeToString())
+                    return original(res, conn)
+
+                coord.handle_result = spy
+
+            def each_round(record, coord):
+                seen.append(coord.status().SerializeToString())
+
+            run_local(cfg, tmp_path / name, progress=False, on_started=started, on_round=each_round, token=TOKEN)
+            # what a worker is sent at Register (served here by a coordinator of the same job)
+            with serving(cfg, ServerSecurity(token=TOKEN)) as (address, coord, _):
+                reg = _stub(address).Register(pb.RegisterRequest(hostname="w"), timeout=10)
+                seen.append(reg.SerializeToString())
+                assert str(seed) not in reg.job_config_yaml and "coordinator_seed: null" in reg.job_config_yaml \
+                    or name == "workers"
+                seen.append(_stub(address).GetStatus(pb.StatusRequest(), timeout=10).SerializeToString())
+    finally:
+        mp.undo()
+    cfg_text = (tmp_path / "coordinator" / "config.yaml").read_text()
+    assert "privacy.coordinator_seed: <redacted>" in cfg_text
+    assert load_config(tmp_path / "coordinator" / "config.yaml").privacy.coordinator_seed is None  # still loads
+    needles = [TOKEN.encode(), noise_secret.encode(), str(seed).encode(), seed.to_bytes(8, "big"),
+               seed.to_bytes(8, "little")]
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "checkpoint.pt" for p in files) and any(p.suffix == ".log" for p in files)
+    for blob in seen + [p.read_bytes() for p in files]:
+        assert not any(n in blob for n in needles)
+
+
+# ------------------------------------------------------------------------------------- fake coordinators
+
+
+class _FakeCoordinator(pb_grpc.CoordinatorServicer):
+    """A coordinator under an attacker's control: serves any config, replays rounds with other parameters."""
+
+    def __init__(self, config_yaml: str, assignments: list[pb.Assignment] = ()):
+        self.config_yaml = config_yaml
+        self.assignments = list(assignments)
+        self.results: list[pb.Result | None] = []
+
+    def Register(self, request, context):
+        return pb.RegisterReply(worker_id=0, job_id="fake", job_config_yaml=self.config_yaml, session="s",
+                                heartbeat_interval_s=30)
+
+    def Heartbeat(self, request, context):
+        return pb.HeartbeatReply(ok=True)
+
+    def Work(self, request_iterator, context):
+        got: queue.Queue = queue.Queue()
+
+        def read():
+            for m in request_iterator:
+                if m.HasField("result"):
+                    got.put(m.result)
+
+        threading.Thread(target=read, daemon=True).start()
+        for a in self.assignments:
+            yield pb.CoordinatorMessage(assignment=a)
+            try:
+                self.results.append(got.get(timeout=15))
+            except queue.Empty:
+                self.results.append(None)  # refused: the worker sent nothing
+        yield pb.CoordinatorMessage(shutdown=pb.Shutdown(reason="done"))
+
+
+@contextlib.contextmanager
+def fake_coordinator(servicer):
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)
+
+
+def test_a_worker_runs_only_workloads_its_side_allows(tmp_path):
+    cfg = _cfg().model_dump(mode="json")
+    cfg["workload"] = "os:_exit"
+    import yaml
+
+    with fake_coordinator(_FakeCoordinator(yaml.safe_dump(cfg))) as address:
+        r = subprocess.run([sys.executable, "-m", "dcoord", "worker", "--coordinator", address,
+                            "--connect-timeout", "30"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "does not allow" in r.stderr and "--allow-workload 'os:_exit'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_worker_refuses_a_job_weaker_than_it_requires():
+    from dcoord.runtime.worker_guard import check_privacy, check_workload
+    from dcoord.workloads import load
+
+    wl = load("logreg-digits", 0)
+    strong = _cfg(privacy={"mechanism": "dp-gd", "noise_multiplier": 20.0, "clip": 1.0})
+    check_privacy(strong, wl, max_epsilon=10.0)
+    check_privacy(_cfg(), wl, max_epsilon=None)  # no requirement: anything goes
+    with pytest.raises(DcoordError, match="requires privacy"):
+        check_privacy(_cfg(), wl, max_epsilon=10.0)
+    with pytest.raises(DcoordError, match="trust: workers"):
+        check_privacy(_cfg(privacy={"mechanism": "dp-gd", "noise_multiplier": 20.0, "clip": 1.0,
+                                    "trust": "coordinator"}), wl, max_epsilon=10.0)
+    with pytest.raises(DcoordError, match="more than this worker's --max-epsilon"):
+        check_privacy(_cfg(privacy={"mechanism": "dp-gd", "noise_multiplier": 0.5, "clip": 1.0}), wl, max_epsilon=10.0)
+    check_workload("logreg-digits", [])
+    check_workload("mypkg.tasks:make", ["mypkg.*:*"])
+    with pytest.raises(DcoordError, match="does not allow"):
+        check_workload("os:_exit", ["mypkg.*:*"])
+
+
+def _private_job_yaml() -> str:
+    return _cfg(workers=3, privacy={"mechanism": "dp-gd", "noise_multiplier": 1.0, "clip": 1.0}).to_yaml()
+
+
+def _assignment(rnd: int, job: int, params: np.ndarray) -> pb.Assignment:
+    return pb.Assignment(job_id="fake", round=rnd, tasks=[pb.TaskSpec(job=job, slot=0, parts=[0], coeffs=[1.0],
+                                                                      model=0, model_version=job)],
+                         models=[pb.ModelState(model=0, version=job, params=to_proto(params))])
+
+
+def test_a_fake_coordinator_replaying_a_round_gets_no_second_answer(tmp_path):
+    from dcoord.runtime.tensors import flat_params
+    from dcoord.runtime.worker import run_worker
+    from dcoord.workloads import load
+
+    x = flat_params(load("logreg-digits", 0).model).astype(np.float64)
+    rng = np.random.default_rng(0)
+    a, b, c = x, x + 0.1 * rng.standard_normal(x.size), x + 0.2 * rng.standard_normal(x.size)
+    plan = [_assignment(0, 0, a),  # answered
+            _assignment(0, 0, b),  # same round, other parameters: refused
+            _assignment(1, 1, c),  # answered
+            _assignment(0, 0, a)]  # an older round: refused (even with the first parameters)
+    fake = _FakeCoordinator(_private_job_yaml(), plan)
+    secret = tmp_path / "noise"
+    secret.write_text("w" * 40)
+    with fake_coordinator(fake) as address:
+        rounds = run_worker(address, connect_timeout=30, device="cpu", noise_secret_file=str(secret))
+    assert [r is not None for r in fake.results] == [True, False, True, False]
+    assert rounds == 2
+
+
+def test_noise_is_bound_to_the_parameters_asked_about():
+    """Same parameters: identical messages (replicas agree, decoding exact); other parameters: independent
+    noise, so the difference of two answers is not the noise-free difference of the clipped gradients."""
+    from dcoord.privacy.mechanisms import NoiseKey, PrivateGD, worker_message
+    from dcoord.privacy.per_sample import clipped_sum
+    from dcoord.runtime.tensors import flat_params
+    from dcoord.workloads import load
+
+    wl = load("logreg-digits", 0)
+    mech = PrivateGD(mechanism="dp-gd", clip=1.0, noise_multiplier=1.0, n_samples=wl.num_samples, num_partitions=3)
+    spec = mech.round_spec(0)
+    key = NoiseKey("n" * 40)
+    X, y = wl.X[:200], wl.y[:200]
+    x = torch.as_tensor(flat_params(wl.model), dtype=torch.float64)
+    x2 = x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def msg(p):
+        return worker_message(wl.model, wl.loss_fn, X, y, spec=spec, partition=0, key=key, params=p)
+
+    m1, m1_again, m2 = msg(x), msg(x.clone()), msg(x2)
+    assert torch.equal(m1, m1_again)
+    noise_free = (clipped_sum(wl.model, wl.loss_fn, X, y, 1.0, x) - clipped_sum(wl.model, wl.loss_fn, X, y, 1.0, x2))
+    noise_free = noise_free / wl.num_samples
+    residual = float(torch.linalg.norm((m1 - m2).double() - noise_free.double()))
+    expected = spec.partition_std * (2 * x.numel()) ** 0.5  # two independent draws
+    assert residual == pytest.approx(expected, rel=0.1)
+    assert residual > 100 * float(torch.linalg.norm(noise_free))  # nothing of the signal is exposed
+
+
+def test_privacy_plan_reports_the_compromised_coordinator_epsilon():
+    from dcoord.cli import main
+
+    r = subprocess.run([sys.executable, "-m", "dcoord", "privacy", str(ROOT / "examples" / "private.yaml"), "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    p = json.loads(r.stdout)
+    assert p["replicas_per_partition"] >= 2
+    assert p["epsilon_compromised_coordinator"] > p["epsilon"]
+    from dcoord.privacy.accounting import plan
+    from dcoord.privacy.config import PrivacyConfig
+
+    pc = PrivacyConfig(noise_multiplier=2.0, clip=1.0)
+    one = plan(pc, rounds=20, n_samples=100, num_partitions=4, replicas=1)
+    three = plan(pc, rounds=20, n_samples=100, num_partitions=4, replicas=3)
+    assert one["epsilon_compromised_coordinator"] == pytest.approx(one["epsilon"])  # one answer: as honest
+    # three independent answers with multiplier z each are one answer with z / sqrt(3)
+    ref = plan(PrivacyConfig(noise_multiplier=2.0 / 3 ** 0.5, clip=1.0), rounds=20, n_samples=100, num_partitions=4)
+    assert three["epsilon_compromised_coordinator"] == pytest.approx(ref["epsilon"], rel=1e-6)
+    assert main is not None
