@@ -18,6 +18,7 @@ from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
 from dcoord.runtime.chunking import ChunkAssembler
 from dcoord.runtime.coordinator import Coordinator, WorkerConn
+from dcoord.runtime.metrics import payload_bytes
 from dcoord.runtime.security import (
     RateLimiter,
     Refusals,
@@ -143,7 +144,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             try:
                 async for msg in request_iterator:
                     conn.last_seen = time.monotonic()
-                    c.bytes_in += msg.ByteSize()
+                    c.bytes_in += payload_bytes(msg)
                     if msg.HasField("chunk"):
                         if c.state == "running":  # nothing is buffered before the job runs
                             chunks.add(msg.chunk)
@@ -175,7 +176,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 msg = await conn.outbox.get()
                 if msg is None:
                     break
-                c.bytes_out += msg.ByteSize()
+                c.bytes_out += payload_bytes(msg)
                 yield msg
                 if msg.HasField("shutdown"):
                     break
