@@ -18,6 +18,7 @@ from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
 from dcoord.runtime.local import run_local
 from dcoord.runtime.metrics import metrics_hook
+from dcoord.runtime.tensors import flat_params
 from dcoord.workloads import load as load_workload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,13 +104,13 @@ def test_scrape_matches_the_run_directory(tmp_path):
     assert value(final, "dcoord_rejected_messages_total", reason="bad-session", **job) == 1
     assert value(final, "dcoord_decode_residual_max", **job) == summary["max_decode_residual"]
     assert value(final, "dcoord_decode_residual", **job) == recs[-1]["decode_residual"]
-    # payload bytes: each of the 4 workers got the model (float64) in each of the 8 rounds; results come back
-    # one payload each, late ones (worker 2) included, so at least what the rounds used and at most 32
-    d = load_workload("logreg-digits", 0).num_params()
-    assert value(final, "dcoord_payload_bytes_sent_total", **job) == 8 * 4 * d * 8
-    received = value(final, "dcoord_payload_bytes_received_total", **job)
-    assert received % (d * 8) == 0
-    assert sum(r["bytes_received"] for r in recs) <= received <= 8 * 4 * d * 8
+    # payload bytes: each of the 4 workers got the model's parameters in each of the 8 rounds; results come
+    # back as one float64 payload each, late ones (worker 2) included: at least what the rounds used, at most 32
+    wl = load_workload("logreg-digits", 0)
+    assert value(final, "dcoord_payload_bytes_sent_total", **job) == 8 * 4 * flat_params(wl.model).nbytes
+    received, one = value(final, "dcoord_payload_bytes_received_total", **job), wl.num_params() * 8
+    assert received % one == 0
+    assert sum(r["bytes_received"] for r in recs) <= received <= 8 * 4 * one
     assert value(final, "dcoord_workers_expected", **job) == 4
     assert value(final, "dcoord_wait_all_fallbacks_total", **job) == 0
     assert ("dcoord_epsilon_spent", frozenset(job.items())) not in final  # not a private job
