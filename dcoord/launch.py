@@ -218,7 +218,8 @@ def _work(cfg: JobConfig, env: LaunchEnv, plane) -> dict:
     os.environ.setdefault("LOCAL_RANK", str(env.local_rank))  # pick_device uses it (mpirun does not set it)
     carries = cfg.transport != "grpc"
     rounds = run_worker(address, requested_id=env.rank - 1, device=cfg.device,
-                        data_plane=plane if carries else None)
+                        data_plane=plane if carries else None,
+                        allow_workloads=[cfg.workload])  # this rank read the job file itself
     if carries:
         plane.send_end()
     plane.close(clean=True)

