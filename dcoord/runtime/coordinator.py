@@ -97,7 +97,7 @@ class Coordinator:
         self.max_residual = 0.0
         self.last_loss = math.nan
         self.bytes_round = 0
-        self.bytes_in = self.bytes_out = 0  # work-stream message bytes (service.py counts them)
+        self.bytes_in = self.bytes_out = 0  # tensor bytes on the gRPC work stream (service.py counts them)
         self.wait_all_fallbacks = 0
         self.round_observers: list = []  # f(record, coord) after each round (runtime/metrics.py)
         self.started = time.monotonic()
