@@ -691,3 +691,45 @@ def test_privacy_plan_reports_the_compromised_coordinator_epsilon():
     ref = plan(PrivacyConfig(noise_multiplier=2.0 / 3 ** 0.5, clip=1.0), rounds=20, n_samples=100, num_partitions=4)
     assert three["epsilon_compromised_coordinator"] == pytest.approx(ref["epsilon"], rel=1e-6)
     assert main is not None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_cli_coordinator_and_workers_with_tls_and_token_from_env_only(tmp_path, pki):
+    """The container way: every setting from the environment, workers started before the coordinator."""
+    import os
+    import socket
+
+    cert, key = pki["server"]
+    files = {"token": TOKEN.encode(), "ca.pem": pki["ca"], "cert.pem": cert, "key.pem": key}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    job = tmp_path / "job.yaml"
+    job.write_text(_cfg(rounds=5).to_yaml())
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DCOORD_")}
+    common = dict(base, DCOORD_TOKEN_FILE=str(tmp_path / "token"))
+    worker_env = dict(common, DCOORD_COORDINATOR=f"localhost:{port}", DCOORD_TLS_CA=str(tmp_path / "ca.pem"),
+                      DCOORD_CONNECT_TIMEOUT_S="240", DCOORD_DEVICE="cpu")
+    coord_env = dict(common, DCOORD_LISTEN=f"127.0.0.1:{port}", DCOORD_TLS_CERT=str(tmp_path / "cert.pem"),
+                     DCOORD_TLS_KEY=str(tmp_path / "key.pem"))
+    workers = [subprocess.Popen([sys.executable, "-m", "dcoord", "worker"], env=dict(worker_env, DCOORD_WORKER_ID=str(i)),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(3)]
+    try:
+        time.sleep(1.0)
+        r = subprocess.run([sys.executable, "-m", "dcoord", "coordinator", str(job), "--quiet",
+                            "--out", str(tmp_path / "out")], env=coord_env, capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr
+        outs = [w.communicate(timeout=120)[0] for w in workers]
+        assert all(w.returncode == 0 for w in workers), outs
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+    ref = full_batch_gd("logreg-digits", seed=0, rounds=5, lr=0.5)
+    assert max_rel_diff(torch.load(tmp_path / "out" / "model.pt"), ref) < 1e-5
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["refused"] == {}

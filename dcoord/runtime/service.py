@@ -44,7 +44,10 @@ MAX_DEVICE = 64
 def message_limit(coord: Coordinator) -> int:
     """Largest message the coordinator accepts: one result with every task's float64 payload inline, plus
     slack (chunked payloads come in chunks of runtime.stream_chunk_bytes)."""
-    tasks = max((len(ts) for ts in coord.scheme.tasks(0).values()), default=1)
+    try:  # a fresh scheme: the coordinator's own must not be asked out of turn
+        tasks = max((len(ts) for ts in coord.cfg.make_scheme().tasks(0).values()), default=1)
+    except Exception:  # e.g. token mode needs bind_data first: be generous
+        tasks = 8
     payload = 8 * max(coord.num_params, 1) * max(tasks, 1)
     return max(4 << 20, payload + (1 << 20), coord.cfg.runtime.stream_chunk_bytes + (1 << 20))
 

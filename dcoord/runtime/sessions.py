@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import secrets
-import time
 
 import yaml
 
@@ -27,12 +26,6 @@ def new_session() -> str:
 def session_ok(expected: str, presented: str) -> bool:
     """Constant-time comparison; an empty expected session (library use without sessions) never matches."""
     return bool(expected) and hmac.compare_digest(expected.encode(), presented.encode())
-
-
-def reserved(conn, now: float | None = None) -> bool:
-    """True while a registered id still waits for its Work stream (the reservation has not expired)."""
-    now = time.monotonic() if now is None else now
-    return not conn.attached and conn.alive and now < conn.reserved_until
 
 
 def public_config(cfg: JobConfig) -> dict:
