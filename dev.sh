@@ -49,7 +49,7 @@ case "$cmd" in
     system_packages
     install "test,mpi"
     # each prints its side-by-side ratios and writes bench/results/NAME.json (and a plot where one helps)
-    for b in decode control_plane local_stragglers transport sgc_traces srrw privacy; do
+    for b in decode control_plane local_stragglers transport sgc_traces srrw privacy privacy_digits; do
       "$VENV/bin/python" "bench/$b.py"
     done
     ;;

@@ -1,6 +1,6 @@
 """What the Prometheus endpoint costs: per-message byte accounting, one scrape, and whole runs with/without.
 
-The coordinator counts the tensor bytes of every work-stream message (``payload_bytes`` in service.py,
+The coordinator counts the tensor bytes of every work-stream message (``dcoord.wire.payload_bytes``, called by service.py,
 from the tensors' shapes) and feeds the round-latency histogram once per round; everything else is read
 at scrape time. Measured side by side in one run, per message size: payload_bytes vs protobuf's
 ByteSize() (the obvious way, which encodes the message) vs SerializeToString (gRPC's own cost); the time of
@@ -24,8 +24,7 @@ from _util import print_table, write_json
 from dcoord.config import load_config
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.runtime.local import run_local
-from dcoord.runtime.metrics import payload_bytes
-from dcoord.runtime.tensors import to_proto
+from dcoord.wire import payload_bytes, to_proto
 
 
 def _best(fn, repeat: int) -> float:

@@ -1,477 +1,313 @@
-"""DP-GD vs DIFF2-GD at equal (epsilon, delta) and equal rounds on a nonconvex task (issue 7).
+"""DP-GD vs DIFF2-GD in the DIFF2 paper's own setting (Murata & Suzuki, ICML 2023; issue 17).
 
-P nodes are simulated in ONE process with the library's real functions: per round, every partition's
-private message is ``dcoord.privacy.worker_message`` (per-sample clipping with torch.func, Gaussian noise
-drawn from a NoiseKey), the messages are summed as the decoder would, ``GradientEstimator.update`` turns
-the sum into v_t and the step is plain GD, x_{t+1} = x_t - eta v_t. Full-batch rounds (sample rate 1),
-``trust: workers`` and ``noise_split: partition`` (each node's message is DP on its own, the spec's
-per-node setting). The noise is calibrated by ``PrivateGD.from_config`` to the target epsilon; the
-epsilon each run actually spent is recomputed from the noise multipliers of the RoundSpecs it used.
+Setting (the paper's): neighbouring relation replace-one (sensitivity 2C/N), ONE noise draw on the aggregate
+(the average over the P = 10 nodes: dcoord's ``trust: coordinator``), full batch, R = 2000 rounds,
+delta = 1e-5, eps in {3, 5}; restart period T in {6, 20, 60, 200}, C1 and c2 in {1, 3, 10, 30, 100}; for
+every (T, C1, c2) the learning rate is the largest 0.5^i (i = 0..9) that does not diverge. Task: the
+``housing-mlp`` workload (8 standardised features, 16,512 training samples, 8-10-1 softplus MLP, d = 101;
+California Housing if $DCOORD_CALIFORNIA_HOUSING names a local copy, a synthetic stand-in of the same shape
+otherwise). The noise is calibrated by dcoord (``PrivateGD.from_config`` on the job's PrivacyConfig: RDP
+accountant, the paper's restart/difference budget split) and read from its RoundSpecs.
 
-Workloads:
-  - ``mlp-digits`` (main): dcoord's 64-64-10 tanh MLP on scikit-learn digits, N = 1437 train samples,
-    d = 4810 parameters, P = 10 nodes of ~144 samples.
-  - ``teacher`` (the paper's regime, ``--regime paper``): a synthetic teacher-student regression in the
-    spirit of the paper's experiments (one hidden layer of 10 softplus units, squared loss), N = 20000,
-    d = 101, so n * eps / sqrt(d) is ~100x larger than on digits.
+Protocol: every configuration runs on a tuning seed (1000) and on report seeds 0..S-1. On the tuning seed
+each (T, C1, c2) gets its learning rate (largest non-diverging) and each mechanism its best (T, C1, c2) by
+final train loss; the report seeds, never used for choosing, give mean ± std of train loss, ||grad f|| and
+test loss. DIFF2's best setting per T is reported too (where DIFF2 wins and where it does not).
+"Diverged": train loss above 10 (10x predicting the mean) or not finite at a check (every 50 rounds) or
+at the end.
 
-Tuning (same budget for both mechanisms): on a separate tuning seed and for every epsilon, each mechanism
-tries 12 configurations: 4 step sizes from the paper's 0.5^i ladder times C1 in {1, 3, 10} (DP-GD) or
-c2 in {0.3, 3, 30} (DIFF2, with DP-GD's winning C1: DIFF2's restart message is DP-GD's message); T is
-dcoord's default max(2, round(0.01 R)) (``--restart-every`` overrides it). The configuration with the
-lowest final train loss wins (a diverged run scores inf). The reported runs use seeds 0..S-1, which the
-tuning never saw. ``--tune`` re-runs the grid (~10 min); without it the stored winners (TUNED) are used.
+Speed: runs go through bench/diff2_sim.py, a vectorised closed-form simulation of the mechanisms (checked
+against dcoord's clipped sums and GradientEstimator in tests/test_privacy_bench_sim.py), many runs per
+batch. Grids: ``--grid full`` (the paper's: 1,050 configurations x 2 eps x (1 + 5) seeds = 12,600 runs of
+2000 rounds; minutes on a GPU, days on 2 CPU cores), ``reduced`` (default without a GPU; see GRIDS),
+``quick`` (a smoke run of about a minute). ``--export-spec DIR`` writes the sweep for another machine
+(``python bench/diff2_sim.py DIR/spec.pt --out sweep.json``, torch only) and ``--import-sweep
+sweep.json`` turns its result into the report.
 
-Run: .venv/bin/python bench/privacy.py [--quick] [--tune] [--seeds 3] [--rounds 200] [--eps 1 2 4 8]
-     [--regime digits|paper|all] [--restart-every T]
+Run: .venv/bin/python bench/privacy.py [--grid full|reduced|quick] [--device cpu|cuda] [--seeds S]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
 import time
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import lru_cache
+from itertools import product
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
-from torch.func import functional_call
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import diff2_sim  # noqa: E402
 from _util import RESULTS, print_table, write_json  # noqa: E402
 
-from dcoord.privacy import (  # noqa: E402
-    GradientEstimator,
-    NoiseKey,
-    PrivacyConfig,
-    PrivateGD,
-    RoundSpec,
-    compute_epsilon,
-    flat_params,
-    plan,
-    step_norm,
-    unflatten,
-    worker_message,
-)
-from dcoord.workloads import Workload, load  # noqa: E402
+from dcoord.privacy import PrivacyConfig, PrivateGD, plan  # noqa: E402
+from dcoord.privacy.mechanisms import PAPER_CLIP_DIFF_GRID, PAPER_CLIP_GRID, PAPER_ETA_GRID  # noqa: E402
+from dcoord.workloads.housing import housing_data, housing_model  # noqa: E402
 
 DELTA = 1e-5
-TUNE_SEED = 1000  # the tuning seed; reported seeds are 0..seeds-1
-DIVERGED_LOSS = 1e3  # a run whose train loss passes this (or is not finite) has diverged
-
-
-# ------------------------------------------------------------------------------------------ workloads
-
-
-def teacher_workload(seed: int, n: int = 20_000, n_test: int = 4_000, d_in: int = 8) -> Workload:
-    """Paper-like regime: a 10-unit softplus teacher, squared loss, large n and small d (d = 101).
-
-    Why synthetic: the paper's tabular datasets (California Housing, ...) are downloads; this keeps the
-    shape that matters for DIFF2 (n * eps >> sqrt(d)). The data is fixed; ``seed`` only sets the init.
-    """
-    gen = torch.Generator().manual_seed(4321)
-    X = torch.randn(n + n_test, d_in, generator=gen)
-    w1, b1 = torch.randn(d_in, 10, generator=gen), torch.randn(10, generator=gen)
-    w2 = torch.randn(10, 1, generator=gen)
-    y = F.softplus(X @ w1 + b1) @ w2
-    y = (y - y.mean()) / y.std() + 0.1 * torch.randn(n + n_test, 1, generator=gen)
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(d_in, 10), torch.nn.Softplus(), torch.nn.Linear(10, 1))
-    return Workload(model, X[:n], y[:n], F.mse_loss, X[n:], y[n:], name="teacher")
-
-
-REGIMES: dict[str, dict[str, Any]] = {
-    # rounds/eps/grids per workload; the grids were sized so both cover their optimum at every eps
-    "digits": {"workload": "mlp-digits", "rounds": 200, "eps": [1.0, 2.0, 4.0, 8.0]},
-    "paper": {"workload": "teacher", "rounds": 200, "eps": [0.25, 1.0, 4.0]},
+TUNE_SEED = 1000
+NODES = 10  # P: the noise is drawn once on the average over nodes, so P only fixes n = N / P
+PAPER_CLAIM = (
+    "Murata & Suzuki (ICML 2023, arXiv 2302.03884): DIFF2-GD reaches lower train loss and gradient norm than "
+    "DP-GD at eps 3 and 5 on tabular regression (R = 2000, P = 10, 8-10-1 softplus MLP); theory: utility "
+    "(squared gradient norm) O(d^(2/3)/(n eps)^(4/3)) for DIFF2 vs O(sqrt(d)/(n eps)) for DP-GD, so DIFF2 helps "
+    "when n eps >> sqrt(d)."
+)
+GRIDS: dict[str, dict[str, Any]] = {
+    "full": {"rounds": 2000, "eps": [3.0, 5.0], "T": [6, 20, 60, 200], "C1": list(PAPER_CLIP_GRID),
+             "c2": list(PAPER_CLIP_DIFF_GRID), "lr": list(PAPER_ETA_GRID), "seeds": 5},
+    # without a GPU (2 CPU cores do ~30 run-rounds/s here): the paper's R and eps around the full grid's winners
+    # (DP-GD lr 1, C1 1; DIFF2 T 60, C1 1, c2 3), not a tuning: 32,000 run-rounds
+    "reduced": {"rounds": 2000, "eps": [3.0, 5.0], "T": [60], "C1": [1.0], "c2": [3.0], "lr": [1.0, 0.25],
+                "seeds": 1},
+    "quick": {"rounds": 100, "eps": [3.0], "T": [6, 20], "C1": [3.0], "c2": [3.0, 30.0], "lr": [0.25, 0.0625],
+              "seeds": 1},
 }
 
 
-def load_workload(name: str, seed: int) -> Workload:
-    """dcoord's built-in workloads, plus the synthetic ``teacher`` defined here."""
-    return teacher_workload(seed) if name == "teacher" else load(name, seed)
+# ------------------------------------------------------------------------------------------ the sweep
 
 
-# ------------------------------------------------------------------------------------------- metrics
+def calibrate(eps: float, T: int, rounds: int, n: int) -> dict[str, float]:
+    """Noise per unit clip (s1, s2) from dcoord's calibrated mechanism in the paper's setting; T = 1 is DP-GD."""
+    mech_name = "dp-gd" if T == 1 else "diff2"
+    cfg = PrivacyConfig(mechanism=mech_name, epsilon=eps, delta=DELTA, clip=1.0, trust="coordinator",
+                        neighbouring="replace-one", restart_every=None if T == 1 else T,
+                        clip_diff=None if T == 1 else 1.0)
+    mech = PrivateGD.from_config(cfg, rounds=rounds, n_samples=n, num_partitions=NODES)
+    s1 = mech.round_spec(0).coordinator_std  # clip 1
+    s2 = mech.round_spec(1, step_norm=1.0).coordinator_std if T > 1 else 0.0  # C2 = c2 * 1 = 1
+    return {"s1": s1, "s2": s2, "z1": mech.noise_multiplier, "z2": mech.noise_multiplier_diff or 0.0,
+            "eps_planned": plan(cfg, rounds, n, NODES)["epsilon"]}
 
 
-def loss_and_grad_norm(wl: Workload, x: Tensor) -> tuple[float, float]:
-    """f(x) and ||grad f(x)|| on the full training set: true gradient, no clipping, no noise."""
-    xx = x.detach().clone().requires_grad_(True)
-    loss = wl.loss_fn(functional_call(wl.model, unflatten(wl.model, xx), (wl.X,)), wl.y)
-    (g,) = torch.autograd.grad(loss, xx)
-    return float(loss.detach()), float(g.norm())
+def configurations(grid: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every (mechanism, T, C1, c2, lr) of the grid; DP-GD has T = 1 and no c2."""
+    out = [{"mechanism": "dp-gd", "T": 1, "C1": c1, "c2": 0.0, "lr": lr}
+           for c1, lr in product(grid["C1"], grid["lr"])]
+    out += [{"mechanism": "diff2", "T": T, "C1": c1, "c2": c2, "lr": lr}
+            for T, c1, c2, lr in product(grid["T"], grid["C1"], grid["c2"], grid["lr"])]
+    return out
 
 
-@torch.no_grad()
-def test_metric(wl: Workload, x: Tensor) -> float:
-    """Test accuracy for classification (integer labels), test loss (MSE) for regression."""
-    out = functional_call(wl.model, unflatten(wl.model, x), (wl.X_test,))
-    if wl.y_test is not None and not wl.y_test.is_floating_point():
-        return float((out.argmax(1) == wl.y_test).float().mean())
-    return float(wl.loss_fn(out, wl.y_test))
+def build_spec(grid: dict[str, Any], seeds: list[int], dtype: str = "float32") -> dict[str, Any]:
+    """Data, initial parameters, calibrated noise and one job per (eps, seed): what diff2_sim runs."""
+    X, y, Xt, yt, source = housing_data()
+    n, rounds = X.shape[0], grid["rounds"]
+    configs = configurations(grid)
+    cal = {f"{eps}/{T}": calibrate(eps, T, rounds, n) for eps in grid["eps"] for T in [1, *grid["T"]]}
+    jobs = []
+    for eps in grid["eps"]:
+        cols: dict[str, list[float]] = {k: [] for k in ("eta", "clip", "clip_diff", "restart_every", "s1", "s2")}
+        for c in configs:
+            k = cal[f"{eps}/{c['T']}"]
+            for key, val in (("eta", c["lr"]), ("clip", c["C1"]), ("clip_diff", c["c2"]),
+                             ("restart_every", c["T"]), ("s1", k["s1"]), ("s2", k["s2"])):
+                cols[key].append(val)
+        tens = {k: torch.tensor(v, dtype=torch.int64 if k == "restart_every" else torch.float64)
+                for k, v in cols.items()}
+        jobs += [{"name": f"eps={eps}/seed={s}", "eps": eps, "seed": s, "configs": tens} for s in seeds]
+    x0 = {s: torch.cat([p.detach().reshape(-1) for p in housing_model(s).parameters()]) for s in seeds}
+    return {"rounds": rounds, "log_every": 50 if rounds % 50 == 0 else rounds, "dtype": dtype, "jobs": jobs,
+            "x0": x0, "data": {"X": X, "y": y, "X_test": Xt, "y_test": yt}, "source": source,
+            "configs": configs, "calibration": cal, "grid": grid, "seeds": seeds, "n": n}
 
 
-# ---------------------------------------------------------------------------------------- simulation
+# ------------------------------------------------------------------------------------------ the report
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One mechanism's hyperparameters: eta (step), C1 (clip), and for DIFF2 c2 and T (None: default)."""
-
-    mechanism: str
-    eta: float
-    clip: float
-    clip_diff: float | None = None
-    restart_every: int | None = None
-
-    def config(self, epsilon: float) -> PrivacyConfig:
-        """The PrivacyConfig a dcoord job would carry for this setting at this target epsilon."""
-        return PrivacyConfig(mechanism=self.mechanism, epsilon=epsilon, delta=DELTA, clip=self.clip,
-                             clip_diff=self.clip_diff, restart_every=self.restart_every)
-
-
-@dataclass
-class Run:
-    """What one training run measured (loss/grad_norm/test at x_R), and what it cost in privacy."""
-
-    loss: float
-    grad_norm: float
-    test: float
-    eps_spent: float
-    eps_plan: float
-    noise_multiplier: float
-    noise_multiplier_diff: float | None
-    restart_every: int
-    diverged: bool
-    curve: list[float] = field(default_factory=list)  # train loss every `log_every` rounds
-    snr: dict[str, float] = field(default_factory=dict)  # median signal/noise per round kind (diagnose)
-
-
-def full_grad(wl: Workload, x: Tensor) -> Tensor:
-    """grad f(x) on the full training set (diagnostics only: never released, no privacy cost)."""
-    xx = x.detach().clone().requires_grad_(True)
-    loss = wl.loss_fn(functional_call(wl.model, unflatten(wl.model, xx), (wl.X,)), wl.y)
-    return torch.autograd.grad(loss, xx)[0]
-
-
-@lru_cache(maxsize=64)
-def _mechanism(mechanism: str, clip: float, clip_diff: float | None, restart_every: int | None, epsilon: float,
-               rounds: int, n: int, partitions: int) -> tuple[PrivateGD, float]:
-    """PrivateGD.from_config (calibration by bisection) and plan()'s epsilon, cached: eta does not enter."""
-    cfg = Setting(mechanism, 1.0, clip, clip_diff, restart_every).config(epsilon)
-    mech = PrivateGD.from_config(cfg, rounds=rounds, n_samples=n, num_partitions=partitions)
-    return mech, plan(cfg, rounds, n, partitions)["epsilon"]
-
-
-def round_message_sum(wl: Workload, mech: PrivateGD, parts: list[Tensor], t: int, x: Tensor,
-                      prev: Tensor | None, key: NoiseKey) -> tuple[Tensor, RoundSpec]:
-    """Every node's worker_message for round t, summed as the decoder would; also the round's spec."""
-    spec = mech.round_spec(t, step_norm(x, prev) if prev is not None else 0.0)
-    total = torch.zeros_like(x)
-    for j, idx in enumerate(parts):
-        total += worker_message(wl.model, wl.loss_fn, wl.X[idx], wl.y[idx], spec=spec, partition=j, key=key,
-                                params=x, prev_params=prev)
-    return total, spec
-
-
-def signal_to_noise(wl: Workload, spec: RoundSpec, x: Tensor, prev: Tensor | None, g_prev: Tensor | None,
-                    ) -> tuple[float, Tensor]:
-    """||what the round should tell|| / ||noise it carries||: grad f(x_t) on restarts, its change on
-    differences, against aggregate_std * sqrt(d). Explains who wins: DIFF2 pays off when this is large."""
-    g = full_grad(wl, x)
-    signal = g if spec.kind == "restart" or g_prev is None else g - g_prev
-    noise = spec.aggregate_std * math.sqrt(x.numel())
-    return float(signal.norm()) / noise if noise > 0 else math.inf, g
-
-
-def simulate(wl: Workload, setting: Setting, epsilon: float, rounds: int, partitions: int, seed: int,
-             log_every: int = 10, diagnose: bool = False) -> Run:
-    """R rounds of private GD with P simulated nodes; stops early (diverged) once the loss blows up."""
-    n = wl.num_samples
-    mech, eps_plan = _mechanism(setting.mechanism, setting.clip, setting.clip_diff, setting.restart_every,
-                                epsilon, rounds, n, partitions)
-    parts = list(torch.arange(n).tensor_split(partitions))
-    key = NoiseKey(f"dcoord-privacy-bench/seed={seed}")
-    est = GradientEstimator(mech)
-    x, prev, g_prev = flat_params(wl.model), None, None
-    used: Counter[float] = Counter()
-    snr: dict[str, list[float]] = {"restart": [], "difference": []}
-    curve: list[float] = []
-    diverged = False
-    for t in range(rounds):
-        if t % log_every == 0:
-            curve.append(loss_and_grad_norm(wl, x)[0])
-            if not math.isfinite(curve[-1]) or curve[-1] > DIVERGED_LOSS:
-                diverged = True
-                break
-        total, spec = round_message_sum(wl, mech, parts, t, x, prev, key)
-        used[spec.noise_multiplier] += 1
-        if diagnose:
-            ratio, g_prev = signal_to_noise(wl, spec, x, prev, g_prev)
-            snr[spec.kind].append(ratio)
-        v = est.update(t, total)
-        prev, x = x, x - setting.eta * v
-    loss, gnorm = loss_and_grad_norm(wl, x)
-    diverged = diverged or not math.isfinite(loss) or loss > DIVERGED_LOSS
-    # the epsilon this run spent, from the noise multipliers of the RoundSpecs it actually used
-    eps_spent = compute_epsilon([(z, 1.0, c) for z, c in used.items()], DELTA)
-    return Run(loss=math.inf if diverged else loss, grad_norm=math.inf if diverged else gnorm,
-               test=math.nan if diverged else test_metric(wl, x), eps_spent=eps_spent, eps_plan=eps_plan,
-               noise_multiplier=mech.noise_multiplier, noise_multiplier_diff=mech.noise_multiplier_diff,
-               restart_every=mech.restart_every, diverged=diverged, curve=curve,
-               snr={k: statistics.median(v) for k, v in snr.items() if v})
-
-
-# -------------------------------------------------------------------------------------------- tuning
-
-# Same budget for both: 4 step sizes x 3 values of one more knob = 12 configurations per mechanism and eps.
-# DP-GD's knob is C1; DIFF2's is c2, and DIFF2 reuses DP-GD's winning C1 at the same eps (its restart
-# message IS DP-GD's message). c2 = 3 and 30 (the paper's default) are from the paper's grid; c2 = 0.3 is
-# below it on purpose: it is where DIFF2 lands when the differences are too noisy to help (digits).
-GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
-    "digits": {"eta": (1.0, 0.5, 0.25, 0.125), "clip": (1.0, 3.0, 10.0), "clip_diff": (0.3, 3.0, 30.0)},
-    "paper": {"eta": (0.5, 0.25, 0.125, 0.0625), "clip": (1.0, 3.0, 10.0), "clip_diff": (0.3, 3.0, 30.0)},
-}
-DIFF2_T: int | None = None  # None: dcoord's default T = max(2, round(0.01 R)); --restart-every overrides
-
-# Winners of `--tune` (seed TUNE_SEED, R = REGIMES[..]["rounds"], P = 10), so that the default run fits in
-# a few minutes; `--tune` recomputes them (and is implied for an eps or R they do not cover).
-# regime -> eps -> mechanism -> (eta, C1, c2)
-TUNED: dict[str, dict[float, dict[str, tuple[float, float, float | None]]]] = {
-    "digits": {
-        1.0: {"dp-gd": (0.125, 1.0, None), "diff2": (0.125, 1.0, 0.3)},
-        2.0: {"dp-gd": (0.25, 1.0, None), "diff2": (0.25, 1.0, 0.3)},
-        4.0: {"dp-gd": (0.5, 1.0, None), "diff2": (0.25, 1.0, 0.3)},
-        8.0: {"dp-gd": (0.5, 1.0, None), "diff2": (0.5, 1.0, 0.3)},
-    },
-    "paper": {
-        0.25: {"dp-gd": (0.25, 1.0, None), "diff2": (0.25, 1.0, 3.0)},
-        1.0: {"dp-gd": (0.25, 10.0, None), "diff2": (0.125, 10.0, 3.0)},
-        4.0: {"dp-gd": (0.25, 10.0, None), "diff2": (0.5, 10.0, 3.0)},
-    },
-}
-
-
-def grid(regime: str, mechanism: str, clip: float = 1.0) -> list[Setting]:
-    """The configurations one mechanism may try (same count for both); ``clip``: DIFF2's C1."""
-    g = GRIDS[regime]
-    if mechanism == "dp-gd":
-        return [Setting("dp-gd", eta, c1) for eta in g["eta"] for c1 in g["clip"]]
-    return [Setting("diff2", eta, clip, c2, DIFF2_T) for eta in g["eta"] for c2 in g["clip_diff"]]
-
-
-def tune(regime: str, mechanism: str, epsilon: float, rounds: int, partitions: int,
-         advance: Callable[[], None], clip: float = 1.0) -> tuple[Setting, list[dict[str, Any]]]:
-    """Best configuration by final train loss on the tuning seed (diverged = inf), and every score."""
-    scores = []
-    candidates = grid(regime, mechanism, clip)
-    for s in candidates:
-        run = simulate(load_workload(REGIMES[regime]["workload"], TUNE_SEED), s, epsilon, rounds, partitions,
-                       TUNE_SEED)
-        scores.append({"eta": s.eta, "clip": s.clip, "clip_diff": s.clip_diff, "loss": _finite(run.loss)})
-        advance()
-    best = min(range(len(scores)), key=lambda i: math.inf if scores[i]["loss"] is None else scores[i]["loss"])
-    return candidates[best], scores
-
-
-def stored_setting(regime: str, mechanism: str, epsilon: float) -> Setting | None:
-    """The pre-tuned winner, if ``--tune`` was run for this (regime, eps)."""
-    got = TUNED.get(regime, {}).get(epsilon, {}).get(mechanism)
-    return None if got is None else Setting(mechanism, got[0], got[1], got[2])
-
-
-# ------------------------------------------------------------------------------------------ reporting
-
-
-def _finite(v: float) -> float | None:
-    """JSON has no inf/nan: diverged values become null."""
+def _fin(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample std over seeds (inf when any seed diverged)."""
-    if not all(math.isfinite(v) for v in values):
-        return math.inf, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def mean_std(vals: list[float]) -> dict[str, Any]:
+    """Mean ± sample std over the seeds that did not diverge, and how many did."""
+    ok = [v for v in vals if v is not None and math.isfinite(v)]
+    return {"mean": statistics.fmean(ok) if ok else None, "std": statistics.stdev(ok) if len(ok) > 1 else 0.0,
+            "diverged": len(vals) - len(ok), "values": [_fin(v) if v is not None else None for v in vals]}
 
 
-def fmt(values: list[float]) -> str:
-    """'mean±std' with 3 significant digits, or how many seeds diverged."""
-    m, s = mean_std(values)
-    if not math.isfinite(m):
-        return f"diverged {sum(not math.isfinite(v) for v in values)}/{len(values)}"
-    return f"{m:.3g}±{s:.1g}"
+def report(spec: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any]:
+    """Tune on TUNE_SEED (largest non-diverging lr per (T, C1, c2), then best by train loss), report seeds."""
+    configs, grid = spec["configs"], spec["grid"]
+    report_seeds = [s for s in spec["seeds"] if s != TUNE_SEED]
+    out: dict[str, Any] = {}
+    for eps in grid["eps"]:
+        tune = sweep[f"eps={eps}/seed={TUNE_SEED}"]
+        by_h: dict[tuple, list[int]] = {}
+        for i, c in enumerate(configs):
+            by_h.setdefault((c["mechanism"], c["T"], c["C1"], c["c2"]), []).append(i)
+        chosen: dict[tuple, dict[str, Any]] = {}
+        for h, idx in by_h.items():
+            ok = [i for i in idx if not tune["diverged"][i]]
+            if not ok:
+                continue
+            i = max(ok, key=lambda j: configs[j]["lr"])  # the largest lr that does not diverge
+            chosen[h] = {"index": i, "lr": configs[i]["lr"], "tune_loss": tune["loss"][i]}
+
+        def stats(i: int, eps: float = eps, tune: dict[str, Any] = tune) -> dict[str, Any]:
+            res = {m: mean_std([sweep[f"eps={eps}/seed={s}"][m][i] for s in report_seeds])
+                   for m in ("loss", "grad_norm", "test_loss")}
+            curves = [sweep[f"eps={eps}/seed={s}"]["curve"][i] for s in report_seeds]
+            res["curve_mean"] = [_fin(statistics.fmean(v)) if all(math.isfinite(x) for x in v) else None
+                                 for v in zip(*curves, strict=True)]
+            return {**configs[i], **res, "tune_loss": tune["loss"][i]}
+
+        def best(pred: Any, chosen: dict[tuple, dict[str, Any]] = chosen) -> dict[str, Any] | None:
+            cands = [(v["tune_loss"], v["index"]) for h, v in chosen.items() if pred(h)]
+            return stats(min(cands)[1]) if cands else None
+
+        rows = {"dp-gd": best(lambda h: h[0] == "dp-gd"), "diff2": best(lambda h: h[0] == "diff2")}
+        per_T = {str(T): best(lambda h, T=T: h[0] == "diff2" and h[1] == T) for T in grid["T"]}
+        # where DIFF2 wins and where not: best C1 (on the tuning seed) for every (T, c2), on the report seeds
+        t_by_c2 = {}
+        for T, c2 in product(grid["T"], grid["c2"]):
+            b = best(lambda h, T=T, c2=c2: h[0] == "diff2" and h[1] == T and h[3] == c2)
+            t_by_c2[f"T={T}/c2={c2:g}"] = None if b is None else {
+                k: b[k] for k in ("lr", "C1", "loss", "grad_norm", "test_loss")}
+        lr_table = [{"mechanism": h[0], "T": h[1], "C1": h[2], "c2": h[3], "lr": v["lr"],
+                     "tune_loss": _fin(v["tune_loss"])} for h, v in chosen.items()]
+        never = [{"mechanism": h[0], "T": h[1], "C1": h[2], "c2": h[3]} for h in by_h if h not in chosen]
+        cal = {k.split("/")[1]: v for k, v in spec["calibration"].items() if k.startswith(f"{eps}/")}
+        out[str(eps)] = {"best": rows, "diff2_best_per_T": per_T, "diff2_by_T_and_c2": t_by_c2,
+                         "lr_chosen": lr_table,
+                         "all_lrs_diverged": never, "calibration": cal}
+    return out
 
 
-def regime_facts(wl: Workload, partitions: int) -> dict[str, float]:
-    """n per node, d, and the ratio the theory keys on: DIFF2 beats DP-GD when n*eps >> sqrt(d)."""
-    d = sum(p.numel() for p in wl.model.parameters())
-    return {"n_total": wl.num_samples, "n_per_node": wl.num_samples / partitions, "d": d,
-            "partitions": partitions}
+def fmt(s: dict[str, Any] | None, key: str) -> str:
+    if s is None:
+        return "-"
+    m = s[key]
+    if m["mean"] is None:
+        return f"diverged {m['diverged']}"
+    tail = f" ({m['diverged']} div.)" if m["diverged"] else ""
+    return f"{m['mean']:.4g}±{m['std']:.2g}{tail}"
 
 
-def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
-    """Per regime: final train loss and ||grad f|| vs eps, and train loss vs round at the middle eps."""
+def print_report(rep: dict[str, Any]) -> None:
+    rows = []
+    for eps, r in rep.items():
+        entries = [("DP-GD", r["best"]["dp-gd"]), ("DIFF2 best", r["best"]["diff2"])]
+        entries += [(f"DIFF2 T={T}", s) for T, s in r["diff2_best_per_T"].items()]
+        for name, s in entries:
+            setting = "-" if s is None else f"lr={s['lr']:g} C1={s['C1']:g}" + (
+                f" c2={s['c2']:g} T={s['T']}" if s["mechanism"] == "diff2" else "")
+            rows.append([eps, name, fmt(s, "loss"), fmt(s, "grad_norm"), fmt(s, "test_loss"), setting])
+    print_table(["eps", "mechanism", "train loss", "||grad f||", "test loss", "tuned setting"], rows)
+    for eps, r in rep.items():  # DIFF2 (best C1) per (T, c2) against DP-GD's best, report seeds
+        dp = r["best"]["dp-gd"]
+        if dp is None or dp["loss"]["mean"] is None:
+            continue
+        cells = []
+        for key, b in r["diff2_by_T_and_c2"].items():
+            if b is None or b["loss"]["mean"] is None:
+                cells.append([eps, key, "all lr diverged" if b is None else "diverged", "-", "-"])
+                continue
+            lr_ = b["loss"]["mean"] / dp["loss"]["mean"]
+            gr_ = b["grad_norm"]["mean"] / dp["grad_norm"]["mean"]
+            cells.append([eps, key, f"{lr_:.3f}", f"{gr_:.3f}", f"lr={b['lr']:g} C1={b['C1']:g}"])
+        print(f"\nDIFF2 / DP-GD at eps {eps} (ratios of report-seed means; < 1: DIFF2 better)")
+        print_table(["eps", "DIFF2 setting", "train loss ratio", "||grad f|| ratio", "tuned"], cells)
+
+
+def plot(rep: dict[str, Any], rounds: int, log_every: int, path: Path) -> None:
+    """Per eps: the three metrics for DP-GD and DIFF2's best per T (error bars: std over seeds), and curves."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(results), 3, figsize=(14, 3.8 * len(results)), squeeze=False)
-    colors = {"dp-gd": "tab:blue", "diff2": "tab:red"}
-    for row, (regime, res) in zip(axes, results.items()):
-        eps_list = res["eps"]
-        for mech in ("dp-gd", "diff2"):
-            for ax, metric in zip(row[:2], ("loss", "grad_norm")):
-                stats = [mean_std(res["runs"][str(e)][mech][metric]) for e in eps_list]
-                ax.errorbar(eps_list, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o",
-                            capsize=3, color=colors[mech], label=mech)
-            e_mid = str(eps_list[len(eps_list) // 2])
-            curves = [c for c in res["runs"][e_mid][mech]["curves"] if c]
-            k = min(len(c) for c in curves)
-            mean_curve = [statistics.fmean(c[i] for c in curves) for i in range(k)]
-            row[2].plot([i * res["log_every"] for i in range(k)], mean_curve, color=colors[mech], label=mech)
-        row[0].set(title=f"{regime}: final train loss", xlabel="epsilon", yscale="log", xscale="log")
-        row[1].set(title=f"{regime}: ||grad f(x_R)||", xlabel="epsilon", yscale="log", xscale="log")
-        row[2].set(title=f"{regime}: train loss, eps={e_mid}", xlabel="round", yscale="log")
-        for ax in row[:2]:
-            ax.set_xticks(eps_list, [f"{e:g}" for e in eps_list])
-            ax.minorticks_off()
-        for ax in row:
-            ax.legend()
-            ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(len(rep), 4, figsize=(17, 3.8 * len(rep)), squeeze=False)
+    for row, (eps, r) in zip(axes, rep.items(), strict=True):
+        entries = [("DP-GD", r["best"]["dp-gd"])] + [(f"T={T}", s) for T, s in r["diff2_best_per_T"].items()]
+        names = [n for n, _ in entries]
+        for ax, key, title in zip(row[:3], ("loss", "grad_norm", "test_loss"),
+                                  ("train loss", "||grad f(x_R)||", "test loss"), strict=True):
+            means = [s[key]["mean"] if s and s[key]["mean"] is not None else math.nan for _, s in entries]
+            stds = [s[key]["std"] if s else 0.0 for _, s in entries]
+            colors = ["tab:blue"] + ["tab:red"] * (len(entries) - 1)
+            ax.bar(names, means, yerr=stds, color=colors, capsize=3)
+            ax.set(title=f"eps={eps}: {title}", yscale="log")
+            ax.grid(alpha=0.3, axis="y")
+        palette = iter(["tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown"])
+        for name, s in entries:
+            if s and s["curve_mean"]:
+                xs = [min(i * log_every, rounds) for i in range(len(s["curve_mean"]))]
+                ys = [v if v is not None else math.nan for v in s["curve_mean"]]
+                row[3].plot(xs, ys, label=f"{'DIFF2 ' if name != 'DP-GD' else ''}{name}",
+                            color="tab:blue" if name == "DP-GD" else next(palette))
+        row[3].set(title=f"eps={eps}: train loss (mean over seeds)", xlabel="round", yscale="log")
+        row[3].legend(fontsize=8)
+        row[3].grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-# ------------------------------------------------------------------------------------------------ run
-
-
-def run_regime(regime: str, eps_list: list[float], rounds: int, seeds: int, partitions: int, force_tune: bool,
-               smoke: bool, log_every: int, progress: Any) -> dict[str, Any]:
-    """Tune (or take the stored winners), then run every (eps, mechanism, seed); returns the JSON block.
-
-    The stored winners hold for the regime's R and P only; other values retune, except in a ``smoke`` run.
-    """
-    mechs = ("dp-gd", "diff2")
-    stored = {(e, m): stored_setting(regime, m, e) for e in eps_list for m in mechs}
-    off_grid = rounds != REGIMES[regime]["rounds"] or partitions != 10 or DIFF2_T is not None
-    retune = force_tune or (off_grid and not smoke) or any(s is None for s in stored.values())
-    n_tune = len(eps_list) * sum(len(grid(regime, m)) for m in mechs) if retune else 0
-    task = progress.add_task(regime, total=n_tune + len(eps_list) * len(mechs) * seeds)
-    advance = lambda: progress.advance(task)  # noqa: E731
-    settings, tuning = dict(stored), {}
-    if retune:
-        for e in eps_list:
-            for m in mechs:  # dp-gd first: diff2 reuses its C1
-                clip = settings[(e, "dp-gd")].clip if m == "diff2" else 1.0
-                settings[(e, m)], scores = tune(regime, m, e, rounds, partitions, advance, clip)
-                tuning[f"{e}/{m}"] = scores
-    runs: dict[str, dict[str, dict[str, Any]]] = {}
-    for e in eps_list:
-        for m in mechs:
-            s = settings[(e, m)]
-            per_seed = []
-            for seed in range(seeds):
-                wl = load_workload(REGIMES[regime]["workload"], seed)
-                per_seed.append(simulate(wl, s, e, rounds, partitions, seed, log_every=log_every, diagnose=True))
-                advance()
-            runs.setdefault(str(e), {})[m] = summarize(s, per_seed, e)
-    wl = load_workload(REGIMES[regime]["workload"], 0)
-    return {"workload": REGIMES[regime]["workload"], "rounds": rounds, "seeds": list(range(seeds)),
-            "tune_seed": TUNE_SEED, "eps": eps_list, "delta": DELTA, "log_every": log_every,
-            "retuned": retune, "grid": GRIDS[regime], "diff2_restart_every": DIFF2_T,
-            "facts": regime_facts(wl, partitions), "tuning": tuning, "runs": runs}
-
-
-def summarize(s: Setting, per_seed: list[Run], epsilon: float) -> dict[str, Any]:
-    """Per-seed values plus the privacy check: the spent epsilon must match the target (<=, within 0.1%)."""
-    for r in per_seed:
-        if not (r.eps_spent <= epsilon * (1 + 1e-9) and r.eps_spent >= epsilon * (1 - 1e-3)):
-            raise AssertionError(f"{s}: spent epsilon {r.eps_spent} does not match the target {epsilon}")
-    r0 = per_seed[0]
-    return {"eta": s.eta, "clip": s.clip, "clip_diff": s.clip_diff, "restart_every": r0.restart_every,
-            "noise_multiplier": r0.noise_multiplier, "noise_multiplier_diff": r0.noise_multiplier_diff,
-            "eps_spent": [r.eps_spent for r in per_seed], "eps_plan": r0.eps_plan,
-            "loss": [r.loss for r in per_seed], "grad_norm": [r.grad_norm for r in per_seed],
-            "test": [r.test for r in per_seed], "snr": [r.snr for r in per_seed],
-            "curves": [r.curve for r in per_seed]}
-
-
-def table_rows(regime: str, res: dict[str, Any]) -> list[list[Any]]:
-    """One row per (eps, mechanism): metrics as mean±std over seeds, and the tuned setting."""
-    rows = []
-    for e in res["eps"]:
-        for m, r in res["runs"][str(e)].items():
-            snr = r["snr"][0]
-            rows.append([regime, e, m, fmt(r["loss"]), fmt(r["grad_norm"]), fmt(r["test"]),
-                         f"{max(r['eps_spent']):.4f}", r["eta"], r["clip"], r["clip_diff"] or "-",
-                         r["restart_every"], f"{snr.get('restart', math.nan):.3f}",
-                         f"{snr.get('difference', math.nan):.3f}"])
-    return rows
-
-
-def jsonable(obj: Any) -> Any:
-    """Replace inf/nan (diverged runs) by null, recursively."""
-    if isinstance(obj, float):
-        return _finite(obj)
-    if isinstance(obj, dict):
-        return {k: jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    return obj
+def finish(spec: dict[str, Any], sweep: dict[str, Any], meta: dict[str, Any], out: Path) -> None:
+    """Report, table, JSON and plot."""
+    rep = report(spec, sweep["results"])
+    print_report(rep)
+    grid = spec["grid"]
+    n_runs = len(spec["configs"]) * len(spec["jobs"])
+    path = write_json("privacy", {
+        "setting": {"neighbouring": "replace-one", "trust": "coordinator (one noise draw on the aggregate)",
+                    "accountant": "rdp", "delta": DELTA, "nodes": NODES, "n_total": spec["n"],
+                    "n_per_node": spec["n"] / NODES, "d": diff2_sim.DIM, "data": spec["source"],
+                    "diverged_if": f"train loss > {diff2_sim.DIVERGED} or not finite"},
+        "grid": grid, "tune_seed": TUNE_SEED, "report_seeds": [s for s in spec["seeds"] if s != TUNE_SEED],
+        "runs": n_runs, "run_rounds": n_runs * grid["rounds"], "device": sweep.get("device"),
+        "sweep_wall_s": sweep.get("wall_s"), **meta, "paper": PAPER_CLAIM, "eps": rep}, out)
+    plot(rep, grid["rounds"], spec["log_every"], out / "privacy.png")
+    print(f"\n{n_runs} runs x {grid['rounds']} rounds on {sweep.get('device')} in {sweep.get('wall_s', 0):.0f} s; "
+          f"wrote {path} and {out / 'privacy.png'}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--regime", choices=["digits", "paper", "all"], default="all")
-    ap.add_argument("--eps", type=float, nargs="+", default=None, help="default: the regime's list")
-    ap.add_argument("--rounds", type=int, default=None, help="default: the regime's R (200)")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--partitions", type=int, default=10)
-    ap.add_argument("--restart-every", type=int, default=None, help="DIFF2's T (default: max(2, 0.01 R)); retunes")
-    ap.add_argument("--tune", action="store_true", help="re-run the tuning grid instead of the stored winners")
-    ap.add_argument("--quick", action="store_true", help="~30 s smoke run: digits, R=60, eps 1 and 8, 2 seeds")
+    ap.add_argument("--grid", choices=list(GRIDS), default=None, help="default: full with a GPU, else reduced")
+    ap.add_argument("--quick", action="store_true", help="same as --grid quick")
+    ap.add_argument("--rounds", type=int, default=None, help="override R (smoke tests; the paper's is 2000)")
+    ap.add_argument("--seeds", type=int, default=None, help="report seeds 0..S-1 (the tuning seed is extra)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch-size", type=int, default=None, help="runs simulated together (default 2048 GPU, 32 CPU)")
+    ap.add_argument("--export-spec", type=Path, default=None, help="write DIR/spec.pt for another machine and stop")
+    ap.add_argument("--import-sweep", type=Path, default=None, help="report a sweep.json run from --export-spec")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    torch.set_num_threads(1)  # shared 2-core machine
-    global DIFF2_T
-    DIFF2_T = args.restart_every
-    regimes = ["digits", "paper"] if args.regime == "all" else [args.regime]
-    if args.quick:
-        regimes, args.eps, args.rounds, args.seeds = ["digits"], [1.0, 8.0], 60, 2
-    from rich.progress import Progress
-
+    gname = "quick" if args.quick else args.grid or ("full" if args.device.startswith("cuda") else "reduced")
+    grid = dict(GRIDS[gname])
+    if args.rounds:
+        grid["rounds"] = args.rounds
+    seeds = [TUNE_SEED, *range(args.seeds if args.seeds is not None else grid["seeds"])]
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     t0 = time.time()
-    results: dict[str, dict[str, Any]] = {}
-    with Progress() as progress:
-        for regime in regimes:
-            rounds = args.rounds or REGIMES[regime]["rounds"]
-            eps_list = args.eps or REGIMES[regime]["eps"]
-            # --quick keeps the stored (R=200) winners: a smoke test, not a measurement
-            results[regime] = run_regime(regime, eps_list, rounds, args.seeds, args.partitions, args.tune,
-                                         smoke=args.quick, log_every=max(1, rounds // 40), progress=progress)
-    wall = time.time() - t0
-    rows = [row for regime, res in results.items() for row in table_rows(regime, res)]
-    print_table(["regime", "eps", "mechanism", "train loss", "||grad f||", "test acc/mse", "eps spent", "eta",
-                 "C1", "c2", "T", "snr restart", "snr diff"], rows)
+    spec = build_spec(grid, seeds)
     out = args.out or RESULTS
-    path = write_json("privacy", jsonable({"quick": args.quick, "partitions": args.partitions,
-                                           "trust": "workers", "noise_split": "partition", "accountant": "rdp",
-                                           "bench_wall_s": wall, "regimes": results}), out)
-    plot(results, out / "privacy.png")
-    print(f"\nwrote {path} and {out / 'privacy.png'} in {wall:.0f} s")
+    print(f"grid {gname}: {len(spec['configs'])} configurations x {len(grid['eps'])} eps x {len(seeds)} seeds, "
+          f"R = {grid['rounds']}, data: {spec['source']}")
+    if args.export_spec:
+        args.export_spec.mkdir(parents=True, exist_ok=True)
+        torch.save(spec, args.export_spec / "spec.pt")
+        print(f"wrote {args.export_spec / 'spec.pt'}; run: python bench/diff2_sim.py SPEC --out sweep.json")
+        return
+    if args.import_sweep:
+        sweep = json.loads(args.import_sweep.read_text())
+    else:
+        bs = args.batch_size or (2048 if args.device.startswith("cuda") else 32)
+        t1 = time.perf_counter()
+        res = diff2_sim.run_spec(spec, args.device, bs)
+        name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+        sweep = {"device": name, "wall_s": time.perf_counter() - t1, "results": res}
+    finish(spec, sweep, {"grid_name": gname, "bench_wall_s": time.time() - t0}, out)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,14 @@ further baselines. What differs from the paper, and why:
     alpha = 1..20 coincide at about 0.7x the base chain's);
   - the paper reports curves only; no numeric per-alpha ratios could be retrieved, so the table prints
     the measured ratios next to the paper's asymptotic prediction (O(1/alpha^2) in this regime) only.
+Step-size regimes (issue 17): the three SA-SRRW regimes side by side, b = 0.9 fixed and a in {1, 0.9, 0.8}
+(b < a, b = a, b > a; the paper recommends b > a, i.e. beta = o(gamma)), on a Barabasi-Albert graph with SRW
+as the base chain, so the target mu_i ~ degree is far from uniform (importance weights on); the error
+||theta - theta*||^2 across seeds for alpha in {0, 1, 5, 10, 20} and the fitted decay ratio ~ 1/alpha^p
+beside the paper's asymptotic claim. ``--jobs`` runs its independent runs in processes; ``--only-regimes``
+runs just this part and merges it into an existing srrw.json.
 
-Run: .venv/bin/python bench/srrw.py [--quick] [--out bench/results]
+Run: .venv/bin/python bench/srrw.py [--quick] [--out bench/results] [--only-regimes] [--jobs N]
 """
 
 from __future__ import annotations
@@ -119,6 +125,128 @@ def label(c: dict[str, Any]) -> str:
     return {"srw+iw": "SRW + imp. weights", "nbrw+iw": "NBRW + imp. weights"}[c["chain"]]
 
 
+# ------------------------------------------------------------------------------------------------ regimes
+REGIME_STEPS = ((1.0, 0.9), (0.9, 0.9), (0.8, 0.9))  # (a, b): b < a, b = a, b > a; the theta step b is fixed
+REGIME_ALPHAS = (0.0, 1.0, 5.0, 10.0, 20.0)
+REGIME_PAPER = {  # Hu, Doshi & Eun (ICLR 2024): asymptotic covariance of theta vs alpha, per timescale regime
+    "beta=o(gamma)": "O(1/alpha^2), recommended",
+    "beta=gamma": "O(1/alpha)",
+    "gamma=o(beta)": "O(1/alpha)",
+}
+
+
+def skewed_graph(n: int, seed: int) -> Graph:
+    """Barabasi-Albert graph (m = 2): hubs and leaves, so SRW's target mu_i = d_i / 2|E| is far from uniform."""
+    import networkx as nx
+
+    g = nx.barabasi_albert_graph(n, 2, seed=seed)
+    return from_edges(n, list(g.edges()), name=f"barabasi-albert(n={n}, m=2)")
+
+
+def fit_decay(alphas: list[float], ratios: list[float]) -> float:
+    """p in ratio ~ C / alpha^p, least squares in log-log over the given alphas (all > 0)."""
+    return float(-np.polyfit(np.log(alphas), np.log(ratios), 1)[0])
+
+
+def _regime_run(task: tuple) -> float:
+    """One SA-SRRW run of the regime study: ||theta_hops - theta*||^2 (module level so a pool can run it)."""
+    g, prob, a, b, alpha, s, hops, lr_scale = task
+    start = int(np.random.default_rng(20_000 + s).integers(g.n))
+    rng = np.random.default_rng([s, int(alpha * 1000), 7])
+    w = SRRWWalker(srw(g), alpha, gamma_exponent=a, start=start)
+    opt = SASRRW(w, prob.grad, prob.theta0, beta_exponent=b, lr_scale=lr_scale)
+    return float(opt.run(hops, rng, record_at=[hops], optimum=prob.optimum)["sq_error"][-1])
+
+
+def regime_study(g: Graph, prob: LogRegProblem, *, hops: int, seeds: int, lr_scale: float,
+                 jobs: int = 1) -> list[dict[str, Any]]:
+    """SA-SRRW with SRW as the base chain (non-uniform target, importance weights on) in the three regimes.
+
+    For each (a, b) and alpha: ||theta_hops - theta*||^2 over seeds (same starts and seeds across alphas),
+    its ratio to alpha = 0, and the fitted decay exponent p (ratio ~ 1/alpha^p) over alpha in {5, 10, 20}
+    (the asymptotic end) and over {1, 5, 10, 20}. ``jobs`` > 1 runs the independent runs in processes.
+    """
+    tasks = [(g, prob, a, b, alpha, s, hops, lr_scale)
+             for a, b in REGIME_STEPS for alpha in REGIME_ALPHAS for s in range(seeds)]
+    if jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            errs_all = list(pool.map(_regime_run, tasks, chunksize=1))
+    else:
+        errs_all = [_regime_run(t) for t in tasks]
+    it = iter(errs_all)
+    out = []
+    for a, b in REGIME_STEPS:
+        rows = []
+        for alpha in REGIME_ALPHAS:
+            e = np.asarray([next(it) for _ in range(seeds)])
+            rows.append({"alpha": alpha, "mse": float(e.mean()), "stderr": float(e.std(ddof=1) / np.sqrt(seeds)),
+                         "per_seed": e.tolist()})
+        m0 = rows[0]["mse"]
+        for r in rows:
+            r["ratio_vs_alpha0"] = r["mse"] / m0
+        pos = [r for r in rows if r["alpha"] > 0]
+        big = [r for r in pos if r["alpha"] >= 5]
+        reg = regime(a, b)
+        out.append({
+            "a": a, "b": b, "regime": reg, "recommended": reg == "beta=o(gamma)", "paper": REGIME_PAPER[reg],
+            "rows": rows,
+            "decay_exponent_alpha_5_to_20": fit_decay([r["alpha"] for r in big], [r["ratio_vs_alpha0"] for r in big]),
+            "decay_exponent_alpha_1_to_20": fit_decay([r["alpha"] for r in pos], [r["ratio_vs_alpha0"] for r in pos]),
+        })
+    return out
+
+
+def print_regimes(study: list[dict[str, Any]], g: Graph, hops: int, seeds: int) -> None:
+    print(f"\nstep-size regimes on {g.name}, base chain SRW (non-uniform target, importance weights), "
+          f"{hops} hops, {seeds} seeds: ||theta - theta*||^2 (mean ± stderr), ratio to alpha = 0")
+    head = "".join(f"{'alpha=' + format(al, 'g'):>22}" for al in REGIME_ALPHAS)
+    print(f"{'regime':<32}{head}{'p(5-20)':>9}{'p(1-20)':>9}  paper")
+    for r in study:
+        name = f"a={r['a']:g} b={r['b']:g} {r['regime']}" + (" *" if r["recommended"] else "")
+        cells = "".join(f"{x['mse']:>10.2e}±{x['stderr']:.0e} {x['ratio_vs_alpha0']:>4.2f}" for x in r["rows"])
+        print(f"{name:<32}{cells}{r['decay_exponent_alpha_5_to_20']:>9.2f}{r['decay_exponent_alpha_1_to_20']:>9.2f}"
+              f"  {r['paper']}")
+    print("  * the regime the paper recommends (b > a: x on the faster timescale); p: fitted ratio ~ 1/alpha^p")
+
+
+def plot_regimes(study: list[dict[str, Any]], g: Graph, hops: int, seeds: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(study) + 1, figsize=(5 * (len(study) + 1), 4.2))
+    lo = min(x["mse"] - x["stderr"] for r in study for x in r["rows"])
+    hi = max(x["mse"] + x["stderr"] for r in study for x in r["rows"])
+    for ax, r in zip(axes, study, strict=False):
+        al = [x["alpha"] for x in r["rows"]]
+        ax.errorbar([str(int(a)) for a in al], [x["mse"] for x in r["rows"]],
+                    yerr=[x["stderr"] for x in r["rows"]], fmt="o-", capsize=3,
+                    color="tab:red" if r["recommended"] else "tab:gray")
+        star = "  [paper's recommended regime]" if r["recommended"] else ""
+        ax.set(yscale="log", ylim=(lo / 1.3, hi * 1.3), xlabel="alpha", ylabel=f"||theta - theta*||^2 at {hops} hops",
+               title=f"a={r['a']:g}, b={r['b']:g}: {r['regime']}{star}")
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3, which="both")
+    ax = axes[-1]
+    for r in study:
+        pos = [x for x in r["rows"] if x["alpha"] > 0]
+        ax.loglog([x["alpha"] for x in pos], [x["ratio_vs_alpha0"] for x in pos], "o-",
+                  label=f"{r['regime']} (p={r['decay_exponent_alpha_5_to_20']:.2f})" + (" *" if r["recommended"] else ""))
+    a = np.array([1.0, 20.0])
+    ax.loglog(a, 1 / a, "k:", label="1/alpha")
+    ax.loglog(a, 1 / a**2, "k--", label="1/alpha^2")
+    ax.set(xlabel="alpha", ylabel="MSE ratio to alpha = 0", title=f"{g.name}, {seeds} seeds")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # ------------------------------------------------------------------------------------------------ cost
 def circulant(n: int, d: int) -> Graph:
     """Ring lattice: each node linked to its d/2 nearest nodes on each side (degree d, built in numpy)."""
@@ -198,6 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr-scale", type=float, default=5.0)
     ap.add_argument("--heterogeneity", type=float, default=0.8)
     ap.add_argument("--no-regimes", action="store_true", help="skip the step-size regime comparison")
+    ap.add_argument("--regime-hops", type=int, default=None, help="hops per run in the regime study")
+    ap.add_argument("--regime-lr-scale", type=float, default=5.0, help="beta_n multiplier in the regime study")
+    ap.add_argument("--regime-seeds", type=int, default=None, help="seeds of the regime study (default seeds/2)")
+    ap.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1),
+                    help="processes for the regime study's independent runs (default: cores, at most 8)")
+    ap.add_argument("--only-regimes", action="store_true",
+                    help="run only the regime study and replace its part of an existing srrw.json")
     args = ap.parse_args(argv)
 
     hops = args.hops or (10_000 if args.quick else 50_000)
@@ -214,6 +349,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"graph {g.name}: n={g.n}, |E|={g.num_edges}; logistic regression dim={prob.dim}, reg={prob.reg}")
     print(f"hops={hops}, seeds={seeds}, gamma=(n+1)^-{a}, beta={args.lr_scale}(n+1)^-{b} [{regime(a, b)}]")
 
+    regimes: list[dict[str, Any]] = []
+    rg = skewed_graph(args.n, seed=1)
+    rprob = make_logreg_problem(rg.n, seed=0, heterogeneity=args.heterogeneity)
+    rhops = args.regime_hops or (5_000 if args.quick else 50_000)
+    rseeds = args.regime_seeds or max(2, seeds // 2)
+    if args.only_regimes:
+        return only_regimes(args, out, rg, rprob, rhops, rseeds)
     curves = [run_curve("srrw", 0.0, g, prob, **common)]
     curves += [run_curve("srrw", al, g, prob, **common) for al in args.alphas]
     curves += [run_curve(name, 0.0, g, prob, **common) for name in ("srw+iw", "nbrw+iw")]
@@ -247,27 +389,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     print("paper: " + PAPER_NOTE)
 
-    regimes = []
     if not args.no_regimes:
-        rseeds = max(2, seeds // 2)
-        print(f"\nstep-size regimes (alpha 0 vs 10, {rseeds} seeds):")
-        for ra, rb in ((0.8, 0.9), (0.8, 0.8), (0.9, 0.8)):
-            rc = dict(common, a=ra, b=rb, seeds=rseeds)
-            m0 = run_curve("srrw", 0.0, g, prob, **rc)["mse"][-1]
-            m10 = run_curve("srrw", 10.0, g, prob, **rc)["mse"][-1]
-            regimes.append(
-                {
-                    "a": ra,
-                    "b": rb,
-                    "regime": regime(ra, rb),
-                    "mse_base": m0,
-                    "mse_srrw10": m10,
-                    "ratio": m10 / m0,
-                }
-            )
-            print(
-                f"  a={ra} b={rb} [{regime(ra, rb)}]: base {m0:.3e}  srrw(10) {m10:.3e}  ratio {m10 / m0:.3f}"
-            )
+        t_reg = time.perf_counter()
+        regimes = regime_study(rg, rprob, hops=rhops, seeds=rseeds, lr_scale=args.regime_lr_scale, jobs=args.jobs)
+        print_regimes(regimes, rg, rhops, rseeds)
+        plot_regimes(regimes, rg, rhops, rseeds, out / "srrw_regimes.png")
+        print(f"regime study: {time.perf_counter() - t_reg:.0f} s with {args.jobs} process(es)")
 
     print("\ncost per hop of choosing the next node (CPU time, best of 3, this machine):")
     cost = cost_table(
@@ -311,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         "curves": [dict(c, label=label(c)) for c in curves],
         "table": table,
         "paper": PAPER_NOTE,
-        "regimes": regimes,
+        "regimes": regimes_block(args, rg, rhops, rseeds, regimes),
         "cost_per_hop": cost,
         "elapsed_s": elapsed,
         "machine": {
@@ -323,6 +450,32 @@ def main(argv: list[str] | None = None) -> int:
     (out / "srrw.json").write_text(json.dumps(result, indent=2))
     plot(result, out / "srrw.png")
     print(f"\nwrote {out / 'srrw.json'} and {out / 'srrw.png'} in {elapsed:.0f} s")
+    return 0
+
+
+def regimes_block(args: Any, rg: Graph, rhops: int, rseeds: int, regimes: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"graph": {"name": rg.name, "n": rg.n, "edges": rg.num_edges,
+                      "degree_min_max": [int(rg.degree.min()), int(rg.degree.max())]},
+            "base_chain": "srw (target mu_i proportional to degree; importance weights on)",
+            "hops": rhops, "seeds": rseeds, "lr_scale": args.regime_lr_scale, "beta_n": "lr_scale (n+1)^-b",
+            "alphas": list(REGIME_ALPHAS), "paper": REGIME_PAPER, "by_regime": regimes}
+
+
+def only_regimes(args: Any, out: Path, rg: Graph, rprob: LogRegProblem, rhops: int, rseeds: int) -> int:
+    """--only-regimes: the regime study alone, merged into an existing srrw.json (the rest left as it was)."""
+    t0 = time.perf_counter()
+    regimes = regime_study(rg, rprob, hops=rhops, seeds=rseeds, lr_scale=args.regime_lr_scale, jobs=args.jobs)
+    print_regimes(regimes, rg, rhops, rseeds)
+    plot_regimes(regimes, rg, rhops, rseeds, out / "srrw_regimes.png")
+    path = out / "srrw.json"
+    result = json.loads(path.read_text()) if path.exists() else {"bench": "srrw"}
+    block = regimes_block(args, rg, rhops, rseeds, regimes)
+    block.update({"elapsed_s": time.perf_counter() - t0, "jobs": args.jobs,
+                  "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                              "platform": platform.platform()}})
+    result["regimes"] = block
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote the regimes of {path} and {out / 'srrw_regimes.png'} in {block['elapsed_s']:.0f} s")
     return 0
 
 

@@ -3,10 +3,14 @@
 Transports, each between two processes on this machine, measured in the same run:
 - socket: a raw loopback TCP socket (sendall / recv_into a preallocated buffer): the baseline.
 - grpc:   what a worker sends on its Work stream: the pb.Result built in place (fill_proto), payloads over
-          1 MB as 1 MB PayloadChunk messages then the Result (dcoord.runtime.chunking), dcoord's
+          1 MB as 1 MB PayloadChunk messages then the Result (dcoord.wire.chunking), dcoord's
           GRPC_OPTIONS; the server reassembles (ChunkAssembler) and decodes and validates the payload
           (from_proto, finite check) as the coordinator does.
 - grpc-1msg: the same with chunking off (runtime.stream_chunk_bytes: 0): one message per result.
+- tcp:    dcoord's standalone data plane (transport: tcp): an authenticated connection per direction, the
+          payload received into a fresh numpy buffer and validated (size, finiteness) as the coordinator
+          does; the ack is a small model sent back on the worker's down connection.
+- socket-tls / tcp-tls: the same two over TLS (a self-signed certificate made for the run).
 - gloo:   torch.distributed send / recv of a float64 tensor (gloo process group, 2 processes).
 - mpi:    mpi4py Send / Recv of a float64 numpy buffer (``mpirun -n 2``).
 
@@ -25,6 +29,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -83,6 +88,133 @@ def socket_client(port: int) -> None:
     _report(times)
 
 
+# -- TLS contexts for the -tls variants (certificate made by main(), paths in the environment) -----------
+def _server_ctx():
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(os.environ["DCOORD_BENCH_CERT"], os.environ["DCOORD_BENCH_KEY"])
+    return ctx
+
+
+def _client_ctx():
+    import ssl
+
+    return ssl.create_default_context(cafile=os.environ["DCOORD_BENCH_CERT"])
+
+
+def make_cert(folder: Path) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=2))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                       serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    os.environ["DCOORD_BENCH_CERT"] = str(folder / "cert.pem")
+    os.environ["DCOORD_BENCH_KEY"] = str(folder / "key.pem")
+
+
+def tls_socket_server(port: int) -> None:
+    srv = socket.create_server(("127.0.0.1", port))
+    raw, _ = srv.accept()
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn = _server_ctx().wrap_socket(raw, server_side=True)
+    bufs = {mb: bytearray(mb * 1_000_000) for mb in SIZES_MB}
+    while True:
+        head = bytearray(8)
+        got = 0
+        while got < 8:
+            k = conn.recv_into(memoryview(head)[got:], 8 - got)
+            if k == 0:
+                return
+            got += k
+        n = int.from_bytes(head, "little")
+        if n == 0:
+            return
+        view, got = memoryview(bufs[n // 1_000_000]), 0
+        while got < n:
+            got += conn.recv_into(view[got:], n - got)
+        conn.sendall(b"k")
+
+
+def tls_socket_client(port: int) -> None:
+    raw = socket.create_connection(("127.0.0.1", port))
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    c = _client_ctx().wrap_socket(raw, server_hostname="localhost")
+    times: dict[int, list[float]] = {}
+    for mb in SIZES_MB:
+        data = memoryview(_payload(mb).view(np.uint8))
+        for k in range(REPS[mb] + 1):
+            t0 = time.perf_counter()
+            c.sendall(len(data).to_bytes(8, "little"))
+            c.sendall(data)
+            c.recv(1)
+            if k:
+                times.setdefault(mb, []).append(time.perf_counter() - t0)
+    c.sendall((0).to_bytes(8, "little"))
+    _report(times)
+
+
+# -- dcoord's tcp data plane -----------------------------------------------------------------------------
+KEY = b"bench-key-32-bytes-long-........"
+
+
+def tcp_server(port: int, tls: bool) -> None:
+    import threading
+
+    from dcoord.runtime.tensors import check_array
+    from dcoord.runtime.transport.tcp_dp import TcpDataServer
+
+    done = threading.Event()
+    box: dict = {}
+
+    def deliver(worker: int, seq: int, arr: np.ndarray) -> None:
+        check_array(arr, expect_size=arr.size)  # what the coordinator does with every payload
+        box["srv"].send_model(worker, 0, seq, np.zeros(1))  # the ack
+        box["seen"] = True
+
+    box["srv"] = TcpDataServer("127.0.0.1", "bench", {0: KEY}.get, max_count=1 << 30, deliver=deliver,
+                               fail=lambda w, m: done.set(), port=port,
+                               ssl_context=_server_ctx() if tls else None)
+    deadline = time.monotonic() + 600
+    while not done.wait(0.1) and time.monotonic() < deadline:
+        if box.get("seen") and not box["srv"].conns:  # the client sent END and left
+            break
+    box["srv"].close()
+
+
+def tcp_client(port: int, tls: bool) -> None:
+    from dcoord.runtime.transport.tcp_dp import TcpDataPlane
+
+    plane = TcpDataPlane("127.0.0.1", port, 0, KEY, "bench", ssl_context=_client_ctx() if tls else None,
+                         server_hostname="localhost")
+    times: dict[int, list[float]] = {}
+    for mb in SIZES_MB:
+        arr = _payload(mb)
+        for k in range(REPS[mb] + 1):
+            t0 = time.perf_counter()
+            seq = plane.send(arr)
+            plane.model(0, seq, timeout=60)
+            if k:
+                times.setdefault(mb, []).append(time.perf_counter() - t0)
+    plane.close()
+    _report(times)
+
+
 # -- gRPC (dcoord's message types, options, chunking and reassembly) -----------------------------------
 def grpc_server(port: int) -> None:
     from concurrent import futures
@@ -90,9 +222,9 @@ def grpc_server(port: int) -> None:
     import grpc
 
     from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
-    from dcoord.runtime.chunking import ChunkAssembler
     from dcoord.runtime.service import GRPC_OPTIONS
     from dcoord.runtime.tensors import from_proto
+    from dcoord.wire.chunking import ChunkAssembler
 
     done = futures.Future()
 
@@ -125,8 +257,8 @@ def grpc_client(port: int, chunk_bytes: int) -> None:
     import grpc
 
     from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
-    from dcoord.runtime.chunking import pack_result
     from dcoord.runtime.service import GRPC_OPTIONS
+    from dcoord.wire.chunking import pack_result
 
     ch = grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS)
     grpc.channel_ready_future(ch).result(timeout=30)
@@ -209,7 +341,7 @@ def _pair(role: str, port: int) -> dict[int, list[float]]:
                                   stdout=subprocess.PIPE, text=True)]
     else:
         server = subprocess.Popen([*me, "--child", f"{role}-0", "--port", str(port)], env=env)
-        time.sleep(0.3 if role == "socket" else 0.0)
+        time.sleep(0.3 if role.startswith(("socket", "tcp")) else 0.0)
         procs = [subprocess.Popen([*me, "--child", f"{role}-1", "--port", str(port)], env=env,
                                   stdout=subprocess.PIPE, text=True), server]
     out, _ = procs[0].communicate(timeout=300)
@@ -227,7 +359,7 @@ def child(role: str, port: int) -> None:
     elif role == "socket-0":
         socket_server(port)
     elif role == "socket-1":
-        for _ in range(50):  # the server may still be starting
+        for _ in range(600):  # the server may still be starting (imports take seconds on a busy machine)
             try:
                 socket_client(port)
                 return
@@ -236,13 +368,26 @@ def child(role: str, port: int) -> None:
     elif role in ("grpc-0", "grpc-1msg-0"):
         grpc_server(port)
     elif role == "grpc-1":
-        from dcoord.runtime.chunking import DEFAULT_CHUNK_BYTES
+        from dcoord.wire.chunking import DEFAULT_CHUNK_BYTES
 
         grpc_client(port, DEFAULT_CHUNK_BYTES)
     elif role == "grpc-1msg-1":
         grpc_client(port, 0)
     elif role in ("gloo-0", "gloo-1"):
         gloo_rank(port, int(role[-1]))
+    elif role == "socket-tls-0":
+        tls_socket_server(port)
+    elif role in ("tcp-0", "tcp-tls-0"):
+        tcp_server(port, tls="tls" in role)
+    elif role in ("socket-tls-1", "tcp-1", "tcp-tls-1"):
+        client = {"socket-tls-1": lambda: tls_socket_client(port), "tcp-1": lambda: tcp_client(port, False),
+                  "tcp-tls-1": lambda: tcp_client(port, True)}[role]
+        for _ in range(600):  # the server may still be starting (imports take seconds on a busy machine)
+            try:
+                client()
+                return
+            except ConnectionRefusedError:
+                time.sleep(0.1)
 
 
 def main() -> None:
@@ -257,7 +402,9 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from _util import print_table, write_json
 
-    transports = ["socket", "grpc", "grpc-1msg", "gloo"]
+    tmp = tempfile.mkdtemp()
+    make_cert(Path(tmp))
+    transports = ["socket", "socket-tls", "tcp", "tcp-tls", "grpc", "grpc-1msg", "gloo"]
     mpi_note = None
     if shutil.which("mpirun") is None:
         mpi_note = "mpirun not found"
@@ -275,15 +422,18 @@ def main() -> None:
         raw[tr] = _pair(tr, _free_port())
         gbps[tr] = {mb: mb * 1e6 / statistics.median(ts) / 1e9 for mb, ts in raw[tr].items()}
     rows, results = [], []
+    def baseline(tr: str) -> str:  # TLS variants are compared with a raw TLS socket
+        return "socket-tls" if tr.endswith("-tls") else "socket"
+
     for mb in SIZES_MB:
         for tr in transports:
-            ratio = gbps[tr][mb] / gbps["socket"][mb]
+            ratio = gbps[tr][mb] / gbps[baseline(tr)][mb]
             med_ms = statistics.median(raw[tr][mb]) * 1e3
             rows.append([f"{mb} MB", tr, gbps[tr][mb], med_ms, ratio])
             results.append({"size_mb": mb, "transport": tr, "gb_per_s": gbps[tr][mb], "median_ms": med_ms,
                             "reps": len(raw[tr][mb]), "ratio_to_socket": ratio})
-    print_table(["size", "transport", "GB/s", "median ms", "x raw socket"], rows)
-    at100 = {tr: gbps[tr][100] / gbps["socket"][100] for tr in transports if tr != "socket"}
+    print_table(["size", "transport", "GB/s", "median ms", "x raw socket (TLS: x raw TLS socket)"], rows)
+    at100 = {tr: gbps[tr][100] / gbps[baseline(tr)][100] for tr in transports if not tr.startswith("socket")}
     below = {tr: round(r, 3) for tr, r in at100.items() if r < 0.5}
     print(f"target (every transport >= 0.5 x raw socket at 100 MB): {'met' if not below else f'NOT met: {below}'}")
     if mpi_note:

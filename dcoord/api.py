@@ -35,12 +35,12 @@ def _as_config(job_config: str | Path | dict | JobConfig, workload: Workload | s
     extra = list(overrides or [])
     if workload is not None:
         if isinstance(workload, Workload):
-            from dcoord.workloads.builtin import BUILTINS
+            from dcoord.workloads import register_workload
 
             # every rank of a torchrun/mpirun job runs this same line, so each process (coordinator and
             # workers alike) resolves the name to its own copy of the object
             name = f"{OBJECT_PREFIX}{workload.name or 'workload'}"
-            BUILTINS[name] = lambda seed, _wl=workload: _wl
+            register_workload(name, lambda seed, _wl=workload: _wl, replace=True)
         elif isinstance(workload, str):
             name = workload
         else:

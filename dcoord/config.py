@@ -35,7 +35,7 @@ class OptimizerConfig(_Strict):
 
 
 class CodingConfig(_Strict):
-    scheme: Literal["uncoded", "gc-fr", "gc-cyclic", "ignore-stragglers", "sr-sgc", "m-sgc"] = "uncoded"
+    scheme: str = Field("uncoded", description="a registered scheme (dcoord.coding.registry; README 'Schemes')")
     stragglers: int = Field(0, ge=0, description="s: stragglers tolerated per round (plain codes)")
     B: int | None = Field(None, ge=1, description="burst length (sequential codes)")
     W: int | None = Field(None, ge=2, description="window length (sequential codes)")
@@ -45,6 +45,14 @@ class CodingConfig(_Strict):
     wait: Literal["all", "minimal"] = "all"
     payload_dtype: Literal["float64", "float32"] = "float64"
     seed: int = 0
+
+    @field_validator("scheme")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from dcoord.coding.registry import scheme_spec
+
+        scheme_spec(v)  # SchemeError (a ValueError) listing the allowed names
+        return v
 
 
 class RuntimeConfig(_Strict):
@@ -57,6 +65,11 @@ class RuntimeConfig(_Strict):
     )
     checkpoint_every: int = Field(10, ge=0, description="rounds between atomic checkpoints (0 = only at the end)")
     progress: bool = True
+    data_port: int = Field(
+        0, ge=0, lt=65536,
+        description="transport: tcp -- the data plane's port on the coordinator's host (0 = any free port; fix it "
+        "when a firewall or a Kubernetes Service must name it)",
+    )
     stream_chunk_bytes: int = Field(
         1 << 20, ge=0, description="gRPC: send payloads larger than this as chunks of this size (0 = never)"
     )
@@ -64,6 +77,10 @@ class RuntimeConfig(_Strict):
 
 class JobConfig(_Strict):
     name: str = "job"
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="modules imported first (in every process) that register schemes or workloads",
+    )
     mode: Literal["coded", "token"] = "coded"
     workload: str = "logreg-digits"
     seed: int = 0
@@ -73,7 +90,7 @@ class JobConfig(_Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     coding: CodingConfig = CodingConfig()
     inject: InjectConfig = InjectConfig()
-    transport: Literal["grpc", "torch", "mpi"] = "grpc"
+    transport: str = Field("grpc", description="grpc (payloads in the control stream), or a registered data plane: tcp (standalone), torch, mpi")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     runtime: RuntimeConfig = RuntimeConfig()
     shards: Literal["iid", "label-skew"] = Field(
@@ -83,13 +100,33 @@ class JobConfig(_Strict):
     privacy: PrivacyConfig | None = None
     simulate: SimulateConfig | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _import_plugins(cls, data):
+        if isinstance(data, dict) and data.get("plugins"):
+            from dcoord.plugins import import_plugins
+
+            import_plugins(data["plugins"])
+        return data
+
+    @field_validator("transport")
+    @classmethod
+    def _transport_name(cls, v: str) -> str:
+        from dcoord.runtime.transport.registry import data_plane_names
+
+        allowed = ("grpc", *data_plane_names())
+        if v not in allowed:
+            raise ValueError(f"unknown transport {v!r}; allowed: {', '.join(allowed)}")
+        return v
+
     @field_validator("workload")
     @classmethod
     def _workload_name(cls, v: str) -> str:
-        from dcoord.workloads.builtin import BUILTINS
+        from dcoord.workloads.registry import workload_names
 
-        if v not in BUILTINS and (":" not in v or not all(v.split(":", 1))):
-            raise ValueError(f"unknown workload {v!r}; use one of {sorted(BUILTINS)} or 'package.module:function'")
+        names = workload_names()
+        if v not in names and (":" not in v or not all(v.split(":", 1))):
+            raise ValueError(f"unknown workload {v!r}; use one of {names} or 'package.module:function'")
         return v
 
     @model_validator(mode="after")

@@ -9,7 +9,7 @@ The control plane stays gRPC: rank 0 starts the coordinator's server on a free p
 never through a collective, so the round path never waits on a straggler. Without a launcher this is
 ``dcoord run`` (a coordinator and local worker processes over loopback gRPC).
 
-Choices (documented in docs/launch.md):
+Choices (documented in the README, section "torchrun and mpirun"):
 - transport: ``torch`` under torchrun and ``mpi`` under mpirun unless the config says ``grpc`` explicitly
   (then payloads stay in the gRPC messages and the launcher only places the processes); naming the other
   launcher's transport is a config error.
@@ -83,15 +83,17 @@ def resolve_config(cfg: JobConfig, env: LaunchEnv) -> tuple[JobConfig, list[str]
     notes: list[str] = []
     explicit = "transport" in cfg.model_fields_set
     if env.launcher == "none":
-        if cfg.transport != "grpc":
+        if cfg.transport not in ("grpc", "tcp"):
             notes.append(f"transport: {cfg.transport} needs torchrun/mpirun; without a launcher payloads go "
                          "over gRPC")
             cfg = _revalidate(cfg, ["transport=grpc"], "")
         return cfg, notes
-    wanted = {"torchrun": "torch", "mpirun": "mpi"}[env.launcher]
+    from dcoord.runtime.transport.registry import plane_for_launcher
+
+    wanted = plane_for_launcher(env.launcher).name
     if explicit and cfg.transport not in ("grpc", wanted):
         raise ConfigError(f"transport: {cfg.transport} cannot run under {env.launcher} "
-                          f"(use {wanted}, grpc, or leave it out)")
+                          f"(use {wanted}, grpc, or leave it out; tcp is for dcoord run / coordinator + worker)")
     transport = cfg.transport if explicit else wanted
     if env.world_size < 2:
         raise ConfigError(f"{env.launcher} started 1 process; dcoord.launch needs at least 2 "
@@ -123,26 +125,9 @@ def _hosts(env: LaunchEnv) -> tuple[str, str]:
 
 def make_data_plane(cfg: JobConfig, env: LaunchEnv):
     """The data plane for this launch (also used for the start-up address exchange under ``grpc``)."""
-    if env.launcher == "mpirun":
-        try:
-            from dcoord.runtime.transport.mpi_dp import MpiDataPlane
-        except ImportError as exc:
-            raise DcoordError(f"mpirun launch needs mpi4py (pip install 'dcoord[mpi]'): {exc}") from None
-        return MpiDataPlane()
-    import torch
+    from dcoord.runtime.transport.registry import plane_for_launcher
 
-    from dcoord.runtime.transport.torch_dp import TorchDataPlane
-
-    use_cuda = cfg.transport == "torch" and cfg.device != "cpu" and torch.cuda.is_available()
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise DcoordError("device: cuda was asked for but no CUDA device is visible")
-    if use_cuda and torch.cuda.device_count() < env.local_world_size:
-        # NCCL puts one rank per GPU; with fewer GPUs than ranks on a node, payloads go over gloo
-        # (workers still compute on their GPU)
-        log.warning("%d GPU(s) for %d ranks on this node: NCCL needs one GPU per rank, payloads go over gloo",
-                    torch.cuda.device_count(), env.local_world_size)
-        use_cuda = False
-    return TorchDataPlane(use_cuda=use_cuda)
+    return plane_for_launcher(env.launcher).build(cfg, env)
 
 
 class _Stopped(Exception):

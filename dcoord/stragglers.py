@@ -30,6 +30,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from dcoord.errors import StragglerError
+
 MODELS = ("none", "fixed", "bernoulli", "gilbert-elliott", "shifted-exponential", "pareto", "trace")
 
 
@@ -58,35 +60,35 @@ class InjectConfig(BaseModel):
     def _worker_ids(cls, v: list[int]) -> list[int]:
         bad = [w for w in v if w < 0]
         if bad:
-            raise ValueError(f"inject.workers must be worker ids >= 0 (got {bad})")
+            raise StragglerError(f"inject.workers must be worker ids >= 0 (got {bad})")
         return sorted(set(v))
 
     @field_validator("slowdown")
     @classmethod
     def _slowdown(cls, v: float) -> float:
         if not (math.isfinite(v) and v >= 1.0):
-            raise ValueError(f"inject.slowdown must be a finite factor >= 1 (got {v})")
+            raise StragglerError(f"inject.slowdown must be a finite factor >= 1 (got {v})")
         return v
 
     @field_validator("p", "p_good_to_bad", "p_bad_to_good")
     @classmethod
     def _probability(cls, v: float | None, info) -> float | None:
         if v is not None and not 0.0 <= v <= 1.0:
-            raise ValueError(f"inject.{info.field_name} must be in [0, 1] (got {v})")
+            raise StragglerError(f"inject.{info.field_name} must be in [0, 1] (got {v})")
         return v
 
     @field_validator("shift")
     @classmethod
     def _shift(cls, v: float | None) -> float | None:
         if v is not None and not (math.isfinite(v) and v >= 0.0):
-            raise ValueError(f"inject.shift must be seconds >= 0 (got {v})")
+            raise StragglerError(f"inject.shift must be seconds >= 0 (got {v})")
         return v
 
     @field_validator("rate", "shape", "scale")
     @classmethod
     def _positive(cls, v: float | None, info) -> float | None:
         if v is not None and not (math.isfinite(v) and v > 0.0):
-            raise ValueError(f"inject.{info.field_name} must be > 0 (got {v})")
+            raise StragglerError(f"inject.{info.field_name} must be > 0 (got {v})")
         return v
 
     @model_validator(mode="after")
@@ -101,14 +103,14 @@ class InjectConfig(BaseModel):
         }.get(self.model, [])
         for name in need:
             if getattr(self, name) in (None, []):
-                raise ValueError(f"inject.{name} is required for inject.model '{self.model}'")
+                raise StragglerError(f"inject.{name} is required for inject.model '{self.model}'")
         return self
 
 
 def _round_rng(seed: int, round: int) -> np.random.Generator:
     """The generator of one round: independent of every other round and of call order."""
     if round < 0:
-        raise ValueError(f"round must be >= 0 (got {round})")
+        raise StragglerError(f"round must be >= 0 (got {round})")
     return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(round,)))
 
 
@@ -198,7 +200,7 @@ class GilbertElliottStragglers(StragglerModel):
     def bad(self, round: int) -> np.ndarray:
         """Which workers are in the bad state in ``round``."""
         if round < 0:
-            raise ValueError(f"round must be >= 0 (got {round})")
+            raise StragglerError(f"round must be >= 0 (got {round})")
         r = max(k for k in self._checkpoints if k <= round)
         state = self._checkpoints[r]
         last_r, last_s = self._last
@@ -251,9 +253,9 @@ class TraceStragglers(StragglerModel):
         super().__init__(n, seed)
         trace = np.asarray(trace, dtype=np.float64)
         if trace.ndim != 2 or trace.shape[0] == 0:
-            raise ValueError(f"{source}: a trace needs at least one row of per-worker times")
+            raise StragglerError(f"{source}: a trace needs at least one row of per-worker times")
         if trace.shape[1] < n:
-            raise ValueError(
+            raise StragglerError(
                 f"{source}: the trace has {trace.shape[1]} columns (workers) but the job has {n} workers; "
                 f"use a trace with >= {n} columns or fewer workers"
             )
@@ -262,7 +264,7 @@ class TraceStragglers(StragglerModel):
 
     def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
         if round < 0:
-            raise ValueError(f"round must be >= 0 (got {round})")
+            raise StragglerError(f"round must be >= 0 (got {round})")
         return self.trace[round % self.trace.shape[0]] * self.scale
 
 
@@ -273,7 +275,7 @@ def load_trace_csv(path: str | Path) -> np.ndarray:
     """
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"trace file {p} not found")
+        raise StragglerError(f"trace file {p} not found")
     rows: list[list[float]] = []
     with p.open(newline="") as f:
         for lineno, row in enumerate(csv.reader(f), start=1):
@@ -284,17 +286,17 @@ def load_trace_csv(path: str | Path) -> np.ndarray:
                 vals = [float(c) for c in cells]
             except ValueError:
                 bad = next(c for c in cells if not _is_float(c))
-                raise ValueError(f"trace file {p} row {lineno}: non-numeric value {bad!r}") from None
+                raise StragglerError(f"trace file {p} row {lineno}: non-numeric value {bad!r}") from None
             for v in vals:
                 if not math.isfinite(v) or v < 0:
-                    raise ValueError(f"trace file {p} row {lineno}: times must be finite seconds >= 0 (got {v})")
+                    raise StragglerError(f"trace file {p} row {lineno}: times must be finite seconds >= 0 (got {v})")
             if rows and len(vals) != len(rows[0]):
-                raise ValueError(
+                raise StragglerError(
                     f"trace file {p} row {lineno}: {len(vals)} columns, expected {len(rows[0])} like row 1"
                 )
             rows.append(vals)
     if not rows:
-        raise ValueError(f"trace file {p} has no rows")
+        raise StragglerError(f"trace file {p} has no rows")
     return np.asarray(rows, dtype=np.float64)
 
 
@@ -309,14 +311,14 @@ def _is_float(s: str) -> bool:
 def make_straggler_model(cfg: InjectConfig, n: int, seed: int) -> StragglerModel:
     """Build the configured model for n workers; ``cfg.seed`` overrides the job seed when given."""
     if n < 1:
-        raise ValueError(f"workers must be >= 1 (got {n})")
+        raise StragglerError(f"workers must be >= 1 (got {n})")
     sd = cfg.seed if cfg.seed is not None else seed
     if cfg.model == "none":
         return NoStragglers(n, sd)
     if cfg.model == "fixed":
         too_big = [w for w in cfg.workers if w >= n]
         if too_big:
-            raise ValueError(f"inject.workers {too_big} out of range: there are {n} workers (ids 0..{n - 1})")
+            raise StragglerError(f"inject.workers {too_big} out of range: there are {n} workers (ids 0..{n - 1})")
         return FixedStragglers(n, cfg.workers, cfg.slowdown, sd)
     if cfg.model == "bernoulli":
         return BernoulliStragglers(n, float(cfg.p), cfg.slowdown, sd)  # type: ignore[arg-type]
@@ -330,4 +332,4 @@ def make_straggler_model(cfg: InjectConfig, n: int, seed: int) -> StragglerModel
     if cfg.model == "trace":
         trace = load_trace_csv(cfg.path)  # type: ignore[arg-type]
         return TraceStragglers(n, trace, cfg.scale, sd, source=f"trace file {cfg.path}")
-    raise ValueError(f"inject.model must be one of {', '.join(MODELS)} (got {cfg.model!r})")
+    raise StragglerError(f"inject.model must be one of {', '.join(MODELS)} (got {cfg.model!r})")

@@ -7,9 +7,9 @@ from reference import full_batch_gd, max_rel_diff
 
 from dcoord.config import load_config
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
-from dcoord.runtime.chunking import ChunkAssembler, pack_result
 from dcoord.runtime.local import run_local
 from dcoord.runtime.tensors import PayloadError, from_proto
+from dcoord.wire.chunking import ChunkAssembler, pack_result
 
 
 def _pack(arrays: list[np.ndarray], chunk: int) -> list[pb.WorkerMessage]:

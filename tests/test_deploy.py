@@ -168,21 +168,24 @@ def test_plain_kubernetes_wiring(rendered, variant, tmp_path):
     cns, wns = parse_dcoord(argv(cc)[1:], cenv), parse_dcoord(argv(wc)[1:], wenv)
     assert (cns.command, wns.command) == ("coordinator", "worker")
 
-    # the job config in the ConfigMap is what the coordinator loads; its worker count is the Indexed Job's
+    # the job config in the ConfigMap (with the coordinator's --set) is what the coordinator runs and what
+    # the workers receive; its worker count is the Indexed Job's
     cm = one(docs, "ConfigMap", "dcoord-job")
     vol, key = mounted_file(ctpl, cc, cns.job)
     assert vol["configMap"]["name"] == cm["metadata"]["name"] and key in cm["data"]
     (tmp_path / "job.yaml").write_text(cm["data"][key])
-    cfg = load_config(str(tmp_path / "job.yaml"), [])
+    cfg = load_config(str(tmp_path / "job.yaml"), list(cns.set or []))
+    assert cfg.transport == "tcp", "the plain-Kubernetes job runs the standalone tcp data plane"
     spec = workers_job["spec"]
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == spec["parallelism"] == cfg.workers
     # the completion index becomes the worker id
     assert wns.id == int(SAMPLE_FIELDS[INDEX_FIELD])
 
-    # ports: listen / metrics / health flags = container ports = probes = Service = NetworkPolicy
+    # ports: listen / data / metrics / health = container ports = probes = Service = NetworkPolicy
     ports = {p["name"]: p["containerPort"] for p in cc["ports"]}
     assert int(cns.listen.rpartition(":")[2]) == ports["grpc"]
+    assert cfg.runtime.data_port == ports["data"]  # a fixed port: 0 (any free one) could not be named below
     assert cns.metrics_port == ports["metrics"] and cns.health_port == ports["health"]
     for probe in ("readinessProbe", "livenessProbe"):
         assert cc[probe]["grpc"]["port"] == cns.health_port
@@ -194,18 +197,24 @@ def test_plain_kubernetes_wiring(rendered, variant, tmp_path):
     svc_ports = {p["targetPort"]: p["port"] for p in svc["spec"]["ports"]}
     host, _, port = wns.coordinator.rpartition(":")
     assert host == svc["metadata"]["name"] and int(port) == svc_ports["grpc"]
+    # workers dial the data port the coordinator reports (its own), through the Service: same number
+    assert svc_ports["data"] == ports["data"]
     assert int(svc["metadata"]["annotations"]["prometheus.io/port"]) == svc_ports["metrics"]
 
     # NetworkPolicy: only this job's workers reach the job port; metrics open for scraping; workers closed
     npc = one(docs, "NetworkPolicy", "dcoord-coordinator")
     assert _selects(npc["spec"]["podSelector"]["matchLabels"], labels_c)
-    rules = {r["ports"][0]["port"]: r["from"] for r in npc["spec"]["ingress"]}
-    assert set(rules) == {ports["grpc"], ports["metrics"]}
-    (peer,) = rules[ports["grpc"]]
-    assert set(peer) == {"podSelector"}  # this namespace only
-    assert _selects(peer["podSelector"]["matchLabels"], labels_w)
-    assert not _selects(peer["podSelector"]["matchLabels"], labels_c)
-    assert not _selects(peer["podSelector"]["matchLabels"], {**labels_w, "app.kubernetes.io/instance": "other"})
+    rules: dict[int, list] = {}
+    for r in npc["spec"]["ingress"]:
+        for p in r["ports"]:
+            rules.setdefault(p["port"], []).extend(r["from"])
+    assert set(rules) == {ports["grpc"], ports["data"], ports["metrics"]}
+    for job_port in (ports["grpc"], ports["data"]):
+        (peer,) = rules[job_port]
+        assert set(peer) == {"podSelector"}  # this namespace only
+        assert _selects(peer["podSelector"]["matchLabels"], labels_w)
+        assert not _selects(peer["podSelector"]["matchLabels"], labels_c)
+        assert not _selects(peer["podSelector"]["matchLabels"], {**labels_w, "app.kubernetes.io/instance": "other"})
     npw = one(docs, "NetworkPolicy", "dcoord-workers")
     assert _selects(npw["spec"]["podSelector"]["matchLabels"], labels_w) and npw["spec"]["ingress"] == []
 

@@ -6,8 +6,10 @@ through the pod namespace's /etc/netns/NAME/hosts, which `ip netns exec` mounts 
 containers' command lines run exactly as the manifests write them (command + args, env with the
 completion index filled in, as the pod's runAsUser/runAsGroup/fsGroup), with the ConfigMap and Secret
 items as files under each mount path, the mount roots moved into a temp directory. Token and TLS are on
-(a CA and a server certificate made here, SAN = the Service name). The node namespace plays the kubelet
-(gRPC health probe on the health port) and Prometheus (a scrape of the metrics port).
+(a CA and a server certificate made here, SAN = the Service name), on the gRPC control plane and on the
+tcp data plane the base runs (``--set=transport=tcp``, ``runtime.data_port`` in the ConfigMap). The node
+namespace plays the kubelet (gRPC health probe on the health port) and Prometheus (a scrape of the metrics
+port).
 """
 
 from __future__ import annotations
@@ -309,6 +311,12 @@ def test_base_runs_in_an_emulated_cluster():
         assert max_rel_diff(model, ref) < 1e-5
         records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         assert len(records) == job["rounds"]
+        # the job ran on the tcp data plane (workers fail rather than fall back when it is unreachable),
+        # through the Service's data port, under the same token-issued key and TLS as the control plane
+        ran = yaml.safe_load((run / "config.yaml").read_text())
+        data_port = next(p["containerPort"] for p in cc["ports"] if p["name"] == "data")
+        assert ran["transport"] == "tcp" and ran["runtime"]["data_port"] == data_port
+        assert summary["refused"] == {}, summary["refused"]
     finally:
         if cluster is not None:
             cluster.close()

@@ -19,6 +19,7 @@ from dcoord.privacy.accounting import compute_epsilon, mechanism_history
 from dcoord.privacy.mechanisms import GradientEstimator, NoiseKey, PrivateGD, worker_message
 from dcoord.privacy.per_sample import flat_params, step_norm, unflatten
 from dcoord.runtime.local import run_local
+from dcoord.wire import result_to_proto
 from dcoord.workloads import load, split_parts
 
 pytestmark = pytest.mark.slow
@@ -163,7 +164,7 @@ def test_workers_trust_never_shows_the_seed_to_the_coordinator(tmp_path, workers
         original = coord.handle_result
 
         def spy(res, conn):
-            seen.append(res.SerializeToString())
+            seen.append(result_to_proto(res).SerializeToString())
             return original(res, conn)
 
         coord.handle_result = spy

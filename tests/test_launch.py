@@ -23,8 +23,8 @@ from reference import full_batch_gd, max_rel_diff
 
 from dcoord.config import load_config
 from dcoord.launch import LaunchEnv, detect_launcher, resolve_config
-from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.runtime.local import run_local
+from dcoord.runtime.messages import Result, TaskResult
 from dcoord.runtime.transport.base import KIND_DATA, DataPlaneError, PayloadMatcher, make_header
 
 pytestmark = pytest.mark.slow
@@ -251,9 +251,9 @@ def test_payload_matcher_pairs_in_any_order_and_never_mixes_rounds():
         class Conn:
             worker_id = 1
 
-        def result(rnd: int, seq: int, ntasks: int = 1) -> pb.Result:
-            return pb.Result(round=rnd, worker_id=1, payload_on_data_plane=True, data_seq=seq,
-                             tasks=[pb.TaskResult(job=rnd, slot=k) for k in range(ntasks)])
+        def result(rnd: int, seq: int, ntasks: int = 1) -> Result:
+            return Result(round=rnd, worker_id=1, payload_on_data_plane=True, data_seq=seq,
+                          tasks=[TaskResult(job=rnd, slot=k) for k in range(ntasks)])
 
         m.on_result(result(0, 0), Conn())  # result before its payload: waits
         await asyncio.sleep(0.01)
@@ -264,8 +264,8 @@ def test_payload_matcher_pairs_in_any_order_and_never_mixes_rounds():
         m.on_result(result(1, 1, ntasks=2), Conn())
         await asyncio.sleep(0.01)
         got = [q.get_nowait() for _ in range(q.qsize())]
-        assert [r.round for r, _ in got] == [0, 1]
-        vals = [np.frombuffer(tr.payload.data)[0] for r, _ in got for tr in r.tasks]
+        assert [r.round for r, _, _ in got] == [0, 1]
+        vals = [float(a[0]) for _, _, arrays in got for a in arrays]
         assert vals == [0.0, 1.0, 2.0]
 
     asyncio.run(go())

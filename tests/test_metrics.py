@@ -118,6 +118,37 @@ def test_scrape_matches_the_run_directory(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+def test_tcp_data_plane_bytes_are_counted(tmp_path):
+    """transport: tcp -- models and results travel on the standalone data plane, not the gRPC stream; the
+    payload byte counters still add up to every model sent and every result received."""
+    data = {"name": "tcpbytes", "workload": "logreg-digits", "seed": 0, "workers": 3, "rounds": 5,
+            "transport": "tcp", "optimizer": {"name": "sgd", "lr": 0.5},
+            "coding": {"scheme": "gc-cyclic", "stragglers": 1}, "runtime": {"progress": False}}
+    port = _free_port()
+    hook = metrics_hook(argparse.Namespace(metrics_port=port), "127.0.0.1")
+    seen: dict = {}
+    run_local(load_config(None, data=data), tmp_path, progress=False, token=TOKEN,
+              on_started=lambda coord, procs, address: seen.setdefault("metrics", hook(coord)))
+    final = scrape(port)
+    coord = seen["metrics"].coord
+    seen["metrics"].close()
+    recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    job = {"job_name": "tcpbytes"}
+    wl = load_workload("logreg-digits", 0)
+    one = wl.num_params() * 8
+    sent, received = (value(final, f"dcoord_payload_bytes_{k}_total", **job) for k in ("sent", "received"))
+    assert sent == 5 * 3 * flat_params(wl.model).nbytes  # each worker's model each round, whichever plane
+    assert received % one == 0 and sum(r["bytes_received"] for r in recs) <= received <= 5 * 3 * one
+    # the data plane carried them: its own counters are in the totals, the gRPC stream had at most the
+    # models of a worker whose data connection was not up yet
+    dp = coord.data_server
+    assert dp is not None and dp.bytes_in == received - coord.bytes_in and dp.bytes_out == sent - coord.bytes_out
+    assert dp.bytes_in >= sum(r["bytes_received"] for r in recs) > 0
+    assert dp.bytes_out > coord.bytes_out and coord.bytes_in == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_private_run_exports_epsilon_and_sgc_fallbacks(tmp_path):
     data = {"name": "priv", "workload": "logreg-digits", "seed": 0, "workers": 4, "rounds": 6,
             "optimizer": {"name": "sgd", "lr": 0.5}, "coding": {"scheme": "gc-cyclic", "stragglers": 1},

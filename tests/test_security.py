@@ -34,7 +34,7 @@ from dcoord.runtime.coordinator import Coordinator
 from dcoord.runtime.local import run_local
 from dcoord.runtime.security import ClientSecurity, ServerSecurity, check_listen, open_channel, read_token
 from dcoord.runtime.service import start_server
-from dcoord.runtime.tensors import to_proto
+from dcoord.wire import result_to_proto, status_to_proto, to_proto
 
 TOKEN = "test-token-" + "a1b2c3d4" * 4
 WRONG = "test-token-" + "ffffffff" * 4
@@ -136,6 +136,7 @@ def serving(cfg, security: ServerSecurity | None, listen: str = "127.0.0.1:0"):
         ready.set()
         await stop.wait()
         await server.stop(0)
+        coord.close_data_plane()
 
     t = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
     t.start()
@@ -481,31 +482,113 @@ def test_workers_may_start_before_the_coordinator(tmp_path):
     assert summary["rounds_completed"] == 3 and done["rounds"] >= 1
 
 
+def test_tcp_data_plane_with_token_and_mutual_tls_equals_gd_and_refuses_plaintext(tmp_path, pki):
+    """transport: tcp under the control plane's security: the data plane speaks TLS with the same
+    certificates (client certificates required with mutual TLS); a plaintext or certificate-less client is
+    refused before the handshake and counted; the run ends with exactly the model of plain GD."""
+    import socket
+    import ssl
+
+    from dcoord.runtime.transport.base import DataPlaneError
+    from dcoord.runtime.transport.tcp_dp import TcpDataPlane
+    from dcoord.runtime.worker import run_worker
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cert, key = pki["server"]
+    ccert, ckey = pki["client"]
+    cfg = _cfg(rounds=5, transport="tcp")
+    client = ClientSecurity(token=TOKEN, tls_ca=pki["ca"], tls_cert=ccert, tls_key=ckey)
+    done: dict = {}
+
+    def work(i):
+        try:
+            done[i] = run_worker(f"127.0.0.1:{port}", requested_id=i, security=client, connect_timeout=120,
+                                 device="cpu")
+        except BaseException as exc:
+            done[i] = exc
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(cfg.workers)]
+    for t in threads:
+        t.start()
+
+    def intrude(dp_port: int, job_id: str) -> list:
+        errors = []
+        no_cert = ssl.create_default_context(cadata=pki["ca"].decode())
+        for ctx in (None, no_cert):  # plaintext; TLS without a client certificate
+            try:
+                TcpDataPlane("127.0.0.1", dp_port, 0, b"k" * 32, job_id, ssl_context=ctx,
+                             server_hostname="localhost", timeout=8)
+            except (DataPlaneError, OSError) as exc:  # ssl.SSLError is an OSError
+                errors.append(exc)
+        return errors
+
+    async def coordinate():
+        coord = Coordinator(cfg, tmp_path)
+        sec = ServerSecurity(token=TOKEN, tls_cert=cert, tls_key=key, tls_ca=pki["ca"])
+        server, _ = await start_server(coord, f"127.0.0.1:{port}", security=sec)
+        try:
+            assert coord.data_server is not None and coord.data_server.ssl_context is not None
+            errors = await asyncio.to_thread(intrude, coord.data_server.port, coord.job_id)
+            for _ in range(300):  # the server counts a refusal when its side of the handshake gives up
+                if coord.refused["data-plane-handshake"] >= 2:
+                    break
+                await asyncio.sleep(0.1)
+            return errors, await coord.run(start_timeout=120)
+        finally:
+            await asyncio.sleep(0.2)
+            await server.stop(1.0)
+            coord.close_data_plane()
+
+    errors, summary = asyncio.run(coordinate())
+    for t in threads:
+        t.join(60)
+    assert len(errors) == 2, errors  # neither intruder got a data-plane connection
+    assert all(isinstance(r, int) and r >= 1 for r in done.values()) and len(done) == cfg.workers, done
+    assert summary["rounds_completed"] == 5 and summary["rejected_results"] == {}
+    assert summary["refused"].get("data-plane-handshake", 0) >= 2, summary["refused"]
+    assert set(summary["refused"]) == {"data-plane-handshake"}, summary["refused"]
+    ref = full_batch_gd("logreg-digits", seed=0, rounds=5, lr=0.5)
+    assert max_rel_diff(torch.load(tmp_path / "model.pt"), ref) < 1e-5
+
+
 def test_secrets_never_leave(tmp_path):
-    """Token, coordinator_seed and the workers' noise secret: in no output file, status, result or Register reply."""
+    """Token, coordinator_seed, the workers' noise secret and the tcp data plane's keys: in no output file,
+    status, result or (another worker's) Register reply."""
     seed = 987654321987
     noise_secret = "noise-secret-" + "5e" * 16
     privacy = {"mechanism": "dp-gd", "noise_multiplier": 1.0, "clip": 1.0}
     runs = {"coordinator": dict(privacy, trust="coordinator", coordinator_seed=seed),
             "workers": dict(privacy, trust="workers")}
+    transports = {"coordinator": "grpc", "workers": "tcp"}  # tcp: each registration gets a data-plane key
     seen: list[bytes] = []
+    data_keys: set[bytes] = set()
     mp = pytest.MonkeyPatch()
     mp.setenv("DCOORD_NOISE_SECRET", noise_secret)
     try:
         for name, p in runs.items():
-            cfg = _cfg(rounds=4, privacy=p, runtime={"progress": False, "checkpoint_every": 1})
+            cfg = _cfg(rounds=4, privacy=p, runtime={"progress": False, "checkpoint_every": 1},
+                       transport=transports[name])
 
             def started(coord, procs, address):
-                original = coord.handle_result
+                original, new_key = coord.handle_result, coord.new_data_key
 
-                def spy(res, conn):
-                    seen.append(res.SerializeToString())
-                    return original(res, conn)
+                def spy(res, conn, *rest):
+                    seen.append(result_to_proto(res).SerializeToString())
+                    return original(res, conn, *rest)
 
-                coord.handle_result = spy
+                def spy_key(worker):
+                    key = new_key(worker)
+                    data_keys.add(key)
+                    return key
+
+                coord.handle_result, coord.new_data_key = spy, spy_key
+                data_keys.update(coord._data_keys.values())
 
             def each_round(record, coord):
-                seen.append(coord.status().SerializeToString())
+                seen.append(status_to_proto(coord.status()).SerializeToString())
+                data_keys.update(coord._data_keys.values())
 
             run_local(cfg, tmp_path / name, progress=False, on_started=started, on_round=each_round, token=TOKEN)
             # what a worker is sent at Register (served here by a coordinator of the same job)
@@ -520,8 +603,10 @@ def test_secrets_never_leave(tmp_path):
     cfg_text = (tmp_path / "coordinator" / "config.yaml").read_text()
     assert "privacy.coordinator_seed: <redacted>" in cfg_text
     assert load_config(tmp_path / "coordinator" / "config.yaml").privacy.coordinator_seed is None  # still loads
+    assert len(data_keys) >= 3 and all(len(k) == 32 for k in data_keys)  # the tcp run's workers' keys
     needles = [TOKEN.encode(), noise_secret.encode(), str(seed).encode(), seed.to_bytes(8, "big"),
                seed.to_bytes(8, "little")]
+    needles += [k for key in data_keys for k in (key, key.hex().encode(), repr(key).encode())]
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any(p.name == "checkpoint.pt" for p in files) and any(p.suffix == ".log" for p in files)
     for blob in seen + [p.read_bytes() for p in files]:

@@ -139,7 +139,10 @@ def test_token_config_example_and_defaults():
         ({"graph": {"kind": "ring", "p": 0.2}}, "p does not apply to kind ring"),
         ({"graph": {"kind": "watts-strogatz", "k": 3}}, "even k"),
         ({"graph": {"kind": "hypercube"}}, "kind"),
-        ({"gamma_exponent": 0.5}, "greater than 0.5"),
+        ({"gamma_exponent": 0.5}, r"token.gamma_exponent \(a, the visit-measure step .*must be in \(0.5, 1\]"),
+        ({"gamma_exponent": 1.2}, r"gamma_exponent .*must be in \(0.5, 1\].*got 1.2"),
+        ({"beta_exponent": 0.3}, r"token.beta_exponent \(b, the model step .*must be in \(0.5, 1\].*got 0.3"),
+        ({"beta_exponent": 1.01}, r"beta_exponent .*must be in \(0.5, 1\]"),
         ({"lr": 0}, "greater than 0"),
     ],
 )
@@ -199,3 +202,19 @@ def test_build_walkers_other_chains_share_rows(chain, cls):
     assert all(isinstance(w, cls) for w in ws)
     if cls is MarkovWalker:
         assert ws[0].chain is ws[1].chain and ws[0].chain.name == chain
+
+
+@pytest.mark.parametrize("a,b", [(0.51, 1.0), (1.0, 1.0), (0.8, 0.9), (0.9, 0.8)])
+def test_token_config_accepts_the_analysed_range(a, b):
+    cfg = TokenConfig(gamma_exponent=a, beta_exponent=b)
+    assert (cfg.gamma_exponent, cfg.beta_exponent) == (a, b)
+
+
+def test_token_exponent_error_is_one_line_through_the_job_loader():
+    from dcoord.config import ConfigError, load_config
+
+    data = {"name": "t", "mode": "token", "workers": 8, "token": {"gamma_exponent": 0.5}}
+    with pytest.raises(ConfigError) as e:
+        load_config(None, data=data)
+    msg = str(e.value)
+    assert "token.gamma_exponent" in msg and "(0.5, 1]" in msg and "\n" not in msg

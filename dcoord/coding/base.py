@@ -13,17 +13,13 @@ round-robin (job j -> model j % models), so several models train concurrently wh
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-
-class SchemeError(ValueError):
-    """Invalid scheme parameters; the message names the parameter and what is allowed."""
-
-
-class DecodeError(RuntimeError):
-    """A job could not be decoded (not enough results, or the residual check failed)."""
+from dcoord.errors import DecodeError as DecodeError  # re-exported: the coding API
+from dcoord.errors import SchemeError as SchemeError
 
 
 @dataclass(frozen=True)
@@ -58,6 +54,9 @@ class Scheme(ABC):
     n: int
     delay: int = 0  # T: job j must be decodable at the end of round j + delay
     models: int = 1  # models trained concurrently; job j belongs to model j % models
+    jobs: int | None = None  # jobs the scheme plans for (None = open-ended)
+    s: int = 0  # stragglers tolerated per round (plain codes; for messages)
+    last_residual: float = 0.0  # max |decode check| of the last decode (0 where decoding is exact by design)
 
     @abstractmethod
     def part_fractions(self) -> np.ndarray:
@@ -128,3 +127,84 @@ class Scheme(ABC):
     def params(self) -> dict:
         """The scheme's parameters, for reports (subclasses add theirs)."""
         return {"n": self.n}
+
+    # -- optional hooks the runtime calls on every scheme (do-nothing defaults; override what you need) ----
+    def bind_data(self, batch_size: int) -> None:
+        """Told once, before round 0, how many samples a job's batch has (token walks size their shards)."""
+        return None
+
+    def reroute(self, round: int, alive: frozenset[int]) -> bool:
+        """Workers outside ``alive`` are gone mid-round: move their work to live ones if the scheme can.
+
+        Return True when ``tasks(round)`` changed (the coordinator re-sends the changed task lists).
+        """
+        return False
+
+    def round_info(self, round: int) -> dict:
+        """Extra fields for the closed round's metrics record."""
+        return {}
+
+    def report(self) -> dict:
+        """Extra fields for the run summary."""
+        return {}
+
+
+# -- what the registry knows about a scheme, declared beside its class ------------------------------------
+@dataclass(frozen=True)
+class SchemeParams:
+    """The scheme parameters of a ``coding:`` section (None = not given)."""
+
+    s: int = 0
+    B: int | None = None
+    W: int | None = None
+    lam: int | None = None
+    jobs: int | None = None
+    models: int | None = None
+
+
+@dataclass(frozen=True)
+class GridSpace:
+    """What a tuning grid may range over (``dcoord tune``, ``simulate --compare``)."""
+
+    n: int
+    max_delay: int
+    lambdas: tuple[int, ...]  # candidate lambda values (sorted)
+    ss: tuple[int, ...]  # candidate s values (sorted, < n)
+    max_window: int = 10
+
+
+@dataclass(frozen=True)
+class SchemeSpec:
+    """One registered scheme: its name, how to build it, which ``coding:`` keys it reads, its tuning grid.
+
+    ``params``: config keys under ``coding:`` it reads (subset of stragglers, B, W, lambda, models); a
+    scheme without ``models`` trains one model. ``required``: those that must be given. ``grid``: every
+    parameter dict the tuner simulates (keys s, B, W, lambda); None = cannot be tuned. ``tunable``: in the
+    tuner's default set. ``color``: matplotlib colour in plots (None = picked by position).
+    """
+
+    name: str
+    build: Callable[[int, SchemeParams], Scheme]
+    params: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()
+    grid: Callable[[GridSpace], Iterable[dict[str, int]]] | None = None
+    tunable: bool = True
+    display: str = ""
+    color: str | None = None
+    description: str = ""
+
+
+_REGISTERED: dict[str, SchemeSpec] = {}
+
+
+def register_scheme(spec: SchemeSpec, *, replace: bool = False) -> SchemeSpec:
+    """Add a scheme to the registry (the config, simulator, tuner, CLI help and README read it from there)."""
+    if spec.name in _REGISTERED and not replace:
+        raise SchemeError(f"scheme {spec.name!r} is already registered")
+    _REGISTERED[spec.name] = spec
+    return spec
+
+
+def registered_schemes() -> dict[str, SchemeSpec]:
+    """The registered specs in registration order (built-ins come from dcoord.coding.registry)."""
+    return dict(_REGISTERED)

@@ -12,7 +12,16 @@ from functools import lru_cache
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from dcoord.coding.base import DecodeError, ResultRef, Scheme, SchemeError, Task
+from dcoord.coding.base import (
+    DecodeError,
+    GridSpace,
+    ResultRef,
+    Scheme,
+    SchemeError,
+    SchemeSpec,
+    Task,
+    register_scheme,
+)
 
 #: Largest accepted decode residual ||B_F^T a - 1||_inf (relative to 1).
 DECODE_TOL = 1e-6
@@ -234,3 +243,24 @@ class GCCyclic(_PlainScheme):
 
     def load(self) -> float:
         return (self.s + 1) / self.n
+
+
+# -- registry entries (name, config parameters, tuning grid, plot colour) ---------------------------------
+def _s_grid(g: GridSpace):
+    return ({"s": s} for s in g.ss)
+
+
+register_scheme(SchemeSpec(
+    "uncoded", lambda n, p: Uncoded(n, p.s, jobs=p.jobs), grid=lambda g: [{}], color="C7",
+    description="every worker computes its own part; the round waits for all"))
+register_scheme(SchemeSpec(
+    "gc-fr", lambda n, p: GCFractional(n, p.s, jobs=p.jobs), params=("stragglers",),
+    grid=lambda g: ({"s": s} for s in g.ss if g.n % (s + 1) == 0), color="C1",
+    description="fractional-repetition gradient code; (s+1) must divide the workers"))
+register_scheme(SchemeSpec(
+    "gc-cyclic", lambda n, p: GCCyclic(n, p.s, jobs=p.jobs), params=("stragglers",), grid=_s_grid, color="C0",
+    description="cyclic gradient code: any n-s workers decode"))
+register_scheme(SchemeSpec(
+    "ignore-stragglers", lambda n, p: IgnoreStragglers(n, p.s, jobs=p.jobs), params=("stragglers",),
+    grid=_s_grid, tunable=False, color="C5",
+    description="uncoded, dropping the s slowest parts (biased gradient)"))

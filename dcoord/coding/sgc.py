@@ -26,7 +26,17 @@ from fractions import Fraction
 
 import numpy as np
 
-from dcoord.coding.base import DecodeError, ResultRef, Scheme, SchemeError, Task
+from dcoord.coding.base import (
+    DecodeError,
+    GridSpace,
+    ResultRef,
+    Scheme,
+    SchemeError,
+    SchemeParams,
+    SchemeSpec,
+    Task,
+    register_scheme,
+)
 from dcoord.coding.gc import cyclic_encoding_matrix, cyclic_support, solve_decoding
 
 __all__ = ["SRSGC", "MSGC", "InnerCode", "srsgc_s", "srsgc_load", "msgc_load"]
@@ -584,3 +594,38 @@ class MSGC(_SequentialScheme):
                 for i, c in coeffs.items():
                     out[ResultRef(rr, i, self.K + g)] = c
         return out
+
+
+# -- registry entries (name, config parameters, tuning grid, plot colour) ---------------------------------
+_SEQ_PARAMS = ("B", "W", "lambda", "models")
+
+
+def _kw(p: SchemeParams) -> dict:
+    return {"models": p.models} if p.models is not None else {}
+
+
+def _sr_grid(g: GridSpace):
+    for B in range(1, g.max_delay + 1):
+        for W in range(B + 1, g.max_window + 1, B):
+            for lam in g.lambdas:
+                if lam <= g.n:
+                    yield {"B": B, "W": W, "lambda": lam}
+
+
+def _m_grid(g: GridSpace):
+    for W in range(2, g.max_delay + 3):
+        for B in range(1, W):
+            if W - 2 + B <= g.max_delay:
+                for lam in g.lambdas:
+                    if lam <= g.n:
+                        yield {"B": B, "W": W, "lambda": lam}
+
+
+register_scheme(SchemeSpec(
+    "sr-sgc", lambda n, p: SRSGC(n, p.B, p.W, p.lam, jobs=p.jobs, **_kw(p)), params=_SEQ_PARAMS,
+    required=("B", "W", "lambda"), grid=_sr_grid, color="C3",
+    description="selective-repeat sequential gradient code (delay T = B)"))
+register_scheme(SchemeSpec(
+    "m-sgc", lambda n, p: MSGC(n, p.B, p.W, p.lam, jobs=p.jobs, **_kw(p)), params=_SEQ_PARAMS,
+    required=("B", "W", "lambda"), grid=_m_grid, color="C2",
+    description="multiplexed sequential gradient code (delay T = W-2+B)"))

@@ -1,12 +1,15 @@
 """Privacy accounting through a library (Opacus), calibration by bisection, and the plan for ``dcoord privacy``.
 
-Neighbouring relation: ADD/REMOVE ONE SAMPLE (record-level). The dataset size N is treated as public; each
-round releases (a noisy version of) (1/N) * sum_i clip_C(u_i) -- u_i a per-sample gradient (restart, dp-gd)
-or gradient difference (diff2) -- whose L2 sensitivity is C/N: one added or removed sample moves the sum by
-at most C. Under replace-one the sensitivity would be 2C/N (the DIFF2 authors' code uses that convention).
-A release with Gaussian noise of std s on that mean has noise multiplier z = s * N / C, the number the
-accountant sees. Full-batch rounds have sample rate 1. Rounds are adaptive (C2_r depends on earlier
-releases), which Gaussian/RDP composition allows because z is fixed in advance.
+Neighbouring relation (``privacy.neighbouring``): ADD/REMOVE ONE SAMPLE (default) or REPLACE ONE SAMPLE
+(record-level). The dataset size N is treated as public; each round releases (a noisy version of)
+(1/N) * sum_i clip_C(u_i) -- u_i a per-sample gradient (restart, dp-gd) or gradient difference (diff2).
+Its L2 sensitivity is k * C / N with k = 1 under add/remove (one added or removed sample moves the sum by at
+most C) and k = 2 under replace-one (the replaced sample's clipped term goes from one vector of norm <= C to
+another: the DIFF2 paper's 2C/N). The noise multiplier z is always noise std / sensitivity, so a release
+with std s has z = s * N / (k C), the number the accountant sees: the accountant and the calibration are the
+same for both relations, and the mechanisms scale the std by k (the relation's, see
+:class:`dcoord.privacy.registry.Neighbouring`). Full-batch rounds have sample rate 1. Rounds are adaptive
+(C2_r depends on earlier releases), which Gaussian/RDP composition allows because z is fixed in advance.
 
 Per partition (coded runs): a partition's message (1/N) * sum_{i in part} clip_C(u_i) has the same
 sensitivity C/N, each sample lives in one partition, so one round is one Gaussian mechanism with multiplier
@@ -24,19 +27,20 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from dcoord.errors import AccountingError
+from dcoord.privacy.registry import History, get_mechanism, get_neighbouring
+from dcoord.privacy.registry import diff2_noise_ratio as diff2_noise_ratio  # re-exported
+from dcoord.privacy.registry import restart_count as restart_count  # re-exported
+from dcoord.privacy.registry import sensitivity_factor as sensitivity_factor  # re-exported
+
 if TYPE_CHECKING:
     from dcoord.privacy.config import PrivacyConfig
 
-History = list[tuple[float, float, int]]
 
 # Opacus's default orders plus larger ones, so small epsilons / few rounds still find their best order.
 RDP_ORDERS: tuple[float, ...] = tuple(
     [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [64, 80, 96, 128, 192, 256, 384, 512, 1024]
 )
-
-
-class AccountingError(ValueError):
-    """The accountant cannot answer for these parameters (the message says which and why)."""
 
 
 class Accountant(ABC):
@@ -112,32 +116,20 @@ class OpacusPRVAccountant(Accountant):
             raise AccountingError(f"PRV accountant failed for history {hist}: {e}; use accountant: rdp") from e
 
 
+ACCOUNTANTS: dict[str, type[Accountant]] = {"rdp": OpacusRDPAccountant, "prv": OpacusPRVAccountant}
+
+
+def register_accountant(name: str, cls: type[Accountant]) -> None:
+    """Make ``privacy.accountant: <name>`` resolve to ``cls()``."""
+    ACCOUNTANTS[name] = cls
+
+
 def get_accountant(name: str) -> Accountant:
-    """'rdp' (default) or 'prv'."""
-    if name == "rdp":
-        return OpacusRDPAccountant()
-    if name == "prv":
-        return OpacusPRVAccountant()
-    raise AccountingError(f"accountant must be 'rdp' or 'prv', got {name!r}")
-
-
-def restart_count(rounds: int, restart_every: int) -> int:
-    """Number of 0-based rounds t < rounds with t % T == 0."""
-    if rounds <= 0:
-        return 0
-    return -(-rounds // restart_every)
-
-
-def diff2_noise_ratio(restart_every: int, restart_share: float) -> float:
-    """z_diff / z_restart from the paper's budget allocation.
-
-    The paper gives restarts 1/u and differences (u-1)/u of the RDP budget (u = 1.25, i.e. share 0.8) while
-    counting R/T restarts and R differences; equal RDP per unit of budget gives
-    z_diff / z_restart = sqrt(T * share / (1 - share)) (= sqrt(T / (u - 1)) = 2 sqrt(T) for u = 1.25).
-    """
-    if restart_every <= 1:
-        return 1.0
-    return math.sqrt(restart_every * restart_share / (1.0 - restart_share))
+    """A registered accountant: 'rdp' (default) or 'prv' built in."""
+    cls = ACCOUNTANTS.get(name)
+    if cls is None:
+        raise AccountingError(f"accountant must be {' or '.join(repr(n) for n in ACCOUNTANTS)}, got {name!r}")
+    return cls()
 
 
 def mechanism_history(
@@ -148,15 +140,8 @@ def mechanism_history(
     noise_multiplier_diff: float | None = None,
     restart_every: int = 1,
 ) -> History:
-    """Opacus-style history of a full-batch run (sample rate 1)."""
-    if mechanism == "dp-gd" or restart_every <= 1:
-        return [(noise_multiplier, 1.0, rounds)]
-    if mechanism != "diff2":
-        raise AccountingError(f"mechanism must be 'dp-gd' or 'diff2', got {mechanism!r}")
-    if noise_multiplier_diff is None:
-        raise AccountingError("diff2 needs noise_multiplier_diff")
-    n_restart = restart_count(rounds, restart_every)
-    return [(noise_multiplier, 1.0, n_restart), (noise_multiplier_diff, 1.0, rounds - n_restart)]
+    """Opacus-style history of a full-batch run (sample rate 1), as the named mechanism releases it."""
+    return get_mechanism(mechanism).history(rounds, noise_multiplier, noise_multiplier_diff, restart_every)
 
 
 def compute_epsilon(history: Sequence[tuple[float, float, int]], delta: float, accountant: str = "rdp") -> float:
@@ -186,14 +171,13 @@ def calibrate_noise(
     if rounds <= 0:
         raise AccountingError(f"rounds must be >= 1, got {rounds}")
     acc = get_accountant(accountant)
-    diff2 = mechanism == "diff2" and restart_every > 1
-    k = (ratio if ratio is not None else diff2_noise_ratio(restart_every, restart_share)) if diff2 else 1.0
+    mech = get_mechanism(mechanism)
+    default_k = mech.diff_ratio(restart_every, restart_share)
+    two = default_k is not None  # a second multiplier (difference rounds), tied to the first by the ratio
+    k = (ratio if ratio is not None else default_k) if two else 1.0
 
     def eps(z: float) -> float:
-        hist = mechanism_history(
-            mechanism, rounds, z, noise_multiplier_diff=k * z if diff2 else None, restart_every=restart_every
-        )
-        return acc.epsilon(hist, delta)
+        return acc.epsilon(mech.history(rounds, z, k * z if two else None, restart_every), delta)
 
     lo, hi = 1e-3, 1.0
     while eps(hi) > target_epsilon:
@@ -208,7 +192,7 @@ def calibrate_noise(
             lo = mid
         else:
             hi = mid
-    return hi, (k * hi if diff2 else None)
+    return hi, (k * hi if two else None)
 
 
 def epsilon_per_round(history_of_rounds: Sequence[float], delta: float, accountant: str = "rdp") -> list[float]:
@@ -229,22 +213,19 @@ def round_multipliers(
     mechanism: str, rounds: int, noise_multiplier: float, noise_multiplier_diff: float | None, restart_every: int
 ) -> list[float]:
     """The noise multiplier of each 0-based round (restart when t % T == 0)."""
-    if mechanism == "dp-gd" or restart_every <= 1:
-        return [noise_multiplier] * rounds
-    assert noise_multiplier_diff is not None
-    return [noise_multiplier if t % restart_every == 0 else noise_multiplier_diff for t in range(rounds)]
+    return get_mechanism(mechanism).round_multipliers(rounds, noise_multiplier, noise_multiplier_diff, restart_every)
 
 
 def resolve_noise(cfg: PrivacyConfig, rounds: int) -> tuple[float, float | None]:
     """(z_restart, z_diff) for a config: the given multipliers or the calibrated ones."""
     T = cfg.resolved_restart_every(rounds)
-    diff2 = cfg.mechanism == "diff2" and T > 1
+    ratio = get_mechanism(cfg.mechanism).diff_ratio(T, cfg.restart_share)
     if cfg.noise_multiplier is not None:
-        if not diff2:
+        if ratio is None:
             return cfg.noise_multiplier, None
         z2 = cfg.noise_multiplier_diff
         if z2 is None:
-            z2 = diff2_noise_ratio(T, cfg.restart_share) * cfg.noise_multiplier
+            z2 = ratio * cfg.noise_multiplier
         return cfg.noise_multiplier, z2
     assert cfg.epsilon is not None
     return calibrate_noise(
@@ -286,7 +267,8 @@ def plan(privacy_cfg: PrivacyConfig, rounds: int, n_samples: int, num_partitions
     """What ``dcoord privacy JOB.yaml`` prints: the noise, the epsilon it buys, restarts, noise stds, and
     the epsilon a compromised coordinator can get (``replicas``: workers that hold each partition).
 
-    Noise stds are those of the released MEAN gradient (sum over partitions): per partition and in the
+    Noise stds include the neighbouring relation's sensitivity factor (x2 under replace-one). They are those
+    of the released MEAN gradient (sum over partitions): per partition and in the
     decoded aggregate, for restarts (clip C1) and per unit of C2_r for differences (C2_r is only known at
     run time: c2 * ||x_{r-1} - x_{r-2}||).
     """
@@ -301,10 +283,13 @@ def plan(privacy_cfg: PrivacyConfig, rounds: int, n_samples: int, num_partitions
     eps = get_accountant(cfg.accountant).epsilon(hist, cfg.delta)
     n_restart = restart_count(rounds, T)
     part_factor, agg_factor = noise_std_factors(cfg.trust, cfg.noise_split, num_partitions)
+    relation = get_neighbouring(cfg.neighbouring)
+    k = relation.sensitivity_factor
+    part_factor, agg_factor = k * part_factor, k * agg_factor
     out: dict[str, Any] = {
         "mechanism": cfg.mechanism,
         "accountant": cfg.accountant,
-        "neighbouring": "add/remove one sample (sensitivity C/N of the mean)",
+        "neighbouring": relation.description,
         "epsilon": eps,
         "target_epsilon": cfg.epsilon,
         "delta": cfg.delta,
@@ -326,18 +311,12 @@ def plan(privacy_cfg: PrivacyConfig, rounds: int, n_samples: int, num_partitions
     out["replicas_per_partition"] = replicas
     out["epsilon_compromised_coordinator"] = compromised_coordinator_epsilon(cfg, rounds, num_partitions,
                                                                              replicas, z1, z2)
-    if cfg.mechanism == "diff2":
-        out["noise_multiplier_diff"] = z2
-        out["clip_diff"] = cfg.resolved_clip_diff()
-        out["restart_share"] = cfg.restart_share
-        if z2 is not None:
-            out["noise_std_diff_partition_per_C2"] = part_factor * z2 / n_samples
-            out["noise_std_diff_aggregate_per_C2"] = agg_factor * z2 / n_samples
+    out.update(get_mechanism(cfg.mechanism).plan_extra(cfg, z2, part_factor, agg_factor, n_samples))
     return out
 
 
 def noise_std_factors(trust: str, noise_split: str, num_partitions: int) -> tuple[float, float]:
-    """(per-partition, aggregate) noise std in units of z * clip / N.
+    """(per-partition, aggregate) noise std in units of z * sensitivity = z * k * clip / N.
 
     - trust=coordinator: partitions carry no noise; the coordinator adds std z*C/N once after decoding.
     - trust=workers, noise_split=partition (default): each partition message carries std z*C/N, so EVERY

@@ -14,26 +14,32 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dcoord.privacy.registry import DEFAULT_RESTART_FRACTION as DEFAULT_RESTART_FRACTION  # noqa: F401
+from dcoord.privacy.registry import PAPER_CLIP_DIFF as PAPER_CLIP_DIFF  # noqa: F401
+from dcoord.privacy.registry import get_mechanism
 
 # Paper (authors' code): the difference clip is C2_r = c2 * ||x_{r-1} - x_{r-2}||, c2 default 30,
 # tuned over {1, 3, 10, 30, 100}.
-PAPER_CLIP_DIFF = 30.0
 # Paper (authors' code): T = max(1, int(tau * R)), tau tuned over {0.003, 0.01, 0.03, 0.1}, default 0.003.
 # dcoord default: tau = 0.01 (from the paper's grid), and never below 2 (T = 1 would silently turn DIFF2 into
 # DP-GD); so runs under 250 rounds restart every other round. bench/privacy.py: T = 10 diverged on digits.
 PAPER_RESTART_FRACTIONS = (0.003, 0.01, 0.03, 0.1)
-DEFAULT_RESTART_FRACTION = 0.01
 # Paper (theory and authors' code): restarts get 1/u of the RDP budget, differences (u-1)/u, u = 1.25.
 PAPER_RESTART_SHARE = 1 / 1.25
 
 
 class PrivacyConfig(BaseModel):
-    """Differential privacy of the training run (record-level, add/remove one sample)."""
+    """Differential privacy of the training run (record-level: add/remove or replace one sample).
+
+    The DIFF2 paper's own setting is ``neighbouring: replace-one`` with ``trust: coordinator`` (one noise
+    draw on the aggregate, the paper's noise on the average over nodes).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    mechanism: Literal["dp-gd", "diff2"] = "dp-gd"
+    mechanism: str = Field("dp-gd", description="a registered mechanism (dcoord.privacy.registry): dp-gd, diff2")
     epsilon: float | None = Field(default=None, description="target epsilon; the noise is calibrated to it")
     delta: float = 1e-5
     noise_multiplier: float | None = Field(
@@ -49,6 +55,11 @@ class PrivacyConfig(BaseModel):
     restart_every: int | None = Field(default=None, description="diff2: T, a full private gradient every T rounds")
     restart_share: float = Field(
         default=PAPER_RESTART_SHARE, description="diff2: share of the privacy budget spent on restarts"
+    )
+    neighbouring: Literal["add-remove", "replace-one"] = Field(
+        default="add-remove",
+        description="neighbouring datasets: add/remove one sample (sensitivity C/N) or replace one (2C/N, the "
+        "DIFF2 paper's); the noise std scales with the sensitivity, the accountant sees the same multiplier",
     )
     trust: Literal["workers", "coordinator"] = "workers"
     noise_split: Literal["partition", "aggregate"] = "partition"
@@ -67,6 +78,12 @@ class PrivacyConfig(BaseModel):
                         "$DCOORD_NOISE_SECRET), never the job config's; delete the key"
                     )
         return data
+
+    @field_validator("mechanism")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        get_mechanism(v)  # AccountingError (a ValueError) naming the registered mechanisms
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> PrivacyConfig:
@@ -88,29 +105,7 @@ class PrivacyConfig(BaseModel):
             raise ValueError(f"privacy.clip (C1) must be a finite number > 0, got {self.clip}")
         if not 0 < self.restart_share < 1:
             raise ValueError(f"privacy.restart_share must be in (0, 1), got {self.restart_share}")
-        if self.mechanism == "dp-gd":
-            for name in ("clip_diff", "noise_multiplier_diff"):
-                if getattr(self, name) is not None:
-                    raise ValueError(f"privacy.{name} applies to mechanism: diff2 only (mechanism is dp-gd)")
-            if self.restart_every not in (None, 1):
-                raise ValueError(
-                    f"privacy.restart_every must be 1 or unset for mechanism: dp-gd, got {self.restart_every}"
-                )
-        else:
-            if self.clip_diff is not None and not (self.clip_diff > 0 and math.isfinite(self.clip_diff)):
-                raise ValueError(f"privacy.clip_diff (c2) must be a finite number > 0, got {self.clip_diff}")
-            if self.restart_every is not None and self.restart_every < 1:
-                raise ValueError(f"privacy.restart_every (T) must be an integer >= 1, got {self.restart_every}")
-            if self.noise_multiplier_diff is not None:
-                if self.noise_multiplier is None:
-                    raise ValueError(
-                        "privacy.noise_multiplier_diff needs noise_multiplier too (with epsilon both are "
-                        "calibrated)"
-                    )
-                if not (self.noise_multiplier_diff >= 0 and math.isfinite(self.noise_multiplier_diff)):
-                    raise ValueError(
-                        f"privacy.noise_multiplier_diff must be a finite number >= 0, got {self.noise_multiplier_diff}"
-                    )
+        get_mechanism(self.mechanism).check(self)
         if self.trust == "coordinator":
             if self.noise_split != "partition":
                 raise ValueError("privacy.noise_split applies to trust: workers only (the coordinator adds one noise)")
@@ -122,14 +117,8 @@ class PrivacyConfig(BaseModel):
 
     def resolved_restart_every(self, rounds: int) -> int:
         """T actually used: 1 for dp-gd; for diff2 the override or max(2, round(0.01 * rounds))."""
-        if self.mechanism == "dp-gd":
-            return 1
-        if self.restart_every is not None:
-            return self.restart_every
-        return max(2, round(DEFAULT_RESTART_FRACTION * rounds))
+        return get_mechanism(self.mechanism).restart_every(self, rounds)
 
     def resolved_clip_diff(self) -> float | None:
         """c2 actually used (diff2): the override or the paper's default 30."""
-        if self.mechanism == "dp-gd":
-            return None
-        return PAPER_CLIP_DIFF if self.clip_diff is None else self.clip_diff
+        return get_mechanism(self.mechanism).clip_diff(self)

@@ -34,8 +34,9 @@ What comes from the paper (Murata & Suzuki, ICML 2023, arXiv 2302.03884, and the
   sigma2 / sigma1 (as multipliers) = sqrt(T / (u - 1)) = 2 sqrt(T);
 - eta: Theta(1/L) in theory; the experiments try eta = 0.5^i, i = 0..9, and keep the largest that does not
   diverge (no fixed default).
-What dcoord chose: add/remove neighbours (the code uses replace-one: 2C); accounting with a library
-accountant (Opacus RDP/PRV) instead of the paper's closed-form RDP bound; calibration by bisection on a
+What dcoord chose: add/remove neighbours by default; ``neighbouring: replace-one`` gives the paper's
+sensitivity 2C/N (every std doubles; the multipliers and the accounting are unchanged); accounting
+with a library accountant (Opacus RDP/PRV) instead of the paper's closed-form RDP bound; calibration by bisection on a
 common scale with the paper's ratio; default T = max(2, round(0.01 R)) (from the paper's tau grid); eta is
 the runtime's learning rate (no privacy cost, not part of this module).
 """
@@ -54,6 +55,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor, nn
 
+from dcoord.errors import AccountingError, PrivacyError
 from dcoord.privacy.accounting import (
     History,
     mechanism_history,
@@ -61,6 +63,7 @@ from dcoord.privacy.accounting import (
     resolve_noise,
 )
 from dcoord.privacy.per_sample import LossFn, Params, clipped_diff_sum, clipped_sum
+from dcoord.privacy.registry import get_mechanism, get_neighbouring
 
 if TYPE_CHECKING:
     from dcoord.privacy.config import PrivacyConfig
@@ -72,10 +75,6 @@ PAPER_ETA_GRID = tuple(0.5**i for i in range(10))
 PAPER_U = 1.25
 
 Kind = Literal["restart", "difference"]
-
-
-class PrivacyError(ValueError):
-    """Misuse of a privacy mechanism (missing key, seed on the wrong side, ...)."""
 
 
 # --------------------------------------------------------------------------------------------- noise keys
@@ -217,11 +216,17 @@ class PrivateGD:
         noise_multiplier_diff: float | None = None,
         trust: Literal["workers", "coordinator"] = "workers",
         noise_split: Literal["partition", "aggregate"] = "partition",
+        neighbouring: Literal["add-remove", "replace-one"] = "add-remove",
     ) -> None:
-        if mechanism == "dp-gd":
+        try:
+            mech = get_mechanism(mechanism)
+            relation = get_neighbouring(neighbouring)
+        except AccountingError as exc:
+            raise PrivacyError(str(exc)) from None
+        if not mech.has_differences:
             restart_every = 1
-        if mechanism == "diff2" and restart_every > 1 and (clip_diff is None or noise_multiplier_diff is None):
-            raise PrivacyError("diff2 with restart_every > 1 needs clip_diff and noise_multiplier_diff")
+        elif restart_every > 1 and (clip_diff is None or noise_multiplier_diff is None):
+            raise PrivacyError(f"{mechanism} with restart_every > 1 needs clip_diff and noise_multiplier_diff")
         if clip <= 0 or noise_multiplier < 0 or n_samples <= 0 or num_partitions <= 0 or restart_every < 1:
             raise PrivacyError(
                 f"bad mechanism parameters: clip={clip}, noise_multiplier={noise_multiplier}, "
@@ -237,6 +242,8 @@ class PrivateGD:
         self.num_partitions = int(num_partitions)
         self.trust = trust
         self.noise_split = noise_split
+        self.neighbouring = neighbouring
+        self.sensitivity_factor = relation.sensitivity_factor  # k: sensitivity k * C / N, the relation's
         self._part, self._agg = noise_std_factors(trust, noise_split, num_partitions)
 
     @classmethod
@@ -256,6 +263,7 @@ class PrivateGD:
             noise_multiplier_diff=z2,
             trust=cfg.trust,
             noise_split=cfg.noise_split,
+            neighbouring=cfg.neighbouring,
         )
 
     def is_restart(self, round: int) -> bool:
@@ -275,7 +283,7 @@ class PrivateGD:
                 raise PrivacyError(f"step_norm must be finite and >= 0, got {step_norm}")
             assert self.clip_diff is not None and self.noise_multiplier_diff is not None
             clip, z = self.clip_diff * step_norm, self.noise_multiplier_diff
-        unit = z * clip / self.n_samples
+        unit = z * self.sensitivity_factor * clip / self.n_samples  # z * sensitivity
         return RoundSpec(
             round=round,
             kind=kind,
@@ -300,7 +308,9 @@ class PrivateGD:
     def add_coordinator_noise(
         self, decoded: Tensor, round: int, seed: int, step_norm: float = 0.0, *, stream: int = 0
     ) -> Tensor:
-        """trust=coordinator: decoded clipped aggregate + N(0, (z C / N)^2 I) from the coordinator's seed."""
+        """trust=coordinator: decoded clipped aggregate + N(0, (z k C / N)^2 I) from the coordinator's seed.
+
+        This is the DIFF2 paper's setting: one noise draw on the aggregate (the average over nodes)."""
         if self.trust != "coordinator":
             raise PrivacyError("add_coordinator_noise is for trust: coordinator (with trust: workers it holds no seed)")
         spec = self.round_spec(round, step_norm)

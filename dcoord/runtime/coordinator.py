@@ -24,9 +24,10 @@ from dcoord.coding.base import ResultRef, Scheme, Task
 from dcoord.coding.combine import combine
 from dcoord.config import JobConfig
 from dcoord.errors import RunFailed
-from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
+from dcoord.runtime.messages import Assignment, ModelState, Result, Shutdown, TaskSpec, TensorData
 from dcoord.runtime.rundir import RunDir
-from dcoord.runtime.tensors import PayloadError, flat_grads_to_model, flat_params, from_proto, to_proto
+from dcoord.runtime.tensors import PayloadError, check_array, flat_grads_to_model, flat_params, from_proto
+from dcoord.wire import StatusInfo
 from dcoord.workloads import batch_indices
 from dcoord.workloads import load as load_workload
 
@@ -68,8 +69,8 @@ class Coordinator:
         self.optimizers = [make_optimizer(cfg, m, i) for i, m in enumerate(self.models)]
         self.steps = [0] * len(self.models)
         self.num_params = self.workload.num_params()
-        if hasattr(self.scheme, "bind_data"):  # token mode: shard sizes for grad F_i
-            self.scheme.bind_data(len(batch_indices(self.workload.num_samples, cfg.batch_size, 0, cfg.seed)))
+        self.scheme.bind_data(  # token mode: shard sizes for grad F_i
+            len(batch_indices(self.workload.num_samples, cfg.batch_size, 0, cfg.seed)))
         self.privacy = None
         if cfg.privacy is not None:  # DP-GD / DIFF2: decoded aggregates feed a private running estimate
             from dcoord.runtime.private import CoordinatorPrivacy
@@ -103,6 +104,39 @@ class Coordinator:
         self.started = time.monotonic()
         self.round_closed = asyncio.Event()
         self._registered = asyncio.Event()
+        self.data_server = None  # transport: tcp (runtime.transport.tcp_dp.TcpDataServer)
+        self._data_keys: dict[int, bytes] = {}
+
+    # -- the standalone data plane (transport: tcp) -------------------------------------------------
+    def start_data_plane(self, host: str, matcher, ssl_context=None) -> None:
+        """Listen for workers' data connections; payloads are paired with results by ``matcher``.
+
+        ``ssl_context`` (an ssl.SSLContext, server side): TLS on every data connection, as on the control
+        plane. Peers refused there (TLS, key) are counted in ``refused``, like the control plane's."""
+        from dcoord.runtime.transport.tcp_dp import TcpDataServer
+
+        loop = asyncio.get_running_loop()
+
+        def fail(worker: int, msg: str) -> None:
+            loop.call_soon_threadsafe(self.reject, "data-plane", msg)
+
+        def refuse(reason: str) -> None:
+            loop.call_soon_threadsafe(self.refuse, reason, "data-plane peer")
+
+        self.data_server = TcpDataServer(host, self.job_id, self._data_keys.get, 4 * max(self.num_params, 1),
+                                         matcher.on_payload, fail, on_connect=matcher.reset, refuse=refuse,
+                                         max_workers=self.n, port=self.cfg.runtime.data_port,
+                                         ssl_context=ssl_context)
+
+    def new_data_key(self, worker: int) -> bytes:
+        from dcoord.runtime.transport.tcp_dp import new_key
+
+        self._data_keys[worker] = key = new_key()
+        return key
+
+    def close_data_plane(self) -> None:
+        if self.data_server is not None:
+            self.data_server.close()
 
     # -- membership --------------------------------------------------------------------------------
     def free_worker_id(self, requested: int = -1) -> int | None:
@@ -139,20 +173,26 @@ class Coordinator:
         return len(self.alive_ids())
 
     # -- the round path ----------------------------------------------------------------------------
-    def _assignment(self, r: int, worker: int) -> pb.CoordinatorMessage:
+    def _assignment(self, r: int, worker: int) -> Assignment:
         specs, needed = [], {}
         for t in self.round_tasks.get(worker, []):
             version, params = self.job_params[t.job]
             m = self.scheme.model_of(t.job)
-            specs.append(pb.TaskSpec(job=t.job, slot=t.slot, parts=list(t.parts), coeffs=list(t.coeffs),
-                                     kind=t.kind, model=m, model_version=version))
+            specs.append(TaskSpec(job=t.job, slot=t.slot, parts=list(t.parts), coeffs=list(t.coeffs),
+                                  kind=t.kind, model=m, model_version=version))
             needed[(m, version)] = params
             if self.privacy is not None and self.privacy.needs_previous(t.job):
                 needed[(m, version - 1)] = self.privacy.prev  # DIFF2 differences need x_(t-1) too
-        models = [pb.ModelState(model=m, version=v, params=to_proto(p)) for (m, v), p in needed.items()]
-        a = pb.Assignment(job_id=self.job_id, round=r, tasks=specs, models=models,
+        if self.data_server is not None and self.data_server.connected(worker):
+            models = []  # the bytes go on the worker's data connection, ahead of this assignment
+            for (m, v), p in needed.items():
+                self.data_server.send_model(worker, m, v, p)
+                models.append(ModelState(model=m, version=v, on_data_plane=True,
+                                         params=TensorData(tuple(p.shape), str(p.dtype))))
+        else:
+            models = [ModelState(model=m, version=v, params=TensorData.of(p)) for (m, v), p in needed.items()]
+        return Assignment(job_id=self.job_id, round=r, tasks=specs, models=models,
                           deadline_unix=time.time() + self.cfg.runtime.round_timeout_s)
-        return pb.CoordinatorMessage(assignment=a)
 
     def _start_round(self, r: int) -> None:
         self.round = r
@@ -175,8 +215,15 @@ class Coordinator:
         self.rejected[reason] += 1
         log.warning("rejected result (%s) %s", reason, detail)
 
-    def handle_result(self, res: pb.Result, conn: WorkerConn | None) -> bool:
-        """Validate one result message; store it and return True when it counts for the current round."""
+    def refuse(self, reason: str, detail: str = "") -> None:
+        """A peer refused before it reached the job (counted apart from rejected results)."""
+        self.refused[reason] += 1
+        log.warning("refused (%s) %s", reason, detail)
+
+    def handle_result(self, res: Result, conn: WorkerConn | None, arrays: list[np.ndarray] | None = None) -> bool:
+        """Validate one result message; store it and return True when it counts for the current round.
+
+        ``arrays``: the task payloads when they came on a data plane (then ``res`` carries none)."""
         if res.job_id != self.job_id:
             self.reject("wrong-job", f"job_id {res.job_id!r}")
             return False
@@ -200,13 +247,14 @@ class Coordinator:
             self.reject("task-mismatch", f"{len(res.tasks)} task results, expected {len(expected)}")
             return False
         decoded = []
-        for tr, t in zip(res.tasks, expected):
+        for k, (tr, t) in enumerate(zip(res.tasks, expected)):
             version = self.job_params[t.job][0]
             if (tr.job, tr.slot, tr.model_version) != (t.job, t.slot, version):
                 self.reject("task-mismatch", f"got (job, slot, version)={(tr.job, tr.slot, tr.model_version)}")
                 return False
             try:
-                arr = from_proto(tr.payload, expect_size=self.num_params)
+                arr = (from_proto(tr.payload, expect_size=self.num_params) if arrays is None
+                       else check_array(arrays[k], expect_size=self.num_params))
             except PayloadError as exc:
                 reason = "wrong-shape" if "shape" in str(exc) or "bytes" in str(exc) else "non-finite"
                 if "dtype" in str(exc):
@@ -216,7 +264,7 @@ class Coordinator:
             decoded.append((t, tr, arr.reshape(-1)))
         for t, tr, arr in decoded:
             self.stored.setdefault(t.job, {})[ResultRef(self.round, res.worker_id, t.slot)] = arr
-            self.bytes_round += len(tr.payload.data)
+            self.bytes_round += arr.nbytes
             losses = self.part_losses.setdefault(t.job, {})
             for pl in tr.losses:
                 if math.isfinite(pl.loss):
@@ -260,7 +308,7 @@ class Coordinator:
                     raise RunFailed(
                         f"round {r}: only {self.alive_count()} of {self.n} workers alive and "
                         f"{self.scheme.name} cannot finish the round without more (tolerates "
-                        f"{getattr(self.scheme, 's', 0)} stragglers); no replacement registered within "
+                        f"{self.scheme.s} stragglers); no replacement registered within "
                         f"{rt.worker_wait_s:g} s (start one with `dcoord worker --coordinator ADDRESS`)"
                     )
             else:
@@ -271,16 +319,15 @@ class Coordinator:
                     f"{len(arrived)} of {self.n} workers delivered"
                 )
             try:
-                res, conn = await asyncio.wait_for(self.results.get(), timeout=0.05)
+                res, conn, *arrays = await asyncio.wait_for(self.results.get(), timeout=0.05)
             except asyncio.TimeoutError:
                 continue
-            if self.handle_result(res, conn) and first is None:
+            if self.handle_result(res, conn, *arrays) and first is None:
                 first = time.monotonic()
 
     def _reroute(self, r: int) -> bool:
         """Token mode: hand tokens held by lost workers to live ones (restored from the last hop)."""
-        reroute = getattr(self.scheme, "reroute", None)
-        if reroute is None or not reroute(r, frozenset(self.alive_ids())):
+        if not self.scheme.reroute(r, frozenset(self.alive_ids())):
             return False
         before, self.round_tasks = self.round_tasks, self.scheme.tasks(r)
         for w, tasks in self.round_tasks.items():
@@ -299,7 +346,7 @@ class Coordinator:
         coeffs = self.scheme.decode(job)
         msgs = self.stored.pop(job, {})
         g = combine(coeffs, msgs, self.num_params)
-        residual = float(getattr(self.scheme, "last_residual", 0.0))
+        residual = float(self.scheme.last_residual)
         self.max_residual = max(self.max_residual, residual)
         m = self.scheme.model_of(job)
         version, version_params = self.job_params.pop(job)
@@ -366,8 +413,7 @@ class Coordinator:
                 }
                 if self.privacy is not None and jobs:
                     record["epsilon"] = jobs[-1]["epsilon"]
-                if hasattr(self.scheme, "round_info"):
-                    record.update(self.scheme.round_info(r))
+                record.update(self.scheme.round_info(r))
                 self.rundir.log_round(record)
                 for observe in self.round_observers:
                     observe(record, self)
@@ -385,6 +431,8 @@ class Coordinator:
             self.rundir.checkpoint(self._checkpoint_state())
             self.rundir.close()
             raise
+        finally:
+            self.close_data_plane()
         self.state = "done"
         summary = self.summary()
         self.rundir.finish(summary, self.models[0].state_dict() if len(self.models) == 1
@@ -395,7 +443,7 @@ class Coordinator:
     def _shutdown_all(self, reason: str) -> None:
         for c in self.conns.values():
             if c.alive:
-                c.outbox.put_nowait(pb.CoordinatorMessage(shutdown=pb.Shutdown(reason=reason)))
+                c.outbox.put_nowait(Shutdown(reason=reason))
         self.round_closed.set()
 
     def final_losses(self) -> list[float]:
@@ -423,12 +471,12 @@ class Coordinator:
             "dropped_late_results": self.dropped_late, "rejected_results": dict(self.rejected),
             "refused": dict(self.refused),
             "stragglers_seen": self.stragglers_seen,
-            **(self.scheme.report() if hasattr(self.scheme, "report") else {}),
+            **self.scheme.report(),
             **(self.privacy.summary(self.steps[0]) if self.privacy is not None else {}),
         }
 
-    def status(self) -> pb.StatusReply:
-        return pb.StatusReply(
+    def status(self) -> StatusInfo:
+        return StatusInfo(
             job_id=self.job_id, name=self.cfg.name, state=self.state, round=max(self.round, 0),
             rounds_total=self.total_rounds, workers_alive=self.alive_count(), workers_total=self.n,
             last_loss=self.last_loss, stragglers_seen=self.stragglers_seen,

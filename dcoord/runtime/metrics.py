@@ -7,8 +7,8 @@ round, through ``Coordinator.round_observers``.
 
 Exposed (all prefixed ``dcoord_``): rounds_total, round_duration_seconds (histogram), stragglers_total,
 wait_all_fallbacks_total, decode_residual / decode_residual_max, payload_bytes_received_total /
-payload_bytes_sent_total (tensors on the gRPC work stream), rejected_messages_total{reason}, dropped_late_results_total, workers_alive,
-workers_expected, and epsilon_spent when the job is private. Every series carries the label ``job_name``.
+payload_bytes_sent_total (tensors on the gRPC work stream and the tcp data plane),
+rejected_messages_total{reason}, dropped_late_results_total, workers_alive, workers_expected, and epsilon_spent when the job is private. Every series carries the label ``job_name``.
 """
 
 from __future__ import annotations
@@ -21,26 +21,17 @@ from collections import Counter
 from typing import Any
 
 ENV_PORT = "DCOORD_METRICS_PORT"
-_ITEMSIZE = {"float32": 4, "float64": 8}
 
 
-def tensor_nbytes(t: Any) -> int:
-    """Bytes of a wire Tensor from its shape and dtype: O(1), where reading ``t.data`` or calling
-    ``ByteSize()`` would copy or encode the payload (bench/metrics_overhead.py: as costly as serializing)."""
-    return math.prod(t.shape) * _ITEMSIZE.get(t.dtype, 0)
+def data_plane_bytes(coord: Any) -> tuple[int, int]:
+    """(received, sent) payload bytes on the coordinator's standalone tcp data plane (0, 0 without one).
 
+    The gRPC work stream's share is counted by service.py (``dcoord.wire.payload_bytes``)."""
+    server = coord.data_server
+    if server is None:
+        return 0, 0
+    return int(server.bytes_in), int(server.bytes_out)
 
-def payload_bytes(msg: Any) -> int:
-    """Tensor bytes one work-stream message carries (WorkerMessage or CoordinatorMessage).
-
-    A chunked result declares its tasks' shapes, so its chunks are counted through the result, not twice;
-    payloads sent over a torchrun/MPI data plane are not on this stream and count 0."""
-    kind = msg.WhichOneof("kind")
-    if kind == "assignment":
-        return sum(tensor_nbytes(m.params) for m in msg.assignment.models)
-    if kind == "result" and not msg.result.payload_on_data_plane:
-        return sum(tensor_nbytes(t.payload) for t in msg.result.tasks)
-    return 0
 
 #: round latencies from a few ms (small models on loopback) to minutes (large models, slow workers)
 ROUND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -74,18 +65,19 @@ class _LiveCollector:
         yield counter("rounds", "rounds closed (decoded and stepped)", m.rounds)
         yield counter("stragglers", "worker-rounds that did not deliver before the round closed", c.stragglers_seen)
         yield counter("wait_all_fallbacks", "rounds whose stragglers did not fit the code, so the coordinator "
-                      "waited for every worker", getattr(c, "wait_all_fallbacks", 0))
+                      "waited for every worker", c.wait_all_fallbacks)
         yield gauge("decode_residual", "decode residual of the last round (0 = exact)", m.last_residual)
         yield gauge("decode_residual_max", "largest decode residual so far", c.max_residual)
-        yield counter("payload_bytes_received", "tensor bytes received from workers on the gRPC work stream "
-                      "(coded results)", getattr(c, "bytes_in", 0))
-        yield counter("payload_bytes_sent", "tensor bytes sent to workers on the gRPC work stream (model "
-                      "parameters in assignments)", getattr(c, "bytes_out", 0))
+        dp_in, dp_out = data_plane_bytes(c)
+        yield counter("payload_bytes_received", "tensor bytes received from workers (coded results) on the "
+                      "gRPC work stream and the tcp data plane", c.bytes_in + dp_in)
+        yield counter("payload_bytes_sent", "tensor bytes sent to workers (model parameters) on the gRPC work "
+                      "stream and the tcp data plane", c.bytes_out + dp_out)
         rej = CounterMetricFamily("dcoord_rejected_messages", "messages refused, by reason: by the job (bad "
                                   "results) or before reaching it (authentication, sessions, limits)",
                                   labels=["job_name", "reason"])
         reasons = Counter(dict(c.rejected))
-        reasons.update(dict(getattr(c, "refused", {})))
+        reasons.update(dict(c.refused))
         for reason, n in sorted(reasons.items()):
             rej.add_metric(job + [reason], n)
         yield rej

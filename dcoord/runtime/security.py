@@ -15,6 +15,8 @@ import ipaddress
 import logging
 import os
 import secrets
+import ssl
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -244,6 +246,54 @@ def server_credentials(sec: ServerSecurity) -> grpc.ServerCredentials | None:
 
 def server_interceptors(sec: ServerSecurity | None, refusals: Refusals) -> list:
     return [TokenInterceptor(sec.token, refusals)] if sec is not None and sec.token else []
+
+
+# ------------------------------------------------------------------------- the tcp data plane (ssl module)
+
+
+def _load_cert_chain(ctx: ssl.SSLContext, cert: bytes, key: bytes) -> None:
+    """``ssl`` loads a certificate and key only from files: write them (0600) into a private temporary
+    directory, load them, and remove them at once."""
+    with tempfile.TemporaryDirectory(prefix="dcoord-tls-") as d:
+        paths = []
+        for name, data in (("cert.pem", cert), ("key.pem", key)):
+            path = Path(d) / name
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+            with open(fd, "wb") as f:
+                f.write(data)
+            paths.append(path)
+        try:
+            ctx.load_cert_chain(paths[0], paths[1])
+        except ssl.SSLError as exc:
+            raise DcoordError(f"TLS: cannot load the certificate and key: {exc}") from None
+
+
+def data_plane_server_context(sec: ServerSecurity) -> ssl.SSLContext | None:
+    """The coordinator's TLS for the standalone data plane (transport: tcp): the same certificate as the
+    control plane, and client certificates from ``tls_ca`` required when it is set (mutual TLS); None when
+    the control plane is plaintext."""
+    if sec.tls_cert is None or sec.tls_key is None:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_cert_chain(ctx, sec.tls_cert, sec.tls_key)
+    if sec.tls_ca is not None:
+        ctx.load_verify_locations(cadata=sec.tls_ca.decode("ascii", "replace"))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def data_plane_client_context(sec: ClientSecurity | None) -> ssl.SSLContext | None:
+    """A worker's TLS for the data plane: the coordinator's certificate checked against ``tls_ca`` (and
+    the name ``server_name`` or the host dialled), this worker's certificate for mutual TLS; None without
+    a CA (plaintext, as the control plane)."""
+    if sec is None or sec.tls_ca is None:
+        return None
+    ctx = ssl.create_default_context(cadata=sec.tls_ca.decode("ascii", "replace"))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if sec.tls_cert is not None and sec.tls_key is not None:
+        _load_cert_chain(ctx, sec.tls_cert, sec.tls_key)
+    return ctx
 
 
 # ---------------------------------------------------------------------------------------- client side

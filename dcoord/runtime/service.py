@@ -16,19 +16,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
-from dcoord.runtime.chunking import ChunkAssembler
 from dcoord.runtime.coordinator import Coordinator, WorkerConn
-from dcoord.runtime.metrics import payload_bytes
+from dcoord.runtime.messages import Shutdown
 from dcoord.runtime.security import (
     RateLimiter,
     Refusals,
     ServerSecurity,
     check_listen,
+    data_plane_server_context,
     peer_host,
     server_credentials,
     server_interceptors,
 )
 from dcoord.runtime.sessions import new_session, public_config_yaml, session_ok
+from dcoord.wire import coordinator_message, payload_bytes, result_from_proto, status_to_proto
+from dcoord.wire.chunking import ChunkAssembler
 
 log = logging.getLogger("dcoord.service")
 
@@ -92,11 +94,14 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         session = new_session()
         c.conns[wid] = WorkerConn(wid, asyncio.Queue(), hostname=request.hostname, session=session,
                                   reserved_until=time.monotonic() + self.sec.reserve_s)
-        return pb.RegisterReply(
+        reply = pb.RegisterReply(
             worker_id=wid, job_id=c.job_id, job_config_yaml=public_config_yaml(c.cfg),
             data=pb.DataAssignment(workload=c.cfg.workload, seed=c.cfg.seed, parts=parts),
             heartbeat_interval_s=c.cfg.runtime.heartbeat_s, session=session,
         )
+        if c.data_server is not None:  # a fresh key per registration: an old connection of this id is void
+            reply.data_port, reply.data_key = c.data_server.port, c.new_data_key(wid)
+        return reply
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context) -> pb.HeartbeatReply:
         conn = self.coord.conns.get(request.worker_id)
@@ -160,10 +165,11 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     if msg.result.payload_chunked and not chunks.attach(msg.result):
                         c.reject("oversized", f"worker {conn.worker_id} streamed more payload bytes than allowed")
                         continue
-                    if not msg.result.payload_on_data_plane:
-                        c.results.put_nowait((msg.result, conn))
+                    res = result_from_proto(msg.result)
+                    if not res.payload_on_data_plane:
+                        c.results.put_nowait((res, conn))
                     elif self.matcher is not None:
-                        self.matcher.on_result(msg.result, conn)
+                        self.matcher.on_result(res, conn)
                     else:
                         c.reject("no-data-plane", f"worker {conn.worker_id} sent payloads on a data plane "
                                  "this coordinator does not have")
@@ -179,9 +185,10 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 msg = await conn.outbox.get()
                 if msg is None:
                     break
-                c.bytes_out += payload_bytes(msg)
-                yield msg
-                if msg.HasField("shutdown"):
+                out = coordinator_message(msg)
+                c.bytes_out += payload_bytes(out)
+                yield out
+                if isinstance(msg, Shutdown):
                     break
         finally:
             reader.cancel()
@@ -207,14 +214,14 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         return False
 
     async def GetStatus(self, request, context) -> pb.StatusReply:
-        return self.coord.status()
+        return status_to_proto(self.coord.status())
 
     async def WatchStatus(self, request, context):
         c = self.coord
-        yield c.status()
+        yield status_to_proto(c.status())
         while c.state not in ("done", "failed"):
             await c.round_closed.wait()
-            yield c.status()
+            yield status_to_proto(c.status())
 
 
 async def start_server(coord: Coordinator, listen: str = "127.0.0.1:0", matcher=None,
@@ -228,6 +235,13 @@ async def start_server(coord: Coordinator, listen: str = "127.0.0.1:0", matcher=
     if security is not None:
         check_listen(listen, security)
     sec = security or ServerSecurity()
+    creds = server_credentials(sec)  # checked before anything listens
+    if coord.cfg.transport == "tcp":  # the standalone data plane beside the control plane, under the same TLS
+        from dcoord.runtime.transport.base import PayloadMatcher
+
+        matcher = PayloadMatcher(coord.results, asyncio.get_running_loop())
+        coord.start_data_plane(listen.rpartition(":")[0].strip("[]") or "0.0.0.0", matcher,
+                               ssl_context=data_plane_server_context(sec))
     service = CoordinatorService(coord, matcher, sec)
     limit = sec.max_message_bytes or message_limit(coord)
     max_rpcs = sec.max_streams or 4 * coord.n + 32
@@ -238,12 +252,12 @@ async def start_server(coord: Coordinator, listen: str = "127.0.0.1:0", matcher=
     pb_grpc.add_CoordinatorServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    creds = server_credentials(sec)
     try:
         port = server.add_secure_port(listen, creds) if creds is not None else server.add_insecure_port(listen)
     except RuntimeError:
         port = 0
     if port == 0:
+        coord.close_data_plane()
         raise OSError(f"cannot listen on {listen}")
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)

@@ -1,17 +1,14 @@
-"""Flat parameter vectors and their wire form (no pickle on the wire: shape + dtype + raw bytes)."""
+"""Flat parameter vectors and the checked decoding of wire tensors (no pickle: shape + dtype + raw bytes)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
+from dcoord.errors import PayloadError as PayloadError  # re-exported
+from dcoord.runtime.messages import TensorData
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
-
-
-class PayloadError(ValueError):
-    """A tensor on the wire that cannot be trusted (unknown dtype, size mismatch, non-finite values)."""
 
 
 def flat_params(model: torch.nn.Module) -> np.ndarray:
@@ -43,25 +40,8 @@ def flat_grads_to_model(model: torch.nn.Module, flat: np.ndarray) -> None:
         offset += n
 
 
-def to_proto(array: np.ndarray) -> pb.Tensor:
-    t = pb.Tensor()
-    fill_proto(t, array)
-    return t
-
-
-def fill_proto(t: pb.Tensor, array: np.ndarray) -> None:
-    """Write ``array`` into an existing wire tensor (e.g. ``result.tasks.add().payload``): one copy only."""
-    arr = np.ascontiguousarray(array)
-    name = str(arr.dtype)
-    if name not in _DTYPES:
-        raise PayloadError(f"unsupported dtype {name}")
-    t.shape[:] = list(arr.shape)
-    t.dtype = name
-    t.data = arr.tobytes()
-
-
-def from_proto(t: pb.Tensor, expect_size: int | None = None, check_finite: bool = True) -> np.ndarray:
-    """Decode and validate a wire tensor; every failure is a PayloadError with the reason."""
+def from_proto(t: TensorData, expect_size: int | None = None, check_finite: bool = True) -> np.ndarray:
+    """Decode and validate a wire tensor (TensorData or its protobuf twin); every failure is a PayloadError."""
     if t.dtype not in _DTYPES:
         raise PayloadError(f"unknown dtype {t.dtype!r}")
     dtype = np.dtype(_DTYPES[t.dtype])
@@ -72,5 +52,16 @@ def from_proto(t: pb.Tensor, expect_size: int | None = None, check_finite: bool 
         raise PayloadError(f"wrong shape: {count} values, expected {expect_size}")
     arr = np.frombuffer(t.data, dtype=dtype).reshape(tuple(t.shape))
     if check_finite and not np.all(np.isfinite(arr)):
+        raise PayloadError("non-finite values (NaN or Inf)")
+    return arr
+
+
+def check_array(arr: np.ndarray, expect_size: int | None = None) -> np.ndarray:
+    """Validate a payload that arrived as an array (a data plane): the same checks as ``from_proto``."""
+    if str(arr.dtype) not in _DTYPES:
+        raise PayloadError(f"unknown dtype {arr.dtype}")
+    if expect_size is not None and arr.size != expect_size:
+        raise PayloadError(f"wrong shape: {arr.size} values, expected {expect_size}")
+    if not np.all(np.isfinite(arr)):
         raise PayloadError("non-finite values (NaN or Inf)")
     return arr

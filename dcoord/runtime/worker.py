@@ -22,12 +22,11 @@ from dcoord.config import load_config
 from dcoord.errors import DcoordError
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
-from dcoord.runtime.chunking import pack_result
 from dcoord.runtime.compute import TaskComputer
-from dcoord.runtime.security import ClientSecurity, open_channel
+from dcoord.runtime.security import ClientSecurity, data_plane_client_context, open_channel
 from dcoord.runtime.service import GRPC_OPTIONS
-from dcoord.runtime.tensors import fill_proto, from_proto, load_flat_params
-from dcoord.runtime.transport.base import offload_payloads
+from dcoord.runtime.tensors import from_proto, load_flat_params
+from dcoord.wire.chunking import pack_result, send_payloads
 from dcoord.workloads import load as load_workload
 
 log = logging.getLogger("dcoord.worker")
@@ -75,6 +74,11 @@ class _Inbox:
             self.skipped += len(self.items) - 1
             self.items.clear()
             return msg
+
+
+def computer_size(workload) -> int:
+    """Largest tensor the data plane may carry to this worker (a model's parameter count, with room)."""
+    return 4 * max(workload.num_params(), 1)
 
 
 #: Register errors worth retrying: the coordinator is not up yet, busy, or the job is full for now (an id
@@ -151,6 +155,16 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
     computer = TaskComputer(workload, scheme.part_fractions(), cfg.batch_size,
                             cfg.seed, models=scheme.models, device=dev, shards=cfg.shards, privacy=privacy)
     dtype = cfg.coding.payload_dtype
+    if reg.data_port and data_plane is None:  # transport: tcp -- models and payloads on our own sockets
+        from dcoord.runtime.transport.tcp_dp import TcpDataPlane
+
+        host = address.rpartition(":")[0].strip("[]")
+        try:  # TLS exactly when the control plane has it (--tls-ca), with the same server name
+            data_plane = TcpDataPlane(host, reg.data_port, wid, reg.data_key, job_id, max_count=computer_size(workload),
+                                      ssl_context=data_plane_client_context(security),
+                                      server_hostname=(security.server_name if security else None) or host)
+        except (OSError, DcoordError) as exc:
+            raise DcoordError(f"worker {wid}: cannot open the data plane at {host}:{reg.data_port}: {exc}") from None
     log.info("worker %d of job %s on %s", wid, job_id, dev)
 
     outbox: queue.Queue = queue.Queue()
@@ -187,7 +201,13 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
                 break
             a = msg.assignment
             for ms in a.models:
-                cache[(ms.model, ms.version)] = from_proto(ms.params)
+                if ms.params_on_data_plane:
+                    if not hasattr(data_plane, "model"):
+                        raise DcoordError("the coordinator sent models on a data plane this worker does not have")
+                    cache[(ms.model, ms.version)] = data_plane.model(ms.model, ms.version,
+                                                                     cfg.runtime.round_timeout_s)
+                else:
+                    cache[(ms.model, ms.version)] = from_proto(ms.params)
             t0 = time.perf_counter()
             result = pb.Result(job_id=job_id, round=a.round, worker_id=wid,  # built in place: no payload copies
                                session=session)
@@ -200,8 +220,8 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
                     payload, losses = computer.coded(t.job, list(t.parts), list(t.coeffs), dtype,
                                                      params=cache[(t.model, t.model_version)],
                                                      prev=cache.get((t.model, t.model_version - 1)))
-                    tr = result.tasks.add(job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
-                                          losses=[pb.PartLoss(part=p, loss=v) for p, v in losses.items()])
+                    result.tasks.add(job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
+                                     losses=[pb.PartLoss(part=p, loss=v) for p, v in losses.items()])
                     payloads.append(payload)
             except PrivacyError as exc:  # trust: workers: never a second answer the coordinator could subtract
                 log.warning("worker %d refuses round %d: %s", wid, a.round, exc)
@@ -217,9 +237,7 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
                 time.sleep(delay)
             result.compute_s, result.injected_delay_s = compute_s, delay
             if data_plane is not None:
-                for tr, payload in zip(result.tasks, payloads):
-                    fill_proto(tr.payload, payload)
-                offload_payloads(result, data_plane)  # payloads to rank 0 point-to-point, in order
+                send_payloads(result, payloads, data_plane)  # point-to-point, in order
                 outbox.put(pb.WorkerMessage(result=result))
             else:  # payloads inline, or over ~1 MB as chunks on the stream
                 for m in pack_result(result, payloads, cfg.runtime.stream_chunk_bytes):
@@ -231,7 +249,11 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
             keep = {(t.model, t.model_version) for t in a.tasks}  # x_(t-1) for DIFF2 comes with each assignment
             for k in [k for k in cache if k not in keep]:
                 del cache[k]
+            if hasattr(data_plane, "keep_models"):
+                data_plane.keep_models(keep)
     finally:
+        if reg.data_port and data_plane is not None:
+            data_plane.close(clean=True)
         stop.set()
         outbox.put(None)
         channel.close()

@@ -3,8 +3,8 @@
 ``simulate_job`` is the entry point for ``dcoord simulate``: plain inputs in (workers, the ``coding`` and
 ``simulate`` sections, optional ``inject`` section, seed), ``simulation.json`` and ``simulation.png`` out.
 Schemes named in ``compare`` are tuned on the same delays (``tune_source``: every parameter tuple of the
-grid, fastest kept), except ``uncoded`` (no parameter) and ``ignore-stragglers`` (biased, so "fastest" is
-meaningless: it uses the job's ``coding.stragglers`` when > 0, else 5% of the workers).
+grid, fastest kept), except schemes without parameters (``uncoded``) and those registered as not tunable
+(``ignore-stragglers``: biased, so "fastest" is meaningless; it uses the job's ``coding.stragglers`` when > 0, else 5% of the workers).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dcoord.coding.base import SchemeError
-from dcoord.coding.registry import SCHEMES, make_scheme
+from dcoord.coding.registry import make_scheme, scheme_names, scheme_spec
 from dcoord.sim.config import SimulateConfig
 from dcoord.sim.engine import (
     DelaySource,
@@ -48,8 +48,8 @@ def scheme_args(coding: Mapping[str, Any] | Any) -> tuple[str, dict[str, int]]:
         coding = coding.model_dump(by_alias=True) if hasattr(coding, "model_dump") else vars(coding)
     c = dict(coding)
     name = c.pop("scheme", None)
-    if name not in SCHEMES:
-        raise SchemeError(f"coding.scheme must be one of {', '.join(SCHEMES)} (got {name!r})")
+    if name not in scheme_names():
+        raise SchemeError(f"coding.scheme must be one of {', '.join(scheme_names())} (got {name!r})")
     kw: dict[str, int] = {}
     for key, val in c.items():
         target = _CODING_KEYS.get(key)
@@ -61,9 +61,10 @@ def scheme_args(coding: Mapping[str, Any] | Any) -> tuple[str, dict[str, int]]:
 def _tuned(name: str, n: int, source: DelaySource, cfg: SimulateConfig, coding_kw: dict) -> tuple[dict, bool]:
     from dcoord.sim.tune import tune_source
 
-    if name == "uncoded":
+    spec = scheme_spec(name)
+    if not spec.params:  # nothing to tune
         return {}, False
-    if name == "ignore-stragglers":
+    if not spec.tunable:  # e.g. ignore-stragglers: biased, so "fastest" means nothing
         s = coding_kw.get("s") or max(1, math.ceil(0.05 * n))
         return {"s": min(int(s), n - 1)}, False
     best = tune_source(n, source, cfg.jobs, cfg.max_delay, mu=cfg.mu, wait=cfg.wait,
@@ -97,8 +98,8 @@ def simulate_job(n: int, coding: Mapping[str, Any] | Any, simulate_cfg: Simulate
     if isinstance(compare, str):
         compare = [c.strip() for c in compare.split(",") if c.strip()]
     for other in compare or []:
-        if other not in SCHEMES:
-            raise SchemeError(f"--compare {other!r}: unknown scheme; allowed: {', '.join(SCHEMES)}")
+        if other not in scheme_names():
+            raise SchemeError(f"--compare {other!r}: unknown scheme; allowed: {', '.join(scheme_names())}")
         params, tuned = _tuned(other, n, source, cfg, kw)
         label = other if other not in results else f"{other} (tuned)"
         if label in results:

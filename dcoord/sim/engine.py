@@ -25,12 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from dcoord.coding.base import Scheme
+from dcoord.errors import SimulationError
 from dcoord.sim.config import SimulateConfig
 from dcoord.stragglers import InjectConfig, StragglerModel, load_trace_csv, make_straggler_model
-
-
-class SimulationError(RuntimeError):
-    """A scheme failed to decode a job by its deadline (a scheme bug), or the inputs cannot be simulated."""
 
 
 class DelaySource(ABC):
@@ -160,7 +157,7 @@ def simulate(scheme: Scheme, delays: DelaySource, cfg: SimulateConfig) -> SimRes
     n, J = scheme.n, cfg.jobs
     if delays.n != n:
         raise SimulationError(f"delay source has {delays.n} workers, scheme has {n}")
-    sj = getattr(scheme, "jobs", None)
+    sj = scheme.jobs
     if sj is not None and sj != J:
         raise SimulationError(f"scheme was built for {sj} jobs but simulate.jobs = {J}")
     T = int(scheme.delay)

@@ -39,12 +39,12 @@ def write_json(path: Path, data: Mapping) -> Path:
     return path
 
 
-_COLORS = {"uncoded": "C7", "gc-fr": "C1", "gc-cyclic": "C0", "ignore-stragglers": "C5", "sr-sgc": "C3",
-           "m-sgc": "C2"}
-
-
 def _color(label: str, k: int) -> str:
-    return _COLORS.get(label.split(" ")[0], f"C{(k + 4) % 10}")
+    """The colour the scheme's registry entry declares, else one picked by position."""
+    from dcoord.coding.registry import registered_schemes
+
+    spec = registered_schemes().get(label.split(" ")[0])
+    return spec.color if spec is not None and spec.color else f"C{(k + 4) % 10}"
 
 
 def _figure(ncols: int, width: float = 11.0, height: float = 4.2):

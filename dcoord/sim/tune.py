@@ -1,7 +1,8 @@
 """Probe-then-pick parameter tuning (the SGC authors' method): simulate every scheme and parameter tuple on a
 measured delay profile and keep the fastest.
 
-Grids (documented because they decide what "best" means):
+Grids (documented because they decide what "best" means; each is declared beside its scheme's class and
+read from the registry):
 - gc-cyclic / ignore-stragglers: s over ``s_grid`` (default 1..8 then roughly geometric up to n/2; larger s
   only adds load); gc-fr: the same grid restricted to (s+1) | n; uncoded: no parameter.
 - sr-sgc: B = 1..max_delay (T = B), W = 1 + k B for W <= max_window, lambda over ``lambda_grid``.
@@ -19,13 +20,22 @@ from pathlib import Path
 
 import numpy as np
 
-from dcoord.coding.base import SchemeError
-from dcoord.coding.registry import make_scheme
+from dcoord.coding.base import GridSpace, SchemeError
+from dcoord.coding.registry import make_scheme, registered_schemes
 from dcoord.sim.config import SimulateConfig
 from dcoord.sim.engine import DelaySource, TraceDelays, simulate
 from dcoord.stragglers import load_trace_csv
 
-TUNABLE = ("uncoded", "gc-fr", "gc-cyclic", "sr-sgc", "m-sgc")
+
+def default_schemes() -> tuple[str, ...]:
+    """The schemes the tuner tries by default: every registered scheme with a grid marked tunable."""
+    return tuple(k for k, v in registered_schemes().items() if v.tunable and v.grid is not None)
+
+
+def __getattr__(name: str):  # TUNABLE stays importable and always current
+    if name == "TUNABLE":
+        return default_schemes()
+    raise AttributeError(name)
 
 
 @dataclass(frozen=True)
@@ -66,40 +76,24 @@ def default_grid(n: int, points: int = 18, small: int = 8) -> list[int]:
     return sorted(v for v in vals if 1 <= v <= n)
 
 
-def candidates(n: int, max_delay: int, schemes: Iterable[str] = TUNABLE, lambda_grid: list[int] | None = None,
+def candidates(n: int, max_delay: int, schemes: Iterable[str] | None = None, lambda_grid: list[int] | None = None,
                s_grid: list[int] | None = None, max_window: int = 10) -> Iterator[tuple[str, dict[str, int]]]:
     """Every (scheme, params) tuple the tuner simulates."""
+    schemes = default_schemes() if schemes is None else schemes
     lams = sorted(set(lambda_grid or default_grid(n)))
     ss = sorted(set(s_grid or [s for s in default_grid(n // 2 or 1) if s < n]))
+    space = GridSpace(n, max_delay, tuple(lams), tuple(ss), max_window)
     for name in schemes:
-        if name == "uncoded":
-            yield name, {}
-        elif name in ("gc-cyclic", "ignore-stragglers"):
-            for s in ss:
-                yield name, {"s": s}
-        elif name == "gc-fr":
-            for s in ss:
-                if n % (s + 1) == 0:
-                    yield name, {"s": s}
-        elif name == "sr-sgc":
-            for B in range(1, max_delay + 1):
-                for W in range(B + 1, max_window + 1, B):
-                    for lam in lams:
-                        if lam <= n:
-                            yield name, {"B": B, "W": W, "lambda": lam}
-        elif name == "m-sgc":
-            for W in range(2, max_delay + 3):
-                for B in range(1, W):
-                    if W - 2 + B <= max_delay:
-                        for lam in lams:
-                            if lam <= n:
-                                yield name, {"B": B, "W": W, "lambda": lam}
-        else:
-            raise SchemeError(f"cannot tune scheme {name!r}; tunable: {', '.join(TUNABLE)}, ignore-stragglers")
+        spec = registered_schemes().get(name)
+        if spec is None or spec.grid is None:
+            tunable = [k for k, v in registered_schemes().items() if v.grid is not None]
+            raise SchemeError(f"cannot tune scheme {name!r}; tunable: {', '.join(tunable)}")
+        for params in spec.grid(space):
+            yield name, dict(params)
 
 
 def tune_source(n: int, source: DelaySource, jobs: int, max_delay: int, *, mu: float = 1.0,
-                wait: str = "all", plain_close: str = "decodable", schemes: Iterable[str] = TUNABLE, lambda_grid: list[int] | None = None,
+                wait: str = "all", plain_close: str = "decodable", schemes: Iterable[str] | None = None, lambda_grid: list[int] | None = None,
                 s_grid: list[int] | None = None, max_window: int = 10, top: int | None = None) -> list[Choice]:
     """Simulate every candidate on ``source``; all choices (or the ``top`` fastest), fastest first."""
     cfg = SimulateConfig(jobs=jobs, mu=mu, wait=wait, plain_close=plain_close)  # type: ignore[arg-type]
@@ -117,7 +111,7 @@ def tune_source(n: int, source: DelaySource, jobs: int, max_delay: int, *, mu: f
 
 
 def tune(profile_csv: Path, jobs: int, max_delay: int, n: int | None = None, base_comp: float = 1.0,
-         mu: float = 1.0, top: int | None = 5, *, schemes: Iterable[str] = TUNABLE,
+         mu: float = 1.0, top: int | None = 5, *, schemes: Iterable[str] | None = None,
          lambda_grid: list[int] | None = None, wait: str = "all", plain_close: str = "decodable",
          skip_rows: int = 0, max_window: int = 10) -> list[Choice]:
     """Rank every scheme and parameter tuple by simulated runtime on a load-0 delay profile.

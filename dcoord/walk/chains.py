@@ -33,6 +33,7 @@ import numpy as np
 from scipy.sparse import csr_matrix, issparse
 from scipy.sparse.csgraph import breadth_first_order, connected_components
 
+from dcoord.errors import WalkError
 from dcoord.walk.graphs import Graph
 
 _SELF_LOOP_EPS = 1e-12  # self-loop mass below this is rounding noise (e.g. MHRW on a regular graph)
@@ -43,7 +44,7 @@ AlphaSchedule = float | Callable[[int], float]
 StepSchedule = Callable[[int], float]
 
 
-class ChainError(ValueError):
+class ChainError(WalkError):
     """An invalid chain specification (not stochastic, not reversible, off the graph, ...)."""
 
 

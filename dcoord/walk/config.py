@@ -109,10 +109,10 @@ class TokenConfig(BaseModel):
     tokens: int = Field(default=1, ge=1, description="tokens walking concurrently, each with its own model")
     graph: GraphConfig = Field(default_factory=GraphConfig)
     gamma_exponent: float = Field(
-        default=DEFAULT_GAMMA_EXPONENT, gt=0.5, le=1.0, description="a: gamma_n=(n+1)^-a for srrw's x"
+        default=DEFAULT_GAMMA_EXPONENT, description="a in (0.5, 1]: gamma_n=(n+1)^-a for srrw's x"
     )
     beta_exponent: float = Field(
-        default=DEFAULT_BETA_EXPONENT, gt=0.5, le=1.0, description="b: beta_n=lr_scale*(n+1)^-b for theta"
+        default=DEFAULT_BETA_EXPONENT, description="b in (0.5, 1]: beta_n=lr_scale*(n+1)^-b for theta"
     )
     lr: float | None = Field(default=None, gt=0.0, description="constant step size (replaces beta_n)")
     lr_scale: float = Field(default=1.0, gt=0.0, description="multiplier on beta_n")
@@ -121,6 +121,22 @@ class TokenConfig(BaseModel):
     )
     x0: Literal["uniform", "target"] = Field(default="uniform", description="srrw's initial visit measure")
     start: int | Literal["random"] = Field(default="random", description="start node(s); random = distinct")
+
+    @field_validator("gamma_exponent", "beta_exponent")
+    @classmethod
+    def _analysed_exponent(cls, v: float, info: Any) -> float:
+        """a and b must lie where SA-SRRW is analysed (spec and paper): (0.5, 1], i.e. the steps sum to
+        infinity (the iterates keep moving) while their squares sum to a finite value (the noise averages out)."""
+        what = {
+            "gamma_exponent": "a, the visit-measure step gamma_n = (n+1)^-a",
+            "beta_exponent": "b, the model step beta_n = lr_scale * (n+1)^-b",
+        }[info.field_name]
+        if not (isinstance(v, int | float) and 0.5 < v <= 1.0):
+            raise ValueError(
+                f"token.{info.field_name} ({what}) must be in (0.5, 1], the range SA-SRRW is analysed for; "
+                f"got {v}. Use e.g. 0.8 (a) and 0.9 (b): b > a is the paper's recommended regime"
+            )
+        return float(v)
 
     @model_validator(mode="after")
     def _alpha_only_for_srrw(self) -> TokenConfig:

@@ -20,10 +20,12 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
+from dcoord.errors import WalkError
+
 GRAPH_KINDS = ("ring", "torus", "complete", "random-regular", "erdos-renyi", "watts-strogatz", "edge-list")
 
 
-class GraphError(ValueError):
+class GraphError(WalkError):
     """An invalid or unusable graph; the message says which parameter to change."""
 
 

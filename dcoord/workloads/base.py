@@ -1,16 +1,13 @@
-"""The Workload record and the loader that resolves a name to one."""
+"""The Workload record and the table of registered workload names (resolved by workloads/registry.py)."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-
-class WorkloadError(ValueError):
-    """A workload name that does not resolve, or a user function that returns the wrong thing."""
+from dcoord.errors import WorkloadError
 
 
 @dataclass
@@ -33,25 +30,19 @@ class Workload:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def load(name: str, seed: int = 0) -> Workload:
-    """Build a workload by built-in name or ``package.module:function`` (called as ``function(seed)``)."""
-    from dcoord.workloads.builtin import BUILTINS
+#: name -> function(seed) -> Workload; built-ins register in builtin.py, users with register_workload
+_REGISTERED: dict[str, Callable[[int], Workload]] = {}
 
-    if name in BUILTINS:
-        return BUILTINS[name](seed)
-    if ":" not in name:
-        raise WorkloadError(
-            f"workload: unknown name {name!r}; use one of {sorted(BUILTINS)} or 'package.module:function'"
-        )
-    module_name, func_name = name.split(":", 1)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise WorkloadError(f"workload: cannot import module {module_name!r} ({exc})") from exc
-    func = getattr(module, func_name, None)
-    if not callable(func):
-        raise WorkloadError(f"workload: {module_name!r} has no function {func_name!r}")
-    wl = func(seed)
-    if not isinstance(wl, Workload):
-        raise WorkloadError(f"workload: {name} must return dcoord.workloads.Workload, got {type(wl).__name__}")
-    return wl
+
+def register_workload(name: str, factory: Callable[[int], Workload], *, replace: bool = False) -> None:
+    """Make ``name`` resolve to ``factory(seed)`` in this process (config ``workload: name``).
+
+    A registered name wins over the ``package.module:function`` reading of the same text."""
+    if name in _REGISTERED and not replace:
+        raise WorkloadError(f"workload: {name!r} is already registered")
+    _REGISTERED[name] = factory
+
+
+def registered_workloads() -> dict[str, Callable[[int], Workload]]:
+    """Registered names in this process (import dcoord.workloads.registry for the built-ins)."""
+    return dict(_REGISTERED)

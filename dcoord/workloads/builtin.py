@@ -6,7 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dcoord.workloads.base import Workload
+from dcoord.workloads.base import Workload, register_workload
+from dcoord.workloads.housing import housing_mlp
 
 
 def _digits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -51,4 +52,11 @@ def linreg_synthetic(seed: int, n: int = 1200, d: int = 20) -> Workload:
     return Workload(model, X, y, F.mse_loss, name="linreg-synthetic")
 
 
-BUILTINS = {"logreg-digits": logreg_digits, "mlp-digits": mlp_digits, "linreg-synthetic": linreg_synthetic}
+BUILTINS = {
+    "logreg-digits": logreg_digits,
+    "mlp-digits": mlp_digits,
+    "linreg-synthetic": linreg_synthetic,
+    "housing-mlp": housing_mlp,
+}
+for _name, _fn in BUILTINS.items():
+    register_workload(_name, _fn)

@@ -7,6 +7,6 @@ where the payloads are (``payload_on_data_plane``, ``data_seq``). The coordinato
 pairs the two and hands the completed Result to the unchanged round state machine.
 """
 
-from dcoord.runtime.transport.base import DataPlane, PayloadMatcher, offload_payloads
+from dcoord.runtime.transport.base import DataPlane, PayloadMatcher
 
-__all__ = ["DataPlane", "PayloadMatcher", "offload_payloads"]
+__all__ = ["DataPlane", "PayloadMatcher"]

@@ -20,9 +20,8 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from dcoord.errors import DcoordError
-from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
-from dcoord.runtime.tensors import from_proto
+from dcoord.errors import DataPlaneError
+from dcoord.runtime.messages import Result
 
 log = logging.getLogger("dcoord.transport")
 
@@ -36,10 +35,6 @@ DTYPE_CODES: dict[np.dtype, int] = {v: k for k, v in DTYPES.items()}
 #: deliver(worker_id, seq, array) and fail(worker_id, message), both called from receiver threads
 Deliver = Callable[[int, int, np.ndarray], None]
 Fail = Callable[[int, str], None]
-
-
-class DataPlaneError(DcoordError):
-    """A data-plane message that breaks the protocol (lost or reordered sequence number, bad header)."""
 
 
 def make_header(kind: int, seq: int, payload: np.ndarray | None = None) -> np.ndarray:
@@ -135,23 +130,6 @@ class DataPlane(ABC):
         """Leave the process group / communicator; ``clean=False`` skips anything that could block."""
 
 
-def offload_payloads(res: pb.Result, plane: DataPlane) -> None:
-    """Worker side: move every task payload of ``res`` onto the data plane and mark the result so."""
-    first = plane.next_seq
-    for tr in res.tasks:
-        plane.send(from_proto(tr.payload, check_finite=False))
-        tr.ClearField("payload")
-    res.payload_on_data_plane = True
-    res.data_seq = first
-
-
-def _fill(t: pb.Tensor, arr: np.ndarray) -> None:
-    t.dtype = str(arr.dtype)
-    del t.shape[:]
-    t.shape.extend(arr.shape)
-    t.data = arr.tobytes()
-
-
 class PayloadMatcher:
     """Coordinator side: pairs each data-plane Result (gRPC) with its payloads (data plane) by (worker, seq).
 
@@ -169,6 +147,12 @@ class PayloadMatcher:
         self.payloads = 0
         self.orphaned = 0
 
+    def reset(self, worker: int) -> None:
+        """A worker's data connection was (re)made: its numbering starts again at 0, nothing old is kept."""
+        with self.lock:
+            self.orphaned += len(self.arrays.pop(worker, {}))
+            self.waiting.pop(worker, None)
+
     def on_payload(self, worker: int, seq: int, array: np.ndarray) -> None:
         """A payload arrived (receiver thread)."""
         with self.lock:  # scheduling under the lock keeps each worker's results in order
@@ -180,7 +164,7 @@ class PayloadMatcher:
                 except RuntimeError:  # the event loop is closed: the run is over
                     return
 
-    def on_result(self, res: pb.Result, conn) -> None:
+    def on_result(self, res: Result, conn) -> None:
         """A Result whose payloads are on the data plane arrived (event-loop thread)."""
         worker = conn.worker_id if conn is not None else res.worker_id
         with self.lock:
@@ -202,7 +186,5 @@ class PayloadMatcher:
             for s in [s for s in have if s < res.data_seq]:
                 del have[s]
                 self.orphaned += 1
-            for tr, s in zip(res.tasks, seqs):
-                _fill(tr.payload, have.pop(s))
-            out.append((res, conn))
+            out.append((res, conn, [have.pop(s) for s in seqs]))  # arrays as received: no copy
         return out

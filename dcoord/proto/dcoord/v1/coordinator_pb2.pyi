@@ -29,20 +29,24 @@ class DataAssignment(_message.Message):
     def __init__(self, workload: _Optional[str] = ..., seed: _Optional[int] = ..., parts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
-    __slots__ = ("worker_id", "job_id", "job_config_yaml", "data", "heartbeat_interval_s", "session")
+    __slots__ = ("worker_id", "job_id", "job_config_yaml", "data", "heartbeat_interval_s", "data_port", "data_key", "session")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    DATA_PORT_FIELD_NUMBER: _ClassVar[int]
+    DATA_KEY_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     job_id: str
     job_config_yaml: str
     data: DataAssignment
     heartbeat_interval_s: float
+    data_port: int
+    data_key: bytes
     session: str
-    def __init__(self, worker_id: _Optional[int] = ..., job_id: _Optional[str] = ..., job_config_yaml: _Optional[str] = ..., data: _Optional[_Union[DataAssignment, _Mapping]] = ..., heartbeat_interval_s: _Optional[float] = ..., session: _Optional[str] = ...) -> None: ...
+    def __init__(self, worker_id: _Optional[int] = ..., job_id: _Optional[str] = ..., job_config_yaml: _Optional[str] = ..., data: _Optional[_Union[DataAssignment, _Mapping]] = ..., heartbeat_interval_s: _Optional[float] = ..., data_port: _Optional[int] = ..., data_key: _Optional[bytes] = ..., session: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("job_id", "worker_id", "last_round", "session")
@@ -75,14 +79,16 @@ class Tensor(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ModelState(_message.Message):
-    __slots__ = ("model", "version", "params")
+    __slots__ = ("model", "version", "params", "params_on_data_plane")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_ON_DATA_PLANE_FIELD_NUMBER: _ClassVar[int]
     model: int
     version: int
     params: Tensor
-    def __init__(self, model: _Optional[int] = ..., version: _Optional[int] = ..., params: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    params_on_data_plane: bool
+    def __init__(self, model: _Optional[int] = ..., version: _Optional[int] = ..., params: _Optional[_Union[Tensor, _Mapping]] = ..., params_on_data_plane: _Optional[bool] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
     __slots__ = ("job", "slot", "parts", "coeffs", "kind", "model", "model_version")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
+from dcoord.wire import fill_proto
 
 #: default chunk size (runtime.stream_chunk_bytes); payloads no larger than this travel inline
 DEFAULT_CHUNK_BYTES = 1 << 20
@@ -25,8 +26,6 @@ def pack_result(result: pb.Result, payloads: list[np.ndarray], chunk_bytes: int)
     Small results carry their payloads inline (one message); larger ones become chunks cut straight from
     the arrays (one copy each) followed by the result holding only shapes and dtypes.
     """
-    from dcoord.runtime.tensors import fill_proto
-
     if len(payloads) != len(result.tasks):
         raise ValueError(f"{len(payloads)} payloads for {len(result.tasks)} tasks")
     arrays = [np.ascontiguousarray(p) for p in payloads]
@@ -83,3 +82,16 @@ class ChunkAssembler:
         if off != len(buf) and result.tasks:  # extra bytes: make the byte count visibly wrong
             result.tasks[-1].payload.data += buf[off:]
         return True
+
+
+def send_payloads(res: pb.Result, payloads: list[np.ndarray], plane) -> None:
+    """Worker side: send each task's payload array on the data plane (a transport.DataPlane) and mark the
+    result so (shape and dtype only, no bytes); the coordinator's PayloadMatcher pairs them again by
+    (worker, data_seq). No copy of a payload into the Result."""
+    first = plane.next_seq
+    for tr, arr in zip(res.tasks, payloads):
+        tr.payload.shape[:] = list(arr.shape)
+        tr.payload.dtype = str(arr.dtype)
+        plane.send(arr)
+    res.payload_on_data_plane = True
+    res.data_seq = first

@@ -1,50 +1,34 @@
-"""Subcommands for the simulator, parameter tuning and privacy planning (no processes, no training)."""
+"""``dcoord simulate``, ``tune`` and ``privacy``: planning without processes or training."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from dcoord.errors import ConfigError, DcoordError
-
-
-def _rich_table(title: str, headers: list[str], rows: list[list]):
-    from rich.table import Table
-
-    t = Table(title=title)
-    for i, h in enumerate(headers):
-        t.add_column(h, justify="left" if i == 0 else "right")
-    for r in rows:
-        t.add_row(*[f"{c:.4g}" if isinstance(c, float) else str(c) for c in r])
-    return t
+from dcoord.cli.options import job_args, load_job, rich_table
+from dcoord.errors import ConfigError
 
 
 def cmd_simulate(args) -> int:
     from rich.console import Console
 
-    from dcoord.cli import _load
-
-    cfg = _load(args)
+    cfg = load_job(args)
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-sim"
     console = Console()
     if cfg.mode == "token":
         return _simulate_tokens(cfg, out, console, args)
-    from dcoord.coding.base import SchemeError
-    from dcoord.sim import SimulateConfig, SimulationError, simulate_job
+    from dcoord.sim import SimulateConfig, simulate_job
 
     sim = cfg.simulate or SimulateConfig()
     if sim.trace is not None and not Path(sim.trace).is_file():
         raise ConfigError(f"simulate.trace: no such file {sim.trace}")
-    try:
-        data = simulate_job(cfg.workers, cfg.coding.model_dump(by_alias=True), sim, out, compare=args.compare,
-                            inject=None if sim.trace else cfg.inject, seed=cfg.seed, plot=not args.no_plot)
-    except (SchemeError, SimulationError, ValueError) as exc:
-        raise DcoordError(str(exc)) from None
+    data = simulate_job(cfg.workers, cfg.coding.model_dump(by_alias=True), sim, out, compare=args.compare,
+                        inject=None if sim.trace else cfg.inject, seed=cfg.seed, plot=not args.no_plot)
     rows = []
     for label, r in data["schemes"].items():
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items() if k in ("s", "B", "W", "lambda", "T"))
         rows.append([label, params, r["runtime_s"], r["wait_all_rounds"], r["load"], "yes" if r["tuned"] else ""])
-    console.print(_rich_table(f"simulation: {cfg.workers} workers, {sim.jobs} jobs",
+    console.print(rich_table(f"simulation: {cfg.workers} workers, {sim.jobs} jobs",
                               ["scheme", "params", "runtime (s)", "wait-all rounds", "load", "tuned"], rows))
     console.print(f"wrote {out / 'simulation.json'}" + ("" if args.no_plot else f" and {out / 'simulation.png'}")
                   + f" in {data['wall_s']:.2f} s")
@@ -80,7 +64,7 @@ def _simulate_tokens(cfg, out: Path, console, args) -> int:
     rows = [["hops", hops], ["nodes", cfg.workers], ["min / max visits", f"{min(vc)} / {max(vc)}"]]
     if "sq_error" in data:
         rows.append(["final squared error", data["sq_error"][-1]])
-    console.print(_rich_table(f"token simulation: {cfg.token.chain}", ["metric", "value"], rows))
+    console.print(rich_table(f"token simulation: {cfg.token.chain}", ["metric", "value"], rows))
     console.print(f"wrote {out / 'simulation.json'}")
     return 0
 
@@ -92,37 +76,30 @@ def cmd_tune(args) -> int:
 
     if not Path(args.profile).is_file():
         raise ConfigError(f"{args.profile}: no such delay profile (CSV, rows = rounds, columns = workers)")
-    try:
-        choices = tune(Path(args.profile), jobs=args.jobs, max_delay=args.max_delay, n=args.workers,
-                       base_comp=args.base_comp, mu=args.mu, top=args.top)
-    except ValueError as exc:
-        raise DcoordError(str(exc)) from None
+    choices = tune(Path(args.profile), jobs=args.jobs, max_delay=args.max_delay, n=args.workers,
+                   base_comp=args.base_comp, mu=args.mu, top=args.top)
     if args.json:
         print(json.dumps([c.to_dict() for c in choices], indent=2))
         return 0
     rows = [[c.scheme, c.param_str, c.runtime_s, c.load, c.delay, c.wait_all_rounds] for c in choices]
-    Console().print(_rich_table(f"fastest schemes for {args.profile}", ["scheme", "params", "runtime (s)", "load",
+    Console().print(rich_table(f"fastest schemes for {args.profile}", ["scheme", "params", "runtime (s)", "load",
                                                                          "delay T", "wait-all rounds"], rows))
     return 0
 
 
 def cmd_privacy(args) -> int:
-    from dcoord.cli import _load
     from dcoord.privacy.accounting import plan
     from dcoord.runtime.private import partition_replicas
     from dcoord.workloads import batch_indices
     from dcoord.workloads import load as load_workload
 
-    cfg = _load(args)
+    cfg = load_job(args)
     if cfg.privacy is None:
         raise ConfigError("privacy: this job has no privacy section (add privacy: {mechanism: dp-gd, epsilon: 1})")
     wl = load_workload(cfg.workload, cfg.seed)
     n_samples = len(batch_indices(wl.num_samples, cfg.batch_size, 0, cfg.seed))
-    try:
-        p = plan(cfg.privacy, cfg.rounds, n_samples, num_partitions=cfg.make_scheme().num_parts(),
-                 replicas=partition_replicas(cfg))
-    except ValueError as exc:
-        raise DcoordError(str(exc)) from None
+    p = plan(cfg.privacy, cfg.rounds, n_samples, num_partitions=cfg.make_scheme().num_parts(),
+             replicas=partition_replicas(cfg))
     gain = diff2_noise_gain(p, cfg.lr_for(0), wl.num_params())
     if gain is not None:
         p["difference_noise_gain"] = gain
@@ -133,7 +110,7 @@ def cmd_privacy(args) -> int:
 
     rows = [[k, v] for k, v in p.items() if not isinstance(v, (list, dict))]
     console = Console()
-    console.print(_rich_table(f"privacy plan: {cfg.name}", ["quantity", "value"], rows))
+    console.print(rich_table(f"privacy plan: {cfg.name}", ["quantity", "value"], rows))
     if gain is not None and gain >= 1:
         console.print(f"[yellow]warning:[/] DIFF2's difference noise gain lr x c2 x sigma2 x sqrt(d) = {gain:.3g} >= 1: "
                       "the noise added on a difference round is larger than the step it follows, so the noise in "
@@ -150,15 +127,18 @@ def diff2_noise_gain(plan: dict, lr: float, num_params: int) -> float | None:
     itself (bench/privacy.py saw the paper's c2 = 30 diverge on digits for this reason).
     """
     per_c2 = plan.get("noise_std_diff_aggregate_per_C2")
-    if plan.get("mechanism") != "diff2" or per_c2 is None or plan.get("restart_every", 1) <= 1:
+    if per_c2 is None or plan.get("restart_every", 1) <= 1:  # no difference rounds
         return None
     return float(lr * plan["clip_diff"] * per_c2 * num_params**0.5)
 
 
-def register(sub, job_args) -> None:
+def register(sub) -> None:
     sp = sub.add_parser("simulate", help="virtual-time simulation of the job's scheme (no processes)")
     job_args(sp)
-    sp.add_argument("--compare", help="comma-separated schemes to put side by side, e.g. uncoded,gc-cyclic,m-sgc")
+    from dcoord.coding.registry import scheme_names
+
+    sp.add_argument("--compare", help="comma-separated schemes to put side by side (tuned), from: "
+                    + ", ".join(scheme_names()))
     sp.add_argument("--no-plot", action="store_true")
     sp.set_defaults(func=cmd_simulate)
 

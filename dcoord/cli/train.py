@@ -1,0 +1,103 @@
+"""``dcoord run``, ``dcoord coordinator`` and ``dcoord worker``: the commands that train."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from dcoord.cli.options import address, job_args, load_job
+from dcoord.runtime.health import add_health_options, health_port, start_health_server
+from dcoord.runtime.metrics import add_metrics_options, metrics_hook
+
+
+def cmd_run(args) -> int:
+    from rich.console import Console
+
+    from dcoord.runtime.local import run_local
+    from dcoord.runtime.progress import summary_table
+
+    cfg = load_job(args)
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    summary = run_local(cfg, out, progress=not args.quiet, on_started=metrics_hook(args, "127.0.0.1"))
+    console = Console()
+    console.print(summary_table(summary))
+    console.print(f"run directory: {out}")
+    return 0
+
+
+def cmd_coordinator(args) -> int:
+    from rich.console import Console
+
+    from dcoord.runtime.coordinator import Coordinator
+    from dcoord.runtime.progress import RoundProgress, summary_table
+    from dcoord.runtime.security_options import security_from_args
+    from dcoord.runtime.service import start_server
+
+    security = security_from_args(args, "coordinator")
+    cfg = load_job(args)
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    host = args.listen.rpartition(":")[0].strip("[]")
+    start_metrics = metrics_hook(args, host)
+    health_port(args)  # a bad $DCOORD_HEALTH_PORT fails before the job loads
+
+    async def main() -> dict:
+        coord = Coordinator(cfg, out)
+        probe = await start_health_server(args, host)
+        server, port = await start_server(coord, args.listen, security=security)
+        if start_metrics:
+            start_metrics(coord)
+        print(f"coordinator for job {coord.job_id} listening on port {port}; "
+              f"waiting for {cfg.workers} workers", file=sys.stderr, flush=True)
+        try:
+            with RoundProgress(coord, enabled=not args.quiet) as bar:
+                return await coord.run(progress=bar.update, start_timeout=args.wait_workers)
+        finally:
+            await asyncio.sleep(0.2)
+            await server.stop(grace=1.0)
+            if probe is not None:
+                await probe.stop(grace=None)
+
+    summary = asyncio.run(main())
+    Console().print(summary_table(summary))
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from dcoord.errors import DcoordError
+    from dcoord.runtime.security_options import worker_kwargs
+    from dcoord.runtime.worker import run_worker
+
+    if not args.coordinator:
+        raise DcoordError("worker: give --coordinator HOST:PORT (or DCOORD_COORDINATOR)")
+    rounds = run_worker(args.coordinator, requested_id=args.id, device=args.device, **worker_kwargs(args))
+    print(f"worker done: {rounds} rounds computed", file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    from dcoord.runtime.security_options import add_security_options, env
+
+    sp = sub.add_parser("run", help="coordinator + N local worker processes over loopback gRPC")
+    job_args(sp)
+    add_metrics_options(sp)
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("coordinator", help="run a coordinator that waits for remote workers")
+    job_args(sp)
+    sp.add_argument("--listen", type=address, default=env("DCOORD_LISTEN", "0.0.0.0:50051"),
+                    help="HOST:PORT to listen on [DCOORD_LISTEN]")
+    add_security_options(sp, "coordinator")
+    sp.add_argument("--wait-workers", type=float, default=600.0, help="seconds to wait for all workers")
+    add_metrics_options(sp)
+    add_health_options(sp)
+    sp.set_defaults(func=cmd_coordinator)
+
+    sp = sub.add_parser("worker", help="a worker that joins a coordinator")
+    sp.add_argument("--coordinator", type=address, default=env("DCOORD_COORDINATOR"),
+                    help="HOST:PORT of the coordinator [DCOORD_COORDINATOR]")
+    sp.add_argument("--id", type=int, default=env("DCOORD_WORKER_ID", -1),
+                    help="worker id to take (default: any free one) [DCOORD_WORKER_ID]")
+    sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default=env("DCOORD_DEVICE"), help="[DCOORD_DEVICE]")
+    add_security_options(sp, "worker")
+    sp.set_defaults(func=cmd_worker)

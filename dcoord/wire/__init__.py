@@ -1,0 +1,149 @@
+"""The wire layer: generated protobuf types <-> the internal dataclasses the rest of dcoord works on.
+
+Only this package, the gRPC servicer (runtime/service.py) and the clients (runtime/worker.py,
+runtime/client.py) import the generated ``coordinator_pb2`` modules (tests/test_structure.py checks it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
+from dcoord.runtime.messages import (
+    Assignment,
+    PartLoss,
+    Result,
+    Shutdown,
+    TaskResult,
+    TensorData,
+)
+
+__all__ = ["StatusInfo", "coordinator_message", "fill_proto", "payload_bytes", "result_from_proto", "result_to_proto",
+           "status_from_proto", "status_to_dict", "status_to_proto", "tensor_nbytes",
+           "to_proto"]
+
+_DTYPES = ("float32", "float64")
+_ITEMSIZE = {"float32": 4, "float64": 8}
+
+
+# -- tensors --------------------------------------------------------------------------------------------
+def to_proto(array: np.ndarray) -> pb.Tensor:
+    t = pb.Tensor()
+    fill_proto(t, array)
+    return t
+
+
+def fill_proto(t: pb.Tensor, array: np.ndarray) -> None:
+    """Write ``array`` into an existing wire tensor (e.g. ``result.tasks.add().payload``): one copy only."""
+    from dcoord.errors import PayloadError
+
+    arr = np.ascontiguousarray(array)
+    name = str(arr.dtype)
+    if name not in _DTYPES:
+        raise PayloadError(f"unsupported dtype {name}")
+    t.shape[:] = list(arr.shape)
+    t.dtype = name
+    t.data = arr.tobytes()
+
+
+def _tensor_to_proto(t: TensorData) -> pb.Tensor:
+    return pb.Tensor(shape=list(t.shape), dtype=t.dtype, data=t.data)
+
+
+def _tensor_from_proto(t: pb.Tensor) -> TensorData:
+    return TensorData(tuple(t.shape), t.dtype, t.data)
+
+
+# -- byte counting (metrics) -----------------------------------------------------------------------------
+def tensor_nbytes(t: pb.Tensor) -> int:
+    """Bytes of a wire Tensor from its shape and dtype: O(1), where reading ``t.data`` or calling
+    ``ByteSize()`` would copy or encode the payload (bench/metrics_overhead.py: as costly as serializing). Feeds the coordinator's
+    payload byte counters (runtime/metrics.py)."""
+    return math.prod(t.shape) * _ITEMSIZE.get(t.dtype, 0)
+
+
+def payload_bytes(msg: pb.WorkerMessage | pb.CoordinatorMessage) -> int:
+    """Tensor bytes one work-stream message carries (WorkerMessage or CoordinatorMessage).
+
+    A chunked result declares its tasks' shapes, so its chunks are counted through the result, not twice;
+    tensors sent over a data plane (tcp, torchrun, MPI) carry only their shape here and count 0 (the tcp
+    plane counts its own bytes, see ``data_plane_bytes``)."""
+    kind = msg.WhichOneof("kind")
+    if kind == "assignment":
+        return sum(tensor_nbytes(m.params) for m in msg.assignment.models if not m.params_on_data_plane)
+    if kind == "result" and not msg.result.payload_on_data_plane:
+        return sum(tensor_nbytes(t.payload) for t in msg.result.tasks)
+    return 0
+
+
+# -- coordinator -> worker ------------------------------------------------------------------------------
+def coordinator_message(msg: Assignment | Shutdown) -> pb.CoordinatorMessage:
+    """The stream message for an assignment or a shutdown."""
+    if isinstance(msg, Shutdown):
+        return pb.CoordinatorMessage(shutdown=pb.Shutdown(reason=msg.reason))
+    tasks = [pb.TaskSpec(job=t.job, slot=t.slot, parts=list(t.parts), coeffs=list(t.coeffs), kind=t.kind,
+                         model=t.model, model_version=t.model_version) for t in msg.tasks]
+    models = [pb.ModelState(model=m.model, version=m.version, params=_tensor_to_proto(m.params),
+                            params_on_data_plane=m.on_data_plane) for m in msg.models]
+    return pb.CoordinatorMessage(assignment=pb.Assignment(
+        job_id=msg.job_id, round=msg.round, tasks=tasks, models=models, deadline_unix=msg.deadline_unix))
+
+
+# -- worker -> coordinator ------------------------------------------------------------------------------
+def result_from_proto(res: pb.Result) -> Result:
+    """The internal Result (payload bytes shared, not copied)."""
+    tasks = [TaskResult(job=tr.job, slot=tr.slot, model=tr.model, model_version=tr.model_version,
+                        payload=_tensor_from_proto(tr.payload),
+                        losses=[PartLoss(pl.part, pl.loss) for pl in tr.losses]) for tr in res.tasks]
+    return Result(job_id=res.job_id, round=res.round, worker_id=res.worker_id, tasks=tasks,
+                  compute_s=res.compute_s, injected_delay_s=res.injected_delay_s,
+                  payload_on_data_plane=res.payload_on_data_plane, data_seq=res.data_seq, session=res.session)
+
+
+def result_to_proto(res: Result) -> pb.Result:
+    """The wire form of an internal Result (tests and tools)."""
+    tasks = [pb.TaskResult(job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
+                           payload=_tensor_to_proto(t.payload),
+                           losses=[pb.PartLoss(part=pl.part, loss=pl.loss) for pl in t.losses]) for t in res.tasks]
+    return pb.Result(job_id=res.job_id, round=res.round, worker_id=res.worker_id, tasks=tasks,
+                     compute_s=res.compute_s, injected_delay_s=res.injected_delay_s,
+                     payload_on_data_plane=res.payload_on_data_plane, data_seq=res.data_seq,
+                     session=res.session)
+
+
+@dataclass
+class StatusInfo:
+    """A snapshot of a job for ``dcoord status`` (GetStatus / WatchStatus)."""
+
+    job_id: str = ""
+    name: str = ""
+    state: str = ""
+    round: int = 0
+    rounds_total: int = 0
+    workers_alive: int = 0
+    workers_total: int = 0
+    last_loss: float = 0.0
+    stragglers_seen: int = 0
+    dropped_late_results: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)  # refused before reaching the job, by reason
+    elapsed_s: float = 0.0
+    scheme: str = ""
+    message: str = ""
+
+
+def status_to_proto(st: StatusInfo) -> pb.StatusReply:
+    return pb.StatusReply(**asdict(st))
+
+
+def status_from_proto(reply: pb.StatusReply) -> StatusInfo:
+    kw = {f: getattr(reply, f) for f in StatusInfo.__dataclass_fields__ if f not in ("rejected", "refused")}
+    return StatusInfo(rejected=dict(reply.rejected), refused=dict(reply.refused), **kw)
+
+
+def status_to_dict(reply: pb.StatusReply) -> dict:
+    """Every field of a status reply as plain Python values (JSON-ready)."""
+    return asdict(status_from_proto(reply))
