@@ -43,6 +43,11 @@ class CodingConfig(_Strict):
     models: int | None = Field(None, ge=1, description="models trained concurrently (default: delay + 1)")
     mu: float = Field(1.0, ge=0.0, description="straggler rule: late if not back by (1+mu) * fastest")
     wait: Literal["all", "minimal"] = "all"
+    close: Literal["straggler-rule", "earliest"] = Field(
+        "straggler-rule",
+        description="sequential codes: close by the (1+mu) straggler rule (the paper), or at the first arrival "
+        "whose straggler set still fits the (B, W, lambda) model and keeps every pending job decodable",
+    )
     payload_dtype: Literal["float64", "float32"] = "float64"
     seed: int = 0
 
@@ -62,6 +67,11 @@ class RuntimeConfig(_Strict):
     emulate_part_s: float = Field(
         0.0, ge=0.0,
         description="sleep this long per part computed, to emulate one machine per worker on a small box",
+    )
+    emulate_job_s: float = Field(
+        0.0, ge=0.0,
+        description="sleep this long times the fraction of one job's gradient computed (the simulator's "
+        "base_comp), so emulated compute follows the normalised load whatever the part sizes",
     )
     checkpoint_every: int = Field(10, ge=0, description="rounds between atomic checkpoints (0 = only at the end)")
     progress: bool = True

@@ -59,13 +59,40 @@ def test_tune_picks_a_scheme_for_a_profile(tmp_path):
     times[rng.random(times.shape) < 0.1] *= 8  # stragglers
     csv = tmp_path / "profile.csv"
     np.savetxt(csv, times, delimiter=",", fmt="%.4f")
-    p = dcoord("tune", str(csv), "--jobs", "20", "--max-delay", "2", "--json", "--top", "3")
+    p = dcoord("tune", str(csv), "--jobs", "20", "--max-delay", "2", "--json", "--top", "3", "--holdout", "0")
     assert p.returncode == 0, p.stderr
     choices = json.loads(p.stdout)
     assert 1 <= len(choices) <= 3
     runtimes = [c["runtime_s"] for c in choices]
     assert runtimes == sorted(runtimes)
     assert all(c["delay"] <= 2 for c in choices)
+
+
+def test_tune_scores_out_of_sample_by_default(tmp_path):
+    rng = np.random.default_rng(1)
+    times = 1.0 + rng.exponential(0.05, size=(24, 12))
+    times[rng.random(times.shape) < 0.1] *= 6
+    csv = tmp_path / "profile.csv"
+    np.savetxt(csv, times, delimiter=",", fmt="%.4f")
+    p = dcoord("tune", str(csv), "--max-delay", "2", "--json")
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["tuned_on"] == "rows 0..11" and len(data["evaluated_on"]) == 12  # every rotation of the rest
+    pols = {(q["scheme"], q["rule"]) for q in data["policies"]}
+    assert {("m-sgc", "earliest"), ("m-sgc", "straggler-rule"), ("gc-cyclic", "earliest")} <= pols
+    for q in data["policies"]:
+        assert len(q["eval_per_job_s"]) == 12 and q["eval_per_job_s_std"] >= 0
+        assert q["eval_per_job_s_min"] <= q["eval_per_job_s_mean"] <= q["eval_per_job_s_max"]
+    # the recommendation is made on the tune rows only, never on the held-out ones
+    best_tune = min(q["tune_per_job_s"] for q in data["policies"])
+    assert data["recommended"]["tune_per_job_s"] == best_tune
+    assert data["recommended_over_paper_pick"] > 0
+    # another profile as the evaluation set, and a clear error for an impossible split
+    p = dcoord("tune", str(csv), "--max-delay", "2", "--json", "--eval", str(csv), "--rules", "earliest")
+    assert p.returncode == 0, p.stderr
+    assert {q["rule"] for q in json.loads(p.stdout)["policies"]} == {"earliest"}
+    p = dcoord("tune", str(csv), "--max-delay", "2", "--holdout", "0.95")
+    assert p.returncode != 0 and "--holdout" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_privacy_plan_json_hits_the_target():

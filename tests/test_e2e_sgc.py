@@ -15,6 +15,9 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("coding", [
     {"scheme": "m-sgc", "B": 1, "W": 2, "lambda": 1},
     {"scheme": "sr-sgc", "B": 1, "W": 2, "lambda": 2},
+    # the earliest close rule: rounds close with stragglers out as soon as the model allows, still exact
+    {"scheme": "m-sgc", "B": 1, "W": 2, "lambda": 1, "close": "earliest"},
+    {"scheme": "sr-sgc", "B": 1, "W": 2, "lambda": 2, "close": "earliest"},
 ])
 def test_sequential_codes_train_every_model_exactly(tmp_path, coding):
     lrs = [0.5, 0.25]

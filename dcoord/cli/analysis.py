@@ -73,9 +73,12 @@ def cmd_tune(args) -> int:
     from rich.console import Console
 
     from dcoord.sim.tune import tune
+    from dcoord.sim.tune_cmd import run_oos_tune
 
     if not Path(args.profile).is_file():
         raise ConfigError(f"{args.profile}: no such delay profile (CSV, rows = rounds, columns = workers)")
+    if (rc := run_oos_tune(args)) is not None:
+        return rc
     choices = tune(Path(args.profile), jobs=args.jobs, max_delay=args.max_delay, n=args.workers,
                    base_comp=args.base_comp, mu=args.mu, top=args.top)
     if args.json:
@@ -151,6 +154,9 @@ def register(sub) -> None:
     sp.add_argument("--mu", type=float, default=1.0)
     sp.add_argument("--top", type=int, default=10)
     sp.add_argument("--json", action="store_true")
+    from dcoord.sim.tune_cmd import add_oos_options
+
+    add_oos_options(sp)
     sp.set_defaults(func=cmd_tune)
 
     sp = sub.add_parser("privacy", help="print the privacy budget plan of a job without training")

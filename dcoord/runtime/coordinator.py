@@ -280,7 +280,9 @@ class Coordinator:
         first: float | None = None
         fallback = False  # sequential codes: straggler set did not conform -> wait for all
         starving_since: float | None = None
-        use_rule = self.scheme.uses_straggler_rule()
+        # coding.close = earliest: sequential codes too close at the first arrival the scheme accepts (the late
+        # set fits the (B, W, lambda) model and the due job decodes), like the plain codes
+        use_rule = self.scheme.uses_straggler_rule() and self.cfg.coding.close == "straggler-rule"
         mu = self.cfg.coding.mu
         while True:
             now = time.monotonic()

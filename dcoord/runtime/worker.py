@@ -229,6 +229,7 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
             if privacy is not None:
                 privacy.ledger.answered_round(a.round)
             emulated = cfg.runtime.emulate_part_s * sum(len(t.parts) for t in a.tasks)
+            emulated += cfg.runtime.emulate_job_s * sum(float(computer.fractions[list(t.parts)].sum()) for t in a.tasks)
             if emulated > 0:
                 time.sleep(emulated)
             compute_s = time.perf_counter() - t0

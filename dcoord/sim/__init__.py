@@ -58,6 +58,13 @@ def scheme_args(coding: Mapping[str, Any] | Any) -> tuple[str, dict[str, int]]:
     return name, kw
 
 
+def _coding_close(coding: Mapping[str, Any] | Any) -> str | None:
+    """``coding.close`` (the sequential codes' close rule) from a dict or a pydantic section, if set."""
+    if isinstance(coding, Mapping):
+        return coding.get("close")
+    return getattr(coding, "close", None)
+
+
 def _tuned(name: str, n: int, source: DelaySource, cfg: SimulateConfig, coding_kw: dict) -> tuple[dict, bool]:
     from dcoord.sim.tune import tune_source
 
@@ -68,7 +75,7 @@ def _tuned(name: str, n: int, source: DelaySource, cfg: SimulateConfig, coding_k
         s = coding_kw.get("s") or max(1, math.ceil(0.05 * n))
         return {"s": min(int(s), n - 1)}, False
     best = tune_source(n, source, cfg.jobs, cfg.max_delay, mu=cfg.mu, wait=cfg.wait,
-                       plain_close=cfg.plain_close, schemes=[name],
+                       plain_close=cfg.plain_close, close=cfg.close, load_model=cfg.load_model, schemes=[name],
                        lambda_grid=cfg.lambda_grid, top=1)
     if not best:
         raise SchemeError(f"--compare {name}: no valid parameters for {n} workers and max delay {cfg.max_delay}")
@@ -89,6 +96,9 @@ def simulate_job(n: int, coding: Mapping[str, Any] | Any, simulate_cfg: Simulate
     t0 = time.perf_counter()
     cfg = simulate_cfg if isinstance(simulate_cfg, SimulateConfig) else SimulateConfig.model_validate(
         dict(simulate_cfg or {}))
+    close = _coding_close(coding)
+    if close is not None and "close" not in cfg.model_fields_set:  # coding.close drives the simulator too
+        cfg = cfg.model_copy(update={"close": close})
     inj = inject if isinstance(inject, InjectConfig) or inject is None else InjectConfig.model_validate(
         dict(inject))
     source = make_delay_source(n, cfg, inj, seed)

@@ -32,6 +32,23 @@ class SimulateConfig(BaseModel):
         description="plain codes close at the first decodable arrival (what the coordinator does), or, as in "
         "the SGC paper's comparison, by the (1+mu) straggler rule with wait-all when they cannot decode",
     )
+    close: Literal["straggler-rule", "earliest"] = Field(
+        "straggler-rule",
+        description="sequential codes' close rule (dcoord simulate takes it from coding.close): the (1+mu) "
+        "straggler rule, or the first arrival at which the late set fits the (B, W, lambda) model",
+    )
+    load_model: Literal["actual", "nominal"] = Field(
+        "actual",
+        description="actual: charge each worker the minitasks it really has (fewer in a run's first and last "
+        "T rounds); nominal: as the SGC authors' simulator, every worker the scheme's full normalised load in "
+        "every round that has any task (so SR-SGC's closing rounds charge all n workers)",
+    )
+    carry_over: bool = Field(
+        False,
+        description="a worker cut off when a round closes keeps computing its stale task and starts the next "
+        "round that much later (dcoord's persistent worker processes); false: every round starts every worker "
+        "fresh (the paper's one Lambda invocation per worker and round)",
+    )
     max_delay: int = Field(3, ge=0, description="largest T considered when tuning --compare schemes")
     lambda_grid: list[int] | None = Field(None, description="lambda values tried when tuning (default: coarse)")
     hops: int = Field(10_000, ge=1, description="token mode: hops to simulate")

@@ -8,6 +8,13 @@ round the way the coordinator would, tell the scheme, and advance the clock by t
   (a wait-all round); ``wait="minimal"`` admits arrivals in time order until the scheme accepts.
 - Plain codes close at the first arrival at which ``accepts`` holds (waiting longer buys nothing), or, with
   ``plain_close="straggler-rule"`` (the SGC paper's comparison), by the same rule as sequential codes.
+- Sequential codes with ``close="earliest"`` also close at the first arrival at which ``accepts`` holds: the
+  late set fits the (B, W, lambda) model given the recorded history (so every pending job stays decodable by
+  its deadline) and the job due this round decodes.
+- ``carry_over``: a worker cut off by a close keeps working on its stale task and starts the next round
+  late by what it had left (persistent worker processes); off, every round starts every worker fresh.
+- ``load_model="nominal"`` (the SGC authors' simulator) charges every worker the scheme's full normalised
+  load in every round that has any task; ``"actual"`` charges only the minitasks that exist.
 
 Only workers with a task count (fastest, slowest, stragglers). ``accepts`` is monotone in the arrived set
 (more arrivals never hurt), so the first accepting arrival is found by bisection: O(log n) checks a round.
@@ -162,16 +169,25 @@ def simulate(scheme: Scheme, delays: DelaySource, cfg: SimulateConfig) -> SimRes
         raise SimulationError(f"scheme was built for {sj} jobs but simulate.jobs = {J}")
     T = int(scheme.delay)
     rounds = J + T
-    rule = scheme.uses_straggler_rule() or cfg.plain_close == "straggler-rule"
+    sequential = scheme.uses_straggler_rule()
+    rule = (sequential and cfg.close == "straggler-rule") or (not sequential and cfg.plain_close == "straggler-rule")
+    nominal = cfg.load_model == "nominal"
+    full_load = float(scheme.load())
     durations = np.zeros(rounds)
     stragglers = np.zeros(rounds, dtype=np.int64)
     finish = np.full(J, np.nan)
     wait_all = extended = 0
     now = 0.0
     all_in = np.ones(n, dtype=bool)
+    busy = np.zeros(n)  # carry_over: seconds each worker still spends on a stale task when the round starts
     for r in range(rounds):
         loads = np.asarray(scheme.worker_loads(r), dtype=np.float64)
         tasked = loads > 0
+        if nominal and tasked.any():
+            # the authors' accounting: every worker computes the full normalised load in every round that
+            # has work, and all of them count for the fastest, the slowest and the straggler rule
+            loads = np.full(n, full_load)
+            tasked = all_in
 
         def accepts(arrived: np.ndarray, r: int = r) -> bool:
             return scheme.accepts_mask(r, arrived)
@@ -179,7 +195,7 @@ def simulate(scheme: Scheme, delays: DelaySource, cfg: SimulateConfig) -> SimRes
         if not tasked.any():
             arrived, dur = all_in, 0.0
         else:
-            t = delays.finish_times(r, loads)
+            t = delays.finish_times(r, loads) + busy
             tt = t[tasked]
             slowest = float(tt.max())
             if rule:
@@ -198,10 +214,14 @@ def simulate(scheme: Scheme, delays: DelaySource, cfg: SimulateConfig) -> SimRes
                         if k == order.size:
                             wait_all += 1
             else:
+                # plain codes (decodable) and sequential codes (earliest): the first arrival that may close
                 order = np.flatnonzero(tasked)[np.argsort(tt, kind="stable")]
                 k, arrived = _first_accepting(accepts, t, tasked, order, 1)
                 dur = float(t[order[k - 1]])
             stragglers[r] = int(np.count_nonzero(tasked & ~arrived))
+        if cfg.carry_over:
+            busy = np.maximum(busy - dur, 0.0) if not tasked.any() else np.where(
+                tasked & ~arrived, np.maximum(t - dur, 0.0), np.where(tasked, 0.0, np.maximum(busy - dur, 0.0)))
         newly = scheme.close_round_mask(r, arrived)
         durations[r] = dur
         now += dur

@@ -93,10 +93,16 @@ def candidates(n: int, max_delay: int, schemes: Iterable[str] | None = None, lam
 
 
 def tune_source(n: int, source: DelaySource, jobs: int, max_delay: int, *, mu: float = 1.0,
-                wait: str = "all", plain_close: str = "decodable", schemes: Iterable[str] | None = None, lambda_grid: list[int] | None = None,
+                wait: str = "all", plain_close: str = "decodable", close: str = "straggler-rule",
+                load_model: str = "actual", schemes: Iterable[str] | None = None,
+                lambda_grid: list[int] | None = None,
                 s_grid: list[int] | None = None, max_window: int = 10, top: int | None = None) -> list[Choice]:
-    """Simulate every candidate on ``source``; all choices (or the ``top`` fastest), fastest first."""
-    cfg = SimulateConfig(jobs=jobs, mu=mu, wait=wait, plain_close=plain_close)  # type: ignore[arg-type]
+    """Simulate every candidate on ``source``; all choices (or the ``top`` fastest), fastest first.
+
+    ``close`` is the sequential codes' close rule, ``plain_close`` the plain codes' (see SimulateConfig).
+    """
+    cfg = SimulateConfig(jobs=jobs, mu=mu, wait=wait, plain_close=plain_close, close=close,  # type: ignore[arg-type]
+                         load_model=load_model)  # type: ignore[arg-type]
     out = []
     for name, p in candidates(n, max_delay, schemes, lambda_grid, s_grid, max_window):
         kw = {("lam" if k == "lambda" else k): v for k, v in p.items()}
