@@ -52,6 +52,7 @@ case "$cmd" in
     for b in decode control_plane local_stragglers transport sgc_traces srrw privacy privacy_digits; do
       "$VENV/bin/python" "bench/$b.py"
     done
+    "$VENV/bin/python" bench/real_models.py --quick   # full size (no --quick) wants a bigger machine
     ;;
   *)
     echo "usage: ./dev.sh run|test|bench [args...]" >&2

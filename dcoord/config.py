@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -48,7 +48,7 @@ class CodingConfig(_Strict):
         description="sequential codes: close by the (1+mu) straggler rule (the paper), or at the first arrival "
         "whose straggler set still fits the (B, W, lambda) model and keeps every pending job decodable",
     )
-    payload_dtype: Literal["float64", "float32"] = "float64"
+    payload_dtype: Literal["float64", "float32", "bfloat16"] = "float64"  # workers combine in float64, round once
     seed: int = 0
 
     @field_validator("scheme")
@@ -75,6 +75,9 @@ class RuntimeConfig(_Strict):
     )
     checkpoint_every: int = Field(10, ge=0, description="rounds between atomic checkpoints (0 = only at the end)")
     progress: bool = True
+    loader_workers: int = Field(
+        0, ge=0, le=64, description="Dataset workloads: DataLoader processes per worker reading samples (0 = inline)"
+    )
     data_port: int = Field(
         0, ge=0, lt=65536,
         description="transport: tcp -- the data plane's port on the coordinator's host (0 = any free port; fix it "
@@ -93,6 +96,9 @@ class JobConfig(_Strict):
     )
     mode: Literal["coded", "token"] = "coded"
     workload: str = "logreg-digits"
+    workload_args: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the workload function, e.g. {data: DIR}"
+    )
     seed: int = 0
     workers: int = Field(4, ge=1, le=100_000)
     rounds: int = Field(10, ge=1, description="jobs to run; with several models they are shared round-robin")
@@ -141,6 +147,9 @@ class JobConfig(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> JobConfig:
+        from dcoord.workloads.registry import check_workload_args
+
+        check_workload_args(self.workload, self.workload_args)
         if self.mode == "token":
             if self.token is None:
                 self.token = TokenConfig()
@@ -162,6 +171,10 @@ class JobConfig(_Strict):
                 raise ValueError(
                     f"optimizer.lr: give one value or {scheme.models} (one per model); got {len(lrs)}"
                 )
+        if self.coding.payload_dtype == "bfloat16" and self.transport != "grpc":
+            raise ValueError(f"coding.payload_dtype: bfloat16 payloads need transport: grpc (transport: "
+                             f"{self.transport} carries float32/float64 only); use payload_dtype float32 or "
+                             "transport grpc")
         if self.privacy is not None:
             self._check_privacy()
         self.straggler_model()  # validates inject against workers

@@ -176,7 +176,7 @@ def test_tune_ranks_by_simulated_runtime():
     runtimes = [c.runtime_s for c in choices]
     assert runtimes == sorted(runtimes)
     best = best_per_scheme(choices)
-    assert set(best) == {"uncoded", "gc-fr", "gc-cyclic", "sr-sgc", "m-sgc"}
+    assert set(best) == {"uncoded", "gc-fr", "gc-cyclic", "gc-binary", "sr-sgc", "m-sgc"}
     assert all(c.delay <= 2 for c in choices)
     # the reported runtime is what simulating that choice gives
     src = TraceDelays.from_csv(LONDON, 32, base_comp=1.0)

@@ -22,6 +22,9 @@ def cmd_simulate(args) -> int:
     sim = cfg.simulate or SimulateConfig()
     if sim.trace is not None and not Path(sim.trace).is_file():
         raise ConfigError(f"simulate.trace: no such file {sim.trace}")
+    from dcoord.coding.precision import print_precision  # issue 16: decode amplification, warned when high
+
+    print_precision(cfg, console)
     data = simulate_job(cfg.workers, cfg.coding.model_dump(by_alias=True), sim, out, compare=args.compare,
                         inject=None if sim.trace else cfg.inject, seed=cfg.seed, plot=not args.no_plot)
     rows = []
@@ -99,7 +102,7 @@ def cmd_privacy(args) -> int:
     cfg = load_job(args)
     if cfg.privacy is None:
         raise ConfigError("privacy: this job has no privacy section (add privacy: {mechanism: dp-gd, epsilon: 1})")
-    wl = load_workload(cfg.workload, cfg.seed)
+    wl = load_workload(cfg.workload, cfg.seed, cfg.workload_args)
     n_samples = len(batch_indices(wl.num_samples, cfg.batch_size, 0, cfg.seed))
     p = plan(cfg.privacy, cfg.rounds, n_samples, num_partitions=cfg.make_scheme().num_parts(),
              replicas=partition_replicas(cfg))

@@ -19,8 +19,11 @@ def cmd_run(args) -> int:
 
     cfg = load_job(args)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
-    summary = run_local(cfg, out, progress=not args.quiet, on_started=metrics_hook(args, "127.0.0.1"))
     console = Console()
+    from dcoord.coding.precision import print_precision  # issue 16: decode amplification, warned when high
+
+    print_precision(cfg, console)
+    summary = run_local(cfg, out, progress=not args.quiet, on_started=metrics_hook(args, "127.0.0.1"))
     console.print(summary_table(summary))
     console.print(f"run directory: {out}")
     return 0

@@ -1,4 +1,5 @@
-"""Plain gradient codes (delay 0): uncoded, fractional repetition, cyclic repetition, ignore-stragglers.
+"""Plain gradient codes (delay 0): uncoded, fractional repetition (gc-fr, and gc-binary for every (n, s)),
+cyclic repetition, ignore-stragglers.
 
 Tandon et al. (ICML 2017). Job j is computed in round j; n workers, n parts. Decoding coefficients are
 solved in float64, their residual ||B_F^T a - 1||_inf is checked, and they are cached per survivor set
@@ -22,6 +23,7 @@ from dcoord.coding.base import (
     Task,
     register_scheme,
 )
+from dcoord.coding.stable import binary_groups, binary_load, stable_cyclic_matrix, window_tiling
 
 #: Largest accepted decode residual ||B_F^T a - 1||_inf (relative to 1).
 DECODE_TOL = 1e-6
@@ -197,14 +199,64 @@ class GCFractional(_PlainScheme):
         return (self.s + 1) / self.n
 
 
+class GCBinary(_PlainScheme):
+    """Fractional repetition for every (n, s): floor(n/(s+1)) groups of s+1 or s+2 workers, one equal part
+    per group; encoding and decoding coefficients are 0/1 (see dcoord.coding.stable). Load 1/floor(n/(s+1)).
+    """
+
+    name = "gc-binary"
+
+    def __init__(self, n: int, s: int, jobs: int | None = None) -> None:
+        super().__init__(n, s, jobs)
+        self.groups = binary_groups(n, s)
+        self._group = np.empty(n, dtype=np.int64)
+        for g, members in enumerate(self.groups):
+            self._group[list(members)] = g
+
+    def part_fractions(self) -> np.ndarray:
+        return np.full(len(self.groups), 1.0 / len(self.groups))
+
+    def group_of(self, worker: int) -> int:
+        return int(self._group[worker])
+
+    def _row(self, worker: int):
+        return (self.group_of(worker),), (1.0,)
+
+    def accepts(self, round: int, arrived: frozenset[int]) -> bool:
+        return len({self.group_of(w) for w in arrived}) == len(self.groups)
+
+    def accepts_mask(self, round: int, arrived: np.ndarray) -> bool:
+        return bool(np.all(np.bincount(self._group[np.asarray(arrived, dtype=bool)],
+                                       minlength=len(self.groups)) > 0))
+
+    def _coefficients(self, arrived):
+        chosen: dict[int, int] = {}
+        for w in sorted(arrived):
+            chosen.setdefault(self.group_of(w), w)
+        return {w: 1.0 for w in chosen.values()}
+
+    def load(self) -> float:
+        return binary_load(self.n, self.s)
+
+
 class GCCyclic(_PlainScheme):
-    """Cyclic repetition with Tandon's random construction; decodes from any n-s workers."""
+    """Cyclic repetition; decodes from any n-s workers.
+
+    ``construction="stable"`` (default) takes the best-conditioned coefficients of dcoord.coding.stable
+    (the all-ones window with binary decoding when (s+1) | n, else a cyclic MDS code); ``"tandon"`` keeps
+    Tandon's random construction (for comparison: it amplifies float32 rounding ~1e4-fold).
+    """
 
     name = "gc-cyclic"
 
-    def __init__(self, n: int, s: int, jobs: int | None = None, seed: int = 0) -> None:
+    def __init__(self, n: int, s: int, jobs: int | None = None, seed: int = 0,
+                 construction: str = "stable") -> None:
         super().__init__(n, s, jobs)
+        if construction not in ("stable", "tandon"):
+            raise SchemeError(f"gc-cyclic construction must be 'stable' or 'tandon' (got {construction!r})")
         self.seed = seed
+        self.construction = construction
+        self.window = construction == "stable" and s > 0 and n % (s + 1) == 0  # binary tiling decode
         self._B: np.ndarray | None = None
         self._solve = lru_cache(maxsize=4096)(self._solve_uncached)
 
@@ -212,7 +264,11 @@ class GCCyclic(_PlainScheme):
     def B(self) -> np.ndarray:
         """The encoding matrix, built on first use (the tuner makes many schemes it never decodes with)."""
         if self._B is None:
-            self._B = cyclic_encoding_matrix(self.n, self.s, self.seed)
+            if self.construction == "tandon":
+                self._B = cyclic_encoding_matrix(self.n, self.s, self.seed)
+            else:
+                with threadpool_limits(1, user_api="blas"):
+                    self._B = stable_cyclic_matrix(self.n, self.s)
         return self._B
 
     def _row(self, worker: int):
@@ -237,6 +293,11 @@ class GCCyclic(_PlainScheme):
         return self._solve.cache_info()
 
     def _coefficients(self, arrived):
+        if self.window:
+            tiling = window_tiling(self.n, self.s, arrived)
+            if tiling is not None:  # always, for >= n-s arrivals (pigeonhole over the s+1 classes)
+                self.last_residual = 0.0
+                return {w: 1.0 for w in tiling}
         rows = tuple(sorted(arrived))[: self.n - self.s]
         a = self.decoding_coefficients(arrived)
         return {w: float(c) for w, c in zip(rows, a)}
@@ -260,6 +321,9 @@ register_scheme(SchemeSpec(
 register_scheme(SchemeSpec(
     "gc-cyclic", lambda n, p: GCCyclic(n, p.s, jobs=p.jobs), params=("stragglers",), grid=_s_grid, color="C0",
     description="cyclic gradient code: any n-s workers decode"))
+register_scheme(SchemeSpec(
+    "gc-binary", lambda n, p: GCBinary(n, p.s, jobs=p.jobs), params=("stragglers",), grid=_s_grid, color="C4",
+    description="0/1 fractional repetition for any (n, s): one survivor per group decodes, exactly"))
 register_scheme(SchemeSpec(
     "ignore-stragglers", lambda n, p: IgnoreStragglers(n, p.s, jobs=p.jobs), params=("stragglers",),
     grid=_s_grid, tunable=False, color="C5",

@@ -38,6 +38,7 @@ from dcoord.coding.base import (
     register_scheme,
 )
 from dcoord.coding.gc import cyclic_encoding_matrix, cyclic_support, solve_decoding
+from dcoord.coding.stable import stable_cyclic_matrix
 
 __all__ = ["SRSGC", "MSGC", "InnerCode", "srsgc_s", "srsgc_load", "msgc_load"]
 
@@ -70,9 +71,11 @@ def _int_param(name: str, value, minimum: int) -> int:
 class InnerCode:
     """An (n, s) gradient code over n equal parts: row i is worker i's task; any n-s rows decode.
 
-    ``kind="fr"`` (fractional repetition, binary, exact; needs (s+1) | n) or ``"cyclic"`` (Tandon's cyclic
-    repetition from dcoord.coding.gc); ``"auto"`` picks fr when (s+1) | n because its decoding
-    coefficients are 0/1 and need no solve, else cyclic. The matrix is built lazily: the simulator never
+    ``kind="fr"`` (fractional repetition, binary, exact; needs (s+1) | n), ``"cyclic"`` (cyclic repetition
+    with the best-conditioned coefficients of dcoord.coding.stable) or ``"tandon"`` (Tandon's random cyclic
+    construction, kept for comparison); ``"auto"`` picks fr when (s+1) | n because its decoding
+    coefficients are 0/1 and need no solve, else cyclic. (gc-binary cannot serve here: both schemes count
+    delivered rows, which needs any n-s rows to decode.) The matrix is built lazily: the simulator never
     needs it.
     """
 
@@ -81,8 +84,8 @@ class InnerCode:
             raise SchemeError(f"inner gradient code needs 0 <= s < workers (got s={s}, workers={n})")
         if kind == "auto":
             kind = "fr" if n % (s + 1) == 0 else "cyclic"
-        if kind not in ("fr", "cyclic"):
-            raise SchemeError(f"inner code must be 'auto', 'fr' or 'cyclic' (got {kind!r})")
+        if kind not in ("fr", "cyclic", "tandon"):
+            raise SchemeError(f"inner code must be 'auto', 'fr', 'cyclic' or 'tandon' (got {kind!r})")
         if kind == "fr" and n % (s + 1):
             raise SchemeError(f"inner code 'fr' needs (s+1) | workers (got s={s}, workers={n})")
         self.n, self.s, self.kind, self.seed = n, s, kind, seed
@@ -100,8 +103,10 @@ class InnerCode:
                 for a in range(self.n // g):
                     B[a * g:(a + 1) * g, a * g:(a + 1) * g] = 1.0
                 self._B = B
-            else:
+            elif self.kind == "tandon":
                 self._B = cyclic_encoding_matrix(self.n, self.s, self.seed)
+            else:
+                self._B = stable_cyclic_matrix(self.n, self.s)
         return self._B
 
     def row(self, i: int) -> tuple[tuple[int, ...], tuple[float, ...]]:

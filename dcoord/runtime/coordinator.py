@@ -28,8 +28,8 @@ from dcoord.runtime.messages import Assignment, ModelState, Result, Shutdown, Ta
 from dcoord.runtime.rundir import RunDir
 from dcoord.runtime.tensors import PayloadError, check_array, flat_grads_to_model, flat_params, from_proto
 from dcoord.wire import StatusInfo
-from dcoord.workloads import batch_indices
-from dcoord.workloads import load as load_workload
+from dcoord.workloads import batch_indices, evaluate
+from dcoord.workloads.data import load_checked
 
 log = logging.getLogger("dcoord.coordinator")
 
@@ -64,7 +64,7 @@ class Coordinator:
         self.job_id = job_id or f"{cfg.name}-{uuid.uuid4().hex[:8]}"
         self.scheme: Scheme = cfg.make_scheme()
         self.n = cfg.workers
-        self.workload = load_workload(cfg.workload, cfg.seed)
+        self.workload = load_checked(cfg)
         self.models = [copy.deepcopy(self.workload.model) for _ in range(self.scheme.models)]
         self.optimizers = [make_optimizer(cfg, m, i) for i, m in enumerate(self.models)]
         self.steps = [0] * len(self.models)
@@ -101,6 +101,7 @@ class Coordinator:
         self.bytes_in = self.bytes_out = 0  # tensor bytes on the gRPC work stream (service.py counts them)
         self.wait_all_fallbacks = 0
         self.round_observers: list = []  # f(record, coord) after each round (runtime/metrics.py)
+        self.cpu_s: Counter[str] = Counter()  # this round's coordinator CPU time: receive, decode, step, send
         self.started = time.monotonic()
         self.round_closed = asyncio.Event()
         self._registered = asyncio.Event()
@@ -174,6 +175,7 @@ class Coordinator:
 
     # -- the round path ----------------------------------------------------------------------------
     def _assignment(self, r: int, worker: int) -> Assignment:
+        t_send = time.thread_time()
         specs, needed = [], {}
         for t in self.round_tasks.get(worker, []):
             version, params = self.job_params[t.job]
@@ -191,6 +193,7 @@ class Coordinator:
                                          params=TensorData(tuple(p.shape), str(p.dtype))))
         else:
             models = [ModelState(model=m, version=v, params=TensorData.of(p)) for (m, v), p in needed.items()]
+        self.cpu_s["send"] += time.thread_time() - t_send
         return Assignment(job_id=self.job_id, round=r, tasks=specs, models=models,
                           deadline_unix=time.time() + self.cfg.runtime.round_timeout_s)
 
@@ -199,6 +202,7 @@ class Coordinator:
         self.arrived = set()
         self.compute_round: dict[int, float] = {}
         self.bytes_round = 0
+        self.cpu_s = Counter()
         self.round_tasks = self.scheme.tasks(r)
         for tasks in self.round_tasks.values():
             for t in tasks:
@@ -224,6 +228,13 @@ class Coordinator:
         """Validate one result message; store it and return True when it counts for the current round.
 
         ``arrays``: the task payloads when they came on a data plane (then ``res`` carries none)."""
+        t_recv = time.thread_time()
+        try:
+            return self._handle_result(res, conn, arrays)
+        finally:
+            self.cpu_s["receive"] += time.thread_time() - t_recv
+
+    def _handle_result(self, res: Result, conn: WorkerConn | None, arrays: list[np.ndarray] | None) -> bool:
         if res.job_id != self.job_id:
             self.reject("wrong-job", f"job_id {res.job_id!r}")
             return False
@@ -345,9 +356,12 @@ class Coordinator:
         return True
 
     def _decode_and_step(self, job: int) -> dict:
+        t_dec = time.thread_time()
         coeffs = self.scheme.decode(job)
         msgs = self.stored.pop(job, {})
         g = combine(coeffs, msgs, self.num_params)
+        t_step = time.thread_time()
+        self.cpu_s["decode"] += t_step - t_dec
         residual = float(self.scheme.last_residual)
         self.max_residual = max(self.max_residual, residual)
         m = self.scheme.model_of(job)
@@ -359,6 +373,7 @@ class Coordinator:
         flat_grads_to_model(self.models[m], g)
         self.optimizers[m].step()
         self.steps[m] += 1
+        self.cpu_s["step"] += time.thread_time() - t_step
         losses = self.part_losses.pop(job, {})
         nparts = self.scheme.num_parts()
         loss = sum(losses.values()) if len(losses) == nparts else None  # private runs send no losses
@@ -411,6 +426,7 @@ class Coordinator:
                     "decode_residual": max((j["residual"] for j in jobs), default=0.0),
                     "compute_s": dict(sorted(self.compute_round.items())),
                     "bytes_received": self.bytes_round, "dropped_late_results": self.dropped_late,
+                    "coordinator_cpu_s": {k: self.cpu_s[k] for k in ("receive", "decode", "step", "send")},
                     "rejected": dict(self.rejected),
                 }
                 if self.privacy is not None and jobs:
@@ -430,16 +446,16 @@ class Coordinator:
             self.state = "failed"
             self.message = str(exc)
             self._shutdown_all(f"run failed: {exc}")
+            self.close_data_plane()
             self.rundir.checkpoint(self._checkpoint_state())
             self.rundir.close()
             raise
-        finally:
-            self.close_data_plane()
         self.state = "done"
         summary = self.summary()
         self.rundir.finish(summary, self.models[0].state_dict() if len(self.models) == 1
                            else [m.state_dict() for m in self.models])
         self._shutdown_all("run complete")
+        self.close_data_plane()  # after the stop messages are queued: workers waiting on it end cleanly
         return summary
 
     def _shutdown_all(self, reason: str) -> None:
@@ -449,16 +465,11 @@ class Coordinator:
         self.round_closed.set()
 
     def final_losses(self) -> list[float]:
-        wl = self.workload
-        with torch.no_grad():
-            return [float(wl.loss_fn(m(wl.X), wl.y)) for m in self.models]
+        return [evaluate.train_loss(self.workload, m) for m in self.models]
 
     def test_accuracy(self) -> list[float] | None:
-        wl = self.workload
-        if wl.X_test is None or wl.y_test is None or wl.y_test.dtype != torch.long:
-            return None
-        with torch.no_grad():
-            return [float((m(wl.X_test).argmax(1) == wl.y_test).float().mean()) for m in self.models]
+        accs = [evaluate.test_accuracy(self.workload, m) for m in self.models]
+        return None if any(a is None for a in accs) else accs  # type: ignore[return-value]
 
     def summary(self) -> dict:
         wall = time.monotonic() - self.started

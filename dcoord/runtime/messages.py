@@ -13,7 +13,7 @@ import numpy as np
 
 @dataclass
 class TensorData:
-    """A dense tensor as it travels: shape, dtype name ("float32"/"float64") and little-endian bytes.
+    """A dense tensor as it travels: shape, dtype name ("float32"/"float64"/"bfloat16") and little-endian bytes.
 
     Validate with ``dcoord.runtime.tensors.from_proto`` before trusting it."""
 

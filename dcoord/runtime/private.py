@@ -92,6 +92,12 @@ class WorkerPrivacy:
     def part_message(self, model: torch.nn.Module, loss_fn, X: torch.Tensor, y: torch.Tensor, *, job: int,
                      part: int, params: np.ndarray, prev: np.ndarray | None) -> np.ndarray:
         """m_j for part ``part`` of round ``job`` as float64 (identical on every replica of the part)."""
+        return self.part_message_tensor(model, loss_fn, X, y, job=job, part=part, params=params,
+                                        prev=prev).cpu().numpy()
+
+    def part_message_tensor(self, model: torch.nn.Module, loss_fn, X: torch.Tensor, y: torch.Tensor, *,
+                            job: int, part: int, params: np.ndarray, prev: np.ndarray | None) -> torch.Tensor:
+        """``part_message`` as a float64 tensor on the samples' device (GPU workers copy once per result)."""
         spec = round_spec(self.mech, job, params, prev)
         if self.key is not None:  # trust: workers: one answer per (job, partition)
             self.ledger.check(job, part, params_digest(params, prev if spec.kind == "difference" else None))
@@ -99,7 +105,7 @@ class WorkerPrivacy:
         prev_t = None if prev is None else torch.from_numpy(np.ascontiguousarray(prev)).to(X.device)
         m = worker_message(model, loss_fn, X, y, spec=spec, partition=part, key=self.key, params=flat,
                            prev_params=prev_t if spec.kind == "difference" else None)
-        return m.detach().cpu().numpy().astype(np.float64)
+        return m.detach().double()
 
 
 class CoordinatorPrivacy:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import torch
 
 from dcoord.errors import PayloadError as PayloadError  # re-exported
 from dcoord.runtime.messages import TensorData
 
-_DTYPES = {"float32": np.float32, "float64": np.float64}
+_DTYPES = {"float32": np.float32, "float64": np.float64, "bfloat16": ml_dtypes.bfloat16}
 
 
 def flat_params(model: torch.nn.Module) -> np.ndarray:
@@ -20,6 +21,9 @@ def load_flat_params(model: torch.nn.Module, flat: np.ndarray) -> None:
     """Write a flat vector back into the model's parameters (in place, no autograd)."""
     flat = np.ascontiguousarray(flat)
     vec = torch.from_numpy(flat if flat.flags.writeable else flat.copy())  # wire buffers are read-only
+    first = next(iter(model.parameters()), None)
+    if first is not None and first.device.type != "cpu":
+        vec = vec.to(first.device)  # one host-to-device copy, not one per parameter
     offset = 0
     with torch.no_grad():
         for p in model.parameters():
@@ -40,6 +44,25 @@ def flat_grads_to_model(model: torch.nn.Module, flat: np.ndarray) -> None:
         offset += n
 
 
+def round_payload(acc: np.ndarray, dtype: str) -> np.ndarray:
+    """A float64 message rounded once, to nearest (ties to even), into the payload dtype.
+
+    bfloat16 is rounded here rather than by ml_dtypes, whose float64 cast goes through float32 and so
+    rounds twice (1 + 2^-8 + 2^-30 would become 1 instead of 1 + 2^-7). Values below float32's normal
+    range (< 1.2e-38) may still round twice; they are zero for any gradient's purposes.
+    """
+    if dtype == "float64":
+        return np.asarray(acc, dtype=np.float64)
+    if dtype == "float32":
+        return np.asarray(acc, dtype=np.float64).astype(np.float32)
+    if dtype == "bfloat16":
+        m, e = np.frexp(np.asarray(acc, dtype=np.float64))
+        r = np.ldexp(np.rint(np.ldexp(m, 8)), e - 8)  # 8 significant bits, exact in float64
+        with np.errstate(over="ignore"):  # beyond bfloat16's range: inf, as a cast would give
+            return r.astype(np.float32).astype(ml_dtypes.bfloat16)  # both casts exact now
+    raise PayloadError(f"unsupported payload dtype {dtype!r} (float64, float32 or bfloat16)")
+
+
 def from_proto(t: TensorData, expect_size: int | None = None, check_finite: bool = True) -> np.ndarray:
     """Decode and validate a wire tensor (TensorData or its protobuf twin); every failure is a PayloadError."""
     if t.dtype not in _DTYPES:
@@ -51,6 +74,8 @@ def from_proto(t: TensorData, expect_size: int | None = None, check_finite: bool
     if expect_size is not None and count != expect_size:
         raise PayloadError(f"wrong shape: {count} values, expected {expect_size}")
     arr = np.frombuffer(t.data, dtype=dtype).reshape(tuple(t.shape))
+    if t.dtype == "bfloat16":  # exact widening, so decoding and the data plane see a plain float dtype
+        arr = arr.astype(np.float32)
     if check_finite and not np.all(np.isfinite(arr)):
         raise PayloadError("non-finite values (NaN or Inf)")
     return arr

@@ -11,6 +11,7 @@ import logging
 import os
 import queue
 import socket
+import sys
 import threading
 import time
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from dcoord.config import load_config
-from dcoord.errors import DcoordError
+from dcoord.errors import DataPlaneError, DcoordError
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
 from dcoord.runtime.compute import TaskComputer
@@ -27,7 +28,7 @@ from dcoord.runtime.security import ClientSecurity, data_plane_client_context, o
 from dcoord.runtime.service import GRPC_OPTIONS
 from dcoord.runtime.tensors import from_proto, load_flat_params
 from dcoord.wire.chunking import pack_result, send_payloads
-from dcoord.workloads import load as load_workload
+from dcoord.workloads.data import load_checked
 
 log = logging.getLogger("dcoord.worker")
 
@@ -59,6 +60,18 @@ class _Inbox:
         with self.cv:
             self.closed = reason
             self.cv.notify_all()
+
+    def wait_closed_or_shutdown(self, timeout: float) -> bool:
+        """True when the stream ended or a shutdown arrived within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self.cv:
+            while True:
+                if self.closed is not None or any(m.HasField("shutdown") for m in self.items):
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cv.wait(min(left, 0.5))
 
     def latest(self) -> pb.CoordinatorMessage | None:
         with self.cv:
@@ -132,13 +145,15 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
                                             requested_id=requested_id, device=str(dev)), address, connect_timeout)
     cfg = load_config(None, data=__import__("yaml").safe_load(reg.job_config_yaml))
     check_workload(cfg.workload, allowed_from_env() if allow_workloads is None else allow_workloads)
+    if device is None and cfg.device != "auto":
+        dev = pick_device(cfg.device)  # no --device flag: the job config's device
     wid, job_id, session = reg.worker_id, reg.job_id, reg.session
     if data_plane is not None and wid != data_plane.rank - 1:
         raise DcoordError(f"rank {data_plane.rank} was given worker id {wid}, not {data_plane.rank - 1}; "
                           "its data-plane payloads could not be paired with its results")
     scheme = cfg.make_scheme()
     stragglers = cfg.straggler_model()
-    workload = load_workload(cfg.workload, cfg.seed)
+    workload = load_checked(cfg)
     check_privacy(cfg, workload, max_epsilon)
     privacy = None
     from dcoord.privacy.mechanisms import PrivacyError
@@ -153,7 +168,8 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
         except (PrivacyError, OSError) as exc:
             raise DcoordError(f"worker: {exc}") from None
     computer = TaskComputer(workload, scheme.part_fractions(), cfg.batch_size,
-                            cfg.seed, models=scheme.models, device=dev, shards=cfg.shards, privacy=privacy)
+                            cfg.seed, models=scheme.models, device=dev, shards=cfg.shards, privacy=privacy,
+                            loader_workers=cfg.runtime.loader_workers)
     dtype = cfg.coding.payload_dtype
     if reg.data_port and data_plane is None:  # transport: tcp -- models and payloads on our own sockets
         from dcoord.runtime.transport.tcp_dp import TcpDataPlane
@@ -165,7 +181,7 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
                                       server_hostname=(security.server_name if security else None) or host)
         except (OSError, DcoordError) as exc:
             raise DcoordError(f"worker {wid}: cannot open the data plane at {host}:{reg.data_port}: {exc}") from None
-    log.info("worker %d of job %s on %s", wid, job_id, dev)
+    print(f"worker {wid} of job {job_id} on {dev}", file=sys.stderr, flush=True)
 
     outbox: queue.Queue = queue.Queue()
     outbox.put(pb.WorkerMessage(hello=pb.Hello(job_id=job_id, worker_id=wid, session=session)))
@@ -200,14 +216,21 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
             if msg is None or msg.HasField("shutdown"):
                 break
             a = msg.assignment
-            for ms in a.models:
-                if ms.params_on_data_plane:
-                    if not hasattr(data_plane, "model"):
-                        raise DcoordError("the coordinator sent models on a data plane this worker does not have")
-                    cache[(ms.model, ms.version)] = data_plane.model(ms.model, ms.version,
-                                                                     cfg.runtime.round_timeout_s)
-                else:
-                    cache[(ms.model, ms.version)] = from_proto(ms.params)
+            try:
+                for ms in a.models:
+                    if ms.params_on_data_plane:
+                        if not hasattr(data_plane, "model"):
+                            raise DcoordError("the coordinator sent models on a data plane this worker does not have")
+                        cache[(ms.model, ms.version)] = data_plane.model(ms.model, ms.version,
+                                                                         cfg.runtime.round_timeout_s)
+                    else:
+                        cache[(ms.model, ms.version)] = from_proto(ms.params)
+            except DataPlaneError:
+                # the job may have ended while this straggler waited for a model: the coordinator closes its
+                # data plane right after telling every worker to stop; that is a normal end, not a failure
+                if inbox.wait_closed_or_shutdown(timeout=5.0):
+                    break
+                raise
             t0 = time.perf_counter()
             result = pb.Result(job_id=job_id, round=a.round, worker_id=wid,  # built in place: no payload copies
                                session=session)
@@ -217,9 +240,9 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
                     privacy.ledger.begin_round(a.round)
                 for t in a.tasks:
                     load_flat_params(computer.model, cache[(t.model, t.model_version)])
-                    payload, losses = computer.coded(t.job, list(t.parts), list(t.coeffs), dtype,
-                                                     params=cache[(t.model, t.model_version)],
-                                                     prev=cache.get((t.model, t.model_version - 1)))
+                    payload, losses = computer.coded_device(t.job, list(t.parts), list(t.coeffs), dtype,
+                                                            params=cache[(t.model, t.model_version)],
+                                                            prev=cache.get((t.model, t.model_version - 1)))
                     result.tasks.add(job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
                                      losses=[pb.PartLoss(part=p, loss=v) for p, v in losses.items()])
                     payloads.append(payload)
@@ -228,6 +251,11 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
                 continue
             if privacy is not None:
                 privacy.ledger.answered_round(a.round)
+            # GPU: one pinned copy per result, into a buffer reused by the next result. Safe on every path:
+            # pack_result copies the bytes into protobuf messages; send_payloads (tcp: sendall returns with
+            # the bytes in the kernel; mpi/torch: wait_sent below) is done with the arrays before the next
+            # compute writes the buffer again.
+            payloads = computer.to_host(payloads, dtype)
             emulated = cfg.runtime.emulate_part_s * sum(len(t.parts) for t in a.tasks)
             emulated += cfg.runtime.emulate_job_s * sum(float(computer.fractions[list(t.parts)].sum()) for t in a.tasks)
             if emulated > 0:

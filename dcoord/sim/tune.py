@@ -3,7 +3,7 @@ measured delay profile and keep the fastest.
 
 Grids (documented because they decide what "best" means; each is declared beside its scheme's class and
 read from the registry):
-- gc-cyclic / ignore-stragglers: s over ``s_grid`` (default 1..8 then roughly geometric up to n/2; larger s
+- gc-cyclic / gc-binary / ignore-stragglers: s over ``s_grid`` (default 1..8 then roughly geometric up to n/2; larger s
   only adds load); gc-fr: the same grid restricted to (s+1) | n; uncoded: no parameter.
 - sr-sgc: B = 1..max_delay (T = B), W = 1 + k B for W <= max_window, lambda over ``lambda_grid``.
 - m-sgc: 1 <= B < W with T = W-2+B <= max_delay, lambda over ``lambda_grid``.

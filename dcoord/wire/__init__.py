@@ -25,8 +25,8 @@ __all__ = ["StatusInfo", "coordinator_message", "fill_proto", "payload_bytes", "
            "status_from_proto", "status_to_dict", "status_to_proto", "tensor_nbytes",
            "to_proto"]
 
-_DTYPES = ("float32", "float64")
-_ITEMSIZE = {"float32": 4, "float64": 8}
+_DTYPES = ("float32", "float64", "bfloat16")  # bfloat16: ml_dtypes arrays (coding.payload_dtype)
+_ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2}
 
 
 # -- tensors --------------------------------------------------------------------------------------------

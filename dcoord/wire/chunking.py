@@ -17,7 +17,7 @@ from dcoord.wire import fill_proto
 
 #: default chunk size (runtime.stream_chunk_bytes); payloads no larger than this travel inline
 DEFAULT_CHUNK_BYTES = 1 << 20
-_ITEMSIZE = {"float32": 4, "float64": 8}
+_ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2}
 
 
 def pack_result(result: pb.Result, payloads: list[np.ndarray], chunk_bytes: int) -> list[pb.WorkerMessage]:

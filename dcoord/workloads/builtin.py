@@ -1,4 +1,5 @@
-"""Built-in workloads small enough to train in seconds on a laptop CPU."""
+"""Built-in workloads: digits/synthetic toys that train in seconds on a laptop CPU, and two real-scale
+Dataset workloads (``resnet18-cifar``, ``gpt-char``) with small settings through ``workload_args``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from dcoord.workloads.base import Workload, register_workload
+from dcoord.workloads.cifar import check_args as check_cifar_args
+from dcoord.workloads.cifar import resnet18_cifar
+from dcoord.workloads.gptchar import check_args as check_gpt_args
+from dcoord.workloads.gptchar import gpt_char
 from dcoord.workloads.housing import housing_mlp
 
 
@@ -57,6 +62,13 @@ BUILTINS = {
     "mlp-digits": mlp_digits,
     "linreg-synthetic": linreg_synthetic,
     "housing-mlp": housing_mlp,
+    "resnet18-cifar": resnet18_cifar,
+    "gpt-char": gpt_char,
 }
+
+# value checks of the built-ins' workload_args, run when the config is validated and on load
+# (argument names are checked against the function's signature for every registered workload)
+_ARG_CHECKS = {"resnet18-cifar": check_cifar_args, "gpt-char": check_gpt_args}
+
 for _name, _fn in BUILTINS.items():
-    register_workload(_name, _fn)
+    register_workload(_name, _fn, check=_ARG_CHECKS.get(_name))
