@@ -98,6 +98,9 @@ class Coordinator:
         self.max_residual = 0.0
         self.last_loss = math.nan
         self.bytes_round = 0
+        self.bytes_in = self.bytes_out = 0  # tensor bytes on the gRPC work stream (service.py counts them)
+        self.wait_all_fallbacks = 0
+        self.round_observers: list = []  # f(record, coord) after each round (runtime/metrics.py)
         self.cpu_s: Counter[str] = Counter()  # this round's coordinator CPU time: receive, decode, step, send
         self.started = time.monotonic()
         self.round_closed = asyncio.Event()
@@ -304,6 +307,7 @@ class Coordinator:
             elif first is not None and now >= start + (1 + mu) * (first - start):
                 if not fallback and not ok and self.cfg.coding.wait == "all":
                     fallback = True
+                    self.wait_all_fallbacks += 1
                 if ok and not fallback:
                     return arrived
             # can the workers still alive finish this round?
@@ -429,6 +433,8 @@ class Coordinator:
                     record["epsilon"] = jobs[-1]["epsilon"]
                 record.update(self.scheme.round_info(r))
                 self.rundir.log_round(record)
+                for observe in self.round_observers:
+                    observe(record, self)
                 ce = self.cfg.runtime.checkpoint_every
                 if ce and (r + 1) % ce == 0:
                     self.rundir.checkpoint(self._checkpoint_state())
