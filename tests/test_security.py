@@ -545,11 +545,10 @@ def test_tcp_data_plane_with_token_and_mutual_tls_equals_gd_and_refuses_plaintex
     for t in threads:
         t.join(60)
     assert len(errors) == 2, errors  # neither intruder got a data-plane connection
-    # every worker got through TLS (all registered and computed); with s = 1 a straggler may still be waiting
-    # for a model on the data plane when the job ends and sees it close (transport: tcp behaviour, not TLS)
+    # every worker got through TLS, computed, and ended cleanly (a straggler that was still waiting for a model
+    # when the job ended stops at the shutdown, it does not fail)
     ok = [w for w, r in done.items() if isinstance(r, int) and r >= 1]
-    assert len(done) == cfg.workers and len(ok) >= cfg.workers - 1, done
-    assert all("connection closed" in str(r) for w, r in done.items() if w not in ok), done
+    assert len(done) == cfg.workers and len(ok) == cfg.workers, done
     assert summary["rounds_completed"] == 5 and summary["rejected_results"] == {}
     assert summary["refused"].get("data-plane-handshake", 0) >= 2, summary["refused"]
     assert set(summary["refused"]) == {"data-plane-handshake"}, summary["refused"]

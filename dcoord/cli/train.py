@@ -6,6 +6,8 @@ import asyncio
 import sys
 
 from dcoord.cli.options import add_resume_options, address, job_args, load_job, out_and_mode
+from dcoord.runtime.health import add_health_options, health_port, start_health_server
+from dcoord.runtime.metrics import add_metrics_options, metrics_hook
 
 
 def cmd_run(args) -> int:
@@ -20,7 +22,7 @@ def cmd_run(args) -> int:
     from dcoord.coding.precision import print_precision  # issue 16: decode amplification, warned when high
 
     print_precision(cfg, console)
-    summary = run_local(cfg, out, progress=not args.quiet, mode=mode)
+    summary = run_local(cfg, out, progress=not args.quiet, mode=mode, on_started=metrics_hook(args, "127.0.0.1"))
     console.print(summary_table(summary))
     console.print(f"run directory: {out}")
     return 0
@@ -37,10 +39,16 @@ def cmd_coordinator(args) -> int:
     security = security_from_args(args, "coordinator")
     cfg = load_job(args)
     out, mode = out_and_mode(args, cfg)
+    host = args.listen.rpartition(":")[0].strip("[]")
+    start_metrics = metrics_hook(args, host)
+    health_port(args)  # a bad $DCOORD_HEALTH_PORT fails before the job loads
 
     async def main() -> dict:
         coord = resume.make_coordinator(cfg, out, mode)
+        probe = await start_health_server(args, host)
         server, port = await start_server(coord, args.listen, security=security)
+        if start_metrics:
+            start_metrics(coord)
         print(f"coordinator for job {coord.job_id} listening on port {port}; "
               f"waiting for {cfg.workers} workers", file=sys.stderr, flush=True)
         loop, stopped = asyncio.get_running_loop(), []
@@ -56,6 +64,8 @@ def cmd_coordinator(args) -> int:
             resume.remove_signal_handlers(loop)
             await asyncio.sleep(0.2)
             await server.stop(grace=1.0)
+            if probe is not None:
+                await probe.stop(grace=None)
 
     summary = asyncio.run(main())
     Console().print(summary_table(summary))
@@ -81,6 +91,7 @@ def register(sub) -> None:
     sp = sub.add_parser("run", help="coordinator + N local worker processes over loopback gRPC")
     job_args(sp)
     add_resume_options(sp)
+    add_metrics_options(sp)
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("coordinator", help="run a coordinator that waits for remote workers")
@@ -90,6 +101,8 @@ def register(sub) -> None:
                     help="HOST:PORT to listen on [DCOORD_LISTEN]")
     add_security_options(sp, "coordinator")
     sp.add_argument("--wait-workers", type=float, default=600.0, help="seconds to wait for all workers")
+    add_metrics_options(sp)
+    add_health_options(sp)
     sp.set_defaults(func=cmd_coordinator)
 
     sp = sub.add_parser("worker", help="a worker that joins a coordinator")

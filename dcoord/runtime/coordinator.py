@@ -100,6 +100,9 @@ class Coordinator:
         self.max_residual = 0.0
         self.last_loss = math.nan
         self.bytes_round = 0
+        self.bytes_in = self.bytes_out = 0  # tensor bytes on the gRPC work stream (service.py counts them)
+        self.wait_all_fallbacks = 0
+        self.round_observers: list = []  # f(record, coord) after each round (runtime/metrics.py)
         self.cpu_s: Counter[str] = Counter()  # this round's coordinator CPU time: receive, decode, step, send
         self.started = time.monotonic()
         self.round_closed = asyncio.Event()
@@ -328,6 +331,7 @@ class Coordinator:
             elif first is not None and now >= start + (1 + mu) * (first - start):
                 if not fallback and not ok and self.cfg.coding.wait == "all":
                     fallback = True
+                    self.wait_all_fallbacks += 1
                 if ok and not fallback:
                     return arrived
             # can the workers still alive finish this round?
@@ -553,6 +557,8 @@ class Coordinator:
                     record["epsilon"] = jobs[-1]["epsilon"]
                 record.update(self.scheme.round_info(r))
                 self.rundir.log_round(record)
+                for observe in self.round_observers:
+                    observe(record, self)
                 self.phase = "boundary"
                 ce = self.cfg.runtime.checkpoint_every
                 if ce and (r + 1) % ce == 0:
@@ -565,19 +571,19 @@ class Coordinator:
             self.state = "failed"
             self.message = str(exc)
             self._shutdown_all(f"run failed: {exc}")
+            self.close_data_plane()
             try:
                 self.save_checkpoint()
             except Exception as ckexc:  # noqa: BLE001 - e.g. the disk is full: keep the original error
                 log.warning("could not write the final checkpoint: %s", ckexc)
             self.rundir.close()
             raise
-        finally:
-            self.close_data_plane()
         self.state = "done"
         summary = self.summary()
         self.rundir.finish(summary, self.models[0].state_dict() if len(self.models) == 1
                            else [m.state_dict() for m in self.models])
         self._shutdown_all("run complete")
+        self.close_data_plane()  # after the stop messages are queued: workers waiting on it end cleanly
         return summary
 
     def _shutdown_all(self, reason: str) -> None:

@@ -29,7 +29,7 @@ from dcoord.runtime.security import (
     server_interceptors,
 )
 from dcoord.runtime.sessions import new_session, public_config_yaml, session_ok
-from dcoord.wire import coordinator_message, result_from_proto, status_to_proto
+from dcoord.wire import coordinator_message, payload_bytes, result_from_proto, status_to_proto
 from dcoord.wire.chunking import ChunkAssembler
 
 log = logging.getLogger("dcoord.service")
@@ -154,6 +154,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             try:
                 async for msg in request_iterator:
                     conn.last_seen = time.monotonic()
+                    c.bytes_in += payload_bytes(msg)
                     if msg.HasField("chunk"):
                         if c.state == "running":  # nothing is buffered before the job runs
                             chunks.add(msg.chunk)
@@ -186,7 +187,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 msg = await conn.outbox.get()
                 if msg is None:
                     break
-                yield coordinator_message(msg)
+                out = coordinator_message(msg)
+                c.bytes_out += payload_bytes(out)
+                yield out
                 if isinstance(msg, Shutdown):
                     break
         finally:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from dcoord.config import load_config
-from dcoord.errors import DcoordError
+from dcoord.errors import DataPlaneError, DcoordError
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
 from dcoord.runtime.compute import TaskComputer
@@ -60,6 +60,18 @@ class _Inbox:
         with self.cv:
             self.closed = reason
             self.cv.notify_all()
+
+    def wait_closed_or_shutdown(self, timeout: float) -> bool:
+        """True when the stream ended or a shutdown arrived within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self.cv:
+            while True:
+                if self.closed is not None or any(m.HasField("shutdown") for m in self.items):
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cv.wait(min(left, 0.5))
 
     def latest(self) -> pb.CoordinatorMessage | None:
         with self.cv:
@@ -258,14 +270,22 @@ def _serve(stub, reg: pb.RegisterReply, session: str, wid: int, job_id: str, cfg
             if msg is None or msg.HasField("shutdown"):
                 return msg is not None, inbox.closed, computed
             a = msg.assignment
-            for ms in a.models:
-                if ms.params_on_data_plane:
-                    if not hasattr(data_plane, "model"):
-                        raise DcoordError("the coordinator sent models on a data plane this worker does not have")
-                    cache[(ms.model, ms.version)] = data_plane.model(ms.model, ms.version,
-                                                                     cfg.runtime.round_timeout_s)
-                else:
-                    cache[(ms.model, ms.version)] = from_proto(ms.params)
+            try:
+                for ms in a.models:
+                    if ms.params_on_data_plane:
+                        if not hasattr(data_plane, "model"):
+                            raise DcoordError("the coordinator sent models on a data plane this worker does not have")
+                        cache[(ms.model, ms.version)] = data_plane.model(ms.model, ms.version,
+                                                                         cfg.runtime.round_timeout_s)
+                    else:
+                        cache[(ms.model, ms.version)] = from_proto(ms.params)
+            except DataPlaneError:
+                # the job may have ended while this straggler waited for a model: the coordinator closes its
+                # data plane right after telling every worker to stop; that is a normal end, not a failure
+                if inbox.wait_closed_or_shutdown(timeout=5.0):
+                    last_msg = inbox.latest()  # a shutdown if one came (it wins over assignments), else None
+                    return last_msg is not None and last_msg.HasField("shutdown"), inbox.closed, computed
+                raise
             t0 = time.perf_counter()
             result = pb.Result(job_id=job_id, round=a.round, worker_id=wid,  # built in place: no payload copies
                                session=session)

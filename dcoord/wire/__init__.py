@@ -6,6 +6,7 @@ runtime/client.py) import the generated ``coordinator_pb2`` modules (tests/test_
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -20,10 +21,12 @@ from dcoord.runtime.messages import (
     TensorData,
 )
 
-__all__ = ["StatusInfo", "coordinator_message", "fill_proto", "result_from_proto", "result_to_proto",
-           "status_from_proto", "status_to_dict", "status_to_proto", "to_proto"]
+__all__ = ["StatusInfo", "coordinator_message", "fill_proto", "payload_bytes", "result_from_proto", "result_to_proto",
+           "status_from_proto", "status_to_dict", "status_to_proto", "tensor_nbytes",
+           "to_proto"]
 
 _DTYPES = ("float32", "float64", "bfloat16")  # bfloat16: ml_dtypes arrays (coding.payload_dtype)
+_ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2}
 
 
 # -- tensors --------------------------------------------------------------------------------------------
@@ -52,6 +55,28 @@ def _tensor_to_proto(t: TensorData) -> pb.Tensor:
 
 def _tensor_from_proto(t: pb.Tensor) -> TensorData:
     return TensorData(tuple(t.shape), t.dtype, t.data)
+
+
+# -- byte counting (metrics) -----------------------------------------------------------------------------
+def tensor_nbytes(t: pb.Tensor) -> int:
+    """Bytes of a wire Tensor from its shape and dtype: O(1), where reading ``t.data`` or calling
+    ``ByteSize()`` would copy or encode the payload (bench/metrics_overhead.py: as costly as serializing). Feeds the coordinator's
+    payload byte counters (runtime/metrics.py)."""
+    return math.prod(t.shape) * _ITEMSIZE.get(t.dtype, 0)
+
+
+def payload_bytes(msg: pb.WorkerMessage | pb.CoordinatorMessage) -> int:
+    """Tensor bytes one work-stream message carries (WorkerMessage or CoordinatorMessage).
+
+    A chunked result declares its tasks' shapes, so its chunks are counted through the result, not twice;
+    tensors sent over a data plane (tcp, torchrun, MPI) carry only their shape here and count 0 (the tcp
+    plane counts its own bytes, see ``data_plane_bytes``)."""
+    kind = msg.WhichOneof("kind")
+    if kind == "assignment":
+        return sum(tensor_nbytes(m.params) for m in msg.assignment.models if not m.params_on_data_plane)
+    if kind == "result" and not msg.result.payload_on_data_plane:
+        return sum(tensor_nbytes(t.payload) for t in msg.result.tasks)
+    return 0
 
 
 # -- coordinator -> worker ------------------------------------------------------------------------------

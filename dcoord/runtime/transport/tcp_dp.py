@@ -396,10 +396,17 @@ class TcpDataPlane(DataPlane):
             return self.models[(model, version)]
 
     def keep_models(self, keep: set[tuple[int, int]]) -> None:
-        """Forget every model version not in ``keep`` (the coordinator resends what a task needs)."""
+        """Forget the versions older than every one in ``keep`` of the same model.
+
+        Newer versions stay: a straggler's superseded assignments may already have brought the models of
+        later rounds, and the assignment it takes next needs them (the coordinator does not send them again).
+        """
+        oldest: dict[int, int] = {}
+        for m, v in keep:
+            oldest[m] = min(v, oldest.get(m, v))
         with self.cv:
-            for k in [k for k in self.models if k not in keep]:
-                del self.models[k]
+            for m, v in [k for k in self.models if k[0] in oldest and k[1] < oldest[k[0]]]:
+                del self.models[(m, v)]
 
     def close(self, clean: bool = True) -> None:
         try:

@@ -1,0 +1,172 @@
+"""Prometheus endpoint of the coordinator (``--metrics-port`` / ``$DCOORD_METRICS_PORT``).
+
+Why: on a cluster the run directory sits on a volume nobody watches while the job runs; Prometheus scrapes
+the coordinator instead. Most values are read from the live Coordinator at scrape time (a custom
+collector), so the round path pays nothing for them; only the round-latency histogram is fed once per
+round, through ``Coordinator.round_observers``.
+
+Exposed (all prefixed ``dcoord_``): rounds_total, round_duration_seconds (histogram), stragglers_total,
+wait_all_fallbacks_total, decode_residual / decode_residual_max, payload_bytes_received_total /
+payload_bytes_sent_total (tensors on the gRPC work stream and the tcp data plane),
+rejected_messages_total{reason}, dropped_late_results_total, workers_alive, workers_expected, and epsilon_spent when the job is private. Every series carries the label ``job_name``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import threading
+from collections import Counter
+from typing import Any
+
+ENV_PORT = "DCOORD_METRICS_PORT"
+
+
+def data_plane_bytes(coord: Any) -> tuple[int, int]:
+    """(received, sent) payload bytes on the coordinator's standalone tcp data plane (0, 0 without one).
+
+    The gRPC work stream's share is counted by service.py (``dcoord.wire.payload_bytes``)."""
+    server = coord.data_server
+    if server is None:
+        return 0, 0
+    return int(server.bytes_in), int(server.bytes_out)
+
+
+#: round latencies from a few ms (small models on loopback) to minutes (large models, slow workers)
+ROUND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class _LiveCollector:
+    """Reads the coordinator's own counters when Prometheus scrapes."""
+
+    def __init__(self, metrics: CoordinatorMetrics) -> None:
+        self.m = metrics
+
+    def describe(self):
+        return []  # values appear only once a coordinator exists; nothing to pre-declare
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        m, c = self.m, self.m.coord
+        job = [c.cfg.name]
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            f = CounterMetricFamily(f"dcoord_{name}", doc, labels=["job_name"])
+            f.add_metric(job, value)
+            return f
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            f = GaugeMetricFamily(f"dcoord_{name}", doc, labels=["job_name"])
+            f.add_metric(job, value)
+            return f
+
+        yield counter("rounds", "rounds closed (decoded and stepped)", m.rounds)
+        yield counter("stragglers", "worker-rounds that did not deliver before the round closed", c.stragglers_seen)
+        yield counter("wait_all_fallbacks", "rounds whose stragglers did not fit the code, so the coordinator "
+                      "waited for every worker", c.wait_all_fallbacks)
+        yield gauge("decode_residual", "decode residual of the last round (0 = exact)", m.last_residual)
+        yield gauge("decode_residual_max", "largest decode residual so far", c.max_residual)
+        dp_in, dp_out = data_plane_bytes(c)
+        yield counter("payload_bytes_received", "tensor bytes received from workers (coded results) on the "
+                      "gRPC work stream and the tcp data plane", c.bytes_in + dp_in)
+        yield counter("payload_bytes_sent", "tensor bytes sent to workers (model parameters) on the gRPC work "
+                      "stream and the tcp data plane", c.bytes_out + dp_out)
+        rej = CounterMetricFamily("dcoord_rejected_messages", "messages refused, by reason: by the job (bad "
+                                  "results) or before reaching it (authentication, sessions, limits)",
+                                  labels=["job_name", "reason"])
+        reasons = Counter(dict(c.rejected))
+        reasons.update(dict(c.refused))
+        for reason, n in sorted(reasons.items()):
+            rej.add_metric(job + [reason], n)
+        yield rej
+        yield counter("dropped_late_results", "results that came after their round had closed", c.dropped_late)
+        yield gauge("workers_alive", "workers whose stream is up and heard from recently", c.alive_count())
+        yield gauge("workers_expected", "workers the job runs with", c.n)
+        yield gauge("last_loss", "training loss of the last decoded job (NaN when private)", c.last_loss)
+        if c.cfg.privacy is not None:
+            yield gauge("epsilon_spent", "privacy budget spent so far (epsilon at the job's delta)", m.epsilon)
+
+
+class CoordinatorMetrics:
+    """A Prometheus registry bound to one Coordinator; ``serve(port)`` starts the HTTP endpoint."""
+
+    def __init__(self, coord: Any, registry: Any = None) -> None:
+        # imported here so that `dcoord --help` does not pay for prometheus_client
+        from prometheus_client import CollectorRegistry, Histogram
+
+        self.coord = coord
+        self.registry = registry or CollectorRegistry()
+        self.rounds = 0
+        self.last_residual = 0.0
+        self.epsilon = 0.0
+        self._lock = threading.Lock()
+        self.round_seconds = Histogram("dcoord_round_duration_seconds", "wall time of one round, assign to step",
+                                       ["job_name"], buckets=ROUND_BUCKETS, registry=self.registry)
+        self.registry.register(_LiveCollector(self))
+        coord.round_observers.append(self.on_round)
+        self._server = None
+
+    def on_round(self, record: dict, coord: Any) -> None:
+        """Called by the coordinator after each round's record is written."""
+        with self._lock:
+            self.rounds += 1
+            self.last_residual = float(record.get("decode_residual") or 0.0)
+            eps = record.get("epsilon")
+            if eps is not None and math.isfinite(eps):
+                self.epsilon = float(eps)
+        self.round_seconds.labels(coord.cfg.name).observe(record["wall_s"])
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> int:
+        """Start the HTTP endpoint in a daemon thread; returns the bound port (``port=0``: a free one)."""
+        from prometheus_client import start_http_server
+
+        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._server.server_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+# -- the command-line face (called from cli.py with one line each) ----------------------------------------
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 <= int(value) < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number 0-65535 (0 = no metrics endpoint)")
+    return int(value)
+
+
+def add_metrics_options(parser: argparse.ArgumentParser) -> None:
+    """``--metrics-port`` on ``dcoord coordinator`` / ``dcoord run`` (default: $DCOORD_METRICS_PORT, else off)."""
+    env = os.environ.get(ENV_PORT, "").strip()
+    parser.add_argument("--metrics-port", type=_port, default=_port(env) if env.isdigit() else None,
+                        metavar="PORT", help=f"serve Prometheus metrics over HTTP on this port "
+                        f"(env {ENV_PORT}; 0 or unset = off)")
+    if env and not env.isdigit():
+        parser.set_defaults(_metrics_env_error=f"{ENV_PORT}={env!r} is not a port number; set 0-65535 or unset it")
+
+
+def metrics_hook(args: argparse.Namespace, host: str = "0.0.0.0"):
+    """An ``on_started(coord, ...)`` hook that starts the endpoint when a port was asked for, else None."""
+    from dcoord.errors import ConfigError
+
+    err = getattr(args, "_metrics_env_error", None)
+    if err and args.metrics_port is None:
+        raise ConfigError(err)
+    if not args.metrics_port:
+        return None
+
+    def start(coord: Any, *_ignored) -> CoordinatorMetrics:
+        m = CoordinatorMetrics(coord)
+        try:
+            m.serve(args.metrics_port, host)
+        except OSError as exc:
+            from dcoord.errors import DcoordError
+
+            raise DcoordError(f"--metrics-port {args.metrics_port}: cannot listen on {host} ({exc.strerror})") from None
+        return m
+
+    return start
