@@ -54,26 +54,38 @@ def _report(times: dict[int, list[float]]) -> None:
     print("RESULT " + json.dumps({str(k): v for k, v in times.items()}), flush=True)
 
 
-# -- raw socket -----------------------------------------------------------------------------------------
-def socket_server(port: int) -> None:
+# -- raw socket (plain, or TLS for the -tls baselines) -----------------------------------------------------
+def _recv_exact(conn, view: memoryview) -> bool:
+    got = 0
+    while got < len(view):
+        k = conn.recv_into(view[got:], len(view) - got)
+        if k == 0:
+            return False
+        got += k
+    return True
+
+
+def socket_server(port: int, tls: bool = False) -> None:
     srv = socket.create_server(("127.0.0.1", port))
     conn, _ = srv.accept()
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls:
+        conn = _server_ctx().wrap_socket(conn, server_side=True)
     bufs = {mb: bytearray(mb * 1_000_000) for mb in SIZES_MB}
-    while True:
-        head = conn.recv(8, socket.MSG_WAITALL)
-        if len(head) < 8 or int.from_bytes(head, "little") == 0:
-            return
+    head = bytearray(8)
+    while _recv_exact(conn, memoryview(head)):
         n = int.from_bytes(head, "little")
-        view, got = memoryview(bufs[n // 1_000_000]), 0
-        while got < n:
-            got += conn.recv_into(view[got:], n - got)
+        if n == 0:
+            return
+        _recv_exact(conn, memoryview(bufs[n // 1_000_000])[:n])
         conn.sendall(b"k")
 
 
-def socket_client(port: int) -> None:
+def socket_client(port: int, tls: bool = False) -> None:
     c = socket.create_connection(("127.0.0.1", port))
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls:
+        c = _client_ctx().wrap_socket(c, server_hostname="localhost")
     times: dict[int, list[float]] = {}
     for mb in SIZES_MB:
         data = memoryview(_payload(mb).view(np.uint8))
@@ -126,47 +138,6 @@ def make_cert(folder: Path) -> None:
                                                        serialization.NoEncryption()))
     os.environ["DCOORD_BENCH_CERT"] = str(folder / "cert.pem")
     os.environ["DCOORD_BENCH_KEY"] = str(folder / "key.pem")
-
-
-def tls_socket_server(port: int) -> None:
-    srv = socket.create_server(("127.0.0.1", port))
-    raw, _ = srv.accept()
-    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    conn = _server_ctx().wrap_socket(raw, server_side=True)
-    bufs = {mb: bytearray(mb * 1_000_000) for mb in SIZES_MB}
-    while True:
-        head = bytearray(8)
-        got = 0
-        while got < 8:
-            k = conn.recv_into(memoryview(head)[got:], 8 - got)
-            if k == 0:
-                return
-            got += k
-        n = int.from_bytes(head, "little")
-        if n == 0:
-            return
-        view, got = memoryview(bufs[n // 1_000_000]), 0
-        while got < n:
-            got += conn.recv_into(view[got:], n - got)
-        conn.sendall(b"k")
-
-
-def tls_socket_client(port: int) -> None:
-    raw = socket.create_connection(("127.0.0.1", port))
-    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    c = _client_ctx().wrap_socket(raw, server_hostname="localhost")
-    times: dict[int, list[float]] = {}
-    for mb in SIZES_MB:
-        data = memoryview(_payload(mb).view(np.uint8))
-        for k in range(REPS[mb] + 1):
-            t0 = time.perf_counter()
-            c.sendall(len(data).to_bytes(8, "little"))
-            c.sendall(data)
-            c.recv(1)
-            if k:
-                times.setdefault(mb, []).append(time.perf_counter() - t0)
-    c.sendall((0).to_bytes(8, "little"))
-    _report(times)
 
 
 # -- dcoord's tcp data plane -----------------------------------------------------------------------------
@@ -376,11 +347,11 @@ def child(role: str, port: int) -> None:
     elif role in ("gloo-0", "gloo-1"):
         gloo_rank(port, int(role[-1]))
     elif role == "socket-tls-0":
-        tls_socket_server(port)
+        socket_server(port, tls=True)
     elif role in ("tcp-0", "tcp-tls-0"):
         tcp_server(port, tls="tls" in role)
     elif role in ("socket-tls-1", "tcp-1", "tcp-tls-1"):
-        client = {"socket-tls-1": lambda: tls_socket_client(port), "tcp-1": lambda: tcp_client(port, False),
+        client = {"socket-tls-1": lambda: socket_client(port, tls=True), "tcp-1": lambda: tcp_client(port, False),
                   "tcp-tls-1": lambda: tcp_client(port, True)}[role]
         for _ in range(600):  # the server may still be starting (imports take seconds on a busy machine)
             try:
