@@ -611,7 +611,7 @@ def test_secrets_never_leave(tmp_path):
                seed.to_bytes(8, "little")]
     needles += [k for key in data_keys for k in (key, key.hex().encode(), repr(key).encode())]
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert any(p.name == "checkpoint.pt" for p in files) and any(p.suffix == ".log" for p in files)
+    assert any(p.parent.name == "checkpoints" and p.name.startswith("ckpt-") for p in files) and any(p.suffix == ".log" for p in files)
     for blob in seen + [p.read_bytes() for p in files]:
         assert not any(n in blob for n in needles)
 
