@@ -63,5 +63,8 @@ def test_killing_the_token_holder_restores_the_token(tmp_path):
     assert summary["rounds_completed"] == 160
     assert summary["tokens_restored"] >= 1
     recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lost = [r for r in recs if r.get("event") == "worker-lost"]
+    assert [r["worker"] for r in lost] == killed  # the kill is on record, as an event line
+    recs = [r for r in recs if "event" not in r]  # round records only
     assert all(killed[0] not in r["holders"] for r in recs[41:])
     assert summary["final_loss"] < 0.2 * _initial_loss()
