@@ -117,6 +117,17 @@ class _RogueWorker(threading.Thread):
         reg = stub.Register(pb.RegisterRequest(hostname="rogue", pid=0, requested_id=3))
         q: queue.Queue = queue.Queue()
         q.put(pb.WorkerMessage(hello=pb.Hello(job_id=reg.job_id, worker_id=reg.worker_id, session=reg.session)))
+        done = threading.Event()
+
+        def heartbeat():  # stays counted alive however long the real workers take to start
+            while not done.wait(0.5):
+                try:
+                    stub.Heartbeat(pb.HeartbeatRequest(job_id=reg.job_id, worker_id=reg.worker_id,
+                                                       session=reg.session), timeout=5)
+                except grpc.RpcError:
+                    return
+
+        threading.Thread(target=heartbeat, daemon=True).start()
         try:
             for k, msg in enumerate(stub.Work(iter(q.get, None))):
                 if msg.HasField("shutdown"):
@@ -150,6 +161,7 @@ class _RogueWorker(threading.Thread):
         except grpc.RpcError:
             pass
         finally:
+            done.set()
             q.put(None)
 
 
