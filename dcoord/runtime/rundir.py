@@ -110,10 +110,10 @@ class RunDir:
         path = self.path / "metrics.jsonl"
         try:
             if offset is None:
-                self._metrics = open(path, "wb")
+                self._metrics = open(path, "wb", buffering=0)  # unbuffered: a failed line can be cut off
                 self.round_offset = 0
             else:
-                self._metrics = open(path, "r+b" if path.exists() else "w+b")
+                self._metrics = open(path, "r+b" if path.exists() else "w+b", buffering=0)
                 size = self._metrics.seek(0, os.SEEK_END)
                 if size < offset:
                     raise RunDirError(f"{path}: shorter ({size} bytes) than the checkpoint recorded "
@@ -130,11 +130,12 @@ class RunDir:
         f = self._metrics
         start = f.tell()
         try:
-            f.write((json.dumps(record) + "\n").encode())
-            f.flush()
+            view = memoryview((json.dumps(record) + "\n").encode())
+            while view:  # raw writes may be short
+                view = view[f.write(view):]
         except OSError as exc:
-            try:
-                f.truncate(start)
+            try:  # cut the partial line off (shrinking a file needs no space)
+                os.ftruncate(f.fileno(), start)
                 f.seek(start)
             except OSError:
                 pass
