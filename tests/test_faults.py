@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -224,6 +225,7 @@ def test_elastic_run_losing_s_plus_one_workers_then_two_back_equals_full_batch_g
     takes seconds; rounds are slowed to ~0.5 s so they arrive mid-run) and the code grows back to 6. Every
     round decodes the full gradient: the model equals plain full-batch GD."""
     from dcoord.runtime.local import spawn_worker
+    from dcoord.runtime.security import TOKEN_FILE_ENV, write_token_file
 
     rounds = 60
     cfg = load_config(None, data={
@@ -240,11 +242,13 @@ def test_elastic_run_losing_s_plus_one_workers_then_two_back_equals_full_batch_g
         if record["round"] == 8:
             for i in (1, 4):
                 os.kill(state["procs"][i].pid, signal.SIGKILL)
-        if record["round"] == 12:
-            state["new"] = [spawn_worker(state["address"], i) for i in (1, 4)]
+        if record["round"] == 12:  # replacements started by hand carry the job's token, as a user's would
+            env = {TOKEN_FILE_ENV: str(write_token_file(Path(tempfile.mkdtemp()), "elastic-test-token"))}
+            state["new"] = [spawn_worker(state["address"], i, extra_env=env) for i in (1, 4)]
 
     try:
-        summary = run_local(cfg, tmp_path, progress=False, on_started=started, on_round=each_round, respawn=False)
+        summary = run_local(cfg, tmp_path, progress=False, on_started=started, on_round=each_round, respawn=False,
+                            token="elastic-test-token")
     finally:
         for p in state["new"]:
             p.wait(timeout=30)
