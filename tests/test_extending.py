@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
-import toy_scheme  # noqa: F401  (registers toy-uncoded)
 import yaml
 
 from dcoord.coding.registry import make_scheme, scheme_names
@@ -20,6 +20,23 @@ from dcoord.sim import SimulateConfig, make_delay_source, simulate
 from dcoord.workloads import load
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def toy_registered():
+    """Register toy-uncoded for this module's tests only: the registry is process-wide, and a scheme left in it
+    would join every later test's default scheme set (the tuner's, the plots')."""
+    import importlib
+
+    from dcoord.coding import base
+
+    before = dict(base._REGISTERED)
+    sys.modules.pop("toy_scheme", None)
+    importlib.import_module("toy_scheme")
+    yield
+    base._REGISTERED.clear()
+    base._REGISTERED.update(before)
+    sys.modules.pop("toy_scheme", None)
 
 
 def test_registered_scheme_is_allowed_by_the_config_and_simulated():

@@ -258,6 +258,12 @@ def test_elastic_run_losing_s_plus_one_workers_then_two_back_equals_full_batch_g
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in lines if "round" in r] == list(range(rounds))
     replans = [e for e in lines if e.get("event") == "replan"]
-    assert [(e["n"], e["s"]) for e in replans] == [(4, 1), (6, 1)], replans
-    assert replans[0]["workers"] == [0, 2, 3, 5] and replans[1]["workers"] == list(range(6))
+    # the code shrinks once to the 4 left; it grows back as the two replacements register, together or one
+    # at a time (their start-up times differ), each re-plan over a superset of the last, ending with all 6
+    assert (replans[0]["n"], replans[0]["s"], replans[0]["workers"]) == (4, 1, [0, 2, 3, 5]), replans
+    assert 2 <= len(replans) <= 3, replans
+    assert (replans[-1]["n"], replans[-1]["workers"]) == (6, list(range(6))), replans
+    for before, after in zip(replans, replans[1:]):
+        assert set(before["workers"]) < set(after["workers"]) and after["s"] == 1, replans
+        assert after["n"] == len(after["workers"]) and after["from_round"] > before["from_round"], replans
     assert 8 <= replans[0]["from_round"] <= 10 and replans[1]["from_round"] >= 13
