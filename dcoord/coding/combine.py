@@ -14,15 +14,30 @@ import numpy as np
 BLOCK = 1 << 14  # float64 values per block: 128 KiB, fits L2 alongside the scratch block
 
 
-def combine(coeffs: Mapping[Hashable, float], messages: Mapping[Hashable, np.ndarray], size: int) -> np.ndarray:
-    """Sum of coefficient * message over ``coeffs`` into a new float64 vector of ``size`` values."""
-    out = np.zeros(size, dtype=np.float64)
-    items = [(float(c), messages[k]) for k, c in coeffs.items()]
+def combine(coeffs: Mapping[Hashable, float], messages: Mapping[Hashable, np.ndarray], size: int,
+            out: np.ndarray | None = None) -> np.ndarray:
+    """Sum of coefficient * message over ``coeffs`` into a float64 vector of ``size`` values.
+
+    Every product is formed in float64 (the coefficient is a float64 scalar: a Python float beside a
+    float32 message would make NumPy multiply in float32 and round each product to 24 bits before the
+    float64 sum). ``out``: a float64 buffer to write into (the coordinator reuses one, since a fresh 100 MB
+    array costs a page fault per 4 KiB); by default a new array.
+    """
+    if out is None:
+        out = np.empty(size, dtype=np.float64)
+    elif out.dtype != np.float64 or out.shape != (size,):
+        raise ValueError(f"out must be float64 of shape ({size},), got {out.dtype} {out.shape}")
+    items = [(np.float64(c), messages[k]) for k, c in coeffs.items()]
+    if not items:
+        out.fill(0.0)
+        return out
     scratch = np.empty(min(BLOCK, max(size, 1)), dtype=np.float64)
     for lo in range(0, size, BLOCK):
         acc = out[lo : lo + BLOCK]
         tmp = scratch[: len(acc)]
-        for c, m in items:
-            np.multiply(m[lo : lo + BLOCK], c, out=tmp, casting="unsafe")
+        (c0, m0), rest = items[0], items[1:]
+        np.multiply(m0[lo : lo + BLOCK], c0, out=acc)  # 0 + c*m is c*m: no zero fill needed
+        for c, m in rest:
+            np.multiply(m[lo : lo + BLOCK], c, out=tmp)
             acc += tmp
     return out

@@ -68,7 +68,7 @@ class TaskComputer:
 
     def _part_grad(self, part_idx: np.ndarray, total: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(1/N) * sum of per-sample gradients over the part (flat, on the device) and its scaled loss."""
-        self.model.zero_grad(set_to_none=True)
+        self.model.zero_grad(set_to_none=False)  # backward adds into the zeroed buffers: no fresh ones
         if len(part_idx) == 0:
             return torch.zeros(self.num_params, dtype=torch.float32, device=self.device), None
         x, y = self.source.fetch(part_idx)
@@ -91,24 +91,35 @@ class TaskComputer:
         differences) and no losses are returned (a loss is not privatized, so it never leaves the worker).
         """
         all_parts, total = self.job_parts(job)
-        acc = torch.zeros(self.num_params, dtype=torch.float64, device=self.device)
+        acc: torch.Tensor | None = None
         losses: dict[int, torch.Tensor | None] = {}
         for j, c in zip(parts, coeffs):
             if self.privacy is not None:
                 if params is None:
                     raise ValueError("a private task needs the model parameters x_t")
                 x, y = self.source.fetch(all_parts[j])
-                acc += c * self.privacy.part_message_tensor(self.model, self.wl.loss_fn, x, y, job=job, part=j,
+                term = c * self.privacy.part_message_tensor(self.model, self.wl.loss_fn, x, y, job=job, part=j,
                                                             params=params, prev=prev)
-                continue
-            g, loss = self._part_grad(all_parts[j], total)
-            acc += c * g.double()
-            losses[j] = loss
+            else:
+                g, loss = self._part_grad(all_parts[j], total)
+                losses[j] = loss
+                if len(parts) == 1 and c == 1.0:
+                    acc = g  # one part, coefficient 1 (uncoded): the message is g itself, no float64 detour
+                    break
+                term = g.double()  # a fresh float64 copy (the cat in _part_grad is fresh too): scaled in place
+                if c != 1.0:
+                    term.mul_(c)  # the same rounding as c * term, without another 100 MB temporary
+            if acc is None:
+                acc = term  # 0 + c*g is c*g: no zero-filled accumulator
+            else:
+                acc += term
+        if acc is None:  # no parts
+            acc = torch.zeros(self.num_params, dtype=torch.float64, device=self.device)
         known = [(j, v) for j, v in losses.items() if v is not None]
         values = torch.stack([v for _, v in known]).tolist() if known else []  # one device sync
         out = {j: 0.0 for j, v in losses.items() if v is None}
         out.update({j: float(v) for (j, _), v in zip(known, values)})
-        if dtype == "bfloat16":  # rounded once on the host (to_host), from float64
+        if dtype == "bfloat16":  # rounded once on the host (to_host), from float64 (or exact float32)
             return acc, out
         return acc.to(_TORCH_DTYPES[dtype]), out
 

@@ -26,6 +26,7 @@ from dcoord.coding.combine import combine
 from dcoord.coding.elastic import ElasticScheme, plan_members, replan
 from dcoord.config import JobConfig
 from dcoord.errors import DcoordError, RunFailed
+from dcoord.runtime.buffers import BufferPool
 from dcoord.runtime.messages import Assignment, ModelState, Result, Shutdown, TaskSpec, TensorData
 from dcoord.runtime.rundir import RunDir
 from dcoord.runtime.tensors import PayloadError, check_array, flat_grads_to_model, flat_params, from_proto
@@ -71,6 +72,9 @@ class Coordinator:
         self.optimizers = [make_optimizer(cfg, m, i) for i, m in enumerate(self.models)]
         self.steps = [0] * len(self.models)
         self.num_params = self.workload.num_params()
+        self._grad_buf: np.ndarray | None = None  # the decoded gradient of plain runs, reused every round
+        # flat model versions (sent to workers, kept until their jobs decode): reused once no one holds them
+        self.param_pool = BufferPool(per_shape=2 * self.scheme.models + 4)
         self.scheme.bind_data(  # token mode: shard sizes for grad F_i
             len(batch_indices(self.workload.num_samples, cfg.batch_size, 0, cfg.seed)))
         self.privacy = None
@@ -135,7 +139,7 @@ class Coordinator:
         self.data_server = TcpDataServer(host, self.job_id, self._data_keys.get, 4 * max(self.num_params, 1),
                                          matcher.on_payload, fail, on_connect=matcher.reset, refuse=refuse,
                                          max_workers=self.n, port=self.cfg.runtime.data_port,
-                                         ssl_context=ssl_context)
+                                         ssl_context=ssl_context, pool_size=2 * self.n + 2)
 
     def new_data_key(self, worker: int) -> bytes:
         from dcoord.runtime.transport.tcp_dp import new_key
@@ -232,7 +236,8 @@ class Coordinator:
             for t in tasks:
                 if t.job not in self.job_params:
                     m = self.scheme.model_of(t.job)
-                    self.job_params[t.job] = (self.steps[m], flat_params(self.models[m]))
+                    buf = self.param_pool.take(self.num_params, np.float32)
+                    self.job_params[t.job] = (self.steps[m], flat_params(self.models[m], out=buf))
         for w in range(self.n):
             if not self.round_tasks.get(w):
                 self.arrived.add(w)  # nothing to do this round counts as delivered
@@ -416,7 +421,11 @@ class Coordinator:
         t_dec = time.thread_time()
         coeffs = self.scheme.decode(job)
         msgs = self.stored.pop(job, {})
-        g = combine(coeffs, msgs, self.num_params)
+        # without privacy the decoded gradient is only copied into p.grad: one float64 buffer serves every
+        # round (DIFF2's estimator may keep what it is given, so private runs get a fresh one)
+        if self.privacy is None and self._grad_buf is None:
+            self._grad_buf = np.empty(self.num_params, dtype=np.float64)
+        g = combine(coeffs, msgs, self.num_params, out=self._grad_buf if self.privacy is None else None)
         t_step = time.thread_time()
         self.cpu_s["decode"] += t_step - t_dec
         residual = float(self.scheme.last_residual)

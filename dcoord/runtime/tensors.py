@@ -12,9 +12,16 @@ from dcoord.runtime.messages import TensorData
 _DTYPES = {"float32": np.float32, "float64": np.float64, "bfloat16": ml_dtypes.bfloat16}
 
 
-def flat_params(model: torch.nn.Module) -> np.ndarray:
-    """The model's parameters as one float32 vector (the order of ``model.parameters()``)."""
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).cpu().numpy().astype(np.float32)
+def flat_params(model: torch.nn.Module, out: np.ndarray | None = None) -> np.ndarray:
+    """The model's parameters as one float32 vector (the order of ``model.parameters()``), a copy.
+
+    ``out``: a float32 buffer of the right size to write into (the coordinator's reused buffers)."""
+    params = [p.detach().reshape(-1) for p in model.parameters()]
+    if out is not None and all(p.dtype == torch.float32 and p.device.type == "cpu" for p in params):
+        torch.cat(params, out=torch.from_numpy(out))
+        return out
+    flat = torch.cat(params).cpu()  # a copy: never the model's own memory
+    return (flat if flat.dtype == torch.float32 else flat.float()).numpy()  # one copy, not two
 
 
 def load_flat_params(model: torch.nn.Module, flat: np.ndarray) -> None:
@@ -35,13 +42,26 @@ def load_flat_params(model: torch.nn.Module, flat: np.ndarray) -> None:
 
 
 def flat_grads_to_model(model: torch.nn.Module, flat: np.ndarray) -> None:
-    """Set ``p.grad`` of every parameter from a flat (float64 or float32) gradient vector."""
+    """Set ``p.grad`` of every parameter from a flat (float64 or float32) gradient vector.
+
+    Writes into the existing ``p.grad`` tensors when they fit (every round after the first): a fresh 50 MB
+    gradient per round costs more in page faults than the copy itself. The cast rounds to nearest, as
+    ``.to()`` does."""
     vec = torch.from_numpy(np.ascontiguousarray(flat))
+    total = sum(p.numel() for p in model.parameters())
+    if vec.numel() != total:
+        raise PayloadError(f"gradient vector has {vec.numel()} values, model has {total}")
     offset = 0
-    for p in model.parameters():
-        n = p.numel()
-        p.grad = vec[offset : offset + n].view_as(p).to(p.dtype).clone()
-        offset += n
+    with torch.no_grad():
+        for p in model.parameters():
+            n = p.numel()
+            src = vec[offset : offset + n].view_as(p)
+            g = p.grad
+            if g is not None and g.shape == p.shape and g.dtype == p.dtype and g.device == p.device:
+                g.copy_(src)
+            else:
+                p.grad = src.to(device=p.device, dtype=p.dtype, copy=True)
+            offset += n
 
 
 def round_payload(acc: np.ndarray, dtype: str) -> np.ndarray:

@@ -3,8 +3,9 @@
 Why: gRPC Python copies a large message several times on each side (0.1x of a raw socket at 100 MB), so
 with real model sizes a round would wait on serialisation, not on stragglers. Here the coordinator keeps
 gRPC for control (assignments, results' metadata, status) and moves the bytes of every model it sends and
-every coded result it receives over a plain socket, straight into a freshly allocated numpy buffer
-(``recv_into``): one kernel copy per direction, no framing of the payload itself.
+every coded result it receives over a plain socket, straight into a numpy buffer
+(``recv_into``; buffers are reused once nothing holds them, see ``dcoord.runtime.buffers``): one kernel copy
+per direction, no framing of the payload itself.
 
 Protocol (little-endian):
 - two connections per worker, one per direction (so a TLS socket is only ever used by one thread per
@@ -36,6 +37,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from dcoord.runtime.buffers import BufferPool
 from dcoord.runtime.transport.base import (
     DTYPE_CODES,
     DTYPES,
@@ -132,7 +134,7 @@ class TcpDataServer:
     def __init__(self, host: str, job_id: str, key_for: Callable[[int], bytes | None], max_count: int,
                  deliver: Deliver, fail: Fail, on_connect: Callable[[int], None] | None = None,
                  refuse: Callable[[str], None] | None = None, ssl_context: ssl.SSLContext | None = None,
-                 port: int = 0, max_workers: int = 1 << 16) -> None:
+                 port: int = 0, max_workers: int = 1 << 16, pool_size: int = 8) -> None:
         self.job_id = job_id
         self.key_for = key_for
         self.max_count = max_count
@@ -151,6 +153,7 @@ class TcpDataServer:
         self.stop = threading.Event()
         self.bytes_in = 0
         self.bytes_out = 0
+        self.pool = BufferPool(per_shape=pool_size)  # payload buffers, reused once a round is done with them
         self.thread = threading.Thread(target=self._accept_loop, name="dcoord-dp-accept", daemon=True)
         self.thread.start()
 
@@ -232,7 +235,7 @@ class TcpDataServer:
                 if code not in DTYPES or not 0 <= count <= self.max_count:
                     raise DataPlaneError(f"bad header (count {count}, dtype code {code})")
                 conn.expect_seq += 1
-                buf = np.empty(count, dtype=DTYPES[code])
+                buf = self.pool.take(count, DTYPES[code])
                 _recv_exact(conn.sock, memoryview(buf).cast("B"))
                 self.bytes_in += buf.nbytes
                 if self.conns.get((conn.worker, UP)) is conn:  # a replaced connection's data is never used
@@ -339,6 +342,7 @@ class TcpDataPlane(DataPlane):
         self.cv = threading.Condition()
         self.error: str | None = None
         self.bytes_in = 0
+        self.pool = BufferPool()  # model buffers, reused once the worker has dropped that version
         self.reader = threading.Thread(target=self._read_models, name="dcoord-dp-models", daemon=True)
         self.reader.start()
 
@@ -372,7 +376,7 @@ class TcpDataPlane(DataPlane):
                 kind, _, count, code, model, version = (int(x) for x in head)
                 if kind != KIND_MODEL or code not in DTYPES or not 0 <= count <= self.max_count:
                     raise DataPlaneError(f"bad model header {head.tolist()}")
-                buf = np.empty(count, dtype=DTYPES[code])
+                buf = self.pool.take(count, DTYPES[code])
                 _recv_exact(self.down, memoryview(buf).cast("B"))
                 self.bytes_in += buf.nbytes
                 with self.cv:

@@ -1,0 +1,41 @@
+"""Receive buffers are reused only when nothing else holds them (a stored payload is never overwritten)."""
+
+import numpy as np
+import torch
+
+from dcoord.runtime.buffers import BufferPool
+
+MB = 1 << 20
+
+
+def test_a_buffer_comes_back_only_when_the_last_holder_drops_it():
+    pool = BufferPool(per_shape=4)
+    a = pool.take(MB, np.float32)
+    b = pool.take(MB, np.float32)
+    assert a is not b and pool.allocated == 2
+    a_id = id(a)
+    del a
+    c = pool.take(MB, np.float32)
+    assert id(c) == a_id and pool.reused == 1
+    d = pool.take(MB, np.float64)  # another dtype is another shelf
+    assert d.dtype == np.float64 and d.size == MB
+
+
+def test_views_tensors_and_memoryviews_keep_a_buffer_in_use():
+    pool = BufferPool(per_shape=4)
+    for hold in (lambda x: x.reshape(-1)[10:], torch.from_numpy, memoryview, lambda x: {"stored": x}):
+        a = pool.take(MB, np.float32)
+        held = hold(a)
+        first = id(a)
+        del a
+        assert id(pool.take(MB, np.float32)) != first, hold
+        del held
+
+
+def test_pool_is_bounded_and_small_buffers_are_fresh():
+    pool = BufferPool(per_shape=2)
+    held = [pool.take(MB, np.float32) for _ in range(5)]
+    assert len({id(x) for x in held}) == 5 and pool.allocated == 5
+    assert sum(len(v) for v in pool._kept.values()) == 2
+    small = [pool.take(16, np.float32) for _ in range(3)]
+    assert pool.allocated == 5 and all(s.size == 16 for s in small)
