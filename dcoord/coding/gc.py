@@ -319,20 +319,21 @@ def _s_grid(g: GridSpace):
     return ({"s": s} for s in g.ss)
 
 
+def _s_spec(cls: type[_PlainScheme], grid=_s_grid, **kw) -> SchemeSpec:
+    """The spec of a plain code built from (n, s) that reads only ``coding.stragglers``."""
+    return SchemeSpec(cls.name, lambda n, p: cls(n, p.s, jobs=p.jobs), params=("stragglers",), grid=grid, **kw)
+
+
 register_scheme(SchemeSpec(
     "uncoded", lambda n, p: Uncoded(n, p.s, jobs=p.jobs), grid=lambda g: [{}], color="C7",
     description="every worker computes its own part; the round waits for all"))
-register_scheme(SchemeSpec(
-    "gc-fr", lambda n, p: GCFractional(n, p.s, jobs=p.jobs), params=("stragglers",),
-    grid=lambda g: ({"s": s} for s in g.ss if g.n % (s + 1) == 0), color="C1",
+register_scheme(_s_spec(
+    GCFractional, grid=lambda g: ({"s": s} for s in g.ss if g.n % (s + 1) == 0), color="C1",
     description="fractional-repetition gradient code; (s+1) must divide the workers"))
-register_scheme(SchemeSpec(
-    "gc-cyclic", lambda n, p: GCCyclic(n, p.s, jobs=p.jobs), params=("stragglers",), grid=_s_grid, color="C0",
-    description="cyclic gradient code: any n-s workers decode"))
-register_scheme(SchemeSpec(
-    "gc-binary", lambda n, p: GCBinary(n, p.s, jobs=p.jobs), params=("stragglers",), grid=_s_grid, color="C4",
+register_scheme(_s_spec(GCCyclic, color="C0", description="cyclic gradient code: any n-s workers decode"))
+register_scheme(_s_spec(
+    GCBinary, color="C4",
     description="0/1 fractional repetition for any (n, s): one survivor per group decodes, exactly"))
-register_scheme(SchemeSpec(
-    "ignore-stragglers", lambda n, p: IgnoreStragglers(n, p.s, jobs=p.jobs), params=("stragglers",),
-    grid=_s_grid, tunable=False, color="C5",
+register_scheme(_s_spec(
+    IgnoreStragglers, tunable=False, color="C5",
     description="uncoded, dropping the s slowest parts (biased gradient)"))
