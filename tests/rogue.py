@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import queue
 import threading
+from pathlib import Path
 
 import grpc
 
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
+from dcoord.runtime.local import run_local
 from dcoord.runtime.security import ClientSecurity, open_channel
 
 
@@ -62,3 +64,16 @@ class RogueWorker(threading.Thread):
         finally:
             done.set()
             q.put(None)
+
+
+def run_with_rogue(cfg, out: Path, rogue: type[RogueWorker], token: str) -> tuple[dict, RogueWorker]:
+    """``run_local`` with the last worker id taken by ``rogue`` (started once the coordinator listens) and
+    the others spawned as real worker processes; returns the run's summary and the rogue."""
+    started: list[RogueWorker] = []
+
+    def on_started(coord, procs, address):
+        started.append(rogue(address, token, requested_id=cfg.workers - 1))
+        started[0].start()
+
+    summary = run_local(cfg, out, progress=False, on_started=on_started, spawn=cfg.workers - 1, token=token)
+    return summary, started[0]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from reference import full_batch_gd, max_rel_diff
-from rogue import RogueWorker
+from rogue import RogueWorker, run_with_rogue
 
 from dcoord.config import load_config
 from dcoord.errors import RunFailed
@@ -127,13 +127,7 @@ class _RogueWorker(RogueWorker):
 
 def test_malformed_results_are_rejected_and_counted(tmp_path):
     cfg = _cfg(workers=4, coding={"scheme": "gc-cyclic", "stragglers": 1}, rounds=21, inject={})
-    rogue = {}
-
-    def started(coord, ps, address):
-        rogue["w"] = _RogueWorker(address, ROGUE_TOKEN)
-        rogue["w"].start()
-
-    summary = run_local(cfg, tmp_path, progress=False, on_started=started, spawn=3, token=ROGUE_TOKEN)
+    summary, rogue = run_with_rogue(cfg, tmp_path, _RogueWorker, ROGUE_TOKEN)
     assert summary["rounds_completed"] == 21
     rej = summary["rejected_results"]
     for reason in ("wrong-shape", "non-finite", "unknown-worker", "future-round", "wrong-job", "worker-id-mismatch"):

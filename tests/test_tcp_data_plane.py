@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from reference import full_batch_gd, max_rel_diff
-from rogue import RogueWorker
+from rogue import RogueWorker, run_with_rogue
 
 from dcoord.config import load_config
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
@@ -281,15 +281,9 @@ class _RogueDataWorker(RogueWorker):
 @pytest.mark.slow
 def test_hostile_payloads_on_the_data_plane_are_rejected_and_the_model_is_exact(tmp_path):
     cfg = _cfg(workers=4, coding={"scheme": "gc-cyclic", "stragglers": 1}, rounds=18, inject={})
-    rogue = {}
-
-    def started(coord, ps, address):
-        rogue["w"] = _RogueDataWorker(address, TOKEN)
-        rogue["w"].start()
-
-    summary = run_local(cfg, tmp_path, progress=False, on_started=started, spawn=3, token=TOKEN)
+    summary, rogue = run_with_rogue(cfg, tmp_path, _RogueDataWorker, TOKEN)
     assert summary["rounds_completed"] == 18
-    assert len(rogue["w"].sent) >= 5
+    assert len(rogue.sent) >= 5
     rej = summary["rejected_results"]
     for reason in ("wrong-shape", "non-finite", "future-round"):
         assert rej.get(reason, 0) >= 1, (reason, rej)
