@@ -125,3 +125,35 @@ def test_privacy_plan_warns_when_difference_noise_compounds():
 )
 def test_bad_input_is_one_clear_line(args, code, needle):
     one_line_error(dcoord(*args), code, needle)
+
+
+def _profile(tmp_path: Path, workers: int = 4) -> Path:
+    csv = tmp_path / "profile.csv"
+    np.savetxt(csv, 1.0 + np.random.default_rng(0).exponential(0.1, size=(20, workers)), delimiter=",", fmt="%.4f")
+    return csv
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--mu", "-1"], "--mu: must be a finite number >= 0 (got -1)"),
+        (["--mu", "nan"], "--mu: must be a finite number >= 0"),
+        (["--mu", "x"], "--mu: 'x' is not a number"),
+        (["--jobs", "0"], "--jobs: must be >= 1"),
+        (["--max-delay", "-1"], "--max-delay: must be >= 0"),
+        (["--workers", "0"], "--workers: must be >= 1"),
+        (["--base-comp", "-0.5"], "--base-comp: must be a finite number >= 0"),
+        (["--top", "0"], "--top: must be >= 1"),
+        # more workers than the profile has columns, in-sample and held out
+        (["--workers", "10", "--holdout", "0"], "simulate at most 4 workers"),
+        (["--workers", "10"], "simulate at most 4 workers"),
+    ],
+)
+def test_tune_bad_numbers_are_one_clear_line(tmp_path, args, needle):
+    one_line_error(dcoord("tune", str(_profile(tmp_path)), *args), 2, needle)
+
+
+def test_simulate_trace_narrower_than_the_workers_is_one_clear_line(tmp_path):
+    p = dcoord("simulate", str(EXAMPLES / "simulate.yaml"), "--out", str(tmp_path), "--no-plot",
+               "--set", f"simulate.trace={_profile(tmp_path)}")
+    one_line_error(p, 2, "4 columns (workers) but 256 workers simulated; simulate at most 4 workers")

@@ -2,18 +2,16 @@
 
 import os
 import signal
-import threading
 
-import grpc
 import numpy as np
 import pytest
 import torch
 from reference import full_batch_gd, max_rel_diff
+from rogue import RogueWorker, run_with_rogue
 
 from dcoord.config import load_config
 from dcoord.errors import RunFailed
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
-from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
 from dcoord.runtime.local import run_local
 
 pytestmark = pytest.mark.slow
@@ -97,83 +95,39 @@ def test_too_many_killed_fails_with_a_clear_message(tmp_path):
 ROGUE_TOKEN = "rogue-test-token-0123456789"  # the rogue holds the job's token and a session: an insider
 
 
-class _RogueWorker(threading.Thread):
+class _RogueWorker(RogueWorker):
     """A registered worker that answers every assignment with a malformed result of some kind."""
 
     KINDS = ["wrong-shape", "nan", "unknown-worker", "stale", "future", "wrong-job", "mismatch-id"]
 
-    def __init__(self, address: str):
-        super().__init__(daemon=True)
-        self.address = address
-        self.sent: list[str] = []
-
-    def run(self):
-        import queue
-
-        from dcoord.runtime.security import ClientSecurity, open_channel
-
-        ch = open_channel(self.address, ClientSecurity(token=ROGUE_TOKEN))
-        stub = pb_grpc.CoordinatorStub(ch)
-        reg = stub.Register(pb.RegisterRequest(hostname="rogue", pid=0, requested_id=3))
-        q: queue.Queue = queue.Queue()
-        q.put(pb.WorkerMessage(hello=pb.Hello(job_id=reg.job_id, worker_id=reg.worker_id, session=reg.session)))
-        done = threading.Event()
-
-        def heartbeat():  # stays counted alive however long the real workers take to start
-            while not done.wait(0.5):
-                try:
-                    stub.Heartbeat(pb.HeartbeatRequest(job_id=reg.job_id, worker_id=reg.worker_id,
-                                                       session=reg.session), timeout=5)
-                except grpc.RpcError:
-                    return
-
-        threading.Thread(target=heartbeat, daemon=True).start()
-        try:
-            for k, msg in enumerate(stub.Work(iter(q.get, None))):
-                if msg.HasField("shutdown"):
-                    break
-                a = msg.assignment
-                kind = self.KINDS[k % len(self.KINDS)]
-                t = a.tasks[0]
-                size = sum(len(m.params.data) for m in a.models[:1]) // 4
-                vec = np.zeros(size, dtype=np.float64)
-                rnd, wid, job = a.round, reg.worker_id, reg.job_id
-                if kind == "wrong-shape":
-                    vec = np.zeros(size + 3)
-                elif kind == "nan":
-                    vec[0] = np.nan
-                elif kind == "unknown-worker":
-                    wid = 99
-                elif kind == "mismatch-id":
-                    wid = 0
-                elif kind == "stale":
-                    rnd = a.round - 1
-                elif kind == "future":
-                    rnd = a.round + 5
-                elif kind == "wrong-job":
-                    job = "someone-else"
-                payload = pb.Tensor(shape=[len(vec)], dtype="float64", data=vec.tobytes())
-                q.put(pb.WorkerMessage(result=pb.Result(
-                    job_id=job, round=rnd, worker_id=wid, session=reg.session,
-                    tasks=[pb.TaskResult(job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
-                                         payload=payload)])))
-                self.sent.append(kind)
-        except grpc.RpcError:
-            pass
-        finally:
-            done.set()
-            q.put(None)
+    def answer(self, kind, a, reg):
+        t = a.tasks[0]
+        size = sum(len(m.params.data) for m in a.models[:1]) // 4
+        vec = np.zeros(size, dtype=np.float64)
+        rnd, wid, job = a.round, reg.worker_id, reg.job_id
+        if kind == "wrong-shape":
+            vec = np.zeros(size + 3)
+        elif kind == "nan":
+            vec[0] = np.nan
+        elif kind == "unknown-worker":
+            wid = 99
+        elif kind == "mismatch-id":
+            wid = 0
+        elif kind == "stale":
+            rnd = a.round - 1
+        elif kind == "future":
+            rnd = a.round + 5
+        elif kind == "wrong-job":
+            job = "someone-else"
+        payload = pb.Tensor(shape=[len(vec)], dtype="float64", data=vec.tobytes())
+        return pb.Result(job_id=job, round=rnd, worker_id=wid, session=reg.session,
+                         tasks=[pb.TaskResult(job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
+                                              payload=payload)])
 
 
 def test_malformed_results_are_rejected_and_counted(tmp_path):
     cfg = _cfg(workers=4, coding={"scheme": "gc-cyclic", "stragglers": 1}, rounds=21, inject={})
-    rogue = {}
-
-    def started(coord, ps, address):
-        rogue["w"] = _RogueWorker(address)
-        rogue["w"].start()
-
-    summary = run_local(cfg, tmp_path, progress=False, on_started=started, spawn=3, token=ROGUE_TOKEN)
+    summary, rogue = run_with_rogue(cfg, tmp_path, _RogueWorker, ROGUE_TOKEN)
     assert summary["rounds_completed"] == 21
     rej = summary["rejected_results"]
     for reason in ("wrong-shape", "non-finite", "unknown-worker", "future-round", "wrong-job", "worker-id-mismatch"):

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import datetime
 import json
-import queue
 import socket
 import ssl
 import threading
 import time
 
-import grpc
 import numpy as np
 import pytest
 import torch
 from reference import full_batch_gd, max_rel_diff
+from rogue import RogueWorker, run_with_rogue
 
 from dcoord.config import load_config
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
-from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
 from dcoord.runtime.local import run_local
-from dcoord.runtime.security import ClientSecurity, open_channel
 from dcoord.runtime.transport import tcp_dp
 from dcoord.runtime.transport.base import KIND_DATA, DataPlaneError
 from dcoord.runtime.transport.tcp_dp import TcpDataPlane, TcpDataServer
@@ -248,82 +245,45 @@ def test_tls_data_plane_and_plaintext_refused(tmp_path):
 
 
 # -- a registered worker that misbehaves on the data plane, in a real run ---------------------------------
-class _RogueDataWorker(threading.Thread):
+class _RogueDataWorker(RogueWorker):
     """Registers (with the job's token, then speaking with its session), opens the data plane, and answers
     assignments with bad payloads of several kinds."""
 
     KINDS = ["wrong-shape", "nan", "stale", "future", "orphan"]
 
-    def __init__(self, address: str):
-        super().__init__(daemon=True)
-        self.address = address
-        self.sent: list[str] = []
+    def on_registered(self, reg):
+        self.plane = TcpDataPlane("127.0.0.1", reg.data_port, reg.worker_id, reg.data_key, reg.job_id)
 
-    def run(self):
-        ch = open_channel(self.address, ClientSecurity(token=TOKEN))
-        stub = pb_grpc.CoordinatorStub(ch)
-        reg = stub.Register(pb.RegisterRequest(hostname="rogue", pid=0, requested_id=3))
-        plane = TcpDataPlane("127.0.0.1", reg.data_port, reg.worker_id, reg.data_key, reg.job_id)
-        q: queue.Queue = queue.Queue()
-        q.put(pb.WorkerMessage(hello=pb.Hello(job_id=reg.job_id, worker_id=reg.worker_id, session=reg.session)))
-        done = threading.Event()
-
-        def heartbeat():  # stays counted alive however long the real workers take to start
-            while not done.wait(0.5):
-                try:
-                    stub.Heartbeat(pb.HeartbeatRequest(job_id=reg.job_id, worker_id=reg.worker_id,
-                                                       session=reg.session), timeout=5)
-                except grpc.RpcError:
-                    return
-
-        threading.Thread(target=heartbeat, daemon=True).start()
-        try:
-            for k, msg in enumerate(stub.Work(iter(q.get, None))):
-                if msg.HasField("shutdown"):
-                    break
-                a = msg.assignment
-                kind = self.KINDS[k % len(self.KINDS)]
-                size = int(np.prod(a.models[0].params.shape))
-                vec = np.zeros(size)
-                rnd = a.round
-                if kind == "wrong-shape":
-                    vec = np.zeros(size + 3)
-                elif kind == "nan":
-                    vec[0] = np.nan
-                elif kind == "stale":
-                    rnd -= 1
-                elif kind == "future":
-                    rnd += 5
-                elif kind == "orphan":  # a finite payload no result claims: pairing it would corrupt the model
-                    plane.send(np.full(size, 1e30))
-                    vec[0] = np.nan
-                res = pb.Result(job_id=reg.job_id, round=rnd, worker_id=reg.worker_id, session=reg.session)
-                for t in a.tasks:
-                    res.tasks.add(job=t.job, slot=t.slot, model=t.model, model_version=t.model_version)
-                res.payload_on_data_plane, res.data_seq = True, plane.next_seq
-                for _ in a.tasks:
-                    plane.send(vec)
-                q.put(pb.WorkerMessage(result=res))
-                self.sent.append(kind)
-        except grpc.RpcError:
-            pass
-        finally:
-            done.set()
-            q.put(None)
+    def answer(self, kind, a, reg):
+        size = int(np.prod(a.models[0].params.shape))
+        vec = np.zeros(size)
+        rnd = a.round
+        if kind == "wrong-shape":
+            vec = np.zeros(size + 3)
+        elif kind == "nan":
+            vec[0] = np.nan
+        elif kind == "stale":
+            rnd -= 1
+        elif kind == "future":
+            rnd += 5
+        elif kind == "orphan":  # a finite payload no result claims: pairing it would corrupt the model
+            self.plane.send(np.full(size, 1e30))
+            vec[0] = np.nan
+        res = pb.Result(job_id=reg.job_id, round=rnd, worker_id=reg.worker_id, session=reg.session)
+        for t in a.tasks:
+            res.tasks.add(job=t.job, slot=t.slot, model=t.model, model_version=t.model_version)
+        res.payload_on_data_plane, res.data_seq = True, self.plane.next_seq
+        for _ in a.tasks:
+            self.plane.send(vec)
+        return res
 
 
 @pytest.mark.slow
 def test_hostile_payloads_on_the_data_plane_are_rejected_and_the_model_is_exact(tmp_path):
     cfg = _cfg(workers=4, coding={"scheme": "gc-cyclic", "stragglers": 1}, rounds=18, inject={})
-    rogue = {}
-
-    def started(coord, ps, address):
-        rogue["w"] = _RogueDataWorker(address)
-        rogue["w"].start()
-
-    summary = run_local(cfg, tmp_path, progress=False, on_started=started, spawn=3, token=TOKEN)
+    summary, rogue = run_with_rogue(cfg, tmp_path, _RogueDataWorker, TOKEN)
     assert summary["rounds_completed"] == 18
-    assert len(rogue["w"].sent) >= 5
+    assert len(rogue.sent) >= 5
     rej = summary["rejected_results"]
     for reason in ("wrong-shape", "non-finite", "future-round"):
         assert rej.get(reason, 0) >= 1, (reason, rej)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dcoord.cli.options import job_args, load_job, rich_table
+from dcoord.cli.options import (
+    job_args,
+    load_job,
+    nonneg_float,
+    nonneg_int,
+    positive_int,
+    rich_table,
+)
 from dcoord.errors import ConfigError
 
 
@@ -150,12 +157,12 @@ def register(sub) -> None:
 
     sp = sub.add_parser("tune", help="pick the fastest scheme and parameters for a measured delay profile")
     sp.add_argument("profile", help="CSV of per-worker times (rows = rounds, columns = workers)")
-    sp.add_argument("--jobs", type=int, default=20)
-    sp.add_argument("--max-delay", type=int, default=3, help="largest delay T allowed")
-    sp.add_argument("--workers", type=int, default=None, help="workers (default: the profile's columns)")
-    sp.add_argument("--base-comp", type=float, default=1.0, help="seconds for one full job's gradient")
-    sp.add_argument("--mu", type=float, default=1.0)
-    sp.add_argument("--top", type=int, default=10)
+    sp.add_argument("--jobs", type=positive_int, default=20)
+    sp.add_argument("--max-delay", type=nonneg_int, default=3, help="largest delay T allowed")
+    sp.add_argument("--workers", type=positive_int, default=None, help="workers (default: the profile's columns)")
+    sp.add_argument("--base-comp", type=nonneg_float, default=1.0, help="seconds for one full job's gradient")
+    sp.add_argument("--mu", type=nonneg_float, default=1.0)
+    sp.add_argument("--top", type=positive_int, default=10)
     sp.add_argument("--json", action="store_true")
     from dcoord.sim.tune_cmd import add_oos_options
 

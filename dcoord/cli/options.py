@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 
@@ -14,15 +15,27 @@ def address(value: str) -> str:
     return value
 
 
-def positive_int(value: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (got {v})")
-    return v
+def _bounded(kind: type, low: float, strict: bool):
+    """An argparse type: a finite ``kind`` (int or float) >= ``low`` (> ``low`` when ``strict``); argparse
+    reports a bad value as one line naming the option."""
+    what, sign = ("an integer" if kind is int else "a number"), (">" if strict else ">=")
+    bound = f"{sign} {low:g}" if kind is int else f"a finite number {sign} {low:g}"
+
+    def parse(value: str):
+        try:
+            v = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not {what}") from None
+        if not math.isfinite(v) or (v <= low if strict else v < low):
+            raise argparse.ArgumentTypeError(f"must be {bound} (got {value})")
+        return v
+
+    return parse
+
+
+positive_int = _bounded(int, 1, strict=False)
+nonneg_int = _bounded(int, 0, strict=False)
+nonneg_float = _bounded(float, 0, strict=False)
 
 
 def load_job(args) -> object:

@@ -172,7 +172,26 @@ class IgnoreStragglers(_PlainScheme):
         return 1.0 / self.n
 
 
-class GCFractional(_PlainScheme):
+class _GroupScheme(_PlainScheme):
+    """A code whose workers fall into ``n_groups`` groups sending the same sum: any one survivor per group
+    decodes, with coefficient 1 (the lowest-numbered survivor is taken, so decoding is deterministic)."""
+
+    n_groups: int
+
+    def group_of(self, worker: int) -> int:
+        raise NotImplementedError
+
+    def accepts(self, round: int, arrived: frozenset[int]) -> bool:
+        return len({self.group_of(w) for w in arrived}) == self.n_groups
+
+    def _coefficients(self, arrived):
+        chosen: dict[int, int] = {}
+        for w in sorted(arrived):
+            chosen.setdefault(self.group_of(w), w)
+        return {w: 1.0 for w in chosen.values()}
+
+
+class GCFractional(_GroupScheme):
     """Fractional repetition: groups of s+1 workers hold the same s+1 parts and send their plain sum."""
 
     name = "gc-fr"
@@ -185,6 +204,7 @@ class GCFractional(_PlainScheme):
                 "use gc-cyclic or pick s with (s+1) | n"
             )
         self.group_size = s + 1
+        self.n_groups = n // self.group_size
 
     def group_of(self, worker: int) -> int:
         return worker // self.group_size
@@ -194,20 +214,11 @@ class GCFractional(_PlainScheme):
         parts = tuple(range(g * self.group_size, (g + 1) * self.group_size))
         return parts, (1.0,) * len(parts)
 
-    def accepts(self, round: int, arrived: frozenset[int]) -> bool:
-        return len({self.group_of(w) for w in arrived}) == self.n // self.group_size
-
-    def _coefficients(self, arrived):
-        chosen: dict[int, int] = {}
-        for w in sorted(arrived):
-            chosen.setdefault(self.group_of(w), w)
-        return {w: 1.0 for w in chosen.values()}
-
     def load(self) -> float:
         return (self.s + 1) / self.n
 
 
-class GCBinary(_PlainScheme):
+class GCBinary(_GroupScheme):
     """Fractional repetition for every (n, s): floor(n/(s+1)) groups of s+1 or s+2 workers, one equal part
     per group; encoding and decoding coefficients are 0/1 (see dcoord.coding.stable). Load 1/floor(n/(s+1)).
     """
@@ -217,6 +228,7 @@ class GCBinary(_PlainScheme):
     def __init__(self, n: int, s: int, jobs: int | None = None) -> None:
         super().__init__(n, s, jobs)
         self.groups = binary_groups(n, s)
+        self.n_groups = len(self.groups)
         self._group = np.empty(n, dtype=np.int64)
         for g, members in enumerate(self.groups):
             self._group[list(members)] = g
@@ -230,18 +242,9 @@ class GCBinary(_PlainScheme):
     def _row(self, worker: int):
         return (self.group_of(worker),), (1.0,)
 
-    def accepts(self, round: int, arrived: frozenset[int]) -> bool:
-        return len({self.group_of(w) for w in arrived}) == len(self.groups)
-
     def accepts_mask(self, round: int, arrived: np.ndarray) -> bool:
         return bool(np.all(np.bincount(self._group[np.asarray(arrived, dtype=bool)],
                                        minlength=len(self.groups)) > 0))
-
-    def _coefficients(self, arrived):
-        chosen: dict[int, int] = {}
-        for w in sorted(arrived):
-            chosen.setdefault(self.group_of(w), w)
-        return {w: 1.0 for w in chosen.values()}
 
     def load(self) -> float:
         return binary_load(self.n, self.s)
@@ -319,20 +322,21 @@ def _s_grid(g: GridSpace):
     return ({"s": s} for s in g.ss)
 
 
+def _s_spec(cls: type[_PlainScheme], grid=_s_grid, **kw) -> SchemeSpec:
+    """The spec of a plain code built from (n, s) that reads only ``coding.stragglers``."""
+    return SchemeSpec(cls.name, lambda n, p: cls(n, p.s, jobs=p.jobs), params=("stragglers",), grid=grid, **kw)
+
+
 register_scheme(SchemeSpec(
     "uncoded", lambda n, p: Uncoded(n, p.s, jobs=p.jobs), grid=lambda g: [{}], color="C7",
     description="every worker computes its own part; the round waits for all"))
-register_scheme(SchemeSpec(
-    "gc-fr", lambda n, p: GCFractional(n, p.s, jobs=p.jobs), params=("stragglers",),
-    grid=lambda g: ({"s": s} for s in g.ss if g.n % (s + 1) == 0), color="C1",
+register_scheme(_s_spec(
+    GCFractional, grid=lambda g: ({"s": s} for s in g.ss if g.n % (s + 1) == 0), color="C1",
     description="fractional-repetition gradient code; (s+1) must divide the workers"))
-register_scheme(SchemeSpec(
-    "gc-cyclic", lambda n, p: GCCyclic(n, p.s, jobs=p.jobs), params=("stragglers",), grid=_s_grid, color="C0",
-    description="cyclic gradient code: any n-s workers decode"))
-register_scheme(SchemeSpec(
-    "gc-binary", lambda n, p: GCBinary(n, p.s, jobs=p.jobs), params=("stragglers",), grid=_s_grid, color="C4",
+register_scheme(_s_spec(GCCyclic, color="C0", description="cyclic gradient code: any n-s workers decode"))
+register_scheme(_s_spec(
+    GCBinary, color="C4",
     description="0/1 fractional repetition for any (n, s): one survivor per group decodes, exactly"))
-register_scheme(SchemeSpec(
-    "ignore-stragglers", lambda n, p: IgnoreStragglers(n, p.s, jobs=p.jobs), params=("stragglers",),
-    grid=_s_grid, tunable=False, color="C5",
+register_scheme(_s_spec(
+    IgnoreStragglers, tunable=False, color="C5",
     description="uncoded, dropping the s slowest parts (biased gradient)"))

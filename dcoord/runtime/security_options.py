@@ -34,40 +34,40 @@ def _env_flag(name: str) -> bool:
     return env(name, "0").lower() in ("1", "true", "yes", "on")
 
 
+def _option(g, flag: str, var: str, help: str, default=None, **kw) -> None:
+    """Add ``flag``, defaulting to $var (else ``default``); its help names the variable."""
+    g.add_argument(flag, default=env(var, default), help=f"{help} [{var}]", **kw)
+
+
 def add_security_options(parser: argparse.ArgumentParser, role: str) -> None:
     """Add the options of ``role`` (coordinator, worker or status) to ``parser``."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     g = parser.add_argument_group("security (each also from the environment variable shown)")
-    g.add_argument("--token-file", default=env("DCOORD_TOKEN_FILE"), metavar="PATH",
-                   help="file holding the job's bearer token, checked on every RPC [DCOORD_TOKEN_FILE]")
+    _option(g, "--token-file", "DCOORD_TOKEN_FILE", "file holding the job's bearer token, checked on every RPC",
+            metavar="PATH")
     if role == "coordinator":
-        g.add_argument("--tls-cert", default=env("DCOORD_TLS_CERT"), metavar="PATH",
-                       help="PEM server certificate: serve TLS [DCOORD_TLS_CERT]")
-        g.add_argument("--tls-key", default=env("DCOORD_TLS_KEY"), metavar="PATH",
-                       help="PEM private key of --tls-cert [DCOORD_TLS_KEY]")
-        g.add_argument("--tls-ca", default=env("DCOORD_TLS_CA"), metavar="PATH",
-                       help="PEM CA: mutual TLS, clients must present a certificate it signed [DCOORD_TLS_CA]")
+        _option(g, "--tls-cert", "DCOORD_TLS_CERT", "PEM server certificate: serve TLS", metavar="PATH")
+        _option(g, "--tls-key", "DCOORD_TLS_KEY", "PEM private key of --tls-cert", metavar="PATH")
+        _option(g, "--tls-ca", "DCOORD_TLS_CA",
+                "PEM CA: mutual TLS, clients must present a certificate it signed", metavar="PATH")
         g.add_argument("--insecure", action="store_true", default=_env_flag("DCOORD_INSECURE"),
                        help="allow listening beyond loopback without authentication (warns) [DCOORD_INSECURE=1]")
-        g.add_argument("--max-message-mb", type=float, default=env("DCOORD_MAX_MESSAGE_MB"),
-                       help="largest message accepted, MB (default: one result of this job) [DCOORD_MAX_MESSAGE_MB]")
-        g.add_argument("--max-streams", type=int, default=env("DCOORD_MAX_STREAMS"),
-                       help="concurrent RPCs at most (default 4 x workers + 32) [DCOORD_MAX_STREAMS]")
-        g.add_argument("--register-rate", type=float, default=env("DCOORD_REGISTER_RATE", 5.0),
-                       help="Register calls per second per peer host (burst 20) [DCOORD_REGISTER_RATE]")
-        g.add_argument("--reserve-s", type=float, default=env("DCOORD_RESERVE_S", 30.0),
-                       help="a registered id frees if its Work stream does not open within this [DCOORD_RESERVE_S]")
+        _option(g, "--max-message-mb", "DCOORD_MAX_MESSAGE_MB",
+                "largest message accepted, MB (default: one result of this job)", type=float)
+        _option(g, "--max-streams", "DCOORD_MAX_STREAMS", "concurrent RPCs at most (default 4 x workers + 32)",
+                type=int)
+        _option(g, "--register-rate", "DCOORD_REGISTER_RATE", "Register calls per second per peer host (burst 20)",
+                5.0, type=float)
+        _option(g, "--reserve-s", "DCOORD_RESERVE_S",
+                "a registered id frees if its Work stream does not open within this", 30.0, type=float)
         return
-    g.add_argument("--tls-ca", default=env("DCOORD_TLS_CA"), metavar="PATH",
-                   help="PEM CA that signed the coordinator's certificate: use TLS and check it [DCOORD_TLS_CA]")
-    g.add_argument("--tls-cert", default=env("DCOORD_TLS_CERT"), metavar="PATH",
-                   help="PEM client certificate for mutual TLS [DCOORD_TLS_CERT]")
-    g.add_argument("--tls-key", default=env("DCOORD_TLS_KEY"), metavar="PATH",
-                   help="PEM private key of --tls-cert [DCOORD_TLS_KEY]")
-    g.add_argument("--tls-server-name", default=env("DCOORD_TLS_SERVER_NAME"), metavar="NAME",
-                   help="name to check in the coordinator's certificate (default: the host dialled) "
-                        "[DCOORD_TLS_SERVER_NAME]")
+    _option(g, "--tls-ca", "DCOORD_TLS_CA", "PEM CA that signed the coordinator's certificate: use TLS and check it",
+            metavar="PATH")
+    _option(g, "--tls-cert", "DCOORD_TLS_CERT", "PEM client certificate for mutual TLS", metavar="PATH")
+    _option(g, "--tls-key", "DCOORD_TLS_KEY", "PEM private key of --tls-cert", metavar="PATH")
+    _option(g, "--tls-server-name", "DCOORD_TLS_SERVER_NAME",
+            "name to check in the coordinator's certificate (default: the host dialled)", metavar="NAME")
     if role == "worker":
         allowed = [p.strip() for p in env(ALLOW_ENV, "").split(",") if p.strip()]
         g.add_argument("--allow-workload", action="append", default=None, metavar="PATTERN",
@@ -77,11 +77,10 @@ def add_security_options(parser: argparse.ArgumentParser, role: str) -> None:
         g.add_argument("--noise-secret-file", default=env("DCOORD_NOISE_SECRET_FILE"), metavar="PATH",
                        help="this worker's DIFF2/DP noise secret (trust: workers) [DCOORD_NOISE_SECRET_FILE; "
                             "else $DCOORD_NOISE_SECRET]")
-        g.add_argument("--max-epsilon", type=float, default=env(MAX_EPSILON_ENV),
-                       help="refuse jobs without trust: workers privacy or with a larger epsilon against a "
-                            f"compromised coordinator [{MAX_EPSILON_ENV}]")
-        g.add_argument("--connect-timeout", type=float, default=env("DCOORD_CONNECT_TIMEOUT_S", 300.0),
-                       help="keep retrying registration (with backoff) this many seconds [DCOORD_CONNECT_TIMEOUT_S]")
+        _option(g, "--max-epsilon", MAX_EPSILON_ENV, "refuse jobs without trust: workers privacy or with a larger "
+                "epsilon against a compromised coordinator", type=float)
+        _option(g, "--connect-timeout", "DCOORD_CONNECT_TIMEOUT_S",
+                "keep retrying registration (with backoff) this many seconds", 300.0, type=float)
 
 
 def _pem(path: str | None, what: str) -> bytes | None:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from dcoord.coding.base import Scheme
-from dcoord.errors import SimulationError
+from dcoord.errors import SimulationError, StragglerError
 from dcoord.sim.config import SimulateConfig
 from dcoord.stragglers import InjectConfig, StragglerModel, load_trace_csv, make_straggler_model
 
@@ -57,10 +57,11 @@ class TraceDelays(DelaySource):
                  name: str = "trace") -> None:
         d0 = np.asarray(d0, dtype=np.float64)
         if d0.ndim != 2 or d0.shape[0] < 1:
-            raise ValueError(f"{name}: need a (rounds x workers) matrix, got shape {d0.shape}")
+            raise StragglerError(f"{name}: need a (rounds x workers) matrix, got shape {d0.shape}")
         n = d0.shape[1] if n is None else n
         if d0.shape[1] < n:
-            raise ValueError(f"{name}: {d0.shape[1]} columns (workers) but {n} workers simulated")
+            raise StragglerError(f"{name}: {d0.shape[1]} columns (workers) but {n} workers simulated; simulate "
+                                 f"at most {d0.shape[1]} workers or use a trace with {n} columns or more")
         self.n = n
         self.d0 = d0[:, :n] * scale
         self.base_comp = float(base_comp)
