@@ -2,8 +2,9 @@
 
 For resnet18-cifar and gpt-char, 4 workers, same per-worker batch, all measured side by side in one run:
   - no stragglers, uncoded: dcoord's round time on the standalone path (`dcoord run`: coordinator + worker
-    processes over loopback gRPC) and on the torchrun path (`torchrun -m dcoord.launch`, payloads over
-    gloo point-to-point), against torchrun + DistributedDataParallel (gloo) step time;
+    processes over loopback, payloads on the tcp data plane) and on the torchrun path
+    (`torchrun -m dcoord.launch`, payloads over gloo point-to-point), against torchrun +
+    DistributedDataParallel (gloo) step time;
   - one worker 5x slow: gc-cyclic (s=1) round time against DDP's step time with one rank 5x slow;
   - the coordinator's CPU time per round (its event-loop thread) split into receive, decode, step, send.
 With --gpu (on a machine with CUDA): resnet18-cifar with its 4 workers on the GPU, rounds per second against
@@ -74,8 +75,10 @@ def round_stats(out: Path) -> dict:
 
 
 def standalone(spec: dict, tmp: Path) -> dict:
+    """`dcoord run`: coordinator and worker processes, control over gRPC, payloads and models on the tcp data
+    plane (the standalone path's data plane; gRPC payloads are measured by bench/wire_round.py)."""
     out = tmp / f"run-{time.monotonic_ns()}"
-    run_local(load_config(None, data=spec), out, progress=False)
+    run_local(load_config(None, data={**spec, "transport": "tcp"}), out, progress=False)
     return round_stats(out)
 
 
