@@ -104,7 +104,9 @@ def _launch(launcher: str, nproc: int, *args: str) -> list[str]:
         mpirun(nproc, "-m", "dcoord.launch", *args)
 
 
-def _kill_and_resume(tmp_path: Path, launcher: str, kind: str) -> None:
+def _kill_and_resume(tmp_path: Path, launcher: str, kind: str, kill: str = "everything") -> None:
+    """``kill``: ``everything`` (the launcher and every rank at once) or ``launcher`` (torchrun's agent only:
+    its ranks, each in a session of its own, must notice and stop by themselves)."""
     job = _job(tmp_path, kind)
     nproc = JOBS[kind]["workers"] + 1
     ref, run = tmp_path / "ref", tmp_path / "run"
@@ -122,10 +124,14 @@ def _kill_and_resume(tmp_path: Path, launcher: str, kind: str) -> None:
             assert proc.poll() is None, f"the launch ended before the kill: {proc.stderr.read()[-3000:]}"
             assert time.monotonic() < deadline, "the launch did not get going"
             time.sleep(0.02)
-        killed = _kill_everything(proc.pid)
+        if kill == "everything":
+            killed = _kill_everything(proc.pid)
+        else:
+            killed = _descendants(proc.pid)
+            os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-        assert len(killed) >= nproc + 1, f"found {len(killed)} processes of the launch, expected > {nproc}"
-        end = time.monotonic() + 20
+        assert len(killed) >= nproc, f"found {len(killed)} processes of the launch, expected >= {nproc}"
+        end = time.monotonic() + 30
         while any(_ppid_pgid(p) for p in killed) and time.monotonic() < end:
             time.sleep(0.1)
         assert not any(_ppid_pgid(p) for p in killed), "a process of the launch outlived the SIGKILL"
@@ -145,18 +151,28 @@ def _kill_and_resume(tmp_path: Path, launcher: str, kind: str) -> None:
     assert [e["event"] for e in events if e["event"] == "resume"] == ["resume"]
     s_run, s_ref = (json.loads((d / "summary.json").read_text()) for d in (run, ref))
     assert s_run["rounds_completed"] == s_ref["rounds_completed"] == ROUNDS
-    assert s_run["rejected_results"] == {}
     a, b = torch.load(run / "model.pt"), torch.load(ref / "model.pt")
     if kind == "uncoded":
         assert all(torch.equal(a[k], b[k]) for k in b), f"uncoded resume not bit for bit (kill at {killed_after})"
     else:
         assert max_rel_diff(a, b) < 1e-6, f"resumed model differs (kill at {killed_after})"
+    # a worker rank that stopped before rank 0 drained its data plane is counted there (and kept in the
+    # checkpoint taken on the stop); nothing else may be rejected
+    allowed = {"data-plane"} if kill == "launcher" else set()
+    assert set(s_run["rejected_results"]) <= allowed, s_run["rejected_results"]
 
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("kind", list(JOBS))
 def test_torchrun_sigkill_then_resume_equals_uninterrupted(tmp_path, kind):
     _kill_and_resume(tmp_path, "torchrun", kind)
+
+
+@pytest.mark.timeout(240)
+def test_ranks_stop_when_torchrun_alone_is_killed_and_the_run_resumes(tmp_path):
+    """SIGKILL torchrun's agent only: every rank stops within seconds (none keeps running the job next to a
+    relaunch), and --resume finishes the run bit for bit."""
+    _kill_and_resume(tmp_path, "torchrun", "uncoded", kill="launcher")
 
 
 @pytest.mark.timeout(240)
