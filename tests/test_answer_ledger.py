@@ -71,7 +71,7 @@ def test_rounds_never_go_back_within_a_session():
     led.answered_round(2)
     with pytest.raises(PrivacyError, match="older than round 2"):
         led.begin_round(1, "t")
-    # going back to an old session name does not reset the order of the current one's successor
+    # each change of session starts a new order; within it, rounds still never go back
     led.begin_round(5, "s")
     led.answered_round(5)
     with pytest.raises(PrivacyError):
