@@ -28,6 +28,8 @@ import os
 import signal
 import socket
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -183,10 +185,12 @@ async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, pl
     except asyncio.CancelledError:
         if not stopped:
             raise
+        why = (f"{_launcher_gone[0]} is gone (killed?)" if _launcher_gone else
+               f"{env.launcher} stops every rank when any rank exits (a worker died or was killed, or the "
+               "job was interrupted)")
         raise RunFailed(
             f"stopped by {stopped[0]} after {max(coord.round, 0)} of {coord.total_rounds} rounds: "
-            f"{env.launcher} stops every rank when any rank exits (a worker died or was killed, or the "
-            f"job was interrupted); metrics and checkpoints are in {out} (continue with --resume {out})"
+            f"{why}; metrics and checkpoints are in {out} (continue with --resume {out})"
         ) from None
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -215,6 +219,39 @@ def _work(cfg: JobConfig, env: LaunchEnv, plane) -> dict:
 
 #: the data plane of the launch in progress (so a failure can abort MPI / skip a blocking teardown)
 _plane = None
+#: set when this rank's launcher process went away (see watch_launcher)
+_launcher_gone: list[str] = []
+
+
+def watch_launcher(env: LaunchEnv, interval: float = 1.0) -> None:
+    """Stop this rank when the process that started it (torchrun's agent, mpirun's daemon) is gone.
+
+    torchrun starts every rank in its own session, so a SIGKILL of torchrun (or of its process group) leaves
+    the ranks running the job on their own; a relaunch with --resume would then share the run directory
+    with a coordinator nobody can see. A rank whose parent changed stops instead: rank 0 as on SIGTERM
+    (checkpoint, workers told to stop, exit 3 with the resume hint), a worker when rank 0 tells it to stop or
+    a few seconds later (exit 4).
+    """
+    parent = os.getppid()
+    if parent <= 1:  # already detached from whatever started it: nothing to watch
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        _launcher_gone.append(f"{env.launcher} (pid {parent})")
+        if env.rank == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        time.sleep(5 * interval)  # rank 0 saw it too: let it checkpoint and tell this worker to stop first
+        try:
+            print(f"dcoord.launch: rank {env.rank}: error: {env.launcher} (pid {parent}) is gone; stopping",
+                  file=sys.stderr, flush=True)
+        except (OSError, ValueError):  # its stderr went with it
+            pass
+        os._exit(4)
+
+    threading.Thread(target=watch, name="dcoord-launcher-watch", daemon=True).start()
 
 
 def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = True, mode: str = "new") -> dict:
@@ -229,6 +266,7 @@ def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = Tr
 
     if env.rank > 0:
         torch.set_num_threads(1)  # workers share the node's cores
+    watch_launcher(env)
     try:
         _plane = make_data_plane(cfg, env)
         if _plane.rank == 0:

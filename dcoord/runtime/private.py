@@ -8,12 +8,15 @@ Both sides derive the same public round parameters (clip, noise std) from public
 round index and ||x_t - x_{t-1}||, computed by the same function from the same parameter vectors.
 The workers' noise secret lives only in :class:`WorkerPrivacy` (read from the worker's own settings);
 :class:`CoordinatorPrivacy` never reads it. Against a compromised coordinator (trust: workers) a worker
-answers each (round, partition) for one parameter vector only and never a round older than one it
-answered (:class:`AnswerLedger`); its noise is bound to the parameters asked about (mechanisms.worker_message).
+answers each (round, partition) for one parameter vector only, never a round older than one it answered
+in the same session, and nothing older than its window of recent rounds (:class:`AnswerLedger`); its noise
+is bound to the parameters asked about (mechanisms.worker_message), so the same question asked again after
+a coordinator restart gets the identical answer.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import secrets
 
@@ -52,27 +55,81 @@ def round_spec(mech: PrivateGD, job: int, params: np.ndarray, prev: np.ndarray |
 
 
 class AnswerLedger:
-    """What a worker promised to a possibly compromised coordinator: each (job, partition) is answered for
-    one parameter vector only, and no assignment round older than one already answered is served."""
+    """What a worker promised to a possibly compromised coordinator (``trust: workers``).
 
-    def __init__(self) -> None:
-        self.digests: dict[tuple[int, int], bytes] = {}
-        self.newest_round = -1
+    Rules, for the worker's whole life:
+
+    1. One parameter vector per (job, partition): a (job, part) is answered only for the digest of
+       (x_t, x_(t-1)) it was first answered for. The message is a deterministic function of (noise key,
+       job, part, that digest) -- the clip and noise std follow from the parameters, the noise seed is an
+       HMAC of the key, job, part and digest (mechanisms.worker_message) -- so answering the same (job, part,
+       parameters) again sends the identical message and releases nothing new, while other parameters
+       (independent noise that two answers could average away) are refused.
+    2. Within one session (one registration with a coordinator) assignment rounds never go back: a
+       coordinator that replays an older round on the same stream gets no second answer. A new session (this
+       worker re-registered, e.g. with a coordinator resumed from its checkpoint, which runs again the rounds
+       after that checkpoint) starts its own round order; rule 1 still binds every answer it gets.
+    3. Bounded memory: digests are kept for the newest ``window`` jobs only, and every job older than that
+       window is refused for good. The floor (newest job answered - window + 1) only rises, so a forgotten
+       (job, part) can never be answered again and rule 1 holds for jobs that left the window too.
+    """
+
+    def __init__(self, window: int = 1024) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1 jobs, got {window}")
+        self.window = int(window)
+        self.digests: dict[int, dict[int, bytes]] = {}  # job -> part -> digest, jobs >= floor only
+        self._jobs: list[int] = []  # min-heap of the jobs in ``digests``
+        self.newest_job = -1
+        self.session: str | None = None
+        self.newest_round = -1  # in this session
         self.refused = 0
 
-    def begin_round(self, round: int) -> None:
+    @property
+    def floor(self) -> int:
+        """The oldest job still answerable (older ones are refused for good)."""
+        return self.newest_job - self.window + 1
+
+    def begin_round(self, round: int, session: str | None = None) -> None:
+        """Called before answering assignment round ``round`` received in ``session`` (rule 2)."""
+        if session != self.session:
+            self.session, self.newest_round = session, -1
         if round < self.newest_round:
             self.refused += 1
-            raise PrivacyError(f"round {round} is older than round {self.newest_round}, already answered")
+            raise PrivacyError(f"round {round} is older than round {self.newest_round}, already answered "
+                               "in this session")
 
     def answered_round(self, round: int) -> None:
         self.newest_round = max(self.newest_round, round)
 
     def check(self, job: int, part: int, digest: bytes) -> None:
-        seen = self.digests.setdefault((job, part), digest)
+        """Record (job, part) -> digest, or refuse: other parameters than before (rule 1), or a job older than
+        the window (rule 3)."""
+        if job < self.floor:
+            self.refused += 1
+            raise PrivacyError(f"round {job} is older than the {self.window} newest rounds this worker keeps "
+                               f"answers for (it answered round {self.newest_job}); it is not answered again")
+        parts = self.digests.get(job)
+        if parts is None:
+            parts = self.digests[job] = {}
+            heapq.heappush(self._jobs, job)
+        seen = parts.setdefault(part, digest)
         if seen != digest:
             self.refused += 1
             raise PrivacyError(f"round {job} partition {part} was already answered for other parameters")
+        if job > self.newest_job:
+            self.newest_job = job
+            while self._jobs and self._jobs[0] < self.floor:
+                del self.digests[heapq.heappop(self._jobs)]
+
+
+def answer_window(cfg: JobConfig) -> int:
+    """Jobs a worker keeps answer digests for: enough for a coordinator resumed from its oldest kept
+    checkpoint (checkpoint_every x keep_checkpoints rounds back, plus the sequential code's delay and the
+    round in flight), at least 64 and at most 4096 jobs (a few MB at most, whatever the config says)."""
+    rt = cfg.runtime
+    span = rt.checkpoint_every * rt.keep_checkpoints + cfg.make_scheme().delay + 2
+    return max(64, min(4096, span))
 
 
 class WorkerPrivacy:
@@ -84,7 +141,7 @@ class WorkerPrivacy:
         self.key: NoiseKey | None = None
         if cfg.privacy.trust == "workers":
             self.key = key if key is not None else load_worker_noise_key()
-        self.ledger = AnswerLedger()
+        self.ledger = AnswerLedger(answer_window(cfg))
 
     def needs_previous(self, job: int) -> bool:
         return not self.mech.is_restart(job)

@@ -206,9 +206,6 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
                     "computed; the job did not tell this worker to stop")
             if launcher_plane or not rejoin:  # torchrun/mpirun stop every rank: no coordinator to wait for
                 raise LostCoordinator(lost)
-            if privacy is not None:  # the ledger refuses rounds a restarted coordinator would run again
-                raise LostCoordinator(f"{lost}; a private job's worker does not rejoin a restarted coordinator "
-                                      "(it would be asked again for rounds it answered): start fresh workers")
             log.warning("%s; re-registering for up to %g s (--connect-timeout)", lost, connect_timeout)
             if reg.data_port and data_plane is not None:
                 data_plane.close(clean=False)
@@ -292,7 +289,7 @@ def _serve(stub, reg: pb.RegisterReply, session: str, wid: int, job_id: str, cfg
             payloads = []
             try:
                 if privacy is not None:
-                    privacy.ledger.begin_round(a.round)
+                    privacy.ledger.begin_round(a.round, session)
                 for t in a.tasks:
                     load_flat_params(computer.model, cache[(t.model, t.model_version)])
                     payload, losses = computer.coded_device(t.job, list(t.parts), list(t.coeffs), dtype,
