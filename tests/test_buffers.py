@@ -39,3 +39,22 @@ def test_pool_is_bounded_and_small_buffers_are_fresh():
     assert sum(len(v) for v in pool._kept.values()) == 2
     small = [pool.take(16, np.float32) for _ in range(3)]
     assert pool.allocated == 5 and all(s.size == 16 for s in small)
+
+
+def test_all_finite_finds_every_nan_and_inf_and_survives_overflowing_sums():
+    from dcoord.runtime.tensors import all_finite
+
+    for dtype in (np.float32, np.float64):
+        a = np.ones(100_000, dtype=dtype)
+        assert all_finite(a) and all_finite(a[::2]) and all_finite(np.empty(0, dtype=dtype))
+        for bad in (np.nan, np.inf, -np.inf):
+            b = a.copy()
+            b[77_777] = bad
+            assert not all_finite(b) and not all_finite(b[1::2]) and not all_finite(b.copy().reshape(10, -1))
+            b.flags.writeable = False
+            assert not all_finite(b)
+        both = a.copy()
+        both[3], both[5] = np.inf, -np.inf  # their sum is NaN, not a cancellation to something finite
+        assert not all_finite(both)
+        big = np.full(1000, np.finfo(dtype).max / 2, dtype=dtype)  # finite values whose sum overflows
+        assert all_finite(big)

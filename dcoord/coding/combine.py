@@ -36,8 +36,14 @@ def combine(coeffs: Mapping[Hashable, float], messages: Mapping[Hashable, np.nda
         acc = out[lo : lo + BLOCK]
         tmp = scratch[: len(acc)]
         (c0, m0), rest = items[0], items[1:]
-        np.multiply(m0[lo : lo + BLOCK], c0, out=acc)  # 0 + c*m is c*m: no zero fill needed
+        if c0 == 1.0:  # uncoded and 0/1 codes: a widening copy, exact, no multiply
+            np.copyto(acc, m0[lo : lo + BLOCK])
+        else:
+            np.multiply(m0[lo : lo + BLOCK], c0, out=acc)  # 0 + c*m is c*m: no zero fill needed
         for c, m in rest:
-            np.multiply(m[lo : lo + BLOCK], c, out=tmp)
-            acc += tmp
+            if c == 1.0:
+                np.add(acc, m[lo : lo + BLOCK], out=acc)  # the message widens to float64 exactly
+            else:
+                np.multiply(m[lo : lo + BLOCK], c, out=tmp)
+                acc += tmp
     return out

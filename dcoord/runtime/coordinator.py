@@ -232,12 +232,14 @@ class Coordinator:
         self.bytes_round = 0
         self.cpu_s = Counter()
         self.round_tasks = self.scheme.tasks(r)
+        t_flat = time.thread_time()  # flattening the model versions to send counts as sending
         for tasks in self.round_tasks.values():
             for t in tasks:
                 if t.job not in self.job_params:
                     m = self.scheme.model_of(t.job)
                     buf = self.param_pool.take(self.num_params, np.float32)
                     self.job_params[t.job] = (self.steps[m], flat_params(self.models[m], out=buf))
+        self.cpu_s["send"] += time.thread_time() - t_flat
         for w in range(self.n):
             if not self.round_tasks.get(w):
                 self.arrived.add(w)  # nothing to do this round counts as delivered
