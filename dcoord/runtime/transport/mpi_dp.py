@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from dcoord.runtime.buffers import BufferPool
 from dcoord.runtime.transport.base import TAG, DataPlane, DataPlaneError, Deliver, Fail
 
 log = logging.getLogger("dcoord.transport.mpi")
@@ -31,6 +32,7 @@ class MpiDataPlane(DataPlane):
         self.MPI = MPI
         self.comm = MPI.COMM_WORLD.Dup()  # collective, once at start-up
         self.rank, self.world_size = self.comm.Get_rank(), self.comm.Get_size()
+        self.pool = BufferPool(per_shape=2 * self.world_size + 2)  # rank 0's payload buffers, reused
         self._pending: list = []
         self._bufs: list = []
 
@@ -100,7 +102,7 @@ class MpiDataPlane(DataPlane):
                             reqs[i] = MPI.REQUEST_NULL
                             active -= 1
                             continue
-                        bufs[i], seqs[i] = np.empty(count, dtype=dtype), seq
+                        bufs[i], seqs[i] = self.pool.take(count, dtype), seq
                         reqs[i] = self.comm.Irecv(bufs[i], source=src, tag=TAG)
                     else:  # its payload arrived
                         arr, bufs[i] = bufs[i], None
