@@ -119,6 +119,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kill-p", type=float, default=0.05, help="chance per poll (20/s) to kill a worker when all are up")
+    ap.add_argument("--emulate-part-s", type=float, default=0.02,
+                    help="sleep per part per round in each worker (runtime.emulate_part_s): rounds of a tiny model "
+                         "otherwise keep every core busy, and a restarted worker then needs ~20 s to start and "
+                         "rejoin on a 2-core machine, so few kills and rejoins would happen")
     args = ap.parse_args()
     rounds = args.rounds or (300 if args.quick else 2000)
     rng = random.Random(args.seed)
@@ -131,7 +135,7 @@ def main() -> None:
             "batch_size": None, "optimizer": {"name": "sgd", "lr": 0.5},
             "coding": {"scheme": "gc-cyclic", "stragglers": 1},
             "runtime": {"progress": False, "checkpoint_every": 25, "worker_wait_s": 120,
-                        "restart_workers": True}}))
+                        "restart_workers": True, "emulate_part_s": args.emulate_part_s}}))
         ref = t / "ref"
         t0 = time.monotonic()
         subprocess.run(dcoord("run", str(job), "--out", str(ref), "--quiet"), env=env, check=True,
@@ -149,7 +153,7 @@ def main() -> None:
         events = {e: sum(1 for r in lines if r.get("event") == e) for e in ("worker-lost", "worker-rejoined", "resume")}
     total_wall = first["wall_s"] + second["wall_s"]
     result = {
-        "rounds": rounds, "seed": args.seed,
+        "rounds": rounds, "seed": args.seed, "emulate_part_s": args.emulate_part_s,
         "rounds_each_once": logged == list(range(rounds)),
         "final_model_max_rel_diff_vs_uninterrupted": diff,
         "rounds_per_s_with_faults": rounds / total_wall, "rounds_per_s_uninterrupted_incl_startup": rounds / ref_wall,
