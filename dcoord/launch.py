@@ -278,6 +278,7 @@ def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = Tr
         if _plane.rank == 0:
             summary = asyncio.run(_coordinate_async(cfg, env, out, _plane, progress, mode))
             clean = _plane.stop_receiving(timeout=10.0) if cfg.transport != "grpc" else True
+            clean = _plane.end_models(timeout=10.0) and clean  # END sent to every worker's model reader
             if _plane.models_sender is not None:  # what went down the plane (models) and up it (payloads)
                 summary["data_plane_bytes"] = {"models_out": _plane.models_sender.bytes_out,
                                                "payloads_in": int(getattr(_plane, "bytes_in", 0))}
