@@ -16,7 +16,13 @@ import pytest
 
 from dcoord.errors import DataPlaneError
 from dcoord.runtime.transport.base import KIND_END
-from dcoord.runtime.transport.models_down import HEADER_LEN, KIND_MODEL, ModelReceiver, ModelSender, model_header
+from dcoord.runtime.transport.models_down import (
+    HEADER_LEN,
+    KIND_MODEL,
+    ModelReceiver,
+    ModelSender,
+    model_header,
+)
 
 
 class Channel:
