@@ -165,6 +165,8 @@ async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, pl
                 pass
 
         plane.start_receiving(range(1, env.world_size), 4 * max(coord.num_params, 1), matcher.on_payload, fail)
+        # models down the same plane (CPU gloo, MPI), as the tcp server does standalone: see models_down.py
+        coord.data_server = plane.model_sender(range(env.world_size - 1)) or coord.data_server
     plane.publish(f"{host}:{port}")
     log.info("coordinator of job %s on %s:%d, %s data plane, %d workers", coord.job_id, host, port,
              cfg.transport, cfg.workers)
@@ -214,7 +216,11 @@ def _work(cfg: JobConfig, env: LaunchEnv, plane) -> dict:
     if carries:
         plane.send_end()
     plane.close(clean=True)
-    return {"role": "worker", "rank": env.rank, "worker_id": env.rank - 1, "rounds_computed": rounds}
+    out = {"role": "worker", "rank": env.rank, "worker_id": env.rank - 1, "rounds_computed": rounds}
+    models = plane.models_receiver
+    if models is not None:  # models came down the launcher's plane (models_down.py)
+        out.update(models_received=models.received, model_bytes_received=models.bytes_in)
+    return out
 
 
 #: the data plane of the launch in progress (so a failure can abort MPI / skip a blocking teardown)
@@ -272,6 +278,10 @@ def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = Tr
         if _plane.rank == 0:
             summary = asyncio.run(_coordinate_async(cfg, env, out, _plane, progress, mode))
             clean = _plane.stop_receiving(timeout=10.0) if cfg.transport != "grpc" else True
+            clean = _plane.end_models(timeout=10.0) and clean  # END sent to every worker's model reader
+            if _plane.models_sender is not None:  # what went down the plane (models) and up it (payloads)
+                summary["data_plane_bytes"] = {"models_out": _plane.models_sender.bytes_out,
+                                               "payloads_in": int(getattr(_plane, "bytes_in", 0))}
             if clean:
                 _plane.close(clean=True)
             summary["_clean_exit"] = clean

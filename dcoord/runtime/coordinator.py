@@ -111,7 +111,7 @@ class Coordinator:
         self.started = time.monotonic()
         self.round_closed = asyncio.Event()
         self._registered = asyncio.Event()
-        self.data_server = None  # transport: tcp (runtime.transport.tcp_dp.TcpDataServer)
+        self.data_server = None  # tcp: transport.tcp_dp.TcpDataServer; torch/mpi: transport.models_down.ModelSender
         self._data_keys: dict[int, bytes] = {}
         # checkpoints: "collect" while a round waits for results (the scheme as it was when the round
         # started is kept), "closing" while a closed round is applied, "boundary" between rounds

@@ -24,7 +24,8 @@ ENV_PORT = "DCOORD_METRICS_PORT"
 
 
 def data_plane_bytes(coord: Any) -> tuple[int, int]:
-    """(received, sent) payload bytes on the coordinator's standalone tcp data plane (0, 0 without one).
+    """(received, sent) payload bytes on the coordinator's data plane: tcp (standalone), or torch/mpi under a
+    launcher once models go down it too (0, 0 without one).
 
     The gRPC work stream's share is counted by service.py (``dcoord.wire.payload_bytes``)."""
     server = coord.data_server

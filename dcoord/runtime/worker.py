@@ -192,6 +192,8 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
 
     if reg.data_port and not launcher_plane:
         data_plane = open_tcp_plane(reg)
+    if launcher_plane and hasattr(data_plane, "start_models"):
+        data_plane.start_models(computer_size(workload))  # rank 0 may send models down the launcher's plane
     print(f"worker {wid} of job {job_id} on {dev}", file=sys.stderr, flush=True)
     cache: dict[tuple[int, int], np.ndarray] = {}
     computed = 0

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from dcoord.errors import DataPlaneError
+from dcoord.errors import DataPlaneError, DcoordError
 from dcoord.runtime.messages import Result
 
 log = logging.getLogger("dcoord.transport")
@@ -123,6 +123,60 @@ class DataPlane(ABC):
             raise DataPlaneError(f"rank {src}: bad header (count {count}, dtype code {code})")
         self._expect[src] = expect + 1
         return kind, seq, count, DTYPES[code]
+
+    # -- models down (rank 0 -> workers, runtime/transport/models_down.py) ----------------------------
+    #: planes that carry models set this (and implement _send_model_array / _recv_model_array)
+    models_down = False
+    models_sender = None
+    models_receiver = None
+
+    def _send_model_array(self, dst: int, arr: np.ndarray) -> None:
+        """Rank 0: blocking send of one array to rank ``dst`` on MODEL_TAG (called from sender threads)."""
+        raise NotImplementedError
+
+    def _recv_model_array(self, arr: np.ndarray) -> None:
+        """A worker: blocking receive of one array from rank 0 on MODEL_TAG (its reader thread)."""
+        raise NotImplementedError
+
+    def model_sender(self, workers: Iterable[int]):
+        """Rank 0: a ModelSender for these worker ids (coordinator.data_server), or None if models stay on gRPC."""
+        if not self.models_down:
+            return None
+        from dcoord.runtime.transport.models_down import ModelSender
+
+        self.models_sender = ModelSender(self._send_model_array, workers,
+                                         bytes_in=lambda: getattr(self, "bytes_in", 0))
+        return self.models_sender
+
+    def start_models(self, max_count: int) -> None:
+        """A worker: start receiving models from rank 0 (before its first assignment can name one)."""
+        if self.models_down and self.models_receiver is None:
+            from dcoord.runtime.transport.models_down import ModelReceiver
+
+            self.models_receiver = ModelReceiver(self._recv_model_array, max_count)
+
+    def model(self, model: int, version: int, timeout: float) -> np.ndarray:
+        """A worker: the parameters of (model, version) from rank 0, waiting for them (see ModelReceiver)."""
+        if self.models_receiver is None:
+            raise DcoordError(f"the coordinator sent models on the {self.name} data plane, which this worker "
+                              "does not read")
+        return self.models_receiver.model(model, version, timeout)
+
+    def keep_models(self, keep: set[tuple[int, int]]) -> None:
+        """A worker: forget model versions older than those in ``keep`` (newer ones stay)."""
+        if self.models_receiver is not None:
+            self.models_receiver.keep_models(keep)
+
+    def end_models(self, timeout: float = 10.0) -> bool:
+        """Wait until the model stream ended on this rank (rank 0: END sent; worker: END received).
+
+        True when nothing of it is left posted, so the plane may be torn down without blocking."""
+        if self.models_sender is not None:
+            self.models_sender.close()  # normally done already by the coordinator's close_data_plane
+            return self.models_sender.join(timeout)
+        if self.models_receiver is not None:
+            return self.models_receiver.join(timeout)
+        return True
 
     # -- teardown -----------------------------------------------------------------------------------
     @abstractmethod

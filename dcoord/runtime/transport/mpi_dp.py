@@ -16,6 +16,7 @@ import numpy as np
 
 from dcoord.runtime.buffers import BufferPool
 from dcoord.runtime.transport.base import TAG, DataPlane, DataPlaneError, Deliver, Fail
+from dcoord.runtime.transport.models_down import HEADER_LEN, MODEL_TAG
 
 log = logging.getLogger("dcoord.transport.mpi")
 
@@ -35,6 +36,12 @@ class MpiDataPlane(DataPlane):
         self.pool = BufferPool(per_shape=2 * self.world_size + 2)  # rank 0's payload buffers, reused
         self._pending: list = []
         self._bufs: list = []
+        self.bytes_in = 0  # payload bytes received (rank 0)
+
+    @property
+    def models_down(self) -> bool:
+        """Models go down this plane only when helper threads may call MPI too (MPI_THREAD_MULTIPLE)."""
+        return self.MPI.Query_thread() == self.MPI.THREAD_MULTIPLE
 
     # -- start-up -----------------------------------------------------------------------------------
     def publish(self, value: str) -> None:
@@ -106,6 +113,7 @@ class MpiDataPlane(DataPlane):
                         reqs[i] = self.comm.Irecv(bufs[i], source=src, tag=TAG)
                     else:  # its payload arrived
                         arr, bufs[i] = bufs[i], None
+                        self.bytes_in += arr.nbytes
                         deliver(src - 1, seqs[i], arr)
                         reqs[i] = self.comm.Irecv(hdrs[i], source=src, tag=TAG)
         finally:
@@ -114,8 +122,28 @@ class MpiDataPlane(DataPlane):
                     r.Cancel()
                     r.Wait()
 
+    # -- models down (models_down.py): from helper threads, which drive MPI progress themselves -------
+    @staticmethod
+    def _complete(req, busy: bool) -> None:
+        """Poll ``req`` to completion: tightly for a model's bytes (MPI moves them only while called), with
+        sleeps backing off to ~1 ms while waiting for the next header (an idle reader costs no core)."""
+        idle = 0
+        while not req.Test():
+            if not busy:
+                idle = min(idle + 1, 10)
+            time.sleep(1e-6 * (2 ** idle) if idle else 0)
+
+    def _send_model_array(self, dst: int, arr: np.ndarray) -> None:
+        self._complete(self.comm.Isend(arr, dest=dst, tag=MODEL_TAG), busy=True)
+
+    def _recv_model_array(self, arr: np.ndarray) -> None:
+        self._complete(self.comm.Irecv(arr, source=0, tag=MODEL_TAG), busy=arr.size > HEADER_LEN)
+
     # -- teardown -----------------------------------------------------------------------------------
     def close(self, clean: bool = True) -> None:
+        if clean and not self.end_models(timeout=10.0):
+            log.warning("model stream did not end; leaving the communicator as it is")
+            clean = False
         if clean:
             self.comm.Free()
 

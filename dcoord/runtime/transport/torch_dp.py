@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from dcoord.runtime.buffers import BufferPool
 from dcoord.runtime.transport.base import TAG, DataPlane, Deliver, Fail
+from dcoord.runtime.transport.models_down import MODEL_TAG
 
 log = logging.getLogger("dcoord.transport.torch")
 
@@ -49,6 +50,12 @@ class TorchDataPlane(DataPlane):
         cuda = "nccl" in self.backend and torch.cuda.is_available()
         self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
         self._pending: list[tuple[dist.Work, torch.Tensor]] = []
+        self.bytes_in = 0  # payload bytes received (rank 0)
+
+    @property
+    def models_down(self) -> bool:
+        """Models go down this plane on CPU gloo; under NCCL they stay in the gRPC Assignment (untested here)."""
+        return self.device.type == "cpu"
 
     # -- start-up -----------------------------------------------------------------------------------
     def _store(self):
@@ -121,6 +128,7 @@ class TorchDataPlane(DataPlane):
                 if self.device.type == "cpu":  # into a reused host buffer (no page faults every round)
                     arr = self.pool.take(count, dtype)
                     dist.recv(torch.from_numpy(arr), src=src, tag=TAG)
+                    self.bytes_in += arr.nbytes
                     deliver(src - 1, seq, arr)
                     del arr  # the pool may hand it out again once the round is done with it
                     continue
@@ -131,8 +139,22 @@ class TorchDataPlane(DataPlane):
             if not self._stop.is_set():
                 fail(src - 1, f"data plane from rank {src} ended: {exc}")
 
+    # -- models down (models_down.py): blocking point-to-point on MODEL_TAG, from helper threads only -----
+    def _send_model_array(self, dst: int, arr: np.ndarray) -> None:
+        with warnings.catch_warnings():  # the coordinator's parameters may be read-only; a send only reads
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.from_numpy(arr)
+        dist.send(t, dst=dst, tag=MODEL_TAG)
+
+    def _recv_model_array(self, arr: np.ndarray) -> None:
+        dist.recv(torch.from_numpy(arr), src=0, tag=MODEL_TAG)
+
     # -- teardown -----------------------------------------------------------------------------------
     def close(self, clean: bool = True) -> None:
+        if clean and not self.end_models(timeout=10.0):
+            # a model send or receive is still posted (its peer is gone): tearing the group down could block
+            log.warning("model stream did not end; leaving the process group without destroying it")
+            clean = False
         if self.owns and clean and dist.is_initialized():
             t0 = time.monotonic()
             dist.destroy_process_group()
