@@ -22,15 +22,13 @@ import numpy as np
 
 from dcoord.errors import DataPlaneError, DcoordError
 from dcoord.runtime.messages import Result
+from dcoord.runtime.transport.frames import DTYPE_CODES, DTYPES, KIND_DATA, KIND_END, TAG
+
+__all__ = ["DTYPE_CODES", "DTYPES", "KIND_DATA", "KIND_END", "TAG", "DataPlane", "DataPlaneError", "Deliver", "Fail",
+           "PayloadMatcher", "make_header"]
 
 log = logging.getLogger("dcoord.transport")
 
-#: tag of every data-plane message (headers and payloads)
-TAG = 7
-KIND_DATA, KIND_END = 1, 2
-#: dtype codes in the header
-DTYPES: dict[int, np.dtype] = {0: np.dtype(np.float32), 1: np.dtype(np.float64)}
-DTYPE_CODES: dict[np.dtype, int] = {v: k for k, v in DTYPES.items()}
 
 #: deliver(worker_id, seq, array) and fail(worker_id, message), both called from receiver threads
 Deliver = Callable[[int, int, np.ndarray], None]

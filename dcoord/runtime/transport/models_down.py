@@ -31,7 +31,7 @@ import numpy as np
 
 from dcoord.errors import DataPlaneError
 from dcoord.runtime.buffers import BufferPool
-from dcoord.runtime.transport.base import DTYPE_CODES, DTYPES, KIND_END
+from dcoord.runtime.transport.frames import DTYPE_CODES, DTYPES, KIND_END
 
 log = logging.getLogger("dcoord.transport.models")
 
@@ -130,20 +130,62 @@ class ModelSender:
         return not any(t.is_alive() for t in self._threads)
 
 
-class ModelReceiver:
+class ModelShelf:
+    """Model versions a worker has received, (model, version) -> parameters, for its compute loop to wait on.
+
+    Shared by every plane that carries models down (tcp, and the launchers' planes through ModelReceiver):
+    a straggler may already hold models of later rounds, and versions newer than those it keeps are never
+    dropped (the coordinator does not send them again)."""
+
+    def __init__(self) -> None:
+        self.models: dict[tuple[int, int], np.ndarray] = {}
+        self.cv = threading.Condition()
+        self.error: str | None = None
+
+    def put(self, model: int, version: int, params: np.ndarray) -> None:
+        with self.cv:
+            self.models[(model, version)] = params
+            self.cv.notify_all()
+
+    def fail(self, why: str) -> None:
+        """The stream ended: every waiting and later ``model`` call raises with ``why``."""
+        with self.cv:
+            self.error = why
+            self.cv.notify_all()
+
+    def model(self, model: int, version: int, timeout: float) -> np.ndarray:
+        """The parameters of (model, version), waiting for them to arrive; DataPlaneError if they never do."""
+        deadline = time.monotonic() + timeout
+        with self.cv:
+            while (model, version) not in self.models:
+                left = deadline - time.monotonic()
+                if self.error is not None or left <= 0:
+                    why = self.error or f"not received within {timeout:g} s"
+                    raise DataPlaneError(f"model {model} version {version}: {why}")
+                self.cv.wait(min(left, 0.5))
+            return self.models[(model, version)]
+
+    def keep_models(self, keep: set[tuple[int, int]]) -> None:
+        """Forget the versions older than every one in ``keep`` of the same model (newer ones stay)."""
+        oldest: dict[int, int] = {}
+        for m, v in keep:
+            oldest[m] = min(v, oldest.get(m, v))
+        with self.cv:
+            for k in [k for k in self.models if k[0] in oldest and k[1] < oldest[k[0]]]:
+                del self.models[k]
+
+
+class ModelReceiver(ModelShelf):
     """A worker: a reader thread receives every model rank 0 sends into reused buffers, until END.
 
-    ``model`` and ``keep_models`` have the semantics of ``TcpDataPlane``'s (see there): a straggler may
-    already hold models of later rounds, and versions newer than those it keeps are never dropped.
+    ``model`` and ``keep_models`` come from ModelShelf, as on the tcp plane.
     """
 
     def __init__(self, recv: Recv, max_count: int, pool: BufferPool | None = None) -> None:
         self._recv = recv
         self.max_count = max_count
+        super().__init__()
         self.pool = pool or BufferPool()
-        self.models: dict[tuple[int, int], np.ndarray] = {}
-        self.cv = threading.Condition()
-        self.error: str | None = None
         self.ended = False
         self.bytes_in = 0
         self.received = 0
@@ -172,44 +214,17 @@ class ModelReceiver:
                 self._recv(head)
                 kind, _, count, dtype, model, version = self.check_header(head, expect)
                 if dtype is None:
-                    with self.cv:
-                        self.ended = True
-                        self.error = "the coordinator ended the model stream (the job is over)"
-                        self.cv.notify_all()
+                    self.ended = True
+                    self.fail("the coordinator ended the model stream (the job is over)")
                     return
                 buf = self.pool.take(count, dtype)
                 self._recv(buf)
                 expect += 1
                 self.bytes_in += buf.nbytes
                 self.received += 1
-                with self.cv:
-                    self.models[(model, version)] = buf
-                    self.cv.notify_all()
+                self.put(model, version, buf)
         except Exception as exc:  # noqa: BLE001 - a dead rank 0 or a protocol error: waiting callers are told
-            with self.cv:
-                self.error = f"model stream from rank 0 ended: {exc}"
-                self.cv.notify_all()
-
-    def model(self, model: int, version: int, timeout: float) -> np.ndarray:
-        """The parameters of (model, version), waiting for them to arrive; DataPlaneError if they never do."""
-        deadline = time.monotonic() + timeout
-        with self.cv:
-            while (model, version) not in self.models:
-                left = deadline - time.monotonic()
-                if self.error is not None or left <= 0:
-                    why = self.error or f"not received within {timeout:g} s"
-                    raise DataPlaneError(f"model {model} version {version}: {why}")
-                self.cv.wait(min(left, 0.5))
-            return self.models[(model, version)]
-
-    def keep_models(self, keep: set[tuple[int, int]]) -> None:
-        """Forget the versions older than every one in ``keep`` of the same model (newer ones stay)."""
-        oldest: dict[int, int] = {}
-        for m, v in keep:
-            oldest[m] = min(v, oldest.get(m, v))
-        with self.cv:
-            for k in [k for k in self.models if k[0] in oldest and k[1] < oldest[k[0]]]:
-                del self.models[k]
+            self.fail(f"model stream from rank 0 ended: {exc}")
 
     def join(self, timeout: float = 10.0) -> bool:
         """Wait for END (or the stream's failure); True when the reader has stopped."""

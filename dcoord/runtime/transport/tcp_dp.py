@@ -32,7 +32,6 @@ import secrets
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -48,6 +47,7 @@ from dcoord.runtime.transport.base import (
     Deliver,
     Fail,
 )
+from dcoord.runtime.transport.models_down import ModelShelf
 
 log = logging.getLogger("dcoord.transport.tcp")
 
@@ -338,9 +338,7 @@ class TcpDataPlane(DataPlane):
         args = (key, job_id, ssl_context, server_hostname, timeout)
         self.up = _connect(host, port, worker_id, UP, *args)
         self.down = _connect(host, port, worker_id, DOWN, *args)
-        self.models: dict[tuple[int, int], np.ndarray] = {}
-        self.cv = threading.Condition()
-        self.error: str | None = None
+        self.shelf = ModelShelf()  # the model versions received, for the compute loop to wait on
         self.bytes_in = 0
         self.pool = BufferPool()  # model buffers, reused once the worker has dropped that version
         self.reader = threading.Thread(target=self._read_models, name="dcoord-dp-models", daemon=True)
@@ -379,25 +377,13 @@ class TcpDataPlane(DataPlane):
                 buf = self.pool.take(count, DTYPES[code])
                 _recv_exact(self.down, memoryview(buf).cast("B"))
                 self.bytes_in += buf.nbytes
-                with self.cv:
-                    self.models[(model, version)] = buf
-                    self.cv.notify_all()
+                self.shelf.put(model, version, buf)
         except (OSError, ConnectionError, ssl.SSLError, DataPlaneError) as exc:
-            with self.cv:
-                self.error = str(exc)
-                self.cv.notify_all()
+            self.shelf.fail(str(exc))
 
     def model(self, model: int, version: int, timeout: float) -> np.ndarray:
         """The parameters of (model, version), waiting for them to arrive; DataPlaneError if they never do."""
-        deadline = time.monotonic() + timeout
-        with self.cv:
-            while (model, version) not in self.models:
-                left = deadline - time.monotonic()
-                if self.error is not None or left <= 0:
-                    why = self.error or f"not received within {timeout:g} s"
-                    raise DataPlaneError(f"model {model} version {version}: {why}")
-                self.cv.wait(min(left, 0.5))
-            return self.models[(model, version)]
+        return self.shelf.model(model, version, timeout)
 
     def keep_models(self, keep: set[tuple[int, int]]) -> None:
         """Forget the versions older than every one in ``keep`` of the same model.
@@ -405,12 +391,7 @@ class TcpDataPlane(DataPlane):
         Newer versions stay: a straggler's superseded assignments may already have brought the models of
         later rounds, and the assignment it takes next needs them (the coordinator does not send them again).
         """
-        oldest: dict[int, int] = {}
-        for m, v in keep:
-            oldest[m] = min(v, oldest.get(m, v))
-        with self.cv:
-            for m, v in [k for k in self.models if k[0] in oldest and k[1] < oldest[k[0]]]:
-                del self.models[(m, v)]
+        self.shelf.keep_models(keep)
 
     def close(self, clean: bool = True) -> None:
         try:
