@@ -16,7 +16,6 @@ import pytest
 import torch
 import yaml
 from reference import max_rel_diff
-from test_launch_resume import _rounds  # metrics.jsonl rounds, tolerant of a line cut by a kill
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +46,21 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _rounds(run: Path) -> list[int]:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "round" in rec:
+            out.append(rec["round"])
+    return out
 
 
 @pytest.mark.timeout(600)
