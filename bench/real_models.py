@@ -14,7 +14,10 @@ GPU (1 - GPU compute of one global-batch step with the data resident / dcoord ro
 Payloads are float32 here (coding.payload_dtype) for every run: exact for uncoded, and the dtype a user
 would pick for 11M-parameter models. Medians over rounds after the first (warm-up).
 On a 2-core machine four CPU-bound workers share two cores: absolute times measure that contention; the
-ratios compare like with like (same processes, same batch, same machine). --quick keeps it to minutes.
+ratios compare like with like (same processes, same batch, same machine). Each ratio is measured within one
+trial (every path back to back); --trials such trials run interleaved across the models and the ratio
+reported is their median, with each trial's beside it (a single run moves by +-0.35 on a shared 2-core
+machine). --quick keeps it to minutes.
 """
 
 from __future__ import annotations
@@ -109,26 +112,49 @@ def ddp(name: str, args: dict, b: int, workers: int, steps: int, tmp: Path, slow
     return {"step_s": statistics.median(res["step_s"][1:]), "own_compute_s": res["own_compute_s"]}
 
 
-def cpu_part(names: list[str], size: str, workers: int, rounds: int, tmp: Path) -> dict:
+def one_trial(name: str, size: str, workers: int, rounds: int, tmp: Path) -> dict:
+    """Every path for one model, back to back: one side-by-side measurement."""
+    args, b, _ = SIZES[size][name]
+    print(f"[{name}] standalone uncoded ...", flush=True)
+    sa = standalone(job(name, args, b, workers, rounds), tmp)
+    print(f"[{name}] torchrun path uncoded ...", flush=True)
+    tr = torchrun_path(job(name, args, b, workers, rounds), tmp)
+    print(f"[{name}] torchrun + DDP ...", flush=True)
+    dd = ddp(name, args, b, workers, rounds, tmp)
+    print(f"[{name}] one worker 5x slow: gc-cyclic s=1 and DDP ...", flush=True)
+    gc = standalone(job(name, args, b, workers, rounds, "gc-cyclic", 1, slow=workers - 1), tmp)
+    dds = ddp(name, args, b, workers, rounds, tmp, slow=workers - 1)
+    return {
+        "standalone_uncoded": sa, "torchrun_path_uncoded": tr, "ddp": dd,
+        "gc_cyclic_s1_one_5x_slow": gc, "ddp_one_5x_slow": dds,
+        "ratio_standalone_vs_ddp": sa["round_s"] / dd["step_s"],
+        "ratio_torchrun_path_vs_ddp": tr["round_s"] / dd["step_s"],
+        "ratio_gc_cyclic_vs_ddp_one_slow": gc["round_s"] / dds["step_s"],
+    }
+
+
+RATIOS = ("ratio_standalone_vs_ddp", "ratio_torchrun_path_vs_ddp", "ratio_gc_cyclic_vs_ddp_one_slow")
+
+
+def cpu_part(names: list[str], size: str, workers: int, rounds: int, trials: int, tmp: Path) -> dict:
+    """``trials`` rounds of measurements, the models interleaved (trial 1 of each model, then trial 2, ...),
+    so a slow spell on a shared machine hits one trial of each, not every path of one model. Each ratio is
+    taken within a trial (side by side); the reported ratio is the median over trials, with every trial's."""
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for t in range(trials):
+        for name in names:
+            print(f"-- trial {t + 1}/{trials}", flush=True)
+            runs[name].append(one_trial(name, size, workers, rounds, tmp))
     out = {}
-    for name in names:
+    for name, ts in runs.items():
         args, b, _ = SIZES[size][name]
-        print(f"[{name}] standalone uncoded ...", flush=True)
-        sa = standalone(job(name, args, b, workers, rounds), tmp)
-        print(f"[{name}] torchrun path uncoded ...", flush=True)
-        tr = torchrun_path(job(name, args, b, workers, rounds), tmp)
-        print(f"[{name}] torchrun + DDP ...", flush=True)
-        dd = ddp(name, args, b, workers, rounds, tmp)
-        print(f"[{name}] one worker 5x slow: gc-cyclic s=1 and DDP ...", flush=True)
-        gc = standalone(job(name, args, b, workers, rounds, "gc-cyclic", 1, slow=workers - 1), tmp)
-        dds = ddp(name, args, b, workers, rounds, tmp, slow=workers - 1)
+        mid = sorted(ts, key=lambda r: r["ratio_standalone_vs_ddp"])[len(ts) // 2]  # the median trial's detail
         out[name] = {
             "workload_args": args, "batch_per_worker": b, "workers": workers, "rounds": rounds,
-            "standalone_uncoded": sa, "torchrun_path_uncoded": tr, "ddp": dd,
-            "gc_cyclic_s1_one_5x_slow": gc, "ddp_one_5x_slow": dds,
-            "ratio_standalone_vs_ddp": sa["round_s"] / dd["step_s"],
-            "ratio_torchrun_path_vs_ddp": tr["round_s"] / dd["step_s"],
-            "ratio_gc_cyclic_vs_ddp_one_slow": gc["round_s"] / dds["step_s"],
+            "trials": len(ts), **{k: v for k, v in mid.items() if not k.startswith("ratio_")},
+            **{k: statistics.median(r[k] for r in ts) for k in RATIOS},
+            "ratios_by_trial": {k: [r[k] for r in ts] for k in RATIOS},
+            "by_trial": ts,
         }
     return out
 
@@ -192,6 +218,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small models and few rounds (this 2-core machine)")
     ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--trials", type=int, default=3,
+                    help="side-by-side measurements per model; ratios are the median over them")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--models", default="resnet18-cifar,gpt-char")
     ap.add_argument("--gpu", action="store_true", help="also the GPU part (needs CUDA)")
@@ -202,27 +230,33 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     os.environ["PYTHONPATH"] = ENV["PYTHONPATH"]  # `dcoord run`'s worker processes import this checkout
     size = "quick" if args.quick else "full"
-    rounds = args.rounds or (5 if args.quick else 20)
+    rounds = args.rounds or (10 if args.quick else 20)
+    if args.trials < 1 or rounds < 2:
+        ap.error("--trials must be at least 1 and --rounds at least 2 (the first round is warm-up)")
     t0 = time.time()
     result: dict = {"size": size}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if not args.gpu_only:
-            result["cpu"] = cpu_part(args.models.split(","), size, args.workers, rounds, tmp)
+            result["cpu"] = cpu_part(args.models.split(","), size, args.workers, rounds, args.trials, tmp)
         if args.gpu or args.gpu_only:
             result["gpu"] = gpu_part(args.workers, args.rounds or 12, args.gpu_batch, tmp)
     result["bench_wall_s"] = time.time() - t0
     path = write_json(args.name, result)
     for name, r in result.get("cpu", {}).items():
-        print(f"\n{name} ({args.workers} workers, batch {r['batch_per_worker']}/worker, {size})")
-        print_table(["path", "round/step s", "vs DDP"], [
-            ["dcoord standalone (uncoded)", r["standalone_uncoded"]["round_s"], r["ratio_standalone_vs_ddp"]],
+        print(f"\n{name} ({args.workers} workers, batch {r['batch_per_worker']}/worker, {size}; "
+              f"median of {r['trials']} side-by-side trials, each trial's ratio in brackets)")
+        rt = r["ratios_by_trial"]
+        each = {k: " ".join(f"{x:.2f}" for x in v) for k, v in rt.items()}
+        print_table(["path", "round/step s", "vs DDP", "trials"], [
+            ["dcoord standalone (uncoded)", r["standalone_uncoded"]["round_s"], r["ratio_standalone_vs_ddp"],
+             each["ratio_standalone_vs_ddp"]],
             ["dcoord torchrun path (uncoded)", r["torchrun_path_uncoded"]["round_s"],
-             r["ratio_torchrun_path_vs_ddp"]],
-            ["torchrun + DDP (gloo)", r["ddp"]["step_s"], 1.0],
+             r["ratio_torchrun_path_vs_ddp"], each["ratio_torchrun_path_vs_ddp"]],
+            ["torchrun + DDP (gloo)", r["ddp"]["step_s"], 1.0, ""],
             ["gc-cyclic s=1, one 5x slow", r["gc_cyclic_s1_one_5x_slow"]["round_s"],
-             r["ratio_gc_cyclic_vs_ddp_one_slow"]],
-            ["DDP, one 5x slow", r["ddp_one_5x_slow"]["step_s"], 1.0],
+             r["ratio_gc_cyclic_vs_ddp_one_slow"], each["ratio_gc_cyclic_vs_ddp_one_slow"]],
+            ["DDP, one 5x slow", r["ddp_one_5x_slow"]["step_s"], 1.0, ""],
         ])
         c = r["standalone_uncoded"]["coordinator_cpu_s"]
         print("coordinator CPU s/round (standalone): " + ", ".join(f"{k} {v:.4f}" for k, v in c.items()))

@@ -58,3 +58,30 @@ def test_all_finite_finds_every_nan_and_inf_and_survives_overflowing_sums():
         assert not all_finite(both)
         big = np.full(1000, np.finfo(dtype).max / 2, dtype=dtype)  # finite values whose sum overflows
         assert all_finite(big)
+
+
+def test_grad_vector_backs_every_param_grad_and_rebinds():
+    """The coordinator decodes into GradVector's memory: every p.grad must be a view of it, in model order,
+    and a p.grad replaced by anyone (zero_grad(set_to_none=True), a user hook) is bound again."""
+    from dcoord.runtime.tensors import GradVector
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    gv = GradVector(model)
+    flat = gv.array()
+    assert flat is not None and flat.dtype == np.float32 and flat.shape == (3 * 4 + 4 + 4 * 2 + 2,)
+    flat[:] = np.arange(flat.size, dtype=np.float32)
+    want = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert torch.equal(want, torch.arange(flat.size, dtype=torch.float32))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()  # the optimizer reads the views
+    for p, b, g in zip(model.parameters(), before, want.split([p.numel() for p in model.parameters()])):
+        assert torch.equal(p.detach(), b - g.view_as(p))
+    opt.zero_grad(set_to_none=True)
+    again = gv.array()
+    assert again is not None and all(p.grad is not None for p in model.parameters())
+    again[:] = 7.0
+    assert all(bool((p.grad == 7.0).all()) for p in model.parameters())
+    mixed = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2).double())
+    assert GradVector(mixed).array() is None  # mixed dtypes: the caller copies instead

@@ -4,6 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 
 from dcoord.coding.base import DecodeError, SchemeError
 from dcoord.coding.gc import GCCyclic, GCFractional, IgnoreStragglers, Uncoded, solve_decoding
@@ -120,5 +121,30 @@ def test_combine_forms_every_product_in_float64(dtype):
     buf = np.full(size, np.nan)
     assert combine(coeffs, msgs, size, out=buf) is buf and np.array_equal(buf, want)
     assert not combine({}, msgs, size, out=buf).any()
-    with pytest.raises(ValueError, match="float64"):
-        combine(coeffs, msgs, size, out=np.empty(size, dtype=np.float32))
+    # into float32 memory (the coordinator's model gradients): the float64 sum rounded once, bit for bit
+    # what rounding the float64 result afterwards gives (a float32 accumulator would differ)
+    buf32 = np.full(size, np.nan, dtype=np.float32)
+    assert combine(coeffs, msgs, size, out=buf32) is buf32
+    assert np.array_equal(buf32, want.astype(np.float32))
+    assert np.array_equal(torch.from_numpy(buf32), torch.from_numpy(want).to(torch.float32))
+    with pytest.raises(ValueError, match="float64 or float32"):
+        combine(coeffs, msgs, size, out=np.empty(size, dtype=np.float16))
+    with pytest.raises(ValueError, match="shape"):
+        combine(coeffs, msgs, size, out=np.empty(size + 1))
+
+
+@pytest.mark.parametrize("out_dtype", [np.float64, np.float32])
+def test_combine_on_threads_gives_the_same_bits(out_dtype):
+    """A large decode is cut into ranges combined on threads: every value must come out bit for bit as one
+    thread computes it, for any number of threads and a size that is not a multiple of the block."""
+    from dcoord.coding.combine import BLOCK, combine
+
+    rng = np.random.default_rng(1)
+    size = 5 * BLOCK + 123
+    msgs = {k: rng.standard_normal(size).astype(np.float32) for k in range(4)}
+    coeffs = {0: 1.0, 1: -0.7071067811865476, 2: 1.0, 3: 3.3333333333333335}
+    one = combine(coeffs, msgs, size, out=np.empty(size, dtype=out_dtype), threads=1)
+    for threads in (2, 3, 4, 64):
+        got = combine(coeffs, msgs, size, out=np.full(size, np.nan, dtype=out_dtype), threads=threads)
+        assert np.array_equal(got, one), threads
+    assert np.array_equal(combine(coeffs, msgs, size, threads=4), combine(coeffs, msgs, size, threads=1))

@@ -29,7 +29,14 @@ from dcoord.errors import DcoordError, RunFailed
 from dcoord.runtime.buffers import BufferPool
 from dcoord.runtime.messages import Assignment, ModelState, Result, Shutdown, TaskSpec, TensorData
 from dcoord.runtime.rundir import RunDir
-from dcoord.runtime.tensors import PayloadError, check_array, flat_grads_to_model, flat_params, from_proto
+from dcoord.runtime.tensors import (
+    GradVector,
+    PayloadError,
+    check_array,
+    flat_grads_to_model,
+    flat_params,
+    from_proto,
+)
 from dcoord.wire import StatusInfo
 from dcoord.workloads import batch_indices, evaluate
 from dcoord.workloads.data import load_checked
@@ -73,6 +80,7 @@ class Coordinator:
         self.steps = [0] * len(self.models)
         self.num_params = self.workload.num_params()
         self._grad_buf: np.ndarray | None = None  # the decoded gradient of plain runs, reused every round
+        self._grad_vectors = [GradVector(m) for m in self.models]  # plain runs decode straight into p.grad
         # flat model versions (sent to workers, kept until their jobs decode): reused once no one holds them
         self.param_pool = BufferPool(per_shape=2 * self.scheme.models + 4)
         self.scheme.bind_data(  # token mode: shard sizes for grad F_i
@@ -423,22 +431,26 @@ class Coordinator:
         t_dec = time.thread_time()
         coeffs = self.scheme.decode(job)
         msgs = self.stored.pop(job, {})
-        # without privacy the decoded gradient is only copied into p.grad: one float64 buffer serves every
-        # round (DIFF2's estimator may keep what it is given, so private runs get a fresh one)
-        if self.privacy is None and self._grad_buf is None:
-            self._grad_buf = np.empty(self.num_params, dtype=np.float64)
-        g = combine(coeffs, msgs, self.num_params, out=self._grad_buf if self.privacy is None else None)
-        t_step = time.thread_time()
-        self.cpu_s["decode"] += t_step - t_dec
-        residual = float(self.scheme.last_residual)
-        self.max_residual = max(self.max_residual, residual)
         m = self.scheme.model_of(job)
         version, version_params = self.job_params.pop(job)
         if version != self.steps[m]:
             raise RuntimeError(f"job {job}: model {m} is at version {self.steps[m]}, job used {version}")
+        # without privacy the decoded gradient is only the model's gradient: accumulated in float64 and
+        # rounded straight into p.grad's memory (or, for mixed-dtype models, into one reused float64
+        # buffer, then copied). DIFF2's estimator may keep what it is given, so private runs get a fresh one.
+        grads = self._grad_vectors[m].array() if self.privacy is None else None
+        if grads is None and self.privacy is None and self._grad_buf is None:
+            self._grad_buf = np.empty(self.num_params, dtype=np.float64)
+        out = grads if grads is not None else self._grad_buf if self.privacy is None else None
+        g = combine(coeffs, msgs, self.num_params, out=out)
+        t_step = time.thread_time()
+        self.cpu_s["decode"] += t_step - t_dec
+        residual = float(self.scheme.last_residual)
+        self.max_residual = max(self.max_residual, residual)
         if self.privacy is not None:
             g = self.privacy.direction(job, g, version_params)
-        flat_grads_to_model(self.models[m], g)
+        if grads is None:
+            flat_grads_to_model(self.models[m], g)
         self.optimizers[m].step()
         self.steps[m] += 1
         self.cpu_s["step"] += time.thread_time() - t_step

@@ -64,6 +64,42 @@ def flat_grads_to_model(model: torch.nn.Module, flat: np.ndarray) -> None:
             offset += n
 
 
+class GradVector:
+    """A model's gradients kept as views of one flat vector, so a decode can write straight into them.
+
+    The coordinator's decode accumulates in float64 and rounds into this memory (``coding.combine``),
+    which saves writing a float64 gradient and copying it into each ``p.grad`` every round. ``array()``
+    re-binds the views if anything replaced a ``p.grad``, and is None when the parameters do not share one
+    floating dtype on the CPU (then the caller copies with ``flat_grads_to_model``)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.params = list(model.parameters())
+        dtypes = {p.dtype for p in self.params}
+        self.ok = (len(dtypes) == 1 and dtypes <= {torch.float32, torch.float64}
+                   and all(p.device.type == "cpu" for p in self.params))
+        self.flat: torch.Tensor | None = None
+        self._ptrs: list[int] = []
+
+    def _bound(self) -> bool:
+        return all(p.grad is not None and p.grad.data_ptr() == q and p.grad.shape == p.shape
+                   for p, q in zip(self.params, self._ptrs))
+
+    def array(self) -> np.ndarray | None:
+        """The flat gradient memory (numpy view, model order), bound to every ``p.grad``; or None."""
+        if not self.ok:
+            return None
+        if self.flat is None or not self._bound():
+            total = sum(p.numel() for p in self.params)
+            self.flat = torch.zeros(total, dtype=self.params[0].dtype) if self.flat is None else self.flat
+            offset = 0
+            for p in self.params:
+                n = p.numel()
+                p.grad = self.flat[offset : offset + n].view_as(p)
+                offset += n
+            self._ptrs = [p.grad.data_ptr() for p in self.params]
+        return self.flat.numpy()
+
+
 def round_payload(acc: np.ndarray, dtype: str) -> np.ndarray:
     """A float64 message rounded once, to nearest (ties to even), into the payload dtype.
 
