@@ -27,7 +27,7 @@ from dcoord.runtime.compute import TaskComputer
 from dcoord.runtime.security import ClientSecurity, data_plane_client_context, open_channel
 from dcoord.runtime.service import GRPC_OPTIONS
 from dcoord.runtime.tensors import from_proto, load_flat_params
-from dcoord.wire.chunking import pack_result, send_payloads
+from dcoord.wire.chunking import mark_payloads, pack_result, send_payloads
 from dcoord.workloads.data import load_checked
 
 log = logging.getLogger("dcoord.worker")
@@ -319,9 +319,10 @@ def _serve(stub, reg: pb.RegisterReply, session: str, wid: int, job_id: str, cfg
             if delay > 0:
                 time.sleep(delay)
             result.compute_s, result.injected_delay_s = compute_s, delay
-            if data_plane is not None:
-                send_payloads(result, payloads, data_plane)  # point-to-point, in order
+            if data_plane is not None:  # the small Result goes first and travels while the payload bytes stream
+                mark_payloads(result, payloads, data_plane)
                 outbox.put(pb.WorkerMessage(result=result))
+                send_payloads(result, payloads, data_plane)  # point-to-point, in order
             else:  # payloads inline, or over ~1 MB as chunks on the stream
                 for m in pack_result(result, payloads, cfg.runtime.stream_chunk_bytes):
                     outbox.put(m)

@@ -84,14 +84,21 @@ class ChunkAssembler:
         return True
 
 
-def send_payloads(res: pb.Result, payloads: list[np.ndarray], plane) -> None:
-    """Worker side: send each task's payload array on the data plane (a transport.DataPlane) and mark the
-    result so (shape and dtype only, no bytes); the coordinator's PayloadMatcher pairs them again by
-    (worker, data_seq). No copy of a payload into the Result."""
-    first = plane.next_seq
+def mark_payloads(res: pb.Result, payloads: list[np.ndarray], plane) -> None:
+    """Worker side: mark the result as carried on the data plane (each task's shape and dtype, no bytes) and
+    number it with the sequence its first payload will get, so the Result can go before the payloads."""
     for tr, arr in zip(res.tasks, payloads):
         tr.payload.shape[:] = list(arr.shape)
         tr.payload.dtype = str(arr.dtype)
-        plane.send(arr)
     res.payload_on_data_plane = True
-    res.data_seq = first
+    res.data_seq = plane.next_seq
+
+
+def send_payloads(res: pb.Result, payloads: list[np.ndarray], plane) -> None:
+    """Worker side: send each task's payload array on the data plane (a transport.DataPlane) after
+    ``mark_payloads(res, ...)``; the coordinator's PayloadMatcher pairs them again by (worker, data_seq),
+    whichever half comes first. No copy of a payload into the Result."""
+    for k, arr in enumerate(payloads):
+        seq = plane.send(arr)
+        if seq != res.data_seq + k:  # the numbering the Result announced
+            raise RuntimeError(f"payload {k} went as data_seq {seq}, the result announced {res.data_seq + k}")
