@@ -181,6 +181,7 @@ def test_resume_with_another_config_is_refused_naming_the_field(tmp_path):
     rd = RunDir(tmp_path)
     rd.write_config(a.to_yaml())
     ckpt.save(tmp_path / "checkpoints", {"x": 1}, round=2, keep=1)
+    rd.close()  # the run is over (it crashed): its lock is gone, as the kernel drops a dead process's
     b = load_config(None, data={"workers": 4, "seed": 3})
     with pytest.raises(RunDirError, match=r"differs from the run's at seed \(run: 0, now: 3\)"):
         open_rundir(b, tmp_path, "resume")

@@ -547,7 +547,11 @@ class Coordinator:
         from dcoord.runtime.sessions import public_config_yaml
 
         self.rundir.write_config(public_config_yaml(self.cfg))  # no secret reaches the run directory
-        await self.wait_for_workers(start_timeout)
+        try:
+            await self.wait_for_workers(start_timeout)
+        except BaseException:
+            self.rundir.close()  # releases the run directory's lock (rundir.py)
+            raise
         self.state = "running"
         self.started = time.monotonic() - self.resumed_elapsed
         try:

@@ -81,6 +81,7 @@ def open_rundir(cfg: JobConfig, out: Path | None, mode: str = "new") -> RunDir:
         if saved is not None:
             diff = config_difference(saved, cfg)
             if diff:
+                rd.close()  # releases the directory's lock
                 raise RunDirError(f"--resume {out}: the job config differs from the run's at {diff}; resume "
                                   "with the run's config (its config.yaml) or start a new run")
     return rd
@@ -91,18 +92,22 @@ def make_coordinator(cfg: JobConfig, out: Path | None, mode: str = "new") -> Coo
     from dcoord.runtime.coordinator import Coordinator
 
     rd = open_rundir(cfg, out, mode)
-    coord = Coordinator(cfg, rd)
-    if mode == "resume" and out is not None:
-        state, path = ckpt.load_latest(Path(out) / "checkpoints")
-        diff = config_difference(state["config"], cfg)
-        if diff:
-            raise RunDirError(f"--resume {out}: the job config differs from the checkpoint's at {diff}")
-        coord.load_checkpoint_state(state)
-        rd.open_metrics(int(state["metrics_offset"]))
-        rd.log_event({"event": "resume", "from_round": coord.round + 1, "checkpoint": path.name,
-                      "time": time.time()})
-    else:
-        rd.open_metrics()
+    try:
+        coord = Coordinator(cfg, rd)
+        if mode == "resume" and out is not None:
+            state, path = ckpt.load_latest(Path(out) / "checkpoints")
+            diff = config_difference(state["config"], cfg)
+            if diff:
+                raise RunDirError(f"--resume {out}: the job config differs from the checkpoint's at {diff}")
+            coord.load_checkpoint_state(state)
+            rd.open_metrics(int(state["metrics_offset"]))
+            rd.log_event({"event": "resume", "from_round": coord.round + 1, "checkpoint": path.name,
+                          "time": time.time()})
+        else:
+            rd.open_metrics()
+    except BaseException:
+        rd.close()  # no coordinator will run: release the directory's lock for the next attempt
+        raise
     return coord
 
 

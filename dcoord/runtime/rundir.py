@@ -4,6 +4,8 @@ Everything is written so that a crash loses at most the round in flight: metrics
 they are written (a line that cannot be written whole is cut back off), and checkpoints and final files
 are written to a temporary name, fsync'ed and renamed. An existing run is never overwritten silently:
 ``mode`` says whether this is a new run, a resumed one, or one that replaces an old run on purpose.
+While a RunDir is open (until close() or finish()) it holds an exclusive lock on the directory, so a
+second process (another run, a --resume or --overwrite of the same directory) is refused (dirlock.py).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import torch
 
 from dcoord.errors import DcoordError
 from dcoord.runtime import checkpoint as ckpt
+from dcoord.runtime.dirlock import DirLock, LockHeld
 
-#: what a run writes; --overwrite removes exactly these (never other files in the directory)
+#: what a run writes; --overwrite removes exactly these (never other files in the directory, nor the lock
+#: file .dcoord.lock, see dirlock.py)
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "model.pt", "checkpoint.pt")
 RUN_DIRS = ("checkpoints", "workers")
 
@@ -69,27 +73,41 @@ class RunDir:
         self._metrics = None
         self.round_offset = 0  # metrics.jsonl size after the last round line (what a checkpoint records)
         self.last_checkpoint_round: int | None = None
+        self._lock: DirLock | None = None  # held from here until close(): one process per run directory
         if self.path is None:
             return
         p = self.path
+        flag = "--resume" if mode == "resume" else "--out"
         if p.exists() and not p.is_dir():
             raise RunDirError(f"--out {p}: is a file, not a directory; give a directory path")
-        if mode == "new" and is_run(p):
-            raise RunDirError(f"--out {p}: already holds a run; pass --resume {p} to continue it, "
-                              "--overwrite to replace it, or choose another --out")
-        if mode == "resume" and (p / "summary.json").is_file():
-            raise RunDirError(f"--resume {p}: that run already finished (summary.json); nothing to resume")
-        if mode == "resume" and not ckpt.list_checkpoints(p / "checkpoints"):
+        if mode == "resume" and not p.is_dir():  # checked before mkdir: a failed resume creates nothing
             raise RunDirError(f"--resume {p}: no checkpoint there (checkpoints/ckpt-*.pt); nothing to resume")
         try:
             p.mkdir(parents=True, exist_ok=True)
             probe = p / f".dcoord-write-test-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
+            # locked before the checks below and before anything is removed or cut back: a second process
+            # on this directory is refused here, with the old run's files untouched
+            self._lock = DirLock(p)
+        except LockHeld as held:
+            raise RunDirError(f"{flag} {p}: another dcoord process ({held.holder}) is using this run "
+                              f"directory; wait for it to finish or stop it, or choose another --out") from None
         except OSError as exc:
             raise _io_error(p, exc) from None
-        if mode == "overwrite":
-            self._remove_old_run()
+        try:
+            if mode == "new" and is_run(p):
+                raise RunDirError(f"--out {p}: already holds a run; pass --resume {p} to continue it, "
+                                  "--overwrite to replace it, or choose another --out")
+            if mode == "resume" and (p / "summary.json").is_file():
+                raise RunDirError(f"--resume {p}: that run already finished (summary.json); nothing to resume")
+            if mode == "resume" and not ckpt.list_checkpoints(p / "checkpoints"):
+                raise RunDirError(f"--resume {p}: no checkpoint there (checkpoints/ckpt-*.pt); nothing to resume")
+            if mode == "overwrite":
+                self._remove_old_run()
+        except BaseException:
+            self.close()
+            raise
 
     def _remove_old_run(self) -> None:
         assert self.path is not None
@@ -176,14 +194,20 @@ class RunDir:
     def finish(self, summary: dict, model_state: Any) -> None:
         if self.path is None:
             return
-        atomic_torch_save(model_state, self.path / "model.pt")
-        atomic_write_bytes(self.path / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-        self.close()
+        try:
+            atomic_torch_save(model_state, self.path / "model.pt")
+            atomic_write_bytes(self.path / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        finally:
+            self.close()
 
     def close(self) -> None:
+        """Close metrics.jsonl and release the directory's lock; safe to call more than once."""
         if self._metrics is not None:
             try:
                 self._metrics.close()
             except OSError:
                 pass
             self._metrics = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
