@@ -84,9 +84,7 @@ class TorchDataPlane(DataPlane):
         for arr in (header, payload):
             if arr is None:
                 continue
-            with warnings.catch_warnings():  # wire buffers are read-only; a send only reads them
-                warnings.simplefilter("ignore", UserWarning)
-                t = torch.from_numpy(arr)
+            t = _send_tensor(arr)
             if self.device.type != "cpu":
                 t = t.to(self.device)
             self._pending.append((dist.isend(t, dst=0, tag=TAG), t))
@@ -141,10 +139,7 @@ class TorchDataPlane(DataPlane):
 
     # -- models down (models_down.py): blocking point-to-point on MODEL_TAG, from helper threads only -----
     def _send_model_array(self, dst: int, arr: np.ndarray) -> None:
-        with warnings.catch_warnings():  # the coordinator's parameters may be read-only; a send only reads
-            warnings.simplefilter("ignore", UserWarning)
-            t = torch.from_numpy(arr)
-        dist.send(t, dst=dst, tag=MODEL_TAG)
+        dist.send(_send_tensor(arr), dst=dst, tag=MODEL_TAG)
 
     def _recv_model_array(self, arr: np.ndarray) -> None:
         dist.recv(torch.from_numpy(arr), src=0, tag=MODEL_TAG)
@@ -159,3 +154,14 @@ class TorchDataPlane(DataPlane):
             t0 = time.monotonic()
             dist.destroy_process_group()
             log.debug("process group destroyed in %.2f s", time.monotonic() - t0)
+
+
+def _send_tensor(arr: np.ndarray) -> torch.Tensor:
+    """The array as a tensor for a send, which only reads it. A read-only array (a wire buffer, a loaded
+    checkpoint) is wrapped without torch's warning that writing to it would be undefined; only then are
+    the (process-wide, not thread-safe) warning filters touched."""
+    if arr.flags.writeable:
+        return torch.from_numpy(arr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr)
