@@ -5,8 +5,10 @@ heartbeating so it stays counted alive) and leaves to a subclass only how it ans
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
+from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -77,3 +79,16 @@ def run_with_rogue(cfg, out: Path, rogue: type[RogueWorker], token: str) -> tupl
 
     summary = run_local(cfg, out, progress=False, on_started=on_started, spawn=cfg.workers - 1, token=token)
     return summary, started[0]
+
+
+@contextlib.contextmanager
+def fake_coordinator(servicer: pb_grpc.CoordinatorServicer):
+    """Serve a hand-written coordinator servicer on loopback (no security): yields its address."""
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)

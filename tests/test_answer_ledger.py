@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import queue
 import threading
-from concurrent import futures
-from contextlib import contextmanager
 
 import grpc
 import numpy as np
 import pytest
+from rogue import fake_coordinator
 
 from dcoord.config import load_config
 from dcoord.privacy.mechanisms import NoiseKey, PrivacyError, params_digest
@@ -185,18 +184,6 @@ class _RestartingCoordinator(pb_grpc.CoordinatorServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, "coordinator killed")
 
 
-@contextmanager
-def _serve(servicer):
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(0)
-
-
 def _assignment(rnd: int, params: np.ndarray, prev: np.ndarray | None = None) -> pb.Assignment:
     models = [pb.ModelState(model=0, version=rnd, params=to_proto(params))]
     if prev is not None:
@@ -223,7 +210,7 @@ def test_a_worker_answers_a_resumed_coordinator_the_same_and_nothing_else(tmp_pa
     fake = _RestartingCoordinator(_cfg().to_yaml(), [first, again])
     secret = tmp_path / "noise"
     secret.write_text("w" * 40)
-    with _serve(fake) as address:
+    with fake_coordinator(fake) as address:
         rounds = run_worker(address, connect_timeout=30, device="cpu", noise_secret_file=str(secret))
     assert fake.registered == 2
     s1, s2 = fake.results

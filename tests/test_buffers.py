@@ -1,6 +1,7 @@
 """Receive buffers are reused only when nothing else holds them (a stored payload is never overwritten)."""
 
 import numpy as np
+import pytest
 import torch
 
 from dcoord.runtime.buffers import BufferPool
@@ -85,3 +86,21 @@ def test_grad_vector_backs_every_param_grad_and_rebinds():
     assert all(bool((p.grad == 7.0).all()) for p in model.parameters())
     mixed = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2).double())
     assert GradVector(mixed).array() is None  # mixed dtypes: the caller copies instead
+
+
+def test_one_torch_thread_is_restored_even_on_error():
+    """The finiteness check runs torch on one thread and must give the caller its setting back."""
+    from dcoord.runtime.tensors import all_finite, one_torch_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_torch_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), one_torch_thread():
+            raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2
+        assert all_finite(np.ones(10, dtype=np.float32)) and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

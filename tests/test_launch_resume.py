@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 from reference import max_rel_diff
+from run_metrics import round_numbers
 from test_launch import ENV, ROOT, _have_mpi, mpirun, torchrun
 
 pytestmark = pytest.mark.slow
@@ -42,21 +43,6 @@ def _job(tmp_path: Path, kind: str) -> Path:
     path = tmp_path / f"{kind}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def _rounds(run: Path) -> list[int]:
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by the kill
-        if "round" in rec:
-            out.append(rec["round"])
-    return out
 
 
 def _ppid_pgid(pid: int) -> tuple[int, int] | None:
@@ -113,14 +99,14 @@ def _kill_and_resume(tmp_path: Path, launcher: str, kind: str, kill: str = "ever
     done = subprocess.run(_launch(launcher, nproc, str(job), "--out", str(ref), "--quiet"), cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert _rounds(ref) == list(range(ROUNDS))
+    assert round_numbers(ref) == list(range(ROUNDS))
 
     cmd = _launch(launcher, nproc, str(job), "--out", str(run), "--quiet")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # its own process group: the launcher and every rank
     try:
         deadline = time.monotonic() + 90
-        while len(_rounds(run)) < KILL_AFTER:
+        while len(round_numbers(run)) < KILL_AFTER:
             assert proc.poll() is None, f"the launch ended before the kill: {proc.stderr.read()[-3000:]}"
             assert time.monotonic() < deadline, "the launch did not get going"
             time.sleep(0.02)
@@ -139,14 +125,14 @@ def _kill_and_resume(tmp_path: Path, launcher: str, kind: str, kill: str = "ever
         if proc.poll() is None:
             _kill_everything(proc.pid)
         proc.stderr.close()
-    killed_after = len(_rounds(run))
+    killed_after = len(round_numbers(run))
     assert killed_after < ROUNDS and not (run / "summary.json").exists()
     assert list((run / "checkpoints").glob("ckpt-*.pt")), "no checkpoint before the kill"
 
     res = subprocess.run(cmd + ["--resume", str(run)], cwd=ROOT, env=ENV, capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
-    assert _rounds(run) == list(range(ROUNDS)), f"rounds not each exactly once after a kill at {killed_after}"
+    assert round_numbers(run) == list(range(ROUNDS)), f"rounds not each exactly once after a kill at {killed_after}"
     events = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"event"' in x]
     assert [e["event"] for e in events if e["event"] == "resume"] == ["resume"]
     s_run, s_ref = (json.loads((d / "summary.json").read_text()) for d in (run, ref))

@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from reference import max_rel_diff
+from run_metrics import round_numbers
 
 pytestmark = pytest.mark.slow
 
@@ -48,21 +49,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rounds(run: Path) -> list[int]:
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "round" in rec:
-            out.append(rec["round"])
-    return out
-
-
 @pytest.mark.timeout(600)
 def test_private_workers_rejoin_a_resumed_coordinator_and_the_model_equals_an_uninterrupted_run(tmp_path):
     job = tmp_path / "job.yaml"
@@ -70,7 +56,7 @@ def test_private_workers_rejoin_a_resumed_coordinator_and_the_model_equals_an_un
     ref, run, addr = tmp_path / "ref", tmp_path / "run", f"127.0.0.1:{_free_port()}"
     subprocess.run([sys.executable, "-m", "dcoord", "run", str(job), "--out", str(ref), "--quiet"], env=_env(),
                    check=True, capture_output=True, timeout=300)
-    assert _rounds(ref) == list(range(ROUNDS))
+    assert round_numbers(ref) == list(range(ROUNDS))
     seed = random.randrange(1 << 30)
     kill_at = random.Random(seed).randint(5, ROUNDS - 6)
 
@@ -86,13 +72,13 @@ def test_private_workers_rejoin_a_resumed_coordinator_and_the_model_equals_an_un
                                      "--connect-timeout", "120"], env=_env(), stderr=subprocess.PIPE, text=True)
                    for i in range(JOB["workers"])]
         deadline = time.monotonic() + 300
-        while len(_rounds(run)) < kill_at:
+        while len(round_numbers(run)) < kill_at:
             assert coord.poll() is None, f"the coordinator ended before the kill: {coord.stderr.read()[-3000:]}"
             assert time.monotonic() < deadline, "the run did not get going"
             time.sleep(0.01)
         coord.kill()
         coord.wait()
-        killed_after = len(_rounds(run))
+        killed_after = len(round_numbers(run))
         assert killed_after < ROUNDS and not (run / "summary.json").exists()
         time.sleep(0.5)
         assert all(w.poll() is None for w in workers), "a private worker exited instead of waiting to rejoin"
@@ -109,7 +95,7 @@ def test_private_workers_rejoin_a_resumed_coordinator_and_the_model_equals_an_un
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    assert _rounds(run) == list(range(ROUNDS)), f"rounds not each exactly once (kill after {killed_after}, seed {seed})"
+    assert round_numbers(run) == list(range(ROUNDS)), f"rounds not each exactly once (kill after {killed_after}, seed {seed})"
     events = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"event"' in x]
     assert [e["event"] for e in events if e["event"] == "resume"] == ["resume"]
     a, b = torch.load(run / "model.pt"), torch.load(ref / "model.pt")

@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 from reference import max_rel_diff
+from run_metrics import round_numbers
 
 pytestmark = pytest.mark.slow
 
@@ -76,20 +77,6 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _rounds(run: Path) -> list[int]:
-    if not (run / "metrics.jsonl").exists():
-        return []
-    out = []
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the line being written when the process was killed
-        if "round" in rec:
-            out.append(rec["round"])
-    return out
-
-
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -110,21 +97,21 @@ def test_sigkill_coordinator_then_resume_equals_uninterrupted(tmp_path, kind):
     ref, run = tmp_path / "ref", tmp_path / "run"
     subprocess.run(_dcoord("run", str(job), "--out", str(ref), "--quiet"), env=_env(), check=True,
                    capture_output=True, timeout=400)
-    total = len(_rounds(ref))
+    total = len(round_numbers(ref))
     seed = random.randrange(1 << 30)
     kill_at = random.Random(seed).randint(5, total - 6)
     proc = subprocess.Popen(_dcoord("run", str(job), "--out", str(run), "--quiet"), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 400
     workers: set[int] = set()
-    while len(_rounds(run)) < kill_at and proc.poll() is None and time.monotonic() < deadline:
+    while len(round_numbers(run)) < kill_at and proc.poll() is None and time.monotonic() < deadline:
         workers |= set(_children(proc.pid))
         time.sleep(0.01)
     workers |= set(_children(proc.pid))
     assert proc.poll() is None, f"run finished before the kill at round {kill_at} (seed {seed})"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_after = len(_rounds(run))
+    killed_after = len(round_numbers(run))
     # the workers notice the coordinator is gone and exit on their own
     end = time.monotonic() + 20
     while any(_alive(w) for w in workers) and time.monotonic() < end:
@@ -135,7 +122,7 @@ def test_sigkill_coordinator_then_resume_equals_uninterrupted(tmp_path, kind):
     res = subprocess.run(_dcoord("run", str(job), "--resume", str(run), "--quiet"), env=_env(),
                          capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stderr
-    rounds = _rounds(run)
+    rounds = round_numbers(run)
     assert rounds == list(range(total)), f"rounds not each exactly once after a kill at {killed_after} (seed {seed})"
     events = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"event"' in x]
     assert [e["event"] for e in events if e["event"] == "resume"] == ["resume"]
@@ -172,7 +159,7 @@ def test_signal_checkpoints_stops_workers_and_says_how_to_resume(tmp_path, sig):
     proc = _start(job, run)
     deadline = time.monotonic() + 400
     workers: set[int] = set()
-    while len(_rounds(run)) < 8 and time.monotonic() < deadline:
+    while len(round_numbers(run)) < 8 and time.monotonic() < deadline:
         workers |= set(_children(proc.pid))
         time.sleep(0.02)
     workers |= set(_children(proc.pid))
@@ -184,7 +171,7 @@ def test_signal_checkpoints_stops_workers_and_says_how_to_resume(tmp_path, sig):
     assert not any(_alive(w) for w in workers), "a worker outlived `dcoord run`"
     ckpts = sorted((run / "checkpoints").glob("ckpt-*.pt"))
     assert ckpts, "no checkpoint written on the signal"
-    done = len(_rounds(run))
+    done = len(round_numbers(run))
     assert ckpts[-1].name == f"ckpt-{done:08d}.pt"
     # and the printed command continues it
     cmd = err.split("resume with: ", 1)[1].strip()
@@ -193,4 +180,4 @@ def test_signal_checkpoints_stops_workers_and_says_how_to_resume(tmp_path, sig):
     res = subprocess.run(_dcoord("run", str(job), "--resume", str(run), "--quiet"), env=_env(),
                          capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stderr
-    assert _rounds(run) == list(range(150))
+    assert round_numbers(run) == list(range(150))

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -25,6 +24,7 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from reference import full_batch_gd, max_rel_diff
+from rogue import fake_coordinator
 
 from dcoord.config import load_config
 from dcoord.errors import DcoordError
@@ -650,18 +650,6 @@ class _FakeCoordinator(pb_grpc.CoordinatorServicer):
             except queue.Empty:
                 self.results.append(None)  # refused: the worker sent nothing
         yield pb.CoordinatorMessage(shutdown=pb.Shutdown(reason="done"))
-
-
-@contextlib.contextmanager
-def fake_coordinator(servicer):
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(0)
 
 
 def test_a_worker_runs_only_workloads_its_side_allows(tmp_path):

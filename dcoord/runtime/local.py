@@ -11,8 +11,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 from dcoord.config import JobConfig
 from dcoord.runtime.coordinator import Coordinator
 from dcoord.runtime.progress import RoundProgress
@@ -74,7 +72,6 @@ async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = Tru
                  ALLOW_ENV: cfg.workload}
     procs = [spawn_worker(address, i, logs / f"worker-{i}.log" if logs else None, extra_env)
              for i in range(cfg.workers if spawn is None else spawn)]
-    threads = share_cores(len(procs))
     if on_started is not None:
         on_started(coord, procs, address)
     bar = RoundProgress(coord, enabled=progress and cfg.runtime.progress)
@@ -105,7 +102,6 @@ async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = Tru
             supervisor.stop()
         await asyncio.sleep(0.2)  # let shutdown messages flush
         await server.stop(grace=1.0)
-        torch.set_num_threads(threads)
         for p in procs:
             try:
                 p.wait(timeout=5)
@@ -113,20 +109,6 @@ async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = Tru
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         secret_dir.cleanup()
-
-
-def share_cores(local_workers: int) -> int:
-    """Leave the cores to the local workers (one torch thread each): the coordinator's torch ops (the
-    finiteness sum, the optimizer step) use the cores they leave, at least one. Spare threads would only
-    wait at torch's parallel barriers for cores the workers hold (2-3x the coordinator's CPU per result
-    on a 2-core machine). Returns the thread count to restore afterwards."""
-    before = torch.get_num_threads()
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    torch.set_num_threads(max(1, min(before, cores - local_workers)))
-    return before
 
 
 def run_local(cfg: JobConfig, out: Path | None, progress: bool = True, **hooks) -> dict:
