@@ -60,13 +60,21 @@ def test_killed_workers_within_s_do_not_change_the_model(tmp_path, reference):
     def started(coord, ps, address):
         procs["list"] = ps
 
+    seen_threads = []
+
     def each_round(record, coord):
+        seen_threads.append(torch.get_num_threads())
         if record["round"] == 8:
             for i in (2, 5):
                 os.kill(procs["list"][i].pid, signal.SIGKILL)
                 killed.append(i)
 
+    threads = torch.get_num_threads()
     summary = run_local(cfg, tmp_path, progress=False, on_started=started, on_round=each_round)
+    # while its local workers held the cores the coordinator ran torch on what they left (here 1 thread),
+    # and the caller's setting is back afterwards
+    assert seen_threads and set(seen_threads) == {max(1, min(threads, len(os.sched_getaffinity(0)) - 6))}
+    assert torch.get_num_threads() == threads
     assert killed == [2, 5]
     assert summary["rounds_completed"] == 30
     assert max_rel_diff(torch.load(tmp_path / "model.pt"), reference) < 1e-5

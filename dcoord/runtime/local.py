@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 from dcoord.config import JobConfig
 from dcoord.runtime.coordinator import Coordinator
 from dcoord.runtime.progress import RoundProgress
@@ -72,6 +74,7 @@ async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = Tru
                  ALLOW_ENV: cfg.workload}
     procs = [spawn_worker(address, i, logs / f"worker-{i}.log" if logs else None, extra_env)
              for i in range(cfg.workers if spawn is None else spawn)]
+    threads = share_cores(len(procs))
     if on_started is not None:
         on_started(coord, procs, address)
     bar = RoundProgress(coord, enabled=progress and cfg.runtime.progress)
@@ -102,6 +105,7 @@ async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = Tru
             supervisor.stop()
         await asyncio.sleep(0.2)  # let shutdown messages flush
         await server.stop(grace=1.0)
+        torch.set_num_threads(threads)
         for p in procs:
             try:
                 p.wait(timeout=5)
@@ -109,6 +113,22 @@ async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = Tru
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         secret_dir.cleanup()
+
+
+def share_cores(local_workers: int) -> int:
+    """Leave the cores to the local workers (one torch thread each): the coordinator's torch ops use the
+    cores they leave, at least one. Measured with gpt-char and four workers on two cores, in alternating
+    runs, rounds took 80, 60 and 62 ms with one coordinator thread against 77, 71 and 76 ms with two
+    (idle torch threads keep cores the workers need); with a 50 MB model and two idle workers one thread
+    costs ~7 ms of optimizer step.
+    Returns the thread count to restore afterwards."""
+    before = torch.get_num_threads()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    torch.set_num_threads(max(1, min(before, cores - local_workers)))
+    return before
 
 
 def run_local(cfg: JobConfig, out: Path | None, progress: bool = True, **hooks) -> dict:
