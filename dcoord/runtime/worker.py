@@ -316,8 +316,10 @@ def _serve(stub, reg: pb.RegisterReply, session: str, wid: int, job_id: str, cfg
                 time.sleep(emulated)
             compute_s = time.perf_counter() - t0
             delay = float(stragglers.extra_delay(a.round, np.full(cfg.workers, compute_s))[wid])
-            if delay > 0:
-                time.sleep(delay)
+            # an injected straggler delay (emulating a slow machine) still ends when the coordinator goes away
+            # or says stop: a killed coordinator's workers must exit, not sleep out the delay first
+            if delay > 0 and inbox.wait_closed_or_shutdown(timeout=delay):
+                continue
             result.compute_s, result.injected_delay_s = compute_s, delay
             if data_plane is not None:  # the small Result goes first and travels while the payload bytes stream
                 mark_payloads(result, payloads, data_plane)
