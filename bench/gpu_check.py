@@ -26,7 +26,7 @@ def main() -> int:
             print(f"  cuda:{i} {p.name}, {p.total_memory / 2**30:.0f} GiB")
     missing = []
     for mod in ["numpy", "scipy", "grpc", "grpc_health.v1", "google.protobuf", "pydantic", "yaml", "rich",
-                "sklearn", "networkx", "pytest", "dcoord.runtime.local", "dcoord.runtime.worker"]:
+                "sklearn", "networkx", "pytest", "dcoord.runtime.local", "dcoord.runtime.worker.worker"]:
         try:
             importlib.import_module(mod)
         except Exception as exc:  # noqa: BLE001 - report every kind of import failure

@@ -52,7 +52,7 @@ def message_costs(sizes: list[int], repeat: int) -> list[dict]:
 
 
 def run_once(data: dict, metrics: bool) -> float:
-    from dcoord.runtime.metrics import CoordinatorMetrics
+    from dcoord.runtime.coordinator.metrics import CoordinatorMetrics
 
     servers = []
 
@@ -74,7 +74,7 @@ def scrape_cost(repeat: int) -> float:
     """One scrape of a coordinator's registry after a short run (its histogram and counters filled)."""
     from prometheus_client import generate_latest
 
-    from dcoord.runtime.metrics import CoordinatorMetrics
+    from dcoord.runtime.coordinator.metrics import CoordinatorMetrics
 
     kept = []
     data = {"name": "scrape", "workload": "logreg-digits", "workers": 3, "rounds": 5,

@@ -193,8 +193,8 @@ def grpc_server(port: int) -> None:
     import grpc
 
     from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
-    from dcoord.runtime.service import GRPC_OPTIONS
     from dcoord.runtime.tensors import from_proto
+    from dcoord.wire import GRPC_OPTIONS
     from dcoord.wire.chunking import ChunkAssembler
 
     done = futures.Future()
@@ -228,7 +228,7 @@ def grpc_client(port: int, chunk_bytes: int) -> None:
     import grpc
 
     from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
-    from dcoord.runtime.service import GRPC_OPTIONS
+    from dcoord.wire import GRPC_OPTIONS
     from dcoord.wire.chunking import pack_result
 
     ch = grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS)

@@ -79,7 +79,7 @@ def train(job_config: str | Path | dict | JobConfig, workload: Workload | str | 
     for note in notes:
         if env.rank == 0:
             log.warning("%s", note)
-    from dcoord.runtime.resume import default_out
+    from dcoord.runtime.coordinator.resume import default_out
 
     run_dir = Path(resume) if resume is not None else Path(out) if out is not None else default_out(cfg.name)
     mode = "resume" if resume is not None else "overwrite" if overwrite else "new"

@@ -138,9 +138,9 @@ class _Stopped(Exception):
 
 async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, plane, progress: bool,
                             mode: str = "new") -> dict:
-    from dcoord.runtime.progress import RoundProgress
-    from dcoord.runtime.resume import make_coordinator
-    from dcoord.runtime.service import start_server
+    from dcoord.runtime.coordinator.progress import RoundProgress
+    from dcoord.runtime.coordinator.resume import make_coordinator
+    from dcoord.runtime.coordinator.service import start_server
     from dcoord.runtime.transport.base import PayloadMatcher
     from dcoord.workloads.base import WorkloadError
 
@@ -202,7 +202,7 @@ async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, pl
 
 
 def _work(cfg: JobConfig, env: LaunchEnv, plane) -> dict:
-    from dcoord.runtime.worker import run_worker
+    from dcoord.runtime.worker.worker import run_worker
 
     address = plane.fetch()
     if address.startswith("error:"):
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     if lead:
         from rich.console import Console
 
-        from dcoord.runtime.progress import summary_table
+        from dcoord.runtime.coordinator.progress import summary_table
 
         clean = result.pop("_clean_exit", True)
         console = Console()

@@ -16,7 +16,7 @@ import grpc
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
 from dcoord.runtime.local import run_local
-from dcoord.runtime.security import ClientSecurity, open_channel
+from dcoord.runtime.security.auth import ClientSecurity, open_channel
 
 
 class RogueWorker(threading.Thread):

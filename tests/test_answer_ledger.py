@@ -1,4 +1,4 @@
-"""The trust: workers answer ledger (dcoord/runtime/private.py): what a worker answers a coordinator that may
+"""The trust: workers answer ledger (dcoord/runtime/worker/private.py): what a worker answers a coordinator that may
 be compromised, and what it answers a coordinator resumed from its checkpoint that it re-registered with.
 
 Rules: one parameter vector per (job, partition) for the worker's whole life; within one session rounds
@@ -13,13 +13,14 @@ import threading
 import grpc
 import numpy as np
 import pytest
+from dcoord.runtime.worker.private import AnswerLedger, WorkerPrivacy
 from rogue import fake_coordinator
 
 from dcoord.config import load_config
 from dcoord.privacy.mechanisms import NoiseKey, PrivacyError, params_digest
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
-from dcoord.runtime.private import AnswerLedger, WorkerPrivacy, answer_window
+from dcoord.runtime.privacy_glue import answer_window
 from dcoord.runtime.tensors import from_proto
 from dcoord.wire import to_proto
 
@@ -198,7 +199,7 @@ def test_a_worker_answers_a_resumed_coordinator_the_same_and_nothing_else(tmp_pa
     rounds 1 and 2 again from its checkpoint: identical answers for the same parameters, a refusal for round
     2 with other parameters, and a replay of round 1 after round 2 in that session is refused too."""
     from dcoord.runtime.tensors import flat_params
-    from dcoord.runtime.worker import run_worker
+    from dcoord.runtime.worker.worker import run_worker
     from dcoord.workloads import load
 
     x0 = flat_params(load("logreg-digits", 0).model)

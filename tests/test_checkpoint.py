@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from dcoord.config import load_config
-from dcoord.runtime import checkpoint as ckpt
-from dcoord.runtime.resume import config_difference, default_out, open_rundir
-from dcoord.runtime.rundir import RunDir, RunDirError
+from dcoord.runtime.coordinator.resume import config_difference, default_out, open_rundir
+from dcoord.runtime.store import checkpoint as ckpt
+from dcoord.runtime.store.rundir import RunDir, RunDirError
 
 # -- files -------------------------------------------------------------------------------------------
 

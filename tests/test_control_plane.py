@@ -10,8 +10,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dcoord.config import load_config
-from dcoord.runtime.coordinator import Coordinator
-from dcoord.runtime.service import start_server
+from dcoord.runtime.coordinator.coordinator import Coordinator
+from dcoord.runtime.coordinator.service import start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 

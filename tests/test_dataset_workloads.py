@@ -13,8 +13,8 @@ from reference import max_rel_diff
 
 from dcoord.config import load_config
 from dcoord.errors import ConfigError
-from dcoord.runtime.compute import TaskComputer
 from dcoord.runtime.local import run_local
+from dcoord.runtime.worker.compute import TaskComputer
 from dcoord.workloads import load
 from dcoord.workloads.base import WorkloadError
 from dcoord.workloads.batching import dataset_job_parts, partition_indices

@@ -225,7 +225,7 @@ def test_elastic_run_losing_s_plus_one_workers_then_two_back_equals_full_batch_g
     takes seconds; rounds are slowed to ~0.5 s so they arrive mid-run) and the code grows back to 6. Every
     round decodes the full gradient: the model equals plain full-batch GD."""
     from dcoord.runtime.local import spawn_worker
-    from dcoord.runtime.security import TOKEN_FILE_ENV, write_token_file
+    from dcoord.runtime.security.auth import TOKEN_FILE_ENV, write_token_file
 
     rounds = 60
     cfg = load_config(None, data={

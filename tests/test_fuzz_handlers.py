@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from dcoord.config import load_config
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
-from dcoord.runtime.coordinator import Coordinator
-from dcoord.runtime.service import CoordinatorService
+from dcoord.runtime.coordinator.coordinator import Coordinator
+from dcoord.runtime.coordinator.service import CoordinatorService
 from dcoord.runtime.tensors import flat_params
 from dcoord.wire import result_from_proto
 

@@ -13,7 +13,7 @@ from fixtures.dataset_workload import make
 from reference import max_rel_diff
 
 from dcoord.config import load_config
-from dcoord.runtime.compute import TaskComputer
+from dcoord.runtime.worker.compute import TaskComputer
 from dcoord.workloads import load
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch")
@@ -51,7 +51,7 @@ def test_gpu_resnet_gradient_matches_cpu():
 
 def test_gpu_private_part_message_matches_cpu():
     """Per-sample clipped gradients (DP) computed on the GPU equal the CPU's (noise off: trust coordinator)."""
-    from dcoord.runtime.private import WorkerPrivacy
+    from dcoord.runtime.worker.private import WorkerPrivacy
 
     cfg = load_config(None, data={"workload": "fixtures.dataset_workload:make", "workers": 4,
                                   "coding": {"scheme": "gc-cyclic", "stragglers": 1},

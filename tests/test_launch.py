@@ -24,8 +24,8 @@ from reference import full_batch_gd, max_rel_diff
 from dcoord.config import load_config
 from dcoord.launch import LaunchEnv, detect_launcher, resolve_config
 from dcoord.runtime.local import run_local
-from dcoord.runtime.messages import Result, TaskResult
 from dcoord.runtime.transport.base import KIND_DATA, DataPlaneError, PayloadMatcher, make_header
+from dcoord.wire.messages import Result, TaskResult
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from dcoord.config import load_config
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
+from dcoord.runtime.coordinator.metrics import metrics_hook
 from dcoord.runtime.local import run_local
-from dcoord.runtime.metrics import metrics_hook
 from dcoord.runtime.tensors import flat_params
 from dcoord.workloads import load as load_workload
 

@@ -1,6 +1,6 @@
 """A private run (DIFF2, trust: workers) whose coordinator is SIGKILLed and resumed with --resume while the
 SAME worker processes stay up: they re-register with the resumed coordinator and answer the rounds it runs
-again (the same questions: identical messages, runtime/private.py AnswerLedger), and the run ends equal to
+again (the same questions: identical messages, runtime/worker/private.py AnswerLedger), and the run ends equal to
 an uninterrupted one (1e-6 relative) with the same epsilon. Real processes, loopback only."""
 
 import json

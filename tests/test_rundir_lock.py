@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 
 from dcoord.config import load_config
-from dcoord.runtime import checkpoint as ckpt
-from dcoord.runtime.dirlock import LOCK_NAME
-from dcoord.runtime.resume import open_rundir
-from dcoord.runtime.rundir import RunDir, RunDirError, is_run
+from dcoord.runtime.coordinator.resume import open_rundir
+from dcoord.runtime.store import checkpoint as ckpt
+from dcoord.runtime.store.dirlock import LOCK_NAME
+from dcoord.runtime.store.rundir import RunDir, RunDirError, is_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # holds a RunDir on argv[1] (mode argv[2]) until killed
 HOLDER = """
 import sys, time
-from dcoord.runtime.rundir import RunDir
+from dcoord.runtime.store.rundir import RunDir
 rd = RunDir(sys.argv[1], sys.argv[2])
 print("ready", flush=True)
 time.sleep(600)

@@ -30,10 +30,16 @@ from dcoord.config import load_config
 from dcoord.errors import DcoordError
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
-from dcoord.runtime.coordinator import Coordinator
+from dcoord.runtime.coordinator.coordinator import Coordinator
+from dcoord.runtime.coordinator.service import start_server
 from dcoord.runtime.local import run_local
-from dcoord.runtime.security import ClientSecurity, ServerSecurity, check_listen, open_channel, read_token
-from dcoord.runtime.service import start_server
+from dcoord.runtime.security.auth import (
+    ClientSecurity,
+    ServerSecurity,
+    check_listen,
+    open_channel,
+    read_token,
+)
 from dcoord.wire import result_to_proto, status_to_proto, to_proto
 
 TOKEN = "test-token-" + "a1b2c3d4" * 4
@@ -448,7 +454,7 @@ def test_workers_may_start_before_the_coordinator(tmp_path):
     """Registration retries with backoff until the coordinator is up (pod start order does not matter)."""
     import socket
 
-    from dcoord.runtime.worker import run_worker
+    from dcoord.runtime.worker.worker import run_worker
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -491,7 +497,7 @@ def test_tcp_data_plane_with_token_and_mutual_tls_equals_gd_and_refuses_plaintex
 
     from dcoord.runtime.transport.base import DataPlaneError
     from dcoord.runtime.transport.tcp_dp import TcpDataPlane
-    from dcoord.runtime.worker import run_worker
+    from dcoord.runtime.worker.worker import run_worker
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -665,7 +671,7 @@ def test_a_worker_runs_only_workloads_its_side_allows(tmp_path):
 
 
 def test_a_worker_refuses_a_job_weaker_than_it_requires():
-    from dcoord.runtime.worker_guard import check_privacy, check_workload
+    from dcoord.runtime.worker.guard import check_privacy, check_workload
     from dcoord.workloads import load
 
     wl = load("logreg-digits", 0)
@@ -697,7 +703,7 @@ def _assignment(rnd: int, job: int, params: np.ndarray) -> pb.Assignment:
 
 def test_a_fake_coordinator_replaying_a_round_gets_no_second_answer(tmp_path):
     from dcoord.runtime.tensors import flat_params
-    from dcoord.runtime.worker import run_worker
+    from dcoord.runtime.worker.worker import run_worker
     from dcoord.workloads import load
 
     x = flat_params(load("logreg-digits", 0).model)

@@ -102,7 +102,7 @@ def cmd_tune(args) -> int:
 
 def cmd_privacy(args) -> int:
     from dcoord.privacy.accounting import plan
-    from dcoord.runtime.private import partition_replicas
+    from dcoord.runtime.privacy_glue import partition_replicas
     from dcoord.workloads import batch_indices
     from dcoord.workloads import load as load_workload
 

@@ -70,8 +70,8 @@ def add_resume_options(parser: argparse.ArgumentParser) -> None:
 def out_and_mode(args: argparse.Namespace, cfg) -> tuple[Path, str]:
     """Where the run writes and how (new / resume / overwrite): --resume DIR wins; the default runs/NAME
     never leaves runs/."""
-    from dcoord.runtime.resume import default_out
-    from dcoord.runtime.rundir import RunDirError
+    from dcoord.runtime.coordinator.resume import default_out
+    from dcoord.runtime.store.rundir import RunDirError
 
     resume = getattr(args, "resume", None)
     if resume:

@@ -10,7 +10,7 @@ from dcoord.cli.options import address
 def cmd_status(args) -> int:
     from dcoord.errors import DcoordError
     from dcoord.runtime.client import watch_status
-    from dcoord.runtime.security_options import security_from_args
+    from dcoord.runtime.security.options import security_from_args
 
     if not args.address:
         raise DcoordError("status: give the coordinator's HOST:PORT (or DCOORD_COORDINATOR)")
@@ -30,7 +30,7 @@ def cmd_status(args) -> int:
 
 
 def register(sub) -> None:
-    from dcoord.runtime.security_options import add_security_options, env
+    from dcoord.runtime.security.options import add_security_options, env
 
     sp = sub.add_parser("status", help="show a running job's status")
     sp.add_argument("address", type=address, nargs="?", default=env("DCOORD_COORDINATOR"),

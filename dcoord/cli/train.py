@@ -6,15 +6,15 @@ import asyncio
 import sys
 
 from dcoord.cli.options import add_resume_options, address, job_args, load_job, out_and_mode
-from dcoord.runtime.health import add_health_options, health_port, start_health_server
-from dcoord.runtime.metrics import add_metrics_options, metrics_hook
+from dcoord.runtime.coordinator.health import add_health_options, health_port, start_health_server
+from dcoord.runtime.coordinator.metrics import add_metrics_options, metrics_hook
 
 
 def cmd_run(args) -> int:
     from rich.console import Console
 
+    from dcoord.runtime.coordinator.progress import summary_table
     from dcoord.runtime.local import run_local
-    from dcoord.runtime.progress import summary_table
 
     cfg = load_job(args)
     out, mode = out_and_mode(args, cfg)
@@ -31,10 +31,10 @@ def cmd_run(args) -> int:
 def cmd_coordinator(args) -> int:
     from rich.console import Console
 
-    from dcoord.runtime import resume
-    from dcoord.runtime.progress import RoundProgress, summary_table
-    from dcoord.runtime.security_options import security_from_args
-    from dcoord.runtime.service import start_server
+    from dcoord.runtime.coordinator import resume
+    from dcoord.runtime.coordinator.progress import RoundProgress, summary_table
+    from dcoord.runtime.coordinator.service import start_server
+    from dcoord.runtime.security.options import security_from_args
 
     security = security_from_args(args, "coordinator")
     cfg = load_job(args)
@@ -74,8 +74,8 @@ def cmd_coordinator(args) -> int:
 
 def cmd_worker(args) -> int:
     from dcoord.errors import DcoordError
-    from dcoord.runtime.security_options import worker_kwargs
-    from dcoord.runtime.worker import run_worker
+    from dcoord.runtime.security.options import worker_kwargs
+    from dcoord.runtime.worker.worker import run_worker
 
     if not args.coordinator:
         raise DcoordError("worker: give --coordinator HOST:PORT (or DCOORD_COORDINATOR)")
@@ -86,7 +86,7 @@ def cmd_worker(args) -> int:
 
 
 def register(sub) -> None:
-    from dcoord.runtime.security_options import add_security_options, env
+    from dcoord.runtime.security.options import add_security_options, env
 
     sp = sub.add_parser("run", help="coordinator + N local worker processes over loopback gRPC")
     job_args(sp)

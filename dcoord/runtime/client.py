@@ -9,7 +9,7 @@ import grpc
 from dcoord.errors import DcoordError
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
-from dcoord.runtime.security import ClientSecurity, open_channel
+from dcoord.runtime.security.auth import ClientSecurity, open_channel
 from dcoord.wire import status_to_dict
 
 
@@ -17,7 +17,7 @@ def watch_status(address: str, watch: bool = False, timeout: float = 5.0,
                  security: ClientSecurity | None = None) -> Iterator[dict]:
     """One status snapshot (or, with ``watch``, one per closed round until the job ends) as dicts.
 
-    ``security``: the job's token and TLS settings (runtime/security.py); None: plaintext, no token."""
+    ``security``: the job's token and TLS settings (runtime/security/auth.py); None: plaintext, no token."""
     channel = open_channel(address, security)
     stub = pb_grpc.CoordinatorStub(channel)
     try:

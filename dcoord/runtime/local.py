@@ -14,12 +14,23 @@ from pathlib import Path
 import torch
 
 from dcoord.config import JobConfig
-from dcoord.runtime.coordinator import Coordinator
-from dcoord.runtime.progress import RoundProgress
-from dcoord.runtime.resume import make_coordinator, remove_signal_handlers, stop_on_signals, stopped_error
-from dcoord.runtime.security import ALLOW_ENV, TOKEN_FILE_ENV, ServerSecurity, random_token, write_token_file
-from dcoord.runtime.service import start_server
-from dcoord.runtime.supervise import WorkerSupervisor
+from dcoord.runtime.coordinator.coordinator import Coordinator
+from dcoord.runtime.coordinator.progress import RoundProgress
+from dcoord.runtime.coordinator.resume import (
+    make_coordinator,
+    remove_signal_handlers,
+    stop_on_signals,
+    stopped_error,
+)
+from dcoord.runtime.coordinator.service import start_server
+from dcoord.runtime.coordinator.supervise import WorkerSupervisor
+from dcoord.runtime.security.auth import (
+    ALLOW_ENV,
+    TOKEN_FILE_ENV,
+    ServerSecurity,
+    random_token,
+    write_token_file,
+)
 
 
 def spawn_worker(address: str, requested_id: int = -1, log_path: Path | None = None,
@@ -57,7 +68,7 @@ async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = Tru
     ``mode``: new / resume / overwrite (see RunDir). ``respawn`` (default runtime.restart_workers): a local
     worker process that dies while the run goes on is started again with the same id, as a pod restart
     would, and rejoins.
-    SIGINT/SIGTERM checkpoint, stop the workers and raise :class:`~dcoord.runtime.resume.Stopped`.
+    SIGINT/SIGTERM checkpoint, stop the workers and raise :class:`~dcoord.runtime.coordinator.resume.Stopped`.
 
     The server listens on loopback and requires a bearer token (``token``, default a fresh random one),
     which the local workers read from a 0600 file in a private temporary directory named by

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from dcoord.errors import PayloadError as PayloadError  # re-exported
-from dcoord.runtime.messages import TensorData
+from dcoord.wire.messages import TensorData
 
 _DTYPES = {"float32": np.float32, "float64": np.float64, "bfloat16": ml_dtypes.bfloat16}
 

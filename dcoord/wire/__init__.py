@@ -1,6 +1,6 @@
 """The wire layer: generated protobuf types <-> the internal dataclasses the rest of dcoord works on.
 
-Only this package, the gRPC servicer (runtime/service.py) and the clients (runtime/worker.py,
+Only this package, the gRPC servicer (runtime/coordinator/service.py) and the clients (runtime/worker/worker.py,
 runtime/client.py) import the generated ``coordinator_pb2`` modules (tests/test_structure.py checks it).
 """
 
@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
-from dcoord.runtime.messages import (
+from dcoord.wire.messages import (
     Assignment,
     PartLoss,
     Result,
@@ -27,6 +27,12 @@ __all__ = ["StatusInfo", "coordinator_message", "fill_proto", "payload_bytes", "
 
 _DTYPES = ("float32", "float64", "bfloat16")  # bfloat16: ml_dtypes arrays (coding.payload_dtype)
 _ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2}
+
+#: channel and server options of the control plane: payloads ride in messages of up to 1 GiB
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", 1 << 30),
+    ("grpc.max_receive_message_length", 1 << 30),
+]
 
 
 # -- tensors --------------------------------------------------------------------------------------------
@@ -61,7 +67,7 @@ def _tensor_from_proto(t: pb.Tensor) -> TensorData:
 def tensor_nbytes(t: pb.Tensor) -> int:
     """Bytes of a wire Tensor from its shape and dtype: O(1), where reading ``t.data`` or calling
     ``ByteSize()`` would copy or encode the payload (bench/metrics_overhead.py: as costly as serializing). Feeds the coordinator's
-    payload byte counters (runtime/metrics.py)."""
+    payload byte counters (runtime/coordinator/metrics.py)."""
     return math.prod(t.shape) * _ITEMSIZE.get(t.dtype, 0)
 
 

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from dcoord.errors import DataPlaneError, DcoordError
-from dcoord.runtime.messages import Result
 from dcoord.runtime.transport.frames import DTYPE_CODES, DTYPES, KIND_DATA, KIND_END, TAG
+from dcoord.wire.messages import Result
 
 __all__ = ["DTYPE_CODES", "DTYPES", "KIND_DATA", "KIND_END", "TAG", "DataPlane", "DataPlaneError", "Deliver", "Fail",
            "PayloadMatcher", "make_header"]

@@ -26,7 +26,7 @@ from dcoord.workloads.batching import dataset_job_parts, partition_indices
 from dcoord.workloads.data import SampleSource, labels_of
 
 if TYPE_CHECKING:
-    from dcoord.runtime.private import WorkerPrivacy
+    from dcoord.runtime.worker.private import WorkerPrivacy
 
 _TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from dcoord.errors import DcoordError
-from dcoord.runtime import checkpoint as ckpt
-from dcoord.runtime.dirlock import DirLock, LockHeld
+from dcoord.runtime.store import checkpoint as ckpt
+from dcoord.runtime.store.dirlock import DirLock, LockHeld
 
 #: what a run writes; --overwrite removes exactly these (never other files in the directory, nor the lock
 #: file .dcoord.lock, see dirlock.py)

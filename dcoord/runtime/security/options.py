@@ -12,7 +12,7 @@ import argparse
 import os
 
 from dcoord.errors import DcoordError
-from dcoord.runtime.security import (
+from dcoord.runtime.security.auth import (
     ALLOW_ENV,
     MAX_EPSILON_ENV,
     ClientSecurity,

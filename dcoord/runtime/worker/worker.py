@@ -23,10 +23,10 @@ from dcoord.config import load_config
 from dcoord.errors import DataPlaneError, DcoordError
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
-from dcoord.runtime.compute import TaskComputer
-from dcoord.runtime.security import ClientSecurity, data_plane_client_context, open_channel
-from dcoord.runtime.service import GRPC_OPTIONS
+from dcoord.runtime.security.auth import ClientSecurity, data_plane_client_context, open_channel
 from dcoord.runtime.tensors import from_proto, load_flat_params
+from dcoord.runtime.worker.compute import TaskComputer
+from dcoord.wire import GRPC_OPTIONS
 from dcoord.wire.chunking import mark_payloads, pack_result, send_payloads
 from dcoord.workloads.data import load_checked
 
@@ -134,12 +134,12 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
 
     With ``data_plane`` (a transport.DataPlane, under torchrun/mpirun) payloads go to rank 0 over the
     process group / MPI and the gRPC Result only points at them (``payload_on_data_plane``, ``data_seq``).
-    ``security``: token and TLS (runtime/security.py); ``allow_workloads``: ``package.module:function``
+    ``security``: token and TLS (runtime/security/auth.py); ``allow_workloads``: ``package.module:function``
     patterns this worker may run (None: $DCOORD_ALLOW_WORKLOADS); ``noise_secret_file``: this worker's
     noise secret (default $DCOORD_NOISE_SECRET_FILE, then $DCOORD_NOISE_SECRET); ``max_epsilon``: refuse
-    jobs less private than this against a compromised coordinator (runtime/worker_guard.py).
+    jobs less private than this against a compromised coordinator (runtime/worker/guard.py).
     """
-    from dcoord.runtime.worker_guard import allowed_from_env, check_privacy, check_workload
+    from dcoord.runtime.worker.guard import allowed_from_env, check_privacy, check_workload
 
     torch.set_num_threads(1)
     channel = open_channel(address, security, options=GRPC_OPTIONS)
@@ -164,7 +164,7 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
 
     if cfg.privacy is not None:
         from dcoord.privacy.mechanisms import load_worker_noise_key
-        from dcoord.runtime.private import WorkerPrivacy
+        from dcoord.runtime.worker.private import WorkerPrivacy
 
         try:
             key = load_worker_noise_key(noise_secret_file) if cfg.privacy.trust == "workers" else None

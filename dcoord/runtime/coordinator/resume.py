@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 import yaml
 
 from dcoord.errors import DcoordError
-from dcoord.runtime import checkpoint as ckpt
-from dcoord.runtime.rundir import RunDir, RunDirError
+from dcoord.runtime.store import checkpoint as ckpt
+from dcoord.runtime.store.rundir import RunDir, RunDirError
 
 if TYPE_CHECKING:
     from dcoord.config import JobConfig
-    from dcoord.runtime.coordinator import Coordinator
+    from dcoord.runtime.coordinator.coordinator import Coordinator
 
 #: config fields that may change between a run and its resumption (they do not change the math)
 OPERATIONAL = ("name", "device", "runtime.round_timeout_s", "runtime.worker_wait_s", "runtime.heartbeat_s",
@@ -48,9 +48,9 @@ class Stopped(DcoordError):
 def config_difference(saved_yaml: str, cfg: JobConfig) -> str | None:
     """The first field (dotted) whose value differs between the run's config and ``cfg``, with both values.
 
-    Secret fields are not compared: config.yaml never holds them (runtime/sessions.py), and the checkpoint
+    Secret fields are not compared: config.yaml never holds them (runtime/coordinator/sessions.py), and the checkpoint
     carries the state they seeded (the coordinator's noise seed)."""
-    from dcoord.runtime.sessions import SECRET_FIELDS
+    from dcoord.runtime.coordinator.sessions import SECRET_FIELDS
 
     old = yaml.safe_load(saved_yaml) or {}
     new = yaml.safe_load(cfg.to_yaml()) or {}
@@ -89,7 +89,7 @@ def open_rundir(cfg: JobConfig, out: Path | None, mode: str = "new") -> RunDir:
 
 def make_coordinator(cfg: JobConfig, out: Path | None, mode: str = "new") -> Coordinator:
     """A Coordinator writing to ``out``; with mode ``resume``, continued from the newest good checkpoint."""
-    from dcoord.runtime.coordinator import Coordinator
+    from dcoord.runtime.coordinator.coordinator import Coordinator
 
     rd = open_rundir(cfg, out, mode)
     try:

@@ -1,7 +1,7 @@
 """The gRPC face of the coordinator: registration, heartbeats, the work stream, status, health.
 
-Who may call is decided in runtime/security.py (token interceptor, TLS); what a caller may do here is
-bound to its session credential (runtime/sessions.py). Nothing is queued for the round loop before its
+Who may call is decided in runtime/security/auth.py (token interceptor, TLS); what a caller may do here is
+bound to its session credential (runtime/coordinator/sessions.py). Nothing is queued for the round loop before its
 session, job, state and round were checked, and every refusal is counted in ``coord.refused``.
 """
 
@@ -16,9 +16,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
-from dcoord.runtime.coordinator import Coordinator, WorkerConn
-from dcoord.runtime.messages import Shutdown
-from dcoord.runtime.security import (
+from dcoord.runtime.coordinator.coordinator import Coordinator, WorkerConn
+from dcoord.runtime.coordinator.sessions import new_session, public_config_yaml, session_ok
+from dcoord.runtime.security.auth import (
     RateLimiter,
     Refusals,
     ServerSecurity,
@@ -28,17 +28,13 @@ from dcoord.runtime.security import (
     server_credentials,
     server_interceptors,
 )
-from dcoord.runtime.sessions import new_session, public_config_yaml, session_ok
 from dcoord.wire import coordinator_message, payload_bytes, result_from_proto, status_to_proto
 from dcoord.wire.chunking import ChunkAssembler
+from dcoord.wire.messages import Shutdown
 
 log = logging.getLogger("dcoord.service")
 
 #: Large enough for the coded gradients of models of a few hundred MB (what workers accept).
-GRPC_OPTIONS = [
-    ("grpc.max_send_message_length", 1 << 30),
-    ("grpc.max_receive_message_length", 1 << 30),
-]
 MAX_HOSTNAME = 255
 MAX_DEVICE = 64
 

@@ -27,8 +27,7 @@ from dcoord.coding.elastic import ElasticScheme, plan_members, replan
 from dcoord.config import JobConfig
 from dcoord.errors import DcoordError, RunFailed
 from dcoord.runtime.buffers import BufferPool
-from dcoord.runtime.messages import Assignment, ModelState, Result, Shutdown, TaskSpec, TensorData
-from dcoord.runtime.rundir import RunDir
+from dcoord.runtime.store.rundir import RunDir
 from dcoord.runtime.tensors import (
     GradVector,
     PayloadError,
@@ -38,6 +37,7 @@ from dcoord.runtime.tensors import (
     from_proto,
 )
 from dcoord.wire import StatusInfo
+from dcoord.wire.messages import Assignment, ModelState, Result, Shutdown, TaskSpec, TensorData
 from dcoord.workloads import batch_indices, evaluate
 from dcoord.workloads.data import load_checked
 
@@ -53,7 +53,7 @@ class WorkerConn:
     hostname: str = ""
     last_seen: float = field(default_factory=time.monotonic)
     alive: bool = True
-    session: str = ""                # its session credential (runtime/sessions.py)
+    session: str = ""                # its session credential (runtime/coordinator/sessions.py)
     attached: bool = False           # its Work stream is up
     reserved_until: float = math.inf  # a registered id waits this long for its Work stream
 
@@ -87,7 +87,7 @@ class Coordinator:
             len(batch_indices(self.workload.num_samples, cfg.batch_size, 0, cfg.seed)))
         self.privacy = None
         if cfg.privacy is not None:  # DP-GD / DIFF2: decoded aggregates feed a private running estimate
-            from dcoord.runtime.private import CoordinatorPrivacy
+            from dcoord.runtime.coordinator.privacy import CoordinatorPrivacy
 
             self.privacy = CoordinatorPrivacy(cfg, self.workload, self.scheme.num_parts())
         self.rundir = out if isinstance(out, RunDir) else RunDir(out, keep=cfg.runtime.keep_checkpoints)
@@ -114,7 +114,7 @@ class Coordinator:
         self.bytes_round = 0
         self.bytes_in = self.bytes_out = 0  # tensor bytes on the gRPC work stream (service.py counts them)
         self.wait_all_fallbacks = 0
-        self.round_observers: list = []  # f(record, coord) after each round (runtime/metrics.py)
+        self.round_observers: list = []  # f(record, coord) after each round (runtime/coordinator/metrics.py)
         self.cpu_s: Counter[str] = Counter()  # this round's coordinator CPU time: receive, decode, step, send
         self.started = time.monotonic()
         self.round_closed = asyncio.Event()
@@ -475,7 +475,9 @@ class Coordinator:
         The models and optimizers, the model versions still needed by pending jobs (sequential codes) and the
         messages already delivered for them, the scheme's state, DIFF2's running estimate, counters, RNG
         states, and how long metrics.jsonl was then (a resumed run cuts it back to that length)."""
-        from dcoord.runtime.sessions import public_config_yaml  # no secret reaches the run directory
+        from dcoord.runtime.coordinator.sessions import (
+            public_config_yaml,  # no secret reaches the run directory
+        )
 
         if self.phase == "closing":
             return None
@@ -544,7 +546,7 @@ class Coordinator:
 
     async def run(self, progress=None, start_timeout: float = 120.0) -> dict:
         """Run every round; returns the summary (also written to the run directory)."""
-        from dcoord.runtime.sessions import public_config_yaml
+        from dcoord.runtime.coordinator.sessions import public_config_yaml
 
         self.rundir.write_config(public_config_yaml(self.cfg))  # no secret reaches the run directory
         try:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from dcoord.errors import DcoordError
-from dcoord.runtime.security import ALLOW_ENV
+from dcoord.runtime.security.auth import ALLOW_ENV
 
 if TYPE_CHECKING:
     from dcoord.config import JobConfig
@@ -51,7 +51,7 @@ def check_privacy(cfg: JobConfig, workload, max_epsilon: float | None) -> None:
     if p.trust != "workers":
         raise DcoordError(f"this worker requires privacy.trust: workers (--max-epsilon {max_epsilon:g}); the job "
                           f"says trust: {p.trust}, which would send the coordinator un-noised sums")
-    from dcoord.runtime.private import compromised_epsilon
+    from dcoord.runtime.privacy_glue import compromised_epsilon
 
     eps = compromised_epsilon(cfg, workload)
     if not eps <= max_epsilon:

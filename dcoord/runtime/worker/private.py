@@ -1,0 +1,131 @@
+"""A worker's side of a private round: its privatized messages and the answer ledger.
+
+Workers replace each part's plain gradient by its privatized message m_j (clipped per-sample sums, plus
+seeded noise with ``trust: workers``); the code stays linear, so the coordinator decodes sum_j m_j exactly.
+The workers' noise secret lives only in :class:`WorkerPrivacy` (read from the worker's own settings).
+Against a compromised coordinator (trust: workers) a worker answers each (round, partition) for one
+parameter vector only, never a round older than one it answered in the same session, and nothing older
+than its window of recent rounds (:class:`AnswerLedger`); its noise is bound to the parameters asked about
+(mechanisms.worker_message), so the same question asked again after a coordinator restart gets the
+identical answer.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+import torch
+
+from dcoord.config import JobConfig
+from dcoord.privacy.mechanisms import (
+    NoiseKey,
+    PrivacyError,
+    load_worker_noise_key,
+    params_digest,
+    worker_message,
+)
+from dcoord.runtime.privacy_glue import answer_window, build_mechanism, round_spec
+from dcoord.workloads import Workload
+
+
+class AnswerLedger:
+    """What a worker promised to a possibly compromised coordinator (``trust: workers``).
+
+    Rules, for the worker's whole life:
+
+    1. One parameter vector per (job, partition): a (job, part) is answered only for the digest of
+       (x_t, x_(t-1)) it was first answered for. The message is a deterministic function of (noise key,
+       job, part, that digest) -- the clip and noise std follow from the parameters, the noise seed is an
+       HMAC of the key, job, part and digest (mechanisms.worker_message) -- so answering the same (job, part,
+       parameters) again sends the identical message and releases nothing new, while other parameters
+       (independent noise that two answers could average away) are refused.
+    2. Within one session (one registration with a coordinator) assignment rounds never go back: a
+       coordinator that replays an older round on the same stream gets no second answer. A new session (this
+       worker re-registered, e.g. with a coordinator resumed from its checkpoint, which runs again the rounds
+       after that checkpoint) starts its own round order; rule 1 still binds every answer it gets.
+    3. Bounded memory: digests are kept for the newest ``window`` jobs only, and every job older than that
+       window is refused for good. The floor (newest job answered - window + 1) only rises, so a forgotten
+       (job, part) can never be answered again and rule 1 holds for jobs that left the window too.
+    """
+
+    def __init__(self, window: int = 1024) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1 jobs, got {window}")
+        self.window = int(window)
+        self.digests: dict[int, dict[int, bytes]] = {}  # job -> part -> digest, jobs >= floor only
+        self._jobs: list[int] = []  # min-heap of the jobs in ``digests``
+        self.newest_job = -1
+        self.session: str | None = None
+        self.newest_round = -1  # in this session
+        self.refused = 0
+
+    @property
+    def floor(self) -> int:
+        """The oldest job still answerable (older ones are refused for good)."""
+        return self.newest_job - self.window + 1
+
+    def begin_round(self, round: int, session: str | None = None) -> None:
+        """Called before answering assignment round ``round`` received in ``session`` (rule 2)."""
+        if session != self.session:
+            self.session, self.newest_round = session, -1
+        if round < self.newest_round:
+            self.refused += 1
+            raise PrivacyError(f"round {round} is older than round {self.newest_round}, already answered "
+                               "in this session")
+
+    def answered_round(self, round: int) -> None:
+        self.newest_round = max(self.newest_round, round)
+
+    def check(self, job: int, part: int, digest: bytes) -> None:
+        """Record (job, part) -> digest, or refuse: other parameters than before (rule 1), or a job older than
+        the window (rule 3)."""
+        if job < self.floor:
+            self.refused += 1
+            raise PrivacyError(f"round {job} is older than the {self.window} newest rounds this worker keeps "
+                               f"answers for (it answered round {self.newest_job}); it is not answered again")
+        parts = self.digests.get(job)
+        if parts is None:
+            parts = self.digests[job] = {}
+            heapq.heappush(self._jobs, job)
+        seen = parts.setdefault(part, digest)
+        if seen != digest:
+            self.refused += 1
+            raise PrivacyError(f"round {job} partition {part} was already answered for other parameters")
+        if job > self.newest_job:
+            self.newest_job = job
+            while self._jobs and self._jobs[0] < self.floor:
+                del self.digests[heapq.heappop(self._jobs)]
+
+
+class WorkerPrivacy:
+    """A worker's private messages; holds the noise key (trust: workers), which never leaves this object."""
+
+    def __init__(self, cfg: JobConfig, workload: Workload, num_partitions: int, key: NoiseKey | None = None) -> None:
+        assert cfg.privacy is not None
+        self.mech = build_mechanism(cfg, workload, num_partitions)
+        self.key: NoiseKey | None = None
+        if cfg.privacy.trust == "workers":
+            self.key = key if key is not None else load_worker_noise_key()
+        self.ledger = AnswerLedger(answer_window(cfg))
+
+    def needs_previous(self, job: int) -> bool:
+        return not self.mech.is_restart(job)
+
+    def part_message(self, model: torch.nn.Module, loss_fn, X: torch.Tensor, y: torch.Tensor, *, job: int,
+                     part: int, params: np.ndarray, prev: np.ndarray | None) -> np.ndarray:
+        """m_j for part ``part`` of round ``job`` as float64 (identical on every replica of the part)."""
+        return self.part_message_tensor(model, loss_fn, X, y, job=job, part=part, params=params,
+                                        prev=prev).cpu().numpy()
+
+    def part_message_tensor(self, model: torch.nn.Module, loss_fn, X: torch.Tensor, y: torch.Tensor, *,
+                            job: int, part: int, params: np.ndarray, prev: np.ndarray | None) -> torch.Tensor:
+        """``part_message`` as a float64 tensor on the samples' device (GPU workers copy once per result)."""
+        spec = round_spec(self.mech, job, params, prev)
+        if self.key is not None:  # trust: workers: one answer per (job, partition)
+            self.ledger.check(job, part, params_digest(params, prev if spec.kind == "difference" else None))
+        flat = torch.from_numpy(np.ascontiguousarray(params)).to(X.device)
+        prev_t = None if prev is None else torch.from_numpy(np.ascontiguousarray(prev)).to(X.device)
+        m = worker_message(model, loss_fn, X, y, spec=spec, partition=part, key=self.key, params=flat,
+                           prev_params=prev_t if spec.kind == "difference" else None)
+        return m.detach().double()
