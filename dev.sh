@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One-command set-up on a fresh machine that has Python 3.10+:
 #   ./dev.sh run     install into .venv, then `dcoord run examples/quickstart.yaml`
-#   ./dev.sh test    install with test extras (and Open MPI when missing), then run the whole test suite
+#   ./dev.sh test    install with test extras (and Open MPI when missing), then run the whole test suite:
+#                    the fast tier first (timed), then the slow end-to-end tests
+#   ./dev.sh test --fast   only the fast tier (under 3 minutes on 2 cores): run it while you work
+#   ./dev.sh test ARGS...  pytest with your arguments (a file, -k, -m ...)
 #   ./dev.sh bench   run the benchmarks in bench/ (writes bench/results/*.json)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -43,7 +46,22 @@ case "$cmd" in
     install "test,mpi"
     "$VENV/bin/ruff" check dcoord tests bench scripts
     "$VENV/bin/python" scripts/gen_protos.py --check
-    exec "$VENV/bin/python" -m pytest -q "$@"
+    fast=(-m "not slow" --fast-tier)
+    if [ "${1:-}" = "--fast" ]; then
+      shift
+      exec "$VENV/bin/python" -m pytest -q "${fast[@]}" "$@"
+    fi
+    if [ $# -gt 0 ]; then
+      exec "$VENV/bin/python" -m pytest -q "$@"
+    fi
+    start=$(date +%s)
+    "$VENV/bin/python" -m pytest -q "${fast[@]}"
+    took=$(( $(date +%s) - start ))
+    echo "fast tier: ${took} s (budget 180 s)"
+    if [ "$took" -gt 180 ]; then
+      echo "dev.sh: the fast tier took ${took} s, over its 180 s budget: mark the slowest of its tests slow" >&2
+    fi
+    exec "$VENV/bin/python" -m pytest -q -m slow
     ;;
   bench)
     system_packages

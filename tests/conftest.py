@@ -15,3 +15,33 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"no shared dir at {SHARED} (../shared beside the repo, or set DCOORD_SHARED); the trace tests need it")
     return SHARED
+
+
+# -- the fast tier ---------------------------------------------------------------------------------------
+# `./dev.sh test --fast` runs `pytest -m "not slow" --fast-tier`: the inner-loop tier (under 3 minutes on a
+# 2-core machine). It must still touch every module of the package, so a change anywhere is exercised by
+# something fast; --fast-tier fails the run when a module was never imported by the tests that ran.
+#: modules the fast tier cannot import in the test process, and why
+FAST_TIER_EXEMPT = {
+    "dcoord.__main__": "runs `python -m dcoord`; the CLI it calls (dcoord.cli) is imported in-process",
+}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fast-tier", action="store_true",
+                     help="fail at the end if a dcoord module was never imported by the tests that ran")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not session.config.getoption("--fast-tier") or exitstatus != 0:
+        return
+    import pkgutil
+
+    import dcoord
+
+    every = {m.name for m in pkgutil.walk_packages(dcoord.__path__, "dcoord.") if not m.name.startswith("dcoord.proto")}
+    missing = sorted(every - set(sys.modules) - set(FAST_TIER_EXEMPT))
+    if missing:
+        print(f"\nfast tier: {len(missing)} module(s) never imported by a fast test: {', '.join(missing)}; "
+              "add a fast test that uses each (or list it with its reason in FAST_TIER_EXEMPT)")
+        session.exitstatus = 1
