@@ -253,7 +253,7 @@ def format_validation_error(exc: ValidationError, source: str = "config") -> str
     if loc and msg.startswith(loc):  # validators that already name their field
         loc = ""
     if err["type"] == "extra_forbidden":
-        msg = "unknown key (check the spelling; see README 'Config reference')"
+        msg = "unknown key (check the spelling; every key is in the docs' config reference)"
     elif err["type"] == "literal_error":
         msg = f"{msg} (got {err.get('input')!r})"
     more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""

@@ -237,3 +237,28 @@ def test_deploy_readme_run_again_commands_do_what_they_say():
         out, mode = out_and_mode(args, Cfg)
         modes.append((str(out), mode))
     assert modes == [("/runs/quickstart-2", "new"), ("/runs/quickstart", "overwrite"), ("/runs/quickstart", "resume")]
+
+
+def _slug(heading: str) -> str:
+    """Python-Markdown's toc slug (the anchors the site gets)."""
+    import unicodedata
+
+    text = unicodedata.normalize("NFKD", re.sub(r"[`*]", "", heading)).encode("ascii", "ignore").decode()
+    return re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", text).strip().lower())
+
+
+def test_readme_links_resolve():
+    """README.md is read on the repository page, outside the site's link check: its relative links and their
+    anchors must exist too."""
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)\s]+)\)", readme)
+    assert any(link.startswith("docs/") for link in links)
+    for link in links:
+        if re.match(r"[a-z]+://", link):
+            continue
+        path, _, anchor = link.partition("#")
+        target = ROOT / path
+        assert target.is_file(), f"README links to {path}, which does not exist"
+        if anchor:
+            slugs = {_slug(h) for h in re.findall(r"^#+ (.+)$", target.read_text(), re.M)}
+            assert anchor in slugs, f"README links to {link}: no such heading in {path}"
