@@ -46,6 +46,8 @@ def test_site_builds_strictly_with_every_page(site):
     for page in gen_docs.GENERATED:  # generated at build time, never committed
         assert not (DOCS / page).exists(), f"docs/{page} is generated: remove the committed copy"
         assert _page(site, page)
+    for html in site.rglob("index.html"):  # an escaped pipe in a table's code span shows its backslash
+        assert "\\|" not in html.read_text(), f"{html.relative_to(site)}: a literal \\| on the page"
 
 
 def test_strict_build_fails_on_a_broken_link_a_missing_anchor_and_a_page_outside_the_nav(tmp_path):
