@@ -270,3 +270,12 @@ def test_readme_links_resolve():
         if anchor:
             slugs = {_slug(h) for h in re.findall(r"^#+ (.+)$", target.read_text(), re.M)}
             assert anchor in slugs, f"README links to {link}: no such heading in {path}"
+
+
+def test_cited_result_files_exist():
+    """Benchmark numbers are quoted from bench/results/*: every file a page cites is there."""
+    cited = {m for text in _user_docs().values() for m in re.findall(r"bench/results/[\w.-]+\.(?:json|png)", text)}
+    assert "bench/results/local_stragglers.json" in cited
+    # NAME: the pattern of the file names; *_gpu.json: written by bench/gpu_check.sh on a machine with a GPU
+    missing = sorted(c for c in cited if not (ROOT / c).is_file() and "NAME" not in c and "_gpu" not in c)
+    assert not missing, missing
