@@ -20,10 +20,10 @@ class _Strict(BaseModel):
 
 
 class OptimizerConfig(_Strict):
-    name: Literal["sgd", "adam"] = "sgd"
+    name: Literal["sgd", "adam"] = Field("sgd", description="torch optimizer the coordinator steps with")
     lr: float | list[float] = Field(0.1, description="one value, or one per model (a learning-rate sweep)")
-    momentum: float = Field(0.0, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="sgd momentum")
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 penalty added by the optimizer")
 
     @field_validator("lr")
     @classmethod
@@ -35,21 +35,25 @@ class OptimizerConfig(_Strict):
 
 
 class CodingConfig(_Strict):
-    scheme: str = Field("uncoded", description="a registered scheme (dcoord.coding.registry; README 'Schemes')")
+    scheme: str = Field("uncoded", description="a registered scheme (dcoord.coding.registry; docs: Gradient coding)")
     stragglers: int = Field(0, ge=0, description="s: stragglers tolerated per round (plain codes)")
     B: int | None = Field(None, ge=1, description="burst length (sequential codes)")
     W: int | None = Field(None, ge=2, description="window length (sequential codes)")
     lam: int | None = Field(None, ge=1, alias="lambda", description="stragglers per window (sequential codes)")
     models: int | None = Field(None, ge=1, description="models trained concurrently (default: delay + 1)")
     mu: float = Field(1.0, ge=0.0, description="straggler rule: late if not back by (1+mu) * fastest")
-    wait: Literal["all", "minimal"] = "all"
+    wait: Literal["all", "minimal"] = Field(
+        "all", description="sequential codes, when stragglers do not fit the model: wait for all, or the fewest needed"
+    )
     close: Literal["straggler-rule", "earliest"] = Field(
         "straggler-rule",
         description="sequential codes: close by the (1+mu) straggler rule (the paper), or at the first arrival "
         "whose straggler set still fits the (B, W, lambda) model and keeps every pending job decodable",
     )
-    payload_dtype: Literal["float64", "float32", "bfloat16"] = "float64"  # workers combine in float64, round once
-    seed: int = 0
+    payload_dtype: Literal["float64", "float32", "bfloat16"] = Field(
+        "float64", description="dtype of the coded messages (workers combine in float64 and round once)"
+    )
+    seed: int = Field(0, description="seed of the code's own random choices (random constructions)")
 
     @field_validator("scheme")
     @classmethod
@@ -63,7 +67,7 @@ class CodingConfig(_Strict):
 class RuntimeConfig(_Strict):
     round_timeout_s: float = Field(60.0, gt=0, description="fail a round that cannot decode after this long")
     worker_wait_s: float = Field(20.0, ge=0, description="wait this long for replacements when too few are alive")
-    heartbeat_s: float = Field(1.0, gt=0)
+    heartbeat_s: float = Field(1.0, gt=0, description="seconds between a worker's heartbeats")
     emulate_part_s: float = Field(
         0.0, ge=0.0,
         description="sleep this long per part computed, to emulate one machine per worker on a small box",
@@ -77,7 +81,7 @@ class RuntimeConfig(_Strict):
     keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept (the newest K; older ones are deleted)")
     elastic: bool = Field(False, description="re-plan n and s over the workers present instead of failing")
     restart_workers: bool = Field(False, description="dcoord run: restart a local worker that dies (same id)")
-    progress: bool = True
+    progress: bool = Field(True, description="show the progress bar on the console")
     loader_workers: int = Field(
         0, ge=0, le=64, description="Dataset workloads: DataLoader processes per worker reading samples (0 = inline)"
     )
@@ -92,25 +96,31 @@ class RuntimeConfig(_Strict):
 
 
 class JobConfig(_Strict):
-    name: str = "job"
+    name: str = Field("job", description="run name; the default run directory is runs/NAME")
     plugins: list[str] = Field(
         default_factory=list,
         description="modules imported first (in every process) that register schemes or workloads",
     )
-    mode: Literal["coded", "token"] = "coded"
-    workload: str = "logreg-digits"
+    mode: Literal["coded", "token"] = Field(
+        "coded", description="coded: gradient coding rounds; token: token walks over a graph of workers"
+    )
+    workload: str = Field(
+        "logreg-digits", description="a built-in workload name or package.module:function returning a Workload"
+    )
     workload_args: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of the workload function, e.g. {data: DIR}"
     )
-    seed: int = 0
-    workers: int = Field(4, ge=1, le=100_000)
+    seed: int = Field(0, description="seeds the model init, batches, injected stragglers and walks")
+    workers: int = Field(4, ge=1, le=100_000, description="n: number of workers")
     rounds: int = Field(10, ge=1, description="jobs to run; with several models they are shared round-robin")
-    batch_size: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1, description="samples per job; null = the whole dataset every round")
     optimizer: OptimizerConfig = OptimizerConfig()
     coding: CodingConfig = CodingConfig()
     inject: InjectConfig = InjectConfig()
     transport: str = Field("grpc", description="grpc (payloads in the control stream), or a registered data plane: tcp (standalone), torch, mpi")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where workers compute (auto: the GPU when there is one); a worker's --device wins"
+    )
     runtime: RuntimeConfig = RuntimeConfig()
     shards: Literal["iid", "label-skew"] = Field(
         "iid", description="how the batch is cut into parts: as shuffled, or sorted by label (heterogeneous)"
@@ -243,7 +253,7 @@ def format_validation_error(exc: ValidationError, source: str = "config") -> str
     if loc and msg.startswith(loc):  # validators that already name their field
         loc = ""
     if err["type"] == "extra_forbidden":
-        msg = "unknown key (check the spelling; see README 'Config reference')"
+        msg = "unknown key (check the spelling; every key is in the docs' config reference)"
     elif err["type"] == "literal_error":
         msg = f"{msg} (got {err.get('input')!r})"
     more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dcoord.errors import StragglerError
 
@@ -40,20 +40,21 @@ class InjectConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: Literal["none", "fixed", "bernoulli", "gilbert-elliott", "shifted-exponential", "pareto", "trace"] = (
-        "none"
+    model: Literal["none", "fixed", "bernoulli", "gilbert-elliott", "shifted-exponential", "pareto", "trace"] = Field(
+        "none", description="which straggler model to inject in local runs"
     )
-    workers: list[int] = []
-    slowdown: float = 1.0
-    p: float | None = None
-    p_good_to_bad: float | None = None
-    p_bad_to_good: float | None = None
-    shift: float | None = None
-    rate: float | None = None
-    shape: float | None = None
-    scale: float = 1.0
-    path: Path | None = None
-    seed: int | None = None
+    workers: list[int] = Field([], description="fixed: the slow workers' ids")
+    slowdown: float = Field(1.0, description="fixed, bernoulli, gilbert-elliott: a slow worker takes this many times "
+                            "its compute time")
+    p: float | None = Field(None, description="bernoulli: probability a worker is slow in a round")
+    p_good_to_bad: float | None = Field(None, description="gilbert-elliott: chance a fast worker turns slow")
+    p_bad_to_good: float | None = Field(None, description="gilbert-elliott: chance a slow worker turns fast")
+    shift: float | None = Field(None, description="shifted-exponential: the fixed part of the delay, seconds")
+    rate: float | None = Field(None, description="shifted-exponential: rate of the exponential part, 1/seconds")
+    shape: float | None = Field(None, description="pareto: tail index")
+    scale: float = Field(1.0, description="pareto: scale, seconds; trace: multiply the trace's times by this")
+    path: Path | None = Field(None, description="trace: CSV of delays in seconds (rows = rounds, columns = workers)")
+    seed: int | None = Field(None, description="seed of the injected delays (null = the job seed)")
 
     @field_validator("workers")
     @classmethod

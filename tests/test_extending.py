@@ -1,4 +1,4 @@
-"""The README's "Extending dcoord" is true: a scheme registered from a test module runs in the simulator and
+"""docs/extending.md is true: a scheme registered from a test module runs in the simulator and
 in a real ``dcoord run`` (subprocesses over loopback), with no edit inside dcoord."""
 
 from __future__ import annotations

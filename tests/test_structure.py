@@ -90,11 +90,11 @@ def test_only_the_wire_layer_imports_generated_code():
     assert not paid, f"no longer import generated code (remove from PENDING): {paid}"
 
 
-def test_readme_scheme_table_lists_every_registered_scheme():
+def test_docs_scheme_table_lists_every_registered_scheme():
     from dcoord.coding.registry import registered_schemes
 
-    readme = (PKG.parent / "README.md").read_text()
-    table = readme.split("Built-in schemes (each declared beside its class", 1)[1].split("\n\n", 2)[1]
+    page = (PKG.parent / "docs" / "gradient-coding.md").read_text()
+    table = page.split("Built-in schemes (each declared beside its class", 1)[1].split("\n\n", 2)[1]
     rows = {line.split("|")[1].strip().strip("`") for line in table.splitlines() if line.startswith("| `")}
     builtin = {k for k, v in registered_schemes().items() if v.build.__module__.startswith("dcoord.")}
     assert rows == builtin

@@ -1,4 +1,4 @@
-"""A toy coding scheme added from outside dcoord, the way the README's "Extending dcoord" says: one module
+"""A toy coding scheme added from outside dcoord, the way docs/extending.md says: one module
 that defines a Scheme subclass and registers it. Worker w computes part w; a round needs every worker."""
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ class PrivacyConfig(BaseModel):
 
     mechanism: str = Field("dp-gd", description="a registered mechanism (dcoord.privacy.registry): dp-gd, diff2")
     epsilon: float | None = Field(default=None, description="target epsilon; the noise is calibrated to it")
-    delta: float = 1e-5
+    delta: float = Field(1e-5, description="delta of the (epsilon, delta) guarantee")
     noise_multiplier: float | None = Field(
         default=None, description="fixed noise multiplier (restart mechanism for diff2) instead of epsilon"
     )
@@ -61,9 +61,15 @@ class PrivacyConfig(BaseModel):
         description="neighbouring datasets: add/remove one sample (sensitivity C/N) or replace one (2C/N, the "
         "DIFF2 paper's); the noise std scales with the sensitivity, the accountant sees the same multiplier",
     )
-    trust: Literal["workers", "coordinator"] = "workers"
-    noise_split: Literal["partition", "aggregate"] = "partition"
-    accountant: Literal["rdp", "prv"] = "rdp"
+    trust: Literal["workers", "coordinator"] = Field(
+        "workers", description="who adds the noise: each worker (the coordinator sees only noised messages) or the "
+        "coordinator once after decoding"
+    )
+    noise_split: Literal["partition", "aggregate"] = Field(
+        "partition", description="trust=workers: full noise on every partition's message, or 1/sqrt(J) of it each "
+        "(valid only against an observer of the sum)"
+    )
+    accountant: Literal["rdp", "prv"] = Field("rdp", description="privacy accountant (Opacus): RDP or PRV")
     coordinator_seed: int | None = Field(default=None, description="trust=coordinator: the coordinator's seed")
 
     @model_validator(mode="before")

@@ -51,7 +51,7 @@ class GraphConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: GraphKind = "watts-strogatz"
+    kind: GraphKind = Field(default="watts-strogatz", description="graph family (edge-list: from path)")
     k: int | None = Field(
         default=None, ge=2, description="watts-strogatz: neighbours in the ring lattice (even)"
     )
@@ -103,7 +103,9 @@ class TokenConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    chain: Literal["srw", "mhrw", "nbrw", "srrw"] = "srrw"
+    chain: Literal["srw", "mhrw", "nbrw", "srrw"] = Field(
+        default="srrw", description="the walk: simple, Metropolis-Hastings, non-backtracking or self-repellent"
+    )
     base: Literal["srw", "mhrw"] = Field(default="mhrw", description="srrw's base chain (must be reversible)")
     alpha: float = Field(default=5.0, ge=0.0, description="srrw repellence strength; 0 is the base chain")
     tokens: int = Field(default=1, ge=1, description="tokens walking concurrently, each with its own model")
