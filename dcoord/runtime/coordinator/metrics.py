@@ -1,9 +1,12 @@
 """Prometheus endpoint of the coordinator (``--metrics-port`` / ``$DCOORD_METRICS_PORT``).
 
 Why: on a cluster the run directory sits on a volume nobody watches while the job runs; Prometheus scrapes
-the coordinator instead. Most values are read from the live Coordinator at scrape time (a custom
-collector), so the round path pays nothing for them; only the round-latency histogram is fed once per
-round, through ``Coordinator.round_observers``.
+the coordinator instead. Most values are read from a snapshot of the Coordinator taken at scrape time
+(``Coordinator.snapshot()``, a custom collector), so the round path pays nothing for them; only the
+round-latency histogram is fed once per round, through ``Coordinator.add_round_observer``.
+
+The port is bound when the command starts, before the run directory or any other server exists, so a
+port in use is one line and leaves nothing behind.
 
 Exposed (all prefixed ``dcoord_``): rounds_total, round_duration_seconds (histogram), stragglers_total,
 wait_all_fallbacks_total, decode_residual / decode_residual_max, payload_bytes_received_total /
@@ -23,17 +26,6 @@ from typing import Any
 ENV_PORT = "DCOORD_METRICS_PORT"
 
 
-def data_plane_bytes(coord: Any) -> tuple[int, int]:
-    """(received, sent) payload bytes on the coordinator's data plane: tcp (standalone), or torch/mpi under a
-    launcher once models go down it too (0, 0 without one).
-
-    The gRPC work stream's share is counted by service.py (``dcoord.wire.payload_bytes``)."""
-    server = coord.data_server
-    if server is None:
-        return 0, 0
-    return int(server.bytes_in), int(server.bytes_out)
-
-
 #: round latencies from a few ms (small models on loopback) to minutes (large models, slow workers)
 ROUND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -50,8 +42,8 @@ class _LiveCollector:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        m, c = self.m, self.m.coord
-        job = [c.cfg.name]
+        m, c = self.m, self.m.coord.snapshot()
+        job = [c.name]
 
         def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
             f = CounterMetricFamily(f"dcoord_{name}", doc, labels=["job_name"])
@@ -69,35 +61,38 @@ class _LiveCollector:
                       "waited for every worker", c.wait_all_fallbacks)
         yield gauge("decode_residual", "decode residual of the last round (0 = exact)", m.last_residual)
         yield gauge("decode_residual_max", "largest decode residual so far", c.max_residual)
-        dp_in, dp_out = data_plane_bytes(c)
         yield counter("payload_bytes_received", "tensor bytes received from workers (coded results) on the "
-                      "gRPC work stream and the tcp data plane", c.bytes_in + dp_in)
+                      "gRPC work stream and the tcp data plane", c.payload_bytes_in)
         yield counter("payload_bytes_sent", "tensor bytes sent to workers (model parameters) on the gRPC work "
-                      "stream and the tcp data plane", c.bytes_out + dp_out)
+                      "stream and the tcp data plane", c.payload_bytes_out)
         rej = CounterMetricFamily("dcoord_rejected_messages", "messages refused, by reason: by the job (bad "
                                   "results) or before reaching it (authentication, sessions, limits)",
                                   labels=["job_name", "reason"])
-        reasons = Counter(dict(c.rejected))
-        reasons.update(dict(c.refused))
+        reasons = Counter(c.rejected)
+        reasons.update(c.refused)
         for reason, n in sorted(reasons.items()):
             rej.add_metric(job + [reason], n)
         yield rej
         yield counter("dropped_late_results", "results that came after their round had closed", c.dropped_late)
-        yield gauge("workers_alive", "workers whose stream is up and heard from recently", c.alive_count())
-        yield gauge("workers_expected", "workers the job runs with", c.n)
+        yield gauge("workers_alive", "workers whose stream is up and heard from recently", c.workers_alive)
+        yield gauge("workers_expected", "workers the job runs with", c.workers_total)
+        yield gauge("workers_lost", "workers lost while the job runs (not back yet)", len(c.lost_workers))
+        yield gauge("straggler_slack", "stragglers the code still tolerates per round with the lost workers "
+                    "gone (the scheme's s minus them; below 0: rounds cannot finish)", c.slack_left)
         yield gauge("last_loss", "training loss of the last decoded job (NaN when private)", c.last_loss)
-        if c.cfg.privacy is not None:
+        if c.private:
             yield gauge("epsilon_spent", "privacy budget spent so far (epsilon at the job's delta)", m.epsilon)
 
 
 class CoordinatorMetrics:
     """A Prometheus registry bound to one Coordinator; ``serve(port)`` starts the HTTP endpoint."""
 
-    def __init__(self, coord: Any, registry: Any = None) -> None:
+    def __init__(self, coord: Any, registry: Any = None, server: Any = None) -> None:
         # imported here so that `dcoord --help` does not pay for prometheus_client
         from prometheus_client import CollectorRegistry, Histogram
 
         self.coord = coord
+        self.job_name = coord.snapshot().name
         self.registry = registry or CollectorRegistry()
         self.rounds = 0
         self.last_residual = 0.0
@@ -106,8 +101,8 @@ class CoordinatorMetrics:
         self.round_seconds = Histogram("dcoord_round_duration_seconds", "wall time of one round, assign to step",
                                        ["job_name"], buckets=ROUND_BUCKETS, registry=self.registry)
         self.registry.register(_LiveCollector(self))
-        coord.round_observers.append(self.on_round)
-        self._server = None
+        coord.add_round_observer(self.on_round)
+        self._server = server  # bound already (metrics_hook): serve() is not needed
 
     def on_round(self, record: dict, coord: Any) -> None:
         """Called by the coordinator after each round's record is written."""
@@ -117,7 +112,7 @@ class CoordinatorMetrics:
             eps = record.get("epsilon")
             if eps is not None and math.isfinite(eps):
                 self.epsilon = float(eps)
-        self.round_seconds.labels(coord.cfg.name).observe(record["wall_s"])
+        self.round_seconds.labels(self.job_name).observe(record["wall_s"])
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Start the HTTP endpoint in a daemon thread; returns the bound port (``port=0``: a free one)."""
@@ -150,8 +145,41 @@ def add_metrics_options(parser: argparse.ArgumentParser) -> None:
         parser.set_defaults(_metrics_env_error=f"{ENV_PORT}={env!r} is not a port number; set 0-65535 or unset it")
 
 
-def metrics_hook(args: argparse.Namespace, host: str = "0.0.0.0"):
-    """An ``on_started(coord, ...)`` hook that starts the endpoint when a port was asked for, else None."""
+class MetricsHook:
+    """The endpoint of ``--metrics-port``, bound at once; ``hook(coord)`` starts serving that coordinator.
+
+    Binding first (before the run directory, the gRPC server and the workers) makes a port in use fail
+    with nothing to undo; ``close()`` stops the endpoint when the start fails later (the caller's job)."""
+
+    def __init__(self, port: int, host: str) -> None:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from dcoord.errors import DcoordError
+
+        self.port, self.host = port, host
+        self.registry = CollectorRegistry()
+        try:
+            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            raise DcoordError(f"--metrics-port {port}: cannot listen on {host}:{port} ({why}); choose another "
+                              f"port, or 0 for no metrics endpoint (env {ENV_PORT})") from None
+        self.metrics: CoordinatorMetrics | None = None
+
+    def __call__(self, coord: Any, *_ignored) -> CoordinatorMetrics:
+        self.metrics = CoordinatorMetrics(coord, self.registry, server=self._server)
+        return self.metrics
+
+    def close(self) -> None:
+        """Stop the endpoint (safe to call more than once, and when it never served a coordinator)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def metrics_hook(args: argparse.Namespace, host: str = "0.0.0.0") -> MetricsHook | None:
+    """An ``on_started(coord, ...)`` hook serving metrics when a port was asked for (bound now), else None."""
     from dcoord.errors import ConfigError
 
     err = getattr(args, "_metrics_env_error", None)
@@ -159,15 +187,4 @@ def metrics_hook(args: argparse.Namespace, host: str = "0.0.0.0"):
         raise ConfigError(err)
     if not args.metrics_port:
         return None
-
-    def start(coord: Any, *_ignored) -> CoordinatorMetrics:
-        m = CoordinatorMetrics(coord)
-        try:
-            m.serve(args.metrics_port, host)
-        except OSError as exc:
-            from dcoord.errors import DcoordError
-
-            raise DcoordError(f"--metrics-port {args.metrics_port}: cannot listen on {host} ({exc.strerror})") from None
-        return m
-
-    return start
+    return MetricsHook(args.metrics_port, host)
