@@ -87,7 +87,7 @@ class Coordinator:
         self._members = Membership(
             self.n, cfg.runtime.heartbeat_s, tolerated=lambda: self.scheme.s,
             members=lambda: plan_members(self.scheme, self.n), round=lambda: self.round,
-            running=lambda: self.state == "running", record=self._log_event)
+            running=lambda: self.state == "running", record=self._log_event, slow=self._known_slow)
         self._results: asyncio.Queue = asyncio.Queue()  # admit_result() bounds what is queued (results_limit)
         self.results_limit = 4 * self.n + 16
         self.round_tasks: dict[int, list[Task]] = {}
@@ -192,6 +192,11 @@ class Coordinator:
 
     def detach(self, conn: WorkerConn) -> None:
         self._members.detach(conn)
+
+    def _known_slow(self) -> set[int]:
+        """Workers the config makes slow for the whole run (inject: fixed)."""
+        inj = self.cfg.inject
+        return set(inj.workers) if inj.model == "fixed" and inj.slowdown > 1 else set()
 
     def add_worker_observer(self, observe) -> None:
         """``observe(event: WorkerEvent)`` when a worker is lost or back (the progress bar prints it)."""

@@ -51,20 +51,26 @@ class WorkerEvent:
     alive: int           # workers alive after it
     tolerated: int       # stragglers the code tolerates per round (the scheme's s)
     slack_left: int      # tolerated minus the workers lost now (negative: rounds cannot finish)
+    slow: tuple[int, ...] = ()  # live workers known to be slow (inject: fixed), for what the slack means
 
     def describe(self, worker_wait_s: float | None = None) -> str:
         """One line for the console: who, when, why, and what it means for the rounds to come."""
         what = "lost" if self.kind == "lost" else "back"
         head = f"worker {self.worker} {what} at round {max(self.round, 0) + 1} ({self.reason}); "
-        return head + slack_words(self.tolerated, self.slack_left, worker_wait_s)
+        return head + slack_words(self.tolerated, self.slack_left, worker_wait_s, self.slow)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def slack_words(tolerated: int, left: int, worker_wait_s: float | None = None) -> str:
-    """What ``left`` of ``tolerated`` straggler slack means for the rounds to come."""
+def slack_words(tolerated: int, left: int, worker_wait_s: float | None = None, slow: tuple[int, ...] = ()) -> str:
+    """What ``left`` of ``tolerated`` straggler slack means for the rounds to come (``slow``: live workers
+    known to be slow; more of them than the slack left means every round waits for one)."""
     s = f"the code tolerates {tolerated} straggler{'s' if tolerated != 1 else ''}"
+    if 0 <= left < len(slow) and left < tolerated:
+        names = ", ".join(str(w) for w in slow)
+        return (f"{s}, {left or 'none'} now left: every round now waits for a slow worker "
+                f"(worker{'s' if len(slow) > 1 else ''} {names} {'are' if len(slow) > 1 else 'is'} slow)")
     if left == tolerated:
         return f"{s}, all {tolerated} left" if tolerated else f"{s}: every round waits for its slowest worker"
     if left > 0:
@@ -82,11 +88,12 @@ class Membership:
     ``running()`` of the round loop; ``record(event)`` writes an event line (metrics.jsonl)."""
 
     def __init__(self, n: int, heartbeat_s: float, tolerated: Callable[[], int], members: Callable[[], list[int]],
-                 round: Callable[[], int], running: Callable[[], bool], record: Callable[[dict], None]) -> None:
+                 round: Callable[[], int], running: Callable[[], bool], record: Callable[[dict], None],
+                 slow: Callable[[], set[int]] = set) -> None:
         self.n = n
         self.stale_s = max(MIN_STALE_S, 10 * heartbeat_s)
         self._tolerated, self._members, self._round, self._running = tolerated, members, round, running
-        self._record = record
+        self._record, self._slow = record, slow
         self.conns: dict[int, WorkerConn] = {}
         self.lost_ids: set[int] = set()
         self.events: list[WorkerEvent] = []
@@ -154,11 +161,14 @@ class Membership:
         lost = len(self.lost_ids & set(self._members()))
         return tolerated, tolerated - lost
 
+    def slow_alive(self) -> tuple[int, ...]:
+        return tuple(sorted(self._slow() & self.alive_ids()))
+
     def report(self) -> dict:
         """The ``membership`` section of summary.json."""
         tolerated, left = self.slack()
         return {"lost": sorted(self.lost_ids), "alive_at_end": self.alive_count(),
-                "stragglers_tolerated": tolerated, "slack_left": left,
+                "stragglers_tolerated": tolerated, "slack_left": left, "slow": list(self.slow_alive()),
                 "events": [e.as_dict() for e in self.events]}
 
     def _lost(self, worker: int, reason: str) -> None:
@@ -171,7 +181,7 @@ class Membership:
 
     def _emit(self, kind: str, worker: int, reason: str) -> None:
         tolerated, left = self.slack()
-        ev = WorkerEvent(kind, worker, self._round(), reason, self.alive_count(), tolerated, left)
+        ev = WorkerEvent(kind, worker, self._round(), reason, self.alive_count(), tolerated, left, self.slow_alive())
         self.events.append(ev)
         log.warning("%s", ev.describe())
         self._record({"event": f"worker-{kind}", "worker": worker, "during_round": ev.round, "reason": reason,

@@ -77,7 +77,8 @@ def _membership_rows(summary: dict) -> list[tuple[str, str]]:
     rows = [("workers lost", f"{len(lost)}: {say}")]
     if back:
         rows.append(("workers back", ", ".join(f"worker {e['worker']} at round {e['round'] + 1}" for e in back)))
-    rows.append(("straggler slack at the end", slack_words(ms["stragglers_tolerated"], ms["slack_left"])))
+    words = slack_words(ms["stragglers_tolerated"], ms["slack_left"], slow=tuple(ms.get("slow", ())))
+    rows.append(("straggler slack at the end", words))
     return rows
 
 
