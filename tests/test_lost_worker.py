@@ -132,3 +132,52 @@ def test_dcoord_status_of_the_run_directory_shows_it(killed_run):
                          text=True, timeout=120)
     st = json.loads(res.stdout)
     assert [e["worker"] for e in st["lost_workers"]] == [KILLED] and st["slack_left"] == 0, st
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_silent_worker_is_lost_after_the_heartbeat_timeout_and_back_when_heard_again(tmp_path):
+    """SIGSTOP keeps a worker's connection open but silences it: it is declared lost once nothing was heard
+    from it for max(5 s, 10 heartbeats), and back once it is heard from again (SIGCONT); both are said."""
+    job, out = tmp_path / "job.yaml", tmp_path / "run"
+    job.write_text(yaml.safe_dump({**JOB, "name": "silent", "rounds": 100000}))
+    proc = subprocess.Popen([sys.executable, "-m", "dcoord", "run", str(job), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, COLUMNS="200"))
+
+    def events() -> list[dict]:
+        try:
+            lines = (out / "metrics.jsonl").read_text().splitlines()
+        except OSError:
+            return []
+        return [json.loads(x) for x in lines[:-1] if '"event"' in x]  # the last line may be half written
+
+    def wait_for(pred) -> None:
+        deadline = time.monotonic() + 240
+        while not pred() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None and pred(), "the run ended or nothing happened"
+
+    pid = None
+    try:
+        wait_for(lambda: _rounds_logged(out) >= 3)
+        pid = _worker_pid(proc.pid, KILLED)
+        os.kill(pid, signal.SIGSTOP)
+        wait_for(lambda: any(e["event"] == "worker-lost" for e in events()))
+        os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: any(e["event"] == "worker-rejoined" for e in events()))
+        proc.send_signal(signal.SIGINT)  # the run stops (checkpoint, exact resume command)
+        text, _ = proc.communicate(timeout=120)
+    finally:
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = text.decode(errors="replace")
+    got = [(e["event"], e["worker"], e["reason"]) for e in events() if e["event"].startswith("worker-")]
+    assert got == [("worker-lost", KILLED, "no heartbeat for 5 s"), ("worker-rejoined", KILLED, "heard from again")]
+    assert f"worker {KILLED} lost at round" in text and "(no heartbeat for 5 s)" in text, text
+    assert f"worker {KILLED} back at round" in text and "all 1 left" in text, text
