@@ -5,8 +5,8 @@ the coordinator instead. Most values are read from a snapshot of the Coordinator
 (``Coordinator.snapshot()``, a custom collector), so the round path pays nothing for them; only the
 round-latency histogram is fed once per round, through ``Coordinator.add_round_observer``.
 
-The port is bound when the command starts, before the run directory or any other server exists, so a
-port in use is one line and leaves nothing behind.
+The port is checked when the command starts, before the run directory or any other server exists, so a
+port in use is one line and leaves nothing behind; the endpoint is bound once the job has started.
 
 Exposed (all prefixed ``dcoord_``): rounds_total, round_duration_seconds (histogram), stragglers_total,
 wait_all_fallbacks_total, decode_residual / decode_residual_max, payload_bytes_received_total /
@@ -87,7 +87,7 @@ class _LiveCollector:
 class CoordinatorMetrics:
     """A Prometheus registry bound to one Coordinator; ``serve(port)`` starts the HTTP endpoint."""
 
-    def __init__(self, coord: Any, registry: Any = None, server: Any = None) -> None:
+    def __init__(self, coord: Any, registry: Any = None) -> None:
         # imported here so that `dcoord --help` does not pay for prometheus_client
         from prometheus_client import CollectorRegistry, Histogram
 
@@ -102,7 +102,7 @@ class CoordinatorMetrics:
                                        ["job_name"], buckets=ROUND_BUCKETS, registry=self.registry)
         self.registry.register(_LiveCollector(self))
         coord.add_round_observer(self.on_round)
-        self._server = server  # bound already (metrics_hook): serve() is not needed
+        self._server = None
 
     def on_round(self, record: dict, coord: Any) -> None:
         """Called by the coordinator after each round's record is written."""
@@ -146,40 +146,61 @@ def add_metrics_options(parser: argparse.ArgumentParser) -> None:
 
 
 class MetricsHook:
-    """The endpoint of ``--metrics-port``, bound at once; ``hook(coord)`` starts serving that coordinator.
+    """``--metrics-port``: the port is checked when the command starts; ``hook(coord)`` serves that coordinator.
 
-    Binding first (before the run directory, the gRPC server and the workers) makes a port in use fail
-    with nothing to undo; ``close()`` stops the endpoint when the start fails later (the caller's job)."""
+    Checked first (before the run directory, the gRPC server and the workers), a port in use fails with
+    nothing to undo; bound only once the job has started, the endpoint never outlives a failed start.
+    ``close()`` stops it."""
 
     def __init__(self, port: int, host: str) -> None:
-        from prometheus_client import CollectorRegistry, start_http_server
-
-        from dcoord.errors import DcoordError
-
         self.port, self.host = port, host
-        self.registry = CollectorRegistry()
-        try:
-            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
-        except OSError as exc:
-            why = exc.strerror or str(exc)
-            raise DcoordError(f"--metrics-port {port}: cannot listen on {host}:{port} ({why}); choose another "
-                              f"port, or 0 for no metrics endpoint (env {ENV_PORT})") from None
+        why = _bind_problem(host, port)
+        if why:
+            raise _port_error(port, host, why)
         self.metrics: CoordinatorMetrics | None = None
 
     def __call__(self, coord: Any, *_ignored) -> CoordinatorMetrics:
-        self.metrics = CoordinatorMetrics(coord, self.registry, server=self._server)
-        return self.metrics
+        m = CoordinatorMetrics(coord)
+        try:
+            m.serve(self.port, self.host)
+        except OSError as exc:  # taken since the check
+            raise _port_error(self.port, self.host, exc.strerror or str(exc)) from None
+        self.metrics = m
+        return m
 
     def close(self) -> None:
-        """Stop the endpoint (safe to call more than once, and when it never served a coordinator)."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        """Stop the endpoint (safe to call more than once, and when it never served)."""
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why the endpoint could not listen on ``host:port`` now, or None (bound as its HTTP server binds)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        return None  # not resolvable here: the server's own bind reports it
+    family, _, _, _, addr = infos[0]
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def _port_error(port: int, host: str, why: str):
+    from dcoord.errors import DcoordError
+
+    return DcoordError(f"--metrics-port {port}: cannot listen on {host}:{port} ({why}); choose another port, "
+                       f"or 0 for no metrics endpoint (env {ENV_PORT})")
 
 
 def metrics_hook(args: argparse.Namespace, host: str = "0.0.0.0") -> MetricsHook | None:
-    """An ``on_started(coord, ...)`` hook serving metrics when a port was asked for (bound now), else None."""
+    """An ``on_started(coord, ...)`` hook serving metrics when a port was asked for (checked now), else None."""
     from dcoord.errors import ConfigError
 
     err = getattr(args, "_metrics_env_error", None)
