@@ -163,6 +163,9 @@ def test_a_silent_worker_is_lost_after_the_heartbeat_timeout_and_back_when_heard
         pid = _worker_pid(proc.pid, KILLED)
         os.kill(pid, signal.SIGSTOP)
         wait_for(lambda: any(e["event"] == "worker-lost" for e in events()))
+        # dcoord status RUN_DIR while the run goes on
+        st = subprocess.run([sys.executable, "-m", "dcoord", "status", str(out)], capture_output=True, text=True,
+                            timeout=120)
         os.kill(pid, signal.SIGCONT)
         wait_for(lambda: any(e["event"] == "worker-rejoined" for e in events()))
         proc.send_signal(signal.SIGINT)  # the run stops (checkpoint, exact resume command)
@@ -181,3 +184,5 @@ def test_a_silent_worker_is_lost_after_the_heartbeat_timeout_and_back_when_heard
     assert got == [("worker-lost", KILLED, "no heartbeat for 5 s"), ("worker-rejoined", KILLED, "heard from again")]
     assert f"worker {KILLED} lost at round" in text and "(no heartbeat for 5 s)" in text, text
     assert f"worker {KILLED} back at round" in text and "all 1 left" in text, text
+    assert st.returncode == 0 and " running: round " in st.stdout, st
+    assert f"lost: worker {KILLED} at round" in st.stdout and "(no heartbeat for 5 s)" in st.stdout, st.stdout
