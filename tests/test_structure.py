@@ -103,7 +103,7 @@ def test_readme_scheme_table_lists_every_registered_scheme():
 # -- boundary --
 #: the coordinator's own modules: the round state machine and the parts split out of it
 COORDINATOR_OWN = {"dcoord.runtime.coordinator.coordinator", "dcoord.runtime.coordinator.membership",
-                   "dcoord.runtime.coordinator.view"}
+                   "dcoord.runtime.coordinator.counters", "dcoord.runtime.coordinator.view"}
 #: identifiers that name a coordinator wherever they appear (``coord``, ``self.coord``, ``x.coordinator``)
 COORD_NAMES = {"coord", "coordinator"}
 #: calls that return a coordinator

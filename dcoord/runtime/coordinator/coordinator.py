@@ -27,6 +27,7 @@ from dcoord.coding.elastic import ElasticScheme, plan_members, replan
 from dcoord.config import JobConfig
 from dcoord.errors import DcoordError, RunFailed
 from dcoord.runtime.buffers import BufferPool
+from dcoord.runtime.coordinator.counters import RunCounters
 from dcoord.runtime.coordinator.membership import Membership, WorkerConn, WorkerEvent
 from dcoord.runtime.coordinator.view import CoordinatorView
 from dcoord.runtime.store.rundir import RunDir
@@ -96,15 +97,8 @@ class Coordinator:
         self.part_losses: dict[int, dict[int, float]] = {}
         self.arrived: set[int] = set()
         # counters
-        self._rejected: Counter[str] = Counter()
-        self._refused: Counter[str] = Counter()  # refused before reaching the job (auth, sessions, limits)
-        self.dropped_late = 0
-        self.stragglers_seen = 0
-        self.max_residual = 0.0
-        self.last_loss = math.nan
+        self._counts = RunCounters()  # counters.py: what metrics, status and the summary report
         self.bytes_round = 0
-        self._bytes_in = self._bytes_out = 0  # tensor bytes on the gRPC work stream (count_bytes_in/out)
-        self.wait_all_fallbacks = 0
         self._round_observers: list = []  # f(record, coord) after each round (add_round_observer)
         self.cpu_s: Counter[str] = Counter()  # this round's coordinator CPU time: receive, decode, step, send
         self.started = time.monotonic()
@@ -233,7 +227,7 @@ class Coordinator:
         if self.state != "running":
             self.reject("not-running", f"worker {worker} sent a result while the job is {self.state}")
         elif round < self.round:
-            self.dropped_late += 1
+            self._counts.dropped_late += 1
         elif round > self.round:
             self.reject("future-round", f"round {round} while at {self.round}")
         elif self._results.qsize() >= self.results_limit:
@@ -248,29 +242,29 @@ class Coordinator:
 
     def count_bytes_in(self, n: int) -> None:
         """Tensor bytes received on the gRPC work stream."""
-        self._bytes_in += n
+        self._counts.bytes_in += n
 
     def count_bytes_out(self, n: int) -> None:
         """Tensor bytes sent on the gRPC work stream."""
-        self._bytes_out += n
+        self._counts.bytes_out += n
 
     @property
     def bytes_in(self) -> int:
-        return self._bytes_in
+        return self._counts.bytes_in
 
     @property
     def bytes_out(self) -> int:
-        return self._bytes_out
+        return self._counts.bytes_out
 
     @property
     def rejected(self) -> Counter[str]:
         """Results rejected by the job, by reason (a copy)."""
-        return Counter(self._rejected)
+        return Counter(self._counts.rejected)
 
     @property
     def refused(self) -> Counter[str]:
         """Peers refused before reaching the job, by reason (a copy)."""
-        return Counter(self._refused)
+        return Counter(self._counts.refused)
 
     def use_model_sender(self, sender) -> None:
         """Models go down a launcher's data plane (transport.models_down.ModelSender) instead of gRPC."""
@@ -337,13 +331,11 @@ class Coordinator:
                 self.conns[w].outbox.put_nowait(self._assignment(r, w))
 
     def reject(self, reason: str, detail: str = "") -> None:
-        self._rejected[reason] += 1
-        log.warning("rejected result (%s) %s", reason, detail)
+        self._counts.reject(reason, detail)
 
     def refuse(self, reason: str, detail: str = "") -> None:
         """A peer refused before it reached the job (counted apart from rejected results)."""
-        self._refused[reason] += 1
-        log.warning("refused (%s) %s", reason, detail)
+        self._counts.refuse(reason, detail)
 
     def handle_result(self, res: Result, conn: WorkerConn | None, arrays: list[np.ndarray] | None = None) -> bool:
         """Validate one result message; store it and return True when it counts for the current round.
@@ -366,7 +358,7 @@ class Coordinator:
             self.reject("worker-id-mismatch", f"stream of worker {conn.worker_id} sent worker_id {res.worker_id}")
             return False
         if res.round < self.round:
-            self.dropped_late += 1
+            self._counts.dropped_late += 1
             return False
         if res.round > self.round:
             self.reject("future-round", f"round {res.round} while at {self.round}")
@@ -432,7 +424,7 @@ class Coordinator:
             elif first is not None and now >= start + (1 + mu) * (first - start):
                 if not fallback and not ok and self.cfg.coding.wait == "all":
                     fallback = True
-                    self.wait_all_fallbacks += 1
+                    self._counts.wait_all_fallbacks += 1
                 if ok and not fallback:
                     return arrived
             # can the workers still alive finish this round?
@@ -532,7 +524,7 @@ class Coordinator:
         t_step = time.thread_time()
         self.cpu_s["decode"] += t_step - t_dec
         residual = float(self.scheme.last_residual)
-        self.max_residual = max(self.max_residual, residual)
+        self._counts.max_residual = max(self._counts.max_residual, residual)
         if self.privacy is not None:
             g = self.privacy.direction(job, g, version_params)
         if grads is None:
@@ -582,9 +574,7 @@ class Coordinator:
             "part_losses": {j: dict(v) for j, v in self.part_losses.items()},
             "scheme": scheme_state,
             "privacy": self.privacy.state_dict() if self.privacy is not None else None,
-            "counters": {"rejected": dict(self._rejected), "dropped_late": self.dropped_late,
-                         "stragglers_seen": self.stragglers_seen, "max_residual": self.max_residual,
-                         "last_loss": self.last_loss, "elapsed_s": time.monotonic() - self.started},
+            "counters": {**self._counts.state_dict(), "elapsed_s": time.monotonic() - self.started},
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             "metrics_offset": self.rundir.round_offset,
         }
@@ -614,9 +604,7 @@ class Coordinator:
         if self.privacy is not None:
             self.privacy.load_state_dict(state["privacy"])
         c = state["counters"]
-        self._rejected = Counter({str(k): int(v) for k, v in c["rejected"].items()})
-        self.dropped_late, self.stragglers_seen = int(c["dropped_late"]), int(c["stragglers_seen"])
-        self.max_residual, self.last_loss = float(c["max_residual"]), float(c["last_loss"])
+        self._counts.load_state_dict(c)
         self.resumed_elapsed = float(c["elapsed_s"])
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
@@ -654,19 +642,19 @@ class Coordinator:
                 jobs = [self._decode_and_step(j) for j in newly]
                 wall = time.monotonic() - t0
                 stragglers = sorted(set(range(self.n)) - arrived)
-                self.stragglers_seen += len(stragglers)
+                self._counts.stragglers_seen += len(stragglers)
                 losses = [j["loss"] for j in jobs if j["loss"] is not None and not math.isnan(j["loss"])]
                 if losses:
-                    self.last_loss = losses[-1]
+                    self._counts.last_loss = losses[-1]
                 record = {
                     "round": r, "wall_s": wall, "elapsed_s": time.monotonic() - self.started,
                     "loss": losses[-1] if losses else None, "jobs": jobs,
                     "workers_returned": sorted(arrived), "stragglers": stragglers,
                     "decode_residual": max((j["residual"] for j in jobs), default=0.0),
                     "compute_s": dict(sorted(self.compute_round.items())),
-                    "bytes_received": self.bytes_round, "dropped_late_results": self.dropped_late,
+                    "bytes_received": self.bytes_round, "dropped_late_results": self._counts.dropped_late,
                     "coordinator_cpu_s": {k: self.cpu_s[k] for k in ("receive", "decode", "step", "send")},
-                    "rejected": dict(self._rejected), "workers_alive": self.alive_count(),
+                    "rejected": dict(self._counts.rejected), "workers_alive": self.alive_count(),
                 }
                 if self.privacy is not None and jobs:
                     record["epsilon"] = jobs[-1]["epsilon"]
@@ -676,7 +664,7 @@ class Coordinator:
                     # what the bar, the status and the summary show as the loss from now on is the final
                     # model's, not the loss its last gradient was computed at (one step behind)
                     self._final_losses = self.final_losses()
-                    self.last_loss = self._final_losses[0]
+                    self._counts.last_loss = self._final_losses[0]
                 for observe in self._round_observers:
                     observe(record, self)
                 self.phase = "boundary"
@@ -731,10 +719,10 @@ class Coordinator:
             "per_model": [{"model": i, "lr": self.cfg.lr_for(i), "final_loss": loss,
                            "test_accuracy": accs[i] if accs else None} for i, loss in enumerate(losses)],
             "scheme": self.scheme.name, "workers": self.n, "models": len(self.models),
-            "load": self.scheme.load(), "max_decode_residual": self.max_residual,
-            "dropped_late_results": self.dropped_late, "rejected_results": dict(self.rejected),
+            "load": self.scheme.load(), "max_decode_residual": self._counts.max_residual,
+            "dropped_late_results": self._counts.dropped_late, "rejected_results": dict(self.rejected),
             "refused": dict(self.refused),
-            "stragglers_seen": self.stragglers_seen,
+            "stragglers_seen": self._counts.stragglers_seen,
             "membership": self._members.report(),
             **self.scheme.report(),
             **(self.privacy.summary(self.steps[0]) if self.privacy is not None else {}),
@@ -747,13 +735,13 @@ class Coordinator:
         return CoordinatorView(
             name=self.cfg.name, job_id=self.job_id, scheme=self.scheme.name, state=self.state, round=self.round,
             total_rounds=self.total_rounds, workers_total=self.n, workers_alive=self.alive_count(),
-            last_loss=self.last_loss, stragglers_seen=self.stragglers_seen,
-            wait_all_fallbacks=self.wait_all_fallbacks, max_residual=self.max_residual,
-            payload_bytes_in=self._bytes_in + dp_in, payload_bytes_out=self._bytes_out + dp_out,
-            dropped_late=self.dropped_late, elapsed_s=time.monotonic() - self.started, message=self.message,
+            last_loss=self._counts.last_loss, stragglers_seen=self._counts.stragglers_seen,
+            wait_all_fallbacks=self._counts.wait_all_fallbacks, max_residual=self._counts.max_residual,
+            payload_bytes_in=self._counts.bytes_in + dp_in, payload_bytes_out=self._counts.bytes_out + dp_out,
+            dropped_late=self._counts.dropped_late, elapsed_s=time.monotonic() - self.started, message=self.message,
             private=self.privacy is not None, stragglers_tolerated=tolerated, slack_left=left,
             lost_workers=tuple(sorted(self._members.lost_ids)),
-            rejected=dict(self._rejected), refused=dict(self._refused),
+            rejected=dict(self._counts.rejected), refused=dict(self._counts.refused),
         )
 
     def _data_plane_bytes(self) -> tuple[int, int]:
