@@ -166,7 +166,7 @@ async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, pl
 
         plane.start_receiving(range(1, env.world_size), 4 * max(coord.num_params, 1), matcher.on_payload, fail)
         # models down the same plane (CPU gloo, MPI), as the tcp server does standalone: see models_down.py
-        coord.data_server = plane.model_sender(range(env.world_size - 1)) or coord.data_server
+        coord.use_model_sender(plane.model_sender(range(env.world_size - 1)))
     plane.publish(f"{host}:{port}")
     log.info("coordinator of job %s on %s:%d, %s data plane, %d workers", coord.job_id, host, port,
              cfg.transport, cfg.workers)

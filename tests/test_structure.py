@@ -98,3 +98,137 @@ def test_docs_scheme_table_lists_every_registered_scheme():
     rows = {line.split("|")[1].strip().strip("`") for line in table.splitlines() if line.startswith("| `")}
     builtin = {k for k, v in registered_schemes().items() if v.build.__module__.startswith("dcoord.")}
     assert rows == builtin
+
+
+# -- boundary --
+#: the coordinator's own modules: the round state machine and the parts split out of it
+COORDINATOR_OWN = {"dcoord.runtime.coordinator.coordinator", "dcoord.runtime.coordinator.membership",
+                   "dcoord.runtime.coordinator.counters", "dcoord.runtime.coordinator.view"}
+#: identifiers that name a coordinator wherever they appear (``coord``, ``self.coord``, ``x.coordinator``)
+COORD_NAMES = {"coord", "coordinator"}
+#: calls that return a coordinator
+COORD_FACTORIES = {"Coordinator", "make_coordinator"}
+
+
+def _last_name(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return None
+
+
+def _is_coordinator_annotation(ann: ast.AST | None) -> bool:
+    return ann is not None and any(_last_name(n) == "Coordinator" or (isinstance(n, ast.Constant) and n.value ==
+                                   "Coordinator") for n in ast.walk(ann))
+
+
+def _boundary_violations(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, what) for each access across the coordinator's boundary in ``tree``; see the test's docstring."""
+    out: list[tuple[int, str]] = []
+
+    def is_ref(node: ast.AST, aliases: set[str]) -> bool:
+        name = _last_name(node)
+        if name in COORD_NAMES:
+            return True
+        return isinstance(node, ast.Name) and node.id in aliases
+
+    def own_nodes(body: list[ast.AST]):
+        """The nodes of a scope, not descending into nested functions (they are scopes of their own)."""
+        stack = list(body)
+        while stack:
+            node = stack.pop()
+            yield node
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                stack.extend(ast.iter_child_nodes(node))
+
+    def scope(body: list[ast.AST], inherited: set[str], args: ast.arguments | None) -> None:
+        aliases = set(inherited)
+        if args is not None:
+            for a in args.posonlyargs + args.args + args.kwonlyargs:
+                if _is_coordinator_annotation(a.annotation):
+                    aliases.add(a.arg)
+        nodes = list(own_nodes(body))
+        changed = True
+        while changed:  # aliases: `c = self.coord`, `coord = make_coordinator(...)`, `x: Coordinator = ...`
+            changed = False
+            for node in nodes:
+                targets, value = [], None
+                if isinstance(node, ast.Assign):
+                    targets, value = node.targets, node.value
+                elif isinstance(node, ast.AnnAssign):
+                    targets, value = [node.target], node.value
+                    if _is_coordinator_annotation(node.annotation) and isinstance(node.target, ast.Name):
+                        changed |= node.target.id not in aliases
+                        aliases.add(node.target.id)
+                if value is None:
+                    continue
+                made = isinstance(value, ast.Call) and _last_name(value.func) in COORD_FACTORIES
+                if made or is_ref(value, aliases):
+                    for t in targets:
+                        if isinstance(t, ast.Name) and t.id not in aliases:
+                            aliases.add(t.id)
+                            changed = True
+        for node in nodes:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                scope(node.body, aliases, node.args)
+            elif isinstance(node, ast.Lambda):
+                scope([node.body], aliases, node.args)
+            elif isinstance(node, ast.Attribute) and is_ref(node.value, aliases):
+                private = node.attr.startswith("_") and not (node.attr.startswith("__") and node.attr.endswith("__"))
+                if private:
+                    out.append((node.lineno, f"reads private {ast.unparse(node)}"))
+                elif isinstance(node.ctx, (ast.Store, ast.Del)):
+                    out.append((node.lineno, f"assigns {ast.unparse(node)}"))
+            elif (isinstance(node, ast.Subscript) and isinstance(node.ctx, (ast.Store, ast.Del))
+                  and isinstance(node.value, ast.Attribute) and is_ref(node.value.value, aliases)):
+                out.append((node.lineno, f"assigns into {ast.unparse(node)}"))
+
+    scope(list(ast.iter_child_nodes(tree)), set(), None)
+    return out
+
+
+def test_the_boundary_rule_sees_what_it_forbids():
+    src = (
+        "def f(coord, other):\n"
+        "    coord.bytes_in += 3\n"               # augments an attribute
+        "    c = coord\n"
+        "    c.state = 'x'\n"                     # assigns through an alias
+        "    c.refused['r'] += 1\n"               # assigns into an attribute
+        "    del coord.message\n"                 # deletes one
+        "    other.bytes_in += 1\n"               # not a coordinator: fine
+        "    coord.submit_result(1, None)\n"      # public method: fine
+        "    def inner():\n"
+        "        return c._results\n"             # private, through the enclosing alias
+        "class S:\n"
+        "    def g(self, k: 'Coordinator'):\n"
+        "        self.coord.round_tasks[0] = k\n"  # into an attribute of self.coord
+        "        return k._members, self.coord.state\n"  # private through an annotated parameter
+        "def h():\n"
+        "    x = make_coordinator(1)\n"
+        "    x.data_server = None\n"
+    )
+    got = sorted(line for line, _ in _boundary_violations(ast.parse(src)))
+    assert got == [2, 4, 5, 6, 10, 13, 14, 17], _boundary_violations(ast.parse(src))
+
+
+def test_nothing_reaches_into_the_coordinator():
+    """Outside the coordinator's own modules (COORDINATOR_OWN), no module of dcoord/ may
+
+    - read or call a private attribute (``_name``, dunders excepted) of a coordinator, or
+    - assign, augment or delete an attribute of a coordinator (``coord.x = ...``, ``c.bytes_in += n``,
+      ``del coord.x``), or assign into one (``c.conns[w] = ...``, ``c.refused[r] += 1``).
+
+    They use its public methods and read-only views instead (``snapshot()``, ``status()``, ``submit_result``,
+    ``count_bytes_in``, ``register_worker``, ...). A coordinator is, in each function: a name or attribute
+    named ``coord`` or ``coordinator`` (``coord``, ``self.coord``), a parameter or variable annotated
+    ``Coordinator``, and a local name assigned from one of those or from ``Coordinator(...)`` /
+    ``make_coordinator(...)`` (aliases carry into nested functions). ``test_the_boundary_rule_sees_what_it_
+    forbids`` shows each case caught."""
+    bad = []
+    for name, path in sorted(_modules().items()):
+        if name in COORDINATOR_OWN:
+            continue
+        for line, what in _boundary_violations(ast.parse(path.read_text())):
+            bad.append(f"{path.relative_to(PKG.parent)}:{line}: {what}")
+    assert not bad, "modules reaching into the coordinator:\n" + "\n".join(bad)

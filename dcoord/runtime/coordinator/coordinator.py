@@ -15,8 +15,8 @@ import random
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from dcoord.coding.elastic import ElasticScheme, plan_members, replan
 from dcoord.config import JobConfig
 from dcoord.errors import DcoordError, RunFailed
 from dcoord.runtime.buffers import BufferPool
+from dcoord.runtime.coordinator.counters import RunCounters
+from dcoord.runtime.coordinator.membership import Membership, WorkerConn, WorkerEvent
+from dcoord.runtime.coordinator.view import CoordinatorView
 from dcoord.runtime.store.rundir import RunDir
 from dcoord.runtime.tensors import (
     GradVector,
@@ -42,20 +45,6 @@ from dcoord.workloads import batch_indices, evaluate
 from dcoord.workloads.data import load_checked
 
 log = logging.getLogger("dcoord.coordinator")
-
-
-@dataclass
-class WorkerConn:
-    """One attached worker: where to send it messages, and when it was last heard from."""
-
-    worker_id: int
-    outbox: asyncio.Queue
-    hostname: str = ""
-    last_seen: float = field(default_factory=time.monotonic)
-    alive: bool = True
-    session: str = ""                # its session credential (runtime/coordinator/sessions.py)
-    attached: bool = False           # its Work stream is up
-    reserved_until: float = math.inf  # a registered id waits this long for its Work stream
 
 
 def make_optimizer(cfg: JobConfig, model: torch.nn.Module, index: int) -> torch.optim.Optimizer:
@@ -96,8 +85,11 @@ class Coordinator:
         self.round = -1
         self.state = "waiting-for-workers"
         self.message = ""
-        self.conns: dict[int, WorkerConn] = {}
-        self.results: asyncio.Queue = asyncio.Queue()  # service.py bounds what it queues (results_limit)
+        self._members = Membership(
+            self.n, cfg.runtime.heartbeat_s, tolerated=lambda: self.scheme.s,
+            members=lambda: plan_members(self.scheme, self.n), round=lambda: self.round,
+            running=lambda: self.state == "running", record=self._log_event, slow=self._known_slow)
+        self._results: asyncio.Queue = asyncio.Queue()  # admit_result() bounds what is queued (results_limit)
         self.results_limit = 4 * self.n + 16
         self.round_tasks: dict[int, list[Task]] = {}
         self.job_params: dict[int, tuple[int, np.ndarray]] = {}  # job -> (model version, params)
@@ -105,19 +97,12 @@ class Coordinator:
         self.part_losses: dict[int, dict[int, float]] = {}
         self.arrived: set[int] = set()
         # counters
-        self.rejected: Counter[str] = Counter()
-        self.refused: Counter[str] = Counter()  # refused before reaching the job (auth, sessions, limits)
-        self.dropped_late = 0
-        self.stragglers_seen = 0
-        self.max_residual = 0.0
-        self.last_loss = math.nan
+        self._counts = RunCounters()  # counters.py: what metrics, status and the summary report
         self.bytes_round = 0
-        self.bytes_in = self.bytes_out = 0  # tensor bytes on the gRPC work stream (service.py counts them)
-        self.wait_all_fallbacks = 0
-        self.round_observers: list = []  # f(record, coord) after each round (runtime/coordinator/metrics.py)
+        self._round_observers: list = []  # f(record, coord) after each round (add_round_observer)
         self.cpu_s: Counter[str] = Counter()  # this round's coordinator CPU time: receive, decode, step, send
         self.started = time.monotonic()
-        self.round_closed = asyncio.Event()
+        self._round_closed = asyncio.Event()
         self._registered = asyncio.Event()
         self.data_server = None  # tcp: transport.tcp_dp.TcpDataServer; torch/mpi: transport.models_down.ModelSender
         self._data_keys: dict[int, bytes] = {}
@@ -126,7 +111,7 @@ class Coordinator:
         self.phase = "boundary"
         self.scheme_snapshot: dict | None = None
         self.resumed_elapsed = 0.0
-        self.lost_ids: set[int] = set()
+        self._final_losses: list[float] | None = None  # evaluated once, after the last round
 
     # -- the standalone data plane (transport: tcp) -------------------------------------------------
     def start_data_plane(self, host: str, matcher, ssl_context=None) -> None:
@@ -159,22 +144,40 @@ class Coordinator:
         if self.data_server is not None:
             self.data_server.close()
 
-    # -- membership --------------------------------------------------------------------------------
+    # -- membership (membership.py) ------------------------------------------------------------------
+    @property
+    def conns(self) -> MappingProxyType:
+        """The workers registered so far, by id (read-only)."""
+        return MappingProxyType(self._members.conns)
+
+    @property
+    def lost_ids(self) -> set[int]:
+        return set(self._members.lost_ids)
+
     def free_worker_id(self, requested: int = -1) -> int | None:
-        now = time.monotonic()  # an id is taken while its stream is up or its reservation has not expired
-        taken = {w for w, c in self.conns.items() if c.alive and (c.attached or now < c.reserved_until)}
-        if 0 <= requested < self.n and requested not in taken:
-            return requested
-        return next((i for i in range(self.n) if i not in taken), None)
+        return self._members.free_worker_id(requested)
+
+    def register_worker(self, requested: int, hostname: str, session: str, reserve_s: float
+                        ) -> tuple[int, list[int]] | None:
+        """Give a registering worker an id (held ``reserve_s`` for its stream) and the data parts of its
+        current tasks; None when the job is full or over."""
+        wid = self.free_worker_id(requested)
+        if wid is None or self.state in ("done", "failed"):
+            return None
+        # the parts of its current tasks (a resumed or running job is past round 0: never re-plan it)
+        tasks = self.scheme.tasks(0) if self.round < 0 and self.state != "done" else self.round_tasks
+        parts = sorted({p for t in tasks.get(wid, []) for p in t.parts})
+        self._members.reserve(WorkerConn(wid, asyncio.Queue(), hostname=hostname, session=session,
+                                         reserved_until=time.monotonic() + reserve_s))
+        return wid, parts
+
+    def heard_from(self, conn: WorkerConn) -> bool:
+        """A heartbeat or message from ``conn``; False once the coordinator has let it go."""
+        return self._members.heard_from(conn)
 
     def attach(self, conn: WorkerConn) -> None:
         """A worker's stream is up: remember it and, mid-round, hand it the current round's tasks."""
-        self.conns[conn.worker_id] = conn
-        conn.attached = True
-        log.info("worker %d attached (%d alive)", conn.worker_id, self.alive_count())
-        if conn.worker_id in self.lost_ids:  # a worker that died (or its replacement) is back
-            self.lost_ids.discard(conn.worker_id)
-            self._event("worker-rejoined", conn.worker_id)
+        self._members.attach(conn)
         if self.alive_count() >= self.n:
             self._registered.set()
         pending = self.state == "running" and self.round >= 0 and conn.worker_id not in self.arrived
@@ -182,30 +185,103 @@ class Coordinator:
             conn.outbox.put_nowait(self._assignment(self.round, conn.worker_id))
 
     def detach(self, conn: WorkerConn) -> None:
-        if self.conns.get(conn.worker_id) is conn and conn.attached:
-            was_alive, conn.alive = conn.alive, False
-            conn.attached = False
-            level = logging.WARNING if self.state == "running" else logging.INFO
-            log.log(level, "worker %d is gone (%d alive)", conn.worker_id, self.alive_count())
-            if was_alive and self.state == "running":
-                self.lost_ids.add(conn.worker_id)
-                self._event("worker-lost", conn.worker_id)
+        self._members.detach(conn)
 
-    def _event(self, kind: str, worker: int) -> None:
+    def _known_slow(self) -> set[int]:
+        """Workers the config makes slow for the whole run (inject: fixed)."""
+        inj = self.cfg.inject
+        return set(inj.workers) if inj.model == "fixed" and inj.slowdown > 1 else set()
+
+    def add_worker_observer(self, observe) -> None:
+        """``observe(event: WorkerEvent)`` when a worker is lost or back (the progress bar prints it)."""
+        self._members.observers.append(observe)
+
+    def worker_events(self) -> list[WorkerEvent]:
+        return list(self._members.events)
+
+    def _log_event(self, record: dict) -> None:
         """A membership change, as a line in metrics.jsonl (it has an "event" key, not a "round")."""
         try:
-            self.rundir.log_event({"event": kind, "worker": worker, "during_round": self.round,
-                                   "alive": self.alive_count(), "time": time.time()})
+            self.rundir.log_event(record)
         except (OSError, DcoordError) as exc:  # e.g. a full disk: the round path reports it, not this
-            log.warning("could not log %s of worker %d: %s", kind, worker, exc)
+            log.warning("could not log %s: %s", record.get("event"), exc)
 
     def alive_ids(self) -> set[int]:
         """Workers whose stream is up and who were heard from recently (heartbeats or results)."""
-        stale = time.monotonic() - max(5.0, 10 * self.cfg.runtime.heartbeat_s)
-        return {w for w, c in self.conns.items() if c.alive and c.attached and c.last_seen >= stale}
+        return self._members.alive_ids()
 
     def alive_count(self) -> int:
         return len(self.alive_ids())
+
+    # -- what the servicer and the data planes feed in -------------------------------------------------
+    @property
+    def results(self) -> asyncio.Queue:
+        """The queue of (result, conn[, arrays]) the round loop reads: data planes put complete results
+        here (transport.base.PayloadMatcher); the servicer goes through admit_result/submit_result."""
+        return self._results
+
+    def admit_result(self, round: int, worker: int) -> bool:
+        """Cheap checks before a result may wait in the round loop's queue (which they keep bounded)."""
+        if self.state in ("done", "failed"):
+            return False  # a straggler's result after the last round: nothing to count
+        if self.state != "running":
+            self.reject("not-running", f"worker {worker} sent a result while the job is {self.state}")
+        elif round < self.round:
+            self._counts.dropped_late += 1
+        elif round > self.round:
+            self.reject("future-round", f"round {round} while at {self.round}")
+        elif self._results.qsize() >= self.results_limit:
+            self.reject("queue-full", f"worker {worker}: {self._results.qsize()} results already wait")
+        else:
+            return True
+        return False
+
+    def submit_result(self, res: Result, conn: WorkerConn | None, arrays: list[np.ndarray] | None = None) -> None:
+        """Queue one admitted result (payloads inline, or ``arrays`` from a data plane) for the round loop."""
+        self._results.put_nowait((res, conn) if arrays is None else (res, conn, arrays))
+
+    def count_bytes_in(self, n: int) -> None:
+        """Tensor bytes received on the gRPC work stream."""
+        self._counts.bytes_in += n
+
+    def count_bytes_out(self, n: int) -> None:
+        """Tensor bytes sent on the gRPC work stream."""
+        self._counts.bytes_out += n
+
+    @property
+    def bytes_in(self) -> int:
+        return self._counts.bytes_in
+
+    @property
+    def bytes_out(self) -> int:
+        return self._counts.bytes_out
+
+    @property
+    def rejected(self) -> Counter[str]:
+        """Results rejected by the job, by reason (a copy)."""
+        return Counter(self._counts.rejected)
+
+    @property
+    def refused(self) -> Counter[str]:
+        """Peers refused before reaching the job, by reason (a copy)."""
+        return Counter(self._counts.refused)
+
+    def use_model_sender(self, sender) -> None:
+        """Models go down a launcher's data plane (transport.models_down.ModelSender) instead of gRPC."""
+        if sender is not None:
+            self.data_server = sender
+
+    def add_round_observer(self, observe) -> None:
+        """``observe(record, coord)`` after each round's record is written (metrics.py)."""
+        self._round_observers.append(observe)
+
+    async def wait_round_closed(self) -> None:
+        """Until the next round closes (or the run ends)."""
+        await self._round_closed.wait()
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed")
 
     # -- the round path ----------------------------------------------------------------------------
     def _assignment(self, r: int, worker: int) -> Assignment:
@@ -255,13 +331,11 @@ class Coordinator:
                 self.conns[w].outbox.put_nowait(self._assignment(r, w))
 
     def reject(self, reason: str, detail: str = "") -> None:
-        self.rejected[reason] += 1
-        log.warning("rejected result (%s) %s", reason, detail)
+        self._counts.reject(reason, detail)
 
     def refuse(self, reason: str, detail: str = "") -> None:
         """A peer refused before it reached the job (counted apart from rejected results)."""
-        self.refused[reason] += 1
-        log.warning("refused (%s) %s", reason, detail)
+        self._counts.refuse(reason, detail)
 
     def handle_result(self, res: Result, conn: WorkerConn | None, arrays: list[np.ndarray] | None = None) -> bool:
         """Validate one result message; store it and return True when it counts for the current round.
@@ -284,7 +358,7 @@ class Coordinator:
             self.reject("worker-id-mismatch", f"stream of worker {conn.worker_id} sent worker_id {res.worker_id}")
             return False
         if res.round < self.round:
-            self.dropped_late += 1
+            self._counts.dropped_late += 1
             return False
         if res.round > self.round:
             self.reject("future-round", f"round {res.round} while at {self.round}")
@@ -334,8 +408,12 @@ class Coordinator:
         # set fits the (B, W, lambda) model and the due job decodes), like the plain codes
         use_rule = self.scheme.uses_straggler_rule() and self.cfg.coding.close == "straggler-rule"
         mu = self.cfg.coding.mu
+        checked = 0.0
         while True:
             now = time.monotonic()
+            if now - checked > 0.25:  # silent workers are declared lost (and said so) while the round waits
+                self._members.check()
+                checked = now
             arrived = frozenset(self.arrived)
             if len(arrived) == self.n:
                 return arrived
@@ -346,7 +424,7 @@ class Coordinator:
             elif first is not None and now >= start + (1 + mu) * (first - start):
                 if not fallback and not ok and self.cfg.coding.wait == "all":
                     fallback = True
-                    self.wait_all_fallbacks += 1
+                    self._counts.wait_all_fallbacks += 1
                 if ok and not fallback:
                     return arrived
             # can the workers still alive finish this round?
@@ -374,7 +452,7 @@ class Coordinator:
                     f"{len(arrived)} of {self.n} workers delivered"
                 )
             try:
-                res, conn, *arrays = await asyncio.wait_for(self.results.get(), timeout=0.05)
+                res, conn, *arrays = await asyncio.wait_for(self._results.get(), timeout=0.05)
             except asyncio.TimeoutError:
                 continue
             if self.handle_result(res, conn, *arrays) and first is None:
@@ -446,7 +524,7 @@ class Coordinator:
         t_step = time.thread_time()
         self.cpu_s["decode"] += t_step - t_dec
         residual = float(self.scheme.last_residual)
-        self.max_residual = max(self.max_residual, residual)
+        self._counts.max_residual = max(self._counts.max_residual, residual)
         if self.privacy is not None:
             g = self.privacy.direction(job, g, version_params)
         if grads is None:
@@ -496,9 +574,7 @@ class Coordinator:
             "part_losses": {j: dict(v) for j, v in self.part_losses.items()},
             "scheme": scheme_state,
             "privacy": self.privacy.state_dict() if self.privacy is not None else None,
-            "counters": {"rejected": dict(self.rejected), "dropped_late": self.dropped_late,
-                         "stragglers_seen": self.stragglers_seen, "max_residual": self.max_residual,
-                         "last_loss": self.last_loss, "elapsed_s": time.monotonic() - self.started},
+            "counters": {**self._counts.state_dict(), "elapsed_s": time.monotonic() - self.started},
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             "metrics_offset": self.rundir.round_offset,
         }
@@ -528,9 +604,7 @@ class Coordinator:
         if self.privacy is not None:
             self.privacy.load_state_dict(state["privacy"])
         c = state["counters"]
-        self.rejected = Counter({str(k): int(v) for k, v in c["rejected"].items()})
-        self.dropped_late, self.stragglers_seen = int(c["dropped_late"]), int(c["stragglers_seen"])
-        self.max_residual, self.last_loss = float(c["max_residual"]), float(c["last_loss"])
+        self._counts.load_state_dict(c)
         self.resumed_elapsed = float(c["elapsed_s"])
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
@@ -568,32 +642,37 @@ class Coordinator:
                 jobs = [self._decode_and_step(j) for j in newly]
                 wall = time.monotonic() - t0
                 stragglers = sorted(set(range(self.n)) - arrived)
-                self.stragglers_seen += len(stragglers)
+                self._counts.stragglers_seen += len(stragglers)
                 losses = [j["loss"] for j in jobs if j["loss"] is not None and not math.isnan(j["loss"])]
                 if losses:
-                    self.last_loss = losses[-1]
+                    self._counts.last_loss = losses[-1]
                 record = {
                     "round": r, "wall_s": wall, "elapsed_s": time.monotonic() - self.started,
                     "loss": losses[-1] if losses else None, "jobs": jobs,
                     "workers_returned": sorted(arrived), "stragglers": stragglers,
                     "decode_residual": max((j["residual"] for j in jobs), default=0.0),
                     "compute_s": dict(sorted(self.compute_round.items())),
-                    "bytes_received": self.bytes_round, "dropped_late_results": self.dropped_late,
+                    "bytes_received": self.bytes_round, "dropped_late_results": self._counts.dropped_late,
                     "coordinator_cpu_s": {k: self.cpu_s[k] for k in ("receive", "decode", "step", "send")},
-                    "rejected": dict(self.rejected),
+                    "rejected": dict(self._counts.rejected), "workers_alive": self.alive_count(),
                 }
                 if self.privacy is not None and jobs:
                     record["epsilon"] = jobs[-1]["epsilon"]
                 record.update(self.scheme.round_info(r))
                 self.rundir.log_round(record)
-                for observe in self.round_observers:
+                if r == self.total_rounds - 1:
+                    # what the bar, the status and the summary show as the loss from now on is the final
+                    # model's, not the loss its last gradient was computed at (one step behind)
+                    self._final_losses = self.final_losses()
+                    self._counts.last_loss = self._final_losses[0]
+                for observe in self._round_observers:
                     observe(record, self)
                 self.phase = "boundary"
                 ce = self.cfg.runtime.checkpoint_every
                 if ce and (r + 1) % ce == 0:
                     self.save_checkpoint()
-                self.round_closed.set()
-                self.round_closed.clear()
+                self._round_closed.set()
+                self._round_closed.clear()
                 if progress is not None:
                     progress(record, self)
         except BaseException as exc:
@@ -619,7 +698,7 @@ class Coordinator:
         for c in self.conns.values():
             if c.alive:
                 c.outbox.put_nowait(Shutdown(reason=reason))
-        self.round_closed.set()
+        self._round_closed.set()
 
     def final_losses(self) -> list[float]:
         return [evaluate.train_loss(self.workload, m) for m in self.models]
@@ -630,29 +709,57 @@ class Coordinator:
 
     def summary(self) -> dict:
         wall = time.monotonic() - self.started
-        losses = self.final_losses()
+        losses = self._final_losses if self._final_losses is not None else self.final_losses()
+        accs = self.test_accuracy()
         return {
             "name": self.cfg.name, "job_id": self.job_id,
             "rounds_completed": self.round + 1, "jobs": self.cfg.rounds, "wall_s": wall,
             "rounds_per_s": (self.round + 1) / wall if wall > 0 else None,
-            "final_loss": losses[0], "final_losses": losses, "test_accuracy": self.test_accuracy(),
+            "final_loss": losses[0], "final_losses": losses, "test_accuracy": accs,
+            "per_model": [{"model": i, "lr": self.cfg.lr_for(i), "final_loss": loss,
+                           "test_accuracy": accs[i] if accs else None} for i, loss in enumerate(losses)],
             "scheme": self.scheme.name, "workers": self.n, "models": len(self.models),
-            "load": self.scheme.load(), "max_decode_residual": self.max_residual,
-            "dropped_late_results": self.dropped_late, "rejected_results": dict(self.rejected),
+            "load": self.scheme.load(), "max_decode_residual": self._counts.max_residual,
+            "dropped_late_results": self._counts.dropped_late, "rejected_results": dict(self.rejected),
             "refused": dict(self.refused),
-            "stragglers_seen": self.stragglers_seen,
+            "stragglers_seen": self._counts.stragglers_seen,
+            "membership": self._members.report(),
             **self.scheme.report(),
             **(self.privacy.summary(self.steps[0]) if self.privacy is not None else {}),
         }
 
+    def snapshot(self) -> CoordinatorView:
+        """What metrics, progress and status show, as of now (a frozen copy)."""
+        dp_in, dp_out = self._data_plane_bytes()
+        tolerated, left = self._members.slack()
+        return CoordinatorView(
+            name=self.cfg.name, job_id=self.job_id, scheme=self.scheme.name, state=self.state, round=self.round,
+            total_rounds=self.total_rounds, workers_total=self.n, workers_alive=self.alive_count(),
+            last_loss=self._counts.last_loss, stragglers_seen=self._counts.stragglers_seen,
+            wait_all_fallbacks=self._counts.wait_all_fallbacks, max_residual=self._counts.max_residual,
+            payload_bytes_in=self._counts.bytes_in + dp_in, payload_bytes_out=self._counts.bytes_out + dp_out,
+            dropped_late=self._counts.dropped_late, elapsed_s=time.monotonic() - self.started, message=self.message,
+            private=self.privacy is not None, stragglers_tolerated=tolerated, slack_left=left,
+            lost_workers=tuple(sorted(self._members.lost_ids)),
+            rejected=dict(self._counts.rejected), refused=dict(self._counts.refused),
+        )
+
+    def _data_plane_bytes(self) -> tuple[int, int]:
+        """(received, sent) payload bytes on the data plane: tcp (standalone), or torch/mpi under a launcher
+        once models go down it too; (0, 0) without one. The gRPC work stream's share is count_bytes_in/out."""
+        server = self.data_server
+        if server is None:
+            return 0, 0
+        return int(getattr(server, "bytes_in", 0)), int(getattr(server, "bytes_out", 0))
+
     def status(self) -> StatusInfo:
+        v = self.snapshot()
         return StatusInfo(
-            job_id=self.job_id, name=self.cfg.name, state=self.state, round=max(self.round, 0),
-            rounds_total=self.total_rounds, workers_alive=self.alive_count(), workers_total=self.n,
-            last_loss=self.last_loss, stragglers_seen=self.stragglers_seen,
-            dropped_late_results=self.dropped_late, rejected=dict(self.rejected),
-            elapsed_s=time.monotonic() - self.started, scheme=self.scheme.name, message=self.message,
-            refused=dict(self.refused),
+            job_id=v.job_id, name=v.name, state=v.state, round=max(v.round, 0),
+            rounds_total=v.total_rounds, workers_alive=v.workers_alive, workers_total=v.workers_total,
+            last_loss=v.last_loss, stragglers_seen=v.stragglers_seen,
+            dropped_late_results=v.dropped_late, rejected=v.rejected,
+            elapsed_s=v.elapsed_s, scheme=v.scheme, message=v.message, refused=v.refused,
         )
 
 

@@ -1,9 +1,12 @@
 """Prometheus endpoint of the coordinator (``--metrics-port`` / ``$DCOORD_METRICS_PORT``).
 
 Why: on a cluster the run directory sits on a volume nobody watches while the job runs; Prometheus scrapes
-the coordinator instead. Most values are read from the live Coordinator at scrape time (a custom
-collector), so the round path pays nothing for them; only the round-latency histogram is fed once per
-round, through ``Coordinator.round_observers``.
+the coordinator instead. Most values are read from a snapshot of the Coordinator taken at scrape time
+(``Coordinator.snapshot()``, a custom collector), so the round path pays nothing for them; only the
+round-latency histogram is fed once per round, through ``Coordinator.add_round_observer``.
+
+The port is checked when the command starts, before the run directory or any other server exists, so a
+port in use is one line and leaves nothing behind; the endpoint is bound once the job has started.
 
 Exposed (all prefixed ``dcoord_``): rounds_total, round_duration_seconds (histogram), stragglers_total,
 wait_all_fallbacks_total, decode_residual / decode_residual_max, payload_bytes_received_total /
@@ -23,17 +26,6 @@ from typing import Any
 ENV_PORT = "DCOORD_METRICS_PORT"
 
 
-def data_plane_bytes(coord: Any) -> tuple[int, int]:
-    """(received, sent) payload bytes on the coordinator's data plane: tcp (standalone), or torch/mpi under a
-    launcher once models go down it too (0, 0 without one).
-
-    The gRPC work stream's share is counted by service.py (``dcoord.wire.payload_bytes``)."""
-    server = coord.data_server
-    if server is None:
-        return 0, 0
-    return int(server.bytes_in), int(server.bytes_out)
-
-
 #: round latencies from a few ms (small models on loopback) to minutes (large models, slow workers)
 ROUND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -50,8 +42,8 @@ class _LiveCollector:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        m, c = self.m, self.m.coord
-        job = [c.cfg.name]
+        m, c = self.m, self.m.coord.snapshot()
+        job = [c.name]
 
         def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
             f = CounterMetricFamily(f"dcoord_{name}", doc, labels=["job_name"])
@@ -69,24 +61,26 @@ class _LiveCollector:
                       "waited for every worker", c.wait_all_fallbacks)
         yield gauge("decode_residual", "decode residual of the last round (0 = exact)", m.last_residual)
         yield gauge("decode_residual_max", "largest decode residual so far", c.max_residual)
-        dp_in, dp_out = data_plane_bytes(c)
         yield counter("payload_bytes_received", "tensor bytes received from workers (coded results) on the "
-                      "gRPC work stream and the tcp data plane", c.bytes_in + dp_in)
+                      "gRPC work stream and the tcp data plane", c.payload_bytes_in)
         yield counter("payload_bytes_sent", "tensor bytes sent to workers (model parameters) on the gRPC work "
-                      "stream and the tcp data plane", c.bytes_out + dp_out)
+                      "stream and the tcp data plane", c.payload_bytes_out)
         rej = CounterMetricFamily("dcoord_rejected_messages", "messages refused, by reason: by the job (bad "
                                   "results) or before reaching it (authentication, sessions, limits)",
                                   labels=["job_name", "reason"])
-        reasons = Counter(dict(c.rejected))
-        reasons.update(dict(c.refused))
+        reasons = Counter(c.rejected)
+        reasons.update(c.refused)
         for reason, n in sorted(reasons.items()):
             rej.add_metric(job + [reason], n)
         yield rej
         yield counter("dropped_late_results", "results that came after their round had closed", c.dropped_late)
-        yield gauge("workers_alive", "workers whose stream is up and heard from recently", c.alive_count())
-        yield gauge("workers_expected", "workers the job runs with", c.n)
+        yield gauge("workers_alive", "workers whose stream is up and heard from recently", c.workers_alive)
+        yield gauge("workers_expected", "workers the job runs with", c.workers_total)
+        yield gauge("workers_lost", "workers lost while the job runs (not back yet)", len(c.lost_workers))
+        yield gauge("straggler_slack", "stragglers the code still tolerates per round with the lost workers "
+                    "gone (the scheme's s minus them; below 0: rounds cannot finish)", c.slack_left)
         yield gauge("last_loss", "training loss of the last decoded job (NaN when private)", c.last_loss)
-        if c.cfg.privacy is not None:
+        if c.private:
             yield gauge("epsilon_spent", "privacy budget spent so far (epsilon at the job's delta)", m.epsilon)
 
 
@@ -98,6 +92,7 @@ class CoordinatorMetrics:
         from prometheus_client import CollectorRegistry, Histogram
 
         self.coord = coord
+        self.job_name = coord.snapshot().name
         self.registry = registry or CollectorRegistry()
         self.rounds = 0
         self.last_residual = 0.0
@@ -106,7 +101,7 @@ class CoordinatorMetrics:
         self.round_seconds = Histogram("dcoord_round_duration_seconds", "wall time of one round, assign to step",
                                        ["job_name"], buckets=ROUND_BUCKETS, registry=self.registry)
         self.registry.register(_LiveCollector(self))
-        coord.round_observers.append(self.on_round)
+        coord.add_round_observer(self.on_round)
         self._server = None
 
     def on_round(self, record: dict, coord: Any) -> None:
@@ -117,7 +112,7 @@ class CoordinatorMetrics:
             eps = record.get("epsilon")
             if eps is not None and math.isfinite(eps):
                 self.epsilon = float(eps)
-        self.round_seconds.labels(coord.cfg.name).observe(record["wall_s"])
+        self.round_seconds.labels(self.job_name).observe(record["wall_s"])
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Start the HTTP endpoint in a daemon thread; returns the bound port (``port=0``: a free one)."""
@@ -150,8 +145,62 @@ def add_metrics_options(parser: argparse.ArgumentParser) -> None:
         parser.set_defaults(_metrics_env_error=f"{ENV_PORT}={env!r} is not a port number; set 0-65535 or unset it")
 
 
-def metrics_hook(args: argparse.Namespace, host: str = "0.0.0.0"):
-    """An ``on_started(coord, ...)`` hook that starts the endpoint when a port was asked for, else None."""
+class MetricsHook:
+    """``--metrics-port``: the port is checked when the command starts; ``hook(coord)`` serves that coordinator.
+
+    Checked first (before the run directory, the gRPC server and the workers), a port in use fails with
+    nothing to undo; bound only once the job has started, the endpoint never outlives a failed start.
+    ``close()`` stops it."""
+
+    def __init__(self, port: int, host: str) -> None:
+        self.port, self.host = port, host
+        why = _bind_problem(host, port)
+        if why:
+            raise _port_error(port, host, why)
+        self.metrics: CoordinatorMetrics | None = None
+
+    def __call__(self, coord: Any, *_ignored) -> CoordinatorMetrics:
+        m = CoordinatorMetrics(coord)
+        try:
+            m.serve(self.port, self.host)
+        except OSError as exc:  # taken since the check
+            raise _port_error(self.port, self.host, exc.strerror or str(exc)) from None
+        self.metrics = m
+        return m
+
+    def close(self) -> None:
+        """Stop the endpoint (safe to call more than once, and when it never served)."""
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why the endpoint could not listen on ``host:port`` now, or None (bound as its HTTP server binds)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        return None  # not resolvable here: the server's own bind reports it
+    family, _, _, _, addr = infos[0]
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def _port_error(port: int, host: str, why: str):
+    from dcoord.errors import DcoordError
+
+    return DcoordError(f"--metrics-port {port}: cannot listen on {host}:{port} ({why}); choose another port, "
+                       f"or 0 for no metrics endpoint (env {ENV_PORT})")
+
+
+def metrics_hook(args: argparse.Namespace, host: str = "0.0.0.0") -> MetricsHook | None:
+    """An ``on_started(coord, ...)`` hook serving metrics when a port was asked for (checked now), else None."""
     from dcoord.errors import ConfigError
 
     err = getattr(args, "_metrics_env_error", None)
@@ -159,15 +208,4 @@ def metrics_hook(args: argparse.Namespace, host: str = "0.0.0.0"):
         raise ConfigError(err)
     if not args.metrics_port:
         return None
-
-    def start(coord: Any, *_ignored) -> CoordinatorMetrics:
-        m = CoordinatorMetrics(coord)
-        try:
-            m.serve(args.metrics_port, host)
-        except OSError as exc:
-            from dcoord.errors import DcoordError
-
-            raise DcoordError(f"--metrics-port {args.metrics_port}: cannot listen on {host} ({exc.strerror})") from None
-        return m
-
-    return start
+    return MetricsHook(args.metrics_port, host)

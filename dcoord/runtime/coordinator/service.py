@@ -2,14 +2,15 @@
 
 Who may call is decided in runtime/security/auth.py (token interceptor, TLS); what a caller may do here is
 bound to its session credential (runtime/coordinator/sessions.py). Nothing is queued for the round loop before its
-session, job, state and round were checked, and every refusal is counted in ``coord.refused``.
+session, job, state and round were checked, and every refusal is counted by ``coord.refuse``. The servicer
+uses only the coordinator's public methods (register_worker, heard_from, attach/detach, admit_result,
+submit_result, count_bytes_in/out, reject/refuse, status); tests/test_structure.py checks that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -53,8 +54,15 @@ def message_limit(coord: Coordinator) -> int:
 class _Refusals(Refusals):
     """Refusal counts kept on the coordinator, so status() reports them."""
 
-    def __init__(self, coord: Coordinator) -> None:
-        self.counts = coord.refused
+    def __init__(self, coord: Coordinator) -> None:  # noqa: D107 - no counts of its own
+        self.coord = coord
+
+    @property
+    def counts(self):
+        return self.coord.refused
+
+    def add(self, reason: str, detail: str = "") -> None:
+        self.coord.refuse(reason, detail)
 
 
 class CoordinatorService(pb_grpc.CoordinatorServicer):
@@ -79,19 +87,15 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         if len(request.hostname) > MAX_HOSTNAME or len(request.device) > MAX_DEVICE:
             await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "bad-register",
                                f"hostname must be <= {MAX_HOSTNAME} and device <= {MAX_DEVICE} characters")
-        wid = c.free_worker_id(request.requested_id)
-        if wid is None or c.state in ("done", "failed"):
+        # the id is reserved until the stream attaches (at most reserve_s), so two registrations never share it
+        session = new_session()
+        got = c.register_worker(request.requested_id, request.hostname, session, self.sec.reserve_s)
+        if got is None:
             await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "job-full",
                                f"job {c.job_id} already has its {c.n} workers (state {c.state}); an id held by a "
                                f"worker that never opened its stream frees after {self.sec.reserve_s:g} s")
-        # the parts of its current tasks (a resumed or running job is past round 0: never re-plan it)
-        tasks = c.scheme.tasks(0) if c.round < 0 and c.state != "done" else c.round_tasks
-        parts = sorted({p for t in tasks.get(wid, []) for p in t.parts})
+        wid, parts = got
         log.info("registered worker %d (%s pid %d)", wid, request.hostname, request.pid)
-        # reserve the id until the stream attaches (at most reserve_s), so two registrations never share it
-        session = new_session()
-        c.conns[wid] = WorkerConn(wid, asyncio.Queue(), hostname=request.hostname, session=session,
-                                  reserved_until=time.monotonic() + self.sec.reserve_s)
         reply = pb.RegisterReply(
             worker_id=wid, job_id=c.job_id, job_config_yaml=public_config_yaml(c.cfg),
             data=pb.DataAssignment(workload=c.cfg.workload, seed=c.cfg.seed, parts=parts),
@@ -106,10 +110,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         if request.job_id != self.coord.job_id or conn is None or not session_ok(conn.session, request.session):
             await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "bad-session",
                                "heartbeat without this worker's session")
-        ok = conn.alive
-        if ok:
-            conn.last_seen = time.monotonic()
-        return pb.HeartbeatReply(ok=ok, current_round=max(self.coord.round, 0))
+        return pb.HeartbeatReply(ok=self.coord.heard_from(conn), current_round=max(self.coord.round, 0))
 
     async def Work(self, request_iterator, context):
         if self.streams >= self.max_streams:
@@ -139,8 +140,6 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         if conn.attached:
             await self._refuse(context, grpc.StatusCode.ALREADY_EXISTS, "stream-in-use",
                                f"worker {conn.worker_id} already has its work stream open")
-        conn.alive = True
-        conn.last_seen = time.monotonic()
         c.attach(conn)
 
         # chunked payloads: at most 64 full-size float64 payloads buffered per stream
@@ -149,8 +148,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         async def read() -> None:
             try:
                 async for msg in request_iterator:
-                    conn.last_seen = time.monotonic()
-                    c.bytes_in += payload_bytes(msg)
+                    c.heard_from(conn)
+                    c.count_bytes_in(payload_bytes(msg))
                     if msg.HasField("chunk"):
                         if c.state == "running":  # nothing is buffered before the job runs
                             chunks.add(msg.chunk)
@@ -165,7 +164,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                         continue
                     res = result_from_proto(msg.result)
                     if not res.payload_on_data_plane:
-                        c.results.put_nowait((res, conn))
+                        c.submit_result(res, conn)
                     elif self.matcher is not None:
                         self.matcher.on_result(res, conn)
                     else:
@@ -184,7 +183,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 if msg is None:
                     break
                 out = coordinator_message(msg)
-                c.bytes_out += payload_bytes(out)
+                c.count_bytes_out(payload_bytes(out))
                 yield out
                 if isinstance(msg, Shutdown):
                     break
@@ -194,22 +193,10 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     def _admit(self, res: pb.Result, conn: WorkerConn) -> bool:
         """Cheap checks before a result may wait in the round loop's queue (which they keep bounded)."""
-        c = self.coord
         if not session_ok(conn.session, res.session):
-            c.reject("bad-session", f"result on worker {conn.worker_id}'s stream without its session")
-        elif c.state in ("done", "failed"):
-            pass  # a straggler's result after the last round: nothing to count
-        elif c.state != "running":
-            c.reject("not-running", f"worker {conn.worker_id} sent a result while the job is {c.state}")
-        elif res.round < c.round:
-            c.dropped_late += 1
-        elif res.round > c.round:
-            c.reject("future-round", f"round {res.round} while at {c.round}")
-        elif c.results.qsize() >= c.results_limit:
-            c.reject("queue-full", f"worker {conn.worker_id}: {c.results.qsize()} results already wait")
-        else:
-            return True
-        return False
+            self.coord.reject("bad-session", f"result on worker {conn.worker_id}'s stream without its session")
+            return False
+        return self.coord.admit_result(res.round, conn.worker_id)
 
     async def GetStatus(self, request, context) -> pb.StatusReply:
         return status_to_proto(self.coord.status())
@@ -217,8 +204,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     async def WatchStatus(self, request, context):
         c = self.coord
         yield status_to_proto(c.status())
-        while c.state not in ("done", "failed"):
-            await c.round_closed.wait()
+        while not c.finished:
+            await c.wait_round_closed()
             yield status_to_proto(c.status())
 
 
