@@ -28,46 +28,54 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from dcoord.configbase import MAX_WORKERS, ConfigModel, FilePath, Seed
 from dcoord.errors import StragglerError
 
 MODELS = ("none", "fixed", "bernoulli", "gilbert-elliott", "shifted-exponential", "pareto", "trace")
 
 
-class InjectConfig(BaseModel):
-    """The ``inject:`` section of a job config: which straggler model to inject, and its parameters."""
+#: the largest injected slowdown: a worker 1000x slower than its compute is a lost worker (test that instead)
+MAX_SLOWDOWN = 1000.0
+#: the largest injected delay parameter, seconds (shift; trace and pareto scale): an hour per round
+MAX_DELAY_S = 3600.0
+#: the smallest shifted-exponential rate, 1/s (a mean extra delay of at most 1000 s)
+MIN_RATE = 1e-3
 
-    model_config = ConfigDict(extra="forbid")
+
+class InjectConfig(ConfigModel):
+    """The ``inject:`` section of a job config: which straggler model to inject, and its parameters."""
 
     model: Literal["none", "fixed", "bernoulli", "gilbert-elliott", "shifted-exponential", "pareto", "trace"] = (
         "none"
     )
-    workers: list[int] = []
-    slowdown: float = 1.0
+    workers: list[int] = Field([], description="fixed: the slow workers' ids")
+    slowdown: float = Field(1.0, description=f"a slow worker takes this many times its compute (1..{MAX_SLOWDOWN:g})")
     p: float | None = None
     p_good_to_bad: float | None = None
     p_bad_to_good: float | None = None
-    shift: float | None = None
-    rate: float | None = None
+    shift: float | None = Field(None, description=f"shifted-exponential: seconds added (0..{MAX_DELAY_S:g})")
+    rate: float | None = Field(None, description=f"shifted-exponential: 1/mean seconds (>= {MIN_RATE:g})")
     shape: float | None = None
-    scale: float = 1.0
-    path: Path | None = None
-    seed: int | None = None
+    scale: float = Field(1.0, description=f"pareto: scale seconds; trace: factor on its times (<= {MAX_DELAY_S:g})")
+    path: FilePath | None = None
+    seed: Seed | None = None
 
     @field_validator("workers")
     @classmethod
     def _worker_ids(cls, v: list[int]) -> list[int]:
-        bad = [w for w in v if w < 0]
+        bad = [w for w in v if not 0 <= w < MAX_WORKERS]
         if bad:
-            raise StragglerError(f"inject.workers must be worker ids >= 0 (got {bad})")
+            raise StragglerError(f"inject.workers must be worker ids >= 0 and < {MAX_WORKERS} (got {bad})")
         return sorted(set(v))
 
     @field_validator("slowdown")
     @classmethod
     def _slowdown(cls, v: float) -> float:
-        if not (math.isfinite(v) and v >= 1.0):
-            raise StragglerError(f"inject.slowdown must be a finite factor >= 1 (got {v})")
+        if not (math.isfinite(v) and 1.0 <= v <= MAX_SLOWDOWN):
+            raise StragglerError(f"inject.slowdown must be a factor >= 1 and <= {MAX_SLOWDOWN:g} (got {v:g}); a worker "
+                                 "that slow is a lost worker: kill it instead")
         return v
 
     @field_validator("p", "p_good_to_bad", "p_bad_to_good")
@@ -80,8 +88,8 @@ class InjectConfig(BaseModel):
     @field_validator("shift")
     @classmethod
     def _shift(cls, v: float | None) -> float | None:
-        if v is not None and not (math.isfinite(v) and v >= 0.0):
-            raise StragglerError(f"inject.shift must be seconds >= 0 (got {v})")
+        if v is not None and not (math.isfinite(v) and 0.0 <= v <= MAX_DELAY_S):
+            raise StragglerError(f"inject.shift must be seconds from 0 to {MAX_DELAY_S:g} (got {v:g})")
         return v
 
     @field_validator("rate", "shape", "scale")
@@ -89,6 +97,11 @@ class InjectConfig(BaseModel):
     def _positive(cls, v: float | None, info) -> float | None:
         if v is not None and not (math.isfinite(v) and v > 0.0):
             raise StragglerError(f"inject.{info.field_name} must be > 0 (got {v})")
+        if info.field_name == "rate" and v is not None and v < MIN_RATE:
+            raise StragglerError(f"inject.rate must be >= {MIN_RATE:g} per second, a mean delay of at most "
+                                 f"{1 / MIN_RATE:g} s (got {v:g})")
+        if info.field_name == "scale" and v > MAX_DELAY_S:
+            raise StragglerError(f"inject.scale must be at most {MAX_DELAY_S:g} (got {v:g})")
         return v
 
     @model_validator(mode="after")
@@ -274,27 +287,35 @@ def load_trace_csv(path: str | Path) -> np.ndarray:
     Errors are ValueError naming the file and the 1-based row, so a bad trace is fixed in one look.
     """
     p = Path(path)
+    if p.is_dir():
+        raise StragglerError(f"trace file {p} is a directory; give a CSV file (rows = rounds, columns = workers)")
     if not p.is_file():
         raise StragglerError(f"trace file {p} not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise StragglerError(f"trace file {p}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                             f"{exc.start}); a trace is a CSV of numbers") from None
+    except OSError as exc:
+        raise StragglerError(f"trace file {p}: cannot read it ({exc.strerror})") from None
     rows: list[list[float]] = []
-    with p.open(newline="") as f:
-        for lineno, row in enumerate(csv.reader(f), start=1):
-            cells = [c.strip() for c in row]
-            if not cells or all(c == "" for c in cells):
-                continue
-            try:
-                vals = [float(c) for c in cells]
-            except ValueError:
-                bad = next(c for c in cells if not _is_float(c))
-                raise StragglerError(f"trace file {p} row {lineno}: non-numeric value {bad!r}") from None
-            for v in vals:
-                if not math.isfinite(v) or v < 0:
-                    raise StragglerError(f"trace file {p} row {lineno}: times must be finite seconds >= 0 (got {v})")
-            if rows and len(vals) != len(rows[0]):
-                raise StragglerError(
-                    f"trace file {p} row {lineno}: {len(vals)} columns, expected {len(rows[0])} like row 1"
-                )
-            rows.append(vals)
+    for lineno, row in enumerate(csv.reader(text.splitlines()), start=1):
+        cells = [c.strip() for c in row]
+        if not cells or all(c == "" for c in cells):
+            continue
+        try:
+            vals = [float(c) for c in cells]
+        except ValueError:
+            bad = next(c for c in cells if not _is_float(c))
+            raise StragglerError(f"trace file {p} row {lineno}: non-numeric value {bad!r}") from None
+        for v in vals:
+            if not math.isfinite(v) or v < 0:
+                raise StragglerError(f"trace file {p} row {lineno}: times must be finite seconds >= 0 (got {v})")
+        if rows and len(vals) != len(rows[0]):
+            raise StragglerError(
+                f"trace file {p} row {lineno}: {len(vals)} columns, expected {len(rows[0])} like row 1"
+            )
+        rows.append(vals)
     if not rows:
         raise StragglerError(f"trace file {p} has no rows")
     return np.asarray(rows, dtype=np.float64)

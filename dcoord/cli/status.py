@@ -37,6 +37,7 @@ def register(sub) -> None:
                     help="coordinator HOST:PORT [DCOORD_COORDINATOR]")
     add_security_options(sp, "status")
     sp.add_argument("--watch", action="store_true", help="stream one line per round until the job ends")
-    sp.add_argument("--json", action="store_true")
-    sp.add_argument("--timeout", type=float, default=5.0)
+    sp.add_argument("--json", action="store_true", help="print each snapshot as one line of JSON")
+    sp.add_argument("--timeout", type=float, default=5.0,
+                    help="seconds to wait for the coordinator to answer [5]")
     sp.set_defaults(func=cmd_status)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from dcoord.configbase import MAX_ROUNDS, ConfigModel, Seed
 from dcoord.privacy.registry import DEFAULT_RESTART_FRACTION as DEFAULT_RESTART_FRACTION  # noqa: F401
 from dcoord.privacy.registry import PAPER_CLIP_DIFF as PAPER_CLIP_DIFF  # noqa: F401
 from dcoord.privacy.registry import get_mechanism
@@ -30,14 +31,12 @@ PAPER_RESTART_FRACTIONS = (0.003, 0.01, 0.03, 0.1)
 PAPER_RESTART_SHARE = 1 / 1.25
 
 
-class PrivacyConfig(BaseModel):
+class PrivacyConfig(ConfigModel):
     """Differential privacy of the training run (record-level: add/remove or replace one sample).
 
     The DIFF2 paper's own setting is ``neighbouring: replace-one`` with ``trust: coordinator`` (one noise
     draw on the aggregate, the paper's noise on the average over nodes).
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     mechanism: str = Field("dp-gd", description="a registered mechanism (dcoord.privacy.registry): dp-gd, diff2")
     epsilon: float | None = Field(default=None, description="target epsilon; the noise is calibrated to it")
@@ -52,7 +51,7 @@ class PrivacyConfig(BaseModel):
     clip_diff: float | None = Field(
         default=None, description="diff2: c2 in C2_r = c2 * ||x_{r-1} - x_{r-2}|| (paper default 30)"
     )
-    restart_every: int | None = Field(default=None, description="diff2: T, a full private gradient every T rounds")
+    restart_every: int | None = Field(default=None, ge=1, le=MAX_ROUNDS, description="diff2: T, a full private gradient every T rounds")
     restart_share: float = Field(
         default=PAPER_RESTART_SHARE, description="diff2: share of the privacy budget spent on restarts"
     )
@@ -64,7 +63,7 @@ class PrivacyConfig(BaseModel):
     trust: Literal["workers", "coordinator"] = "workers"
     noise_split: Literal["partition", "aggregate"] = "partition"
     accountant: Literal["rdp", "prv"] = "rdp"
-    coordinator_seed: int | None = Field(default=None, description="trust=coordinator: the coordinator's seed")
+    coordinator_seed: Seed | None = Field(default=None, description="trust=coordinator: the coordinator's seed")
 
     @model_validator(mode="before")
     @classmethod
