@@ -310,7 +310,8 @@ def format_validation_error(exc: ValidationError, source: str = "config") -> str
     elif kind in _PLAIN:
         msg = _PLAIN[kind]
     elif kind in _BOUNDS:
-        msg = f"must be {_BOUNDS[kind]} {next(iter(ctx.values()), '?')}"
+        bound = next(iter(ctx.values()), "?")
+        msg = f"must be {_BOUNDS[kind]} {bound:g}" if isinstance(bound, float) else f"must be {_BOUNDS[kind]} {bound}"
     if (kind in _PLAIN or kind in _BOUNDS) and not isinstance(err.get("input"), dict | list):
         msg += f" (got {_show(err.get('input'))})"
     others = {_fmt_loc(e["loc"]) for e in errors[1:]} - {_fmt_loc(err["loc"])}
@@ -394,6 +395,8 @@ def set_dotted(data: dict, assignment: str) -> None:
     key, raw = assignment.split("=", 1)
     value = parse_yaml(raw, f"--set {key}") if raw != "" else None
     parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {assignment!r}: give a key such as coding.stragglers (no empty part)")
     node = data
     for p in parts[:-1]:
         if not isinstance(node.get(p, {}), dict):

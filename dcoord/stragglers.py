@@ -17,6 +17,10 @@ Models (``InjectConfig.model``), with the extra delay each returns for a worker 
   so the fastest a worker can be is its real compute; heavy-tailed for small shape.
 - ``trace``: replay a measured CSV (rows = rounds, columns = workers, seconds): trace[r mod rows, i] *
   ``scale`` seconds, added to the real compute. Rounds wrap around; worker i reads column i.
+
+Every model's extra delay is capped at ``MAX_INJECTED_DELAY_S`` (one day) per round, and its parameters are
+bounded (slowdown <= 1000, shift and scale <= 3600 s, rate >= 0.001/s): a worker slower than that is a lost
+worker, which a kill tests better than a sleep.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ MODELS = ("none", "fixed", "bernoulli", "gilbert-elliott", "shifted-exponential"
 MAX_SLOWDOWN = 1000.0
 #: the largest injected delay parameter, seconds (shift; trace and pareto scale): an hour per round
 MAX_DELAY_S = 3600.0
+#: the longest delay a model injects in one round (one day): a longer one is a lost worker, test that with a kill
+MAX_INJECTED_DELAY_S = 86_400.0
 #: the smallest shifted-exponential rate, 1/s (a mean extra delay of at most 1000 s)
 MIN_RATE = 1e-3
 
@@ -136,9 +142,14 @@ class StragglerModel(ABC):
         self.n = n
         self.seed = seed
 
-    @abstractmethod
     def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
-        """Seconds each of the n workers additionally sleeps in ``round`` given its real compute times."""
+        """Seconds each of the n workers additionally sleeps in ``round`` given its real compute times, at most
+        MAX_INJECTED_DELAY_S (a heavy tail's rare draw must not become a sleep no clock can hold, or inf)."""
+        return np.minimum(self._draw(round, compute_s), MAX_INJECTED_DELAY_S)
+
+    @abstractmethod
+    def _draw(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+        """The model's extra delay, before the cap."""
 
     def times(self, round: int, compute_s: np.ndarray) -> np.ndarray:
         """Finish time of every worker: its compute plus the injected delay."""
@@ -153,7 +164,7 @@ class StragglerModel(ABC):
 class NoStragglers(StragglerModel):
     name = "none"
 
-    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+    def _draw(self, round: int, compute_s: np.ndarray) -> np.ndarray:
         return np.zeros(self.n)
 
 
@@ -168,7 +179,7 @@ class FixedStragglers(StragglerModel):
         self.mask[list(workers)] = True
         self.slowdown = slowdown
 
-    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+    def _draw(self, round: int, compute_s: np.ndarray) -> np.ndarray:
         return np.where(self.mask, (self.slowdown - 1.0) * self._compute(compute_s), 0.0)
 
 
@@ -184,7 +195,7 @@ class BernoulliStragglers(StragglerModel):
     def slow(self, round: int) -> np.ndarray:
         return _round_rng(self.seed, round).random(self.n) < self.p
 
-    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+    def _draw(self, round: int, compute_s: np.ndarray) -> np.ndarray:
         return np.where(self.slow(round), (self.slowdown - 1.0) * self._compute(compute_s), 0.0)
 
 
@@ -227,7 +238,7 @@ class GilbertElliottStragglers(StragglerModel):
         self._last = (r, state)
         return state
 
-    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+    def _draw(self, round: int, compute_s: np.ndarray) -> np.ndarray:
         return np.where(self.bad(round), (self.slowdown - 1.0) * self._compute(compute_s), 0.0)
 
 
@@ -240,7 +251,7 @@ class ShiftedExponentialStragglers(StragglerModel):
         super().__init__(n, seed)
         self.shift, self.rate = shift, rate
 
-    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+    def _draw(self, round: int, compute_s: np.ndarray) -> np.ndarray:
         return self.shift + _round_rng(self.seed, round).exponential(1.0 / self.rate, self.n)
 
 
@@ -253,7 +264,7 @@ class ParetoStragglers(StragglerModel):
         super().__init__(n, seed)
         self.shape, self.scale = shape, scale
 
-    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+    def _draw(self, round: int, compute_s: np.ndarray) -> np.ndarray:
         return self.scale * _round_rng(self.seed, round).pareto(self.shape, self.n)
 
 
@@ -275,7 +286,7 @@ class TraceStragglers(StragglerModel):
         self.trace = trace[:, :n]
         self.scale = scale
 
-    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+    def _draw(self, round: int, compute_s: np.ndarray) -> np.ndarray:
         if round < 0:
             raise StragglerError(f"round must be >= 0 (got {round})")
         return self.trace[round % self.trace.shape[0]] * self.scale

@@ -24,7 +24,7 @@ from dcoord.coding.precision import MAX_SETS, measure, measure_dtypes
 from dcoord.config import JobConfig, format_validation_error, load_config
 from dcoord.configbase import ConfigModel
 from dcoord.errors import ConfigError, StragglerError
-from dcoord.stragglers import load_trace_csv
+from dcoord.stragglers import MAX_INJECTED_DELAY_S, InjectConfig, load_trace_csv, make_straggler_model
 
 BASE = {"name": "t", "workers": 3, "rounds": 2}
 
@@ -57,6 +57,11 @@ def refused(overrides: list[str], *needles: str, data: dict | None = None) -> st
     ("name=../escape", ["name", "letters, digits"]),
     ("seed=1180591620717411303424", ["seed", "<= 4294967295"]),
     ("seed=-1", ["seed", ">= 0"]),
+    # found by the new-user sweep (one wrong field per example)
+    ("token={alpha: 1.0e+300}", ["token.alpha", "<= 10000"]),  # OverflowError in the walk
+    ("privacy={noise_multiplier: 1.0e+300, clip: 1}", ["privacy.noise_multiplier", "1e+07"]),  # OverflowError
+    ("simulate={max_delay: 1000}", ["simulate.max_delay", "<= 32"]),  # a search of ~1e6 candidates
+    ("simulate={base_comp: 1.0e+300}", ["simulate.base_comp", "<= 1e+06"]),
 ])
 def test_config_value_refused(override, needles):
     refused([override], *needles)
@@ -155,6 +160,27 @@ def test_job_file_refused(tmp_path, content, needle):
     with pytest.raises(ConfigError, match=None) as exc:
         load_config(tmp_path / "job.yaml")
     assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize(("data", "override", "needle"), [
+    ({"workload": "gpt-char", "workload_args": {"d_model": None}}, None, "workload_args.d_model: give a positive"),
+    ({"workload": "gpt-char", "workload_args": {"chars": 2**70}}, None, "workload_args.chars: give a positive"),
+    ({"workload": "resnet18-cifar", "workload_args": {"width": None}}, None, "workload_args.width: give a positive"),
+    ({}, "=1", "give a key"),
+    ({}, "coding..stragglers=1", "give a key"),
+])
+def test_sweep_findings_refused(data, override, needle):
+    """A null workload argument reached ``None % heads`` (TypeError) or the workload function; an empty
+    --set key gave "unknown key" without naming one."""
+    refused([override] if override else [], needle, data={**BASE, **data})
+
+
+def test_an_injected_delay_is_finite_and_capped():
+    """Pareto shape 0.001 drew delays past float range: ``inf`` in the simulator's table, a sleep no clock
+    holds on a worker."""
+    m = make_straggler_model(InjectConfig(model="pareto", shape=0.001), 64, 0)
+    d = np.concatenate([m.extra_delay(r, np.ones(64)) for r in range(20)])
+    assert np.isfinite(d).all() and d.max() == MAX_INJECTED_DELAY_S
 
 
 def test_set_value_nested_too_deeply():
@@ -293,3 +319,19 @@ def test_the_cli_figure_is_the_one_measure_gives_and_is_reproducible():
             "print(repr(measure('gc-cyclic', 8, 4, 'float32').amplification))")
     again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(again.stdout) == one.amplification
+
+
+# -- 6. flags with values that failed late, or never finished ------------------------------------------------
+@pytest.mark.parametrize(("args", "needle"), [
+    (["tune", "PROFILE", "--holdout", "0", "--max-delay", "1000000"], "--max-delay: must be >= 0 and <= 32"),
+    (["tune", "PROFILE", "--base-comp", "1e308"], "--base-comp: must be a finite number >= 0 and <= 1e+06"),
+    (["status", "127.0.0.1:1", "--timeout", "-1"], "--timeout: must be a finite number > 0"),
+    (["simulate", str(EXAMPLES / "quickstart.yaml"), "--no-plot", "--out", "FILE"], "--out FILE is a file"),
+], ids=["tune-max-delay-hung", "tune-base-comp-inf", "status-timeout", "simulate-out-a-file"])
+def test_flag_refused_in_one_line(tmp_path, args, needle):
+    """--max-delay 1e6 searched ~1e12 candidates (no end in sight); --base-comp 1e308 printed inf and a numpy
+    warning; --out naming a file ran the whole simulation, then raised FileExistsError."""
+    (tmp_path / "file").write_text("x")
+    sub = {"PROFILE": str(_profile(tmp_path, 10)), "FILE": str(tmp_path / "file")}
+    p = dcoord(*[sub.get(a, a) for a in args])
+    one_line_error(p, 2, needle.replace("FILE", sub["FILE"]))

@@ -7,12 +7,14 @@ import sys
 from pathlib import Path
 
 from dcoord.cli.options import (
+    bounded,
     job_args,
     load_job,
     nonneg_float,
-    nonneg_int,
+    output_dir,
     positive_int,
     rich_table,
+    seconds,
 )
 from dcoord.errors import ConfigError
 
@@ -21,7 +23,7 @@ def cmd_simulate(args) -> int:
     from rich.console import Console
 
     cfg = load_job(args)
-    out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-sim"
+    out = output_dir(Path(args.out) if args.out else Path("runs") / f"{cfg.name}-sim")
     console = Console()
     if cfg.mode == "token":
         return _simulate_tokens(cfg, out, console, args)
@@ -165,9 +167,12 @@ def register(sub) -> None:
     sp.add_argument("--jobs", type=positive_int, default=20,
                     help="jobs each simulated run finishes; capped (with a note) where the profile's rows run out "
                     "[20]")
-    sp.add_argument("--max-delay", type=nonneg_int, default=3, help="largest delay T allowed")
+    from dcoord.sim.config import MAX_TUNE_DELAY
+
+    sp.add_argument("--max-delay", type=bounded(int, 0, strict=False, high=MAX_TUNE_DELAY), default=3,
+                    help=f"largest delay T allowed (0..{MAX_TUNE_DELAY}: the search grows as T^2) [3]")
     sp.add_argument("--workers", type=positive_int, default=None, help="workers (default: the profile's columns)")
-    sp.add_argument("--base-comp", type=nonneg_float, default=1.0, help="seconds for one full job's gradient")
+    sp.add_argument("--base-comp", type=seconds, default=1.0, help="seconds for one full job's gradient (0..1e6)")
     sp.add_argument("--mu", type=nonneg_float, default=1.0,
                     help="straggler rule: a worker is late when not back by (1 + MU) x the fastest [1]")
     sp.add_argument("--top", type=positive_int, default=10,

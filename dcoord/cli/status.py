@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from dcoord.cli.options import address
+from dcoord.cli.options import address, positive_float
 
 
 def cmd_status(args) -> int:
@@ -38,6 +38,6 @@ def register(sub) -> None:
     add_security_options(sp, "status")
     sp.add_argument("--watch", action="store_true", help="stream one line per round until the job ends")
     sp.add_argument("--json", action="store_true", help="print each snapshot as one line of JSON")
-    sp.add_argument("--timeout", type=float, default=5.0,
+    sp.add_argument("--timeout", type=positive_float, default=5.0,
                     help="seconds to wait for the coordinator to answer [5]")
     sp.set_defaults(func=cmd_status)

@@ -29,6 +29,8 @@ from dcoord.privacy.registry import get_mechanism
 PAPER_RESTART_FRACTIONS = (0.003, 0.01, 0.03, 0.1)
 # Paper (theory and authors' code): restarts get 1/u of the RDP budget, differences (u-1)/u, u = 1.25.
 PAPER_RESTART_SHARE = 1 / 1.25
+#: the largest fixed noise multiplier (the accountant's own search stops there too)
+MAX_NOISE_MULTIPLIER = 1e7
 
 
 class PrivacyConfig(ConfigModel):
@@ -94,10 +96,10 @@ class PrivacyConfig(ConfigModel):
             )
         if self.epsilon is not None and not (self.epsilon > 0 and math.isfinite(self.epsilon)):
             raise ValueError(f"privacy.epsilon must be a finite number > 0, got {self.epsilon}")
-        if self.noise_multiplier is not None and not (
-            self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)
-        ):
-            raise ValueError(f"privacy.noise_multiplier must be a finite number >= 0, got {self.noise_multiplier}")
+        for key in ("noise_multiplier", "noise_multiplier_diff"):
+            v = getattr(self, key)
+            if v is not None and not 0 <= v <= MAX_NOISE_MULTIPLIER:
+                raise ValueError(f"privacy.{key} must be a number from 0 to {MAX_NOISE_MULTIPLIER:g}, got {v}")
         if not 0 < self.delta < 1:
             raise ValueError(f"privacy.delta must be in (0, 1), got {self.delta}")
         if not (self.clip > 0 and math.isfinite(self.clip)):

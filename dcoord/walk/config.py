@@ -102,7 +102,8 @@ class TokenConfig(ConfigModel):
 
     chain: Literal["srw", "mhrw", "nbrw", "srrw"] = "srrw"
     base: Literal["srw", "mhrw"] = Field(default="mhrw", description="srrw's base chain (must be reversible)")
-    alpha: float = Field(default=5.0, ge=0.0, description="srrw repellence strength; 0 is the base chain")
+    alpha: float = Field(default=5.0, ge=0.0, le=10_000.0,
+                         description="srrw repellence strength (0..10000); 0 is the base chain")
     tokens: int = Field(default=1, ge=1, le=MAX_WORKERS, description="tokens walking concurrently, each with its own model")
     graph: GraphConfig = Field(default_factory=GraphConfig)
     gamma_exponent: float = Field(
