@@ -18,7 +18,7 @@ import time
 
 from _util import RESULTS, print_table, write_json
 
-from dcoord.coding.precision import measure_dtypes
+from dcoord.coding.precision import MAX_SETS, measure_dtypes
 from dcoord.coding.stable import binary_load, cyclic_load
 
 DTYPES = ("float64", "float32", "bfloat16")
@@ -39,14 +39,15 @@ def schemes_for(n: int, s: int) -> list[tuple[str, str, str, float]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="n in {8, 32} only, fewer survivor sets")
-    ap.add_argument("--sets", type=int, default=None, help="survivor sets per (scheme, n, s) (default 64, quick 24)")
+    ap.add_argument("--sets", type=int, default=None,
+                    help=f"survivor sets per (scheme, n, s) (default {MAX_SETS}, the CLI's; quick 24)")
     ap.add_argument("--markdown", action="store_true", help="print the README table from the saved JSON and exit")
     args = ap.parse_args()
     if args.markdown:
         print(markdown(json.loads((RESULTS / "decode_precision.json").read_text())["records"]))
         return
     ns = (8, 32) if args.quick else (8, 32, 64, 256)
-    sets = args.sets or (24 if args.quick else 64)
+    sets = args.sets or (24 if args.quick else MAX_SETS)
     rows, records = [], []
     t0 = time.perf_counter()
     for n in ns:

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from dcoord.configbase import MAX_ROUNDS, MAX_WORKERS, ConfigModel, Seed
 from dcoord.errors import ConfigError
 from dcoord.privacy.config import PrivacyConfig
 from dcoord.sim.config import SimulateConfig
 from dcoord.stragglers import InjectConfig
 from dcoord.walk.config import TokenConfig
 
+#: the most models trained concurrently (the wire carries a model index as 32 bits)
+MAX_MODELS = 100_000
+#: heartbeat bounds, seconds: faster only loads the control plane; slower hides a lost worker for minutes
+MIN_HEARTBEAT_S, MAX_HEARTBEAT_S = 0.05, 600.0
+#: a job name: it names the run directory, metric labels and log lines, so a safe printable set only
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-
-class OptimizerConfig(_Strict):
+class OptimizerConfig(ConfigModel):
     name: Literal["sgd", "adam"] = Field("sgd", description="torch optimizer the coordinator steps with")
     lr: float | list[float] = Field(0.1, description="one value, or one per model (a learning-rate sweep)")
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="sgd momentum")
@@ -34,13 +39,15 @@ class OptimizerConfig(_Strict):
         return v
 
 
-class CodingConfig(_Strict):
+class CodingConfig(ConfigModel):
     scheme: str = Field("uncoded", description="a registered scheme (dcoord.coding.registry; docs: Gradient coding)")
-    stragglers: int = Field(0, ge=0, description="s: stragglers tolerated per round (plain codes)")
-    B: int | None = Field(None, ge=1, description="burst length (sequential codes)")
-    W: int | None = Field(None, ge=2, description="window length (sequential codes)")
-    lam: int | None = Field(None, ge=1, alias="lambda", description="stragglers per window (sequential codes)")
-    models: int | None = Field(None, ge=1, description="models trained concurrently (default: delay + 1)")
+    stragglers: int = Field(0, ge=0, le=MAX_WORKERS, description="s: stragglers tolerated per round (plain codes)")
+    B: int | None = Field(None, ge=1, le=MAX_ROUNDS, description="burst length (sequential codes)")
+    W: int | None = Field(None, ge=2, le=MAX_ROUNDS, description="window length (sequential codes)")
+    lam: int | None = Field(None, ge=1, le=MAX_WORKERS, alias="lambda",
+                            description="stragglers per window (sequential codes)")
+    models: int | None = Field(None, ge=1, le=MAX_MODELS,
+                               description="models trained concurrently (default: delay + 1)")
     mu: float = Field(1.0, ge=0.0, description="straggler rule: late if not back by (1+mu) * fastest")
     wait: Literal["all", "minimal"] = Field(
         "all", description="sequential codes, when stragglers do not fit the model: wait for all, or the fewest needed"
@@ -53,7 +60,7 @@ class CodingConfig(_Strict):
     payload_dtype: Literal["float64", "float32", "bfloat16"] = Field(
         "float64", description="dtype of the coded messages (workers combine in float64 and round once)"
     )
-    seed: int = Field(0, description="seed of the code's own random choices (random constructions)")
+    seed: Seed = Field(0, description="seed of the code's own random choices (random constructions)")
 
     @field_validator("scheme")
     @classmethod
@@ -64,10 +71,14 @@ class CodingConfig(_Strict):
         return v
 
 
-class RuntimeConfig(_Strict):
+class RuntimeConfig(ConfigModel):
     round_timeout_s: float = Field(60.0, gt=0, description="fail a round that cannot decode after this long")
     worker_wait_s: float = Field(20.0, ge=0, description="wait this long for replacements when too few are alive")
-    heartbeat_s: float = Field(1.0, gt=0, description="seconds between a worker's heartbeats")
+    heartbeat_s: float = Field(
+        1.0, ge=MIN_HEARTBEAT_S, le=MAX_HEARTBEAT_S,
+        description=f"seconds between a worker's heartbeats ({MIN_HEARTBEAT_S:g}..{MAX_HEARTBEAT_S:g}; a worker "
+        "silent for 10 of them, at least 5 s, counts as gone)",
+    )
     emulate_part_s: float = Field(
         0.0, ge=0.0,
         description="sleep this long per part computed, to emulate one machine per worker on a small box",
@@ -77,8 +88,8 @@ class RuntimeConfig(_Strict):
         description="sleep this long times the fraction of one job's gradient computed (the simulator's "
         "base_comp), so emulated compute follows the normalised load whatever the part sizes",
     )
-    checkpoint_every: int = Field(10, ge=0, description="rounds between atomic checkpoints (0 = only at the end)")
-    keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept (the newest K; older ones are deleted)")
+    checkpoint_every: int = Field(10, ge=0, le=MAX_ROUNDS, description="rounds between atomic checkpoints (0 = only at the end)")
+    keep_checkpoints: int = Field(3, ge=1, le=1000, description="checkpoints kept (the newest K; older ones are deleted)")
     elastic: bool = Field(False, description="re-plan n and s over the workers present instead of failing")
     restart_workers: bool = Field(False, description="dcoord run: restart a local worker that dies (same id)")
     progress: bool = Field(True, description="show the progress bar on the console")
@@ -91,12 +102,13 @@ class RuntimeConfig(_Strict):
         "when a firewall or a Kubernetes Service must name it)",
     )
     stream_chunk_bytes: int = Field(
-        1 << 20, ge=0, description="gRPC: send payloads larger than this as chunks of this size (0 = never)"
+        1 << 20, ge=0, le=1 << 30, description="gRPC: send payloads larger than this as chunks of this size (0 = never)"
     )
 
 
-class JobConfig(_Strict):
-    name: str = Field("job", description="run name; the default run directory is runs/NAME")
+class JobConfig(ConfigModel):
+    name: str = Field("job", description="letters, digits, '.', '_' and '-' (up to 100, starting with a letter or digit): "
+                      "it names the run directory (runs/NAME by default), metric labels and log lines")
     plugins: list[str] = Field(
         default_factory=list,
         description="modules imported first (in every process) that register schemes or workloads",
@@ -110,9 +122,10 @@ class JobConfig(_Strict):
     workload_args: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of the workload function, e.g. {data: DIR}"
     )
-    seed: int = Field(0, description="seeds the model init, batches, injected stragglers and walks")
-    workers: int = Field(4, ge=1, le=100_000, description="n: number of workers")
-    rounds: int = Field(10, ge=1, description="jobs to run; with several models they are shared round-robin")
+    seed: Seed = Field(0, description="seeds the model init, batches, injected stragglers and walks")
+    workers: int = Field(4, ge=1, le=MAX_WORKERS, description="n: number of workers")
+    rounds: int = Field(10, ge=1, le=MAX_ROUNDS,
+                        description="jobs to run (1..1e9); with several models they are shared round-robin")
     batch_size: int | None = Field(None, ge=1, description="samples per job; null = the whole dataset every round")
     optimizer: OptimizerConfig = OptimizerConfig()
     coding: CodingConfig = CodingConfig()
@@ -146,6 +159,14 @@ class JobConfig(_Strict):
         allowed = ("grpc", *data_plane_names())
         if v not in allowed:
             raise ValueError(f"unknown transport {v!r}; allowed: {', '.join(allowed)}")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not re.fullmatch(NAME_PATTERN, v):
+            raise ValueError("use letters, digits, '.', '_' and '-' (1 to 100 characters, starting with a letter or "
+                             f"digit): it names the run directory, metric labels and log lines (got {ascii(v)})")
         return v
 
     @field_validator("workload")
@@ -241,24 +262,140 @@ class JobConfig(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
 
 
+def _is_type_tag(part: object) -> bool:
+    """A union member's tag in an error location (``float``, ``list[float]``, ``function-after[...]``)."""
+    p = str(part)
+    return "[" in p or p.startswith("function-") or p in ("int", "float", "str", "bool", "none")
+
+
 def _fmt_loc(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc if not str(p).startswith("function-"))
+    """``("optimizer", "lr", "list[float]", 1)`` -> ``optimizer.lr[1]``."""
+    out = ""
+    for p in loc:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif not _is_type_tag(p):
+            out += f".{p}" if out else str(p)
+    return out
+
+
+#: pydantic's type errors in the words of a YAML file
+_PLAIN = {
+    "int_type": "must be an integer (not true/false, a decimal or a string)",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number (not true/false or a string)",
+    "float_parsing": "must be a number",
+    "finite_number": "must be a finite number (not .nan or .inf)",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string (quote it)",
+    "list_type": "must be a list, e.g. [1, 2]",
+    "model_type": "must be a mapping of keys (key: value, ...)",
+    "dict_type": "must be a mapping of keys (key: value, ...)",
+}
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+def _show(v: object) -> str:
+    """A value as the YAML user wrote it (true, not True)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return ascii(v) if isinstance(v, str) else repr(v)
 
 
 def format_validation_error(exc: ValidationError, source: str = "config") -> str:
     """One line: the first problem, naming the field and what is allowed."""
-    err = exc.errors()[0]
+    errors = exc.errors()
+    # the deepest location first: of a union's branches (``lr: [0.1, .nan]``), the one that reached the value
+    err = max(errors, key=lambda e: len([p for p in e["loc"] if not _is_type_tag(p)]))
     loc = _fmt_loc(err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     if loc and msg.startswith(loc):  # validators that already name their field
         loc = ""
-    if err["type"] == "extra_forbidden":
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind == "extra_forbidden":
         msg = "unknown key (check the spelling; every key is in the docs' config reference)"
-    elif err["type"] == "literal_error":
+    elif kind == "literal_error":
         msg = f"{msg} (got {err.get('input')!r})"
-    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    elif kind in _PLAIN:
+        msg = _PLAIN[kind]
+    elif kind in _BOUNDS:
+        bound = next(iter(ctx.values()), "?")
+        msg = f"must be {_BOUNDS[kind]} {bound:g}" if isinstance(bound, float) else f"must be {_BOUNDS[kind]} {bound}"
+    if (kind in _PLAIN or kind in _BOUNDS) and not isinstance(err.get("input"), dict | list):
+        msg += f" (got {_show(err.get('input'))})"
+    others = {_fmt_loc(e["loc"]) for e in errors[1:]} - {_fmt_loc(err["loc"])}
+    more = f" (+{len(others)} more)" if others else ""
     where = f"{loc}: " if loc else ""
     return f"{source}: {where}{msg}{more}"
+
+
+class _JobLoader(yaml.SafeLoader):
+    """PyYAML's safe loader reading ``1e-3`` and ``1e18`` as numbers (YAML 1.2), not as strings (YAML 1.1)."""
+
+
+_JobLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+#: deepest nesting a job file may have (a real one is 4 or 5 deep; this leaves workload_args room)
+MAX_DEPTH = 32
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text to Python data; a ConfigError naming ``source`` when it is not YAML or nested too deeply."""
+    try:
+        data = yaml.load(text, Loader=_JobLoader)  # noqa: S506 -- a SafeLoader subclass
+    except RecursionError:
+        data = None
+        deep = True
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    else:
+        deep = _depth(data) > MAX_DEPTH
+    if deep:
+        raise ConfigError(f"{source} is nested too deeply (at most {MAX_DEPTH} levels of sections and lists)")
+    return data
+
+
+def _depth(data: Any) -> int:
+    """How deeply ``data`` nests dicts and lists (iteratively: a deep input must not exhaust the stack)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, d)
+            if d <= MAX_DEPTH:
+                stack.extend((c, d + 1) for c in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def read_job_file(path: str | Path) -> dict:
+    """A job file's top-level mapping; every way it cannot be one (missing, a directory, not UTF-8, empty,
+    not YAML, too deep, not a mapping) is a ConfigError with one line naming the file."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p} is a directory; give a job file (YAML), e.g. examples/quickstart.yaml")
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such config file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          "save the job file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read it ({exc.strerror})") from None
+    data = parse_yaml(text, str(p))
+    if data is None:
+        raise ConfigError(f"{p} is empty; a job file names at least its workload and workers "
+                          "(see examples/quickstart.yaml)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys (name:, workload:, ...)")
+    return data
 
 
 def set_dotted(data: dict, assignment: str) -> None:
@@ -266,11 +403,10 @@ def set_dotted(data: dict, assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set coding.stragglers=2")
     key, raw = assignment.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc.problem})") from exc
+    value = parse_yaml(raw, f"--set {key}") if raw != "" else None
     parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {assignment!r}: give a key such as coding.stragglers (no empty part)")
     node = data
     for p in parts[:-1]:
         if not isinstance(node.get(p, {}), dict):
@@ -281,24 +417,12 @@ def set_dotted(data: dict, assignment: str) -> None:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, data: dict | None = None) -> JobConfig:
     """Read, override and validate a job config; every failure is a ConfigError with one clear line."""
-    if data is None:
-        p = Path(path)  # type: ignore[arg-type]
-        if not p.is_file():
-            raise ConfigError(f"{p}: no such config file")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of keys (name:, workload:, ...)")
-        source = str(p)
-    else:
-        source = "config"
-    data = dict(data)
+    source = "config" if data is not None else str(path)
+    data = dict(read_job_file(path) if data is None else data)  # type: ignore[arg-type]
     for ov in overrides or []:
         set_dotted(data, ov)
+    if _depth(data) > MAX_DEPTH:
+        raise ConfigError(f"{source} is nested too deeply (at most {MAX_DEPTH} levels of sections and lists)")
     try:
         return JobConfig.model_validate(data)
     except ValidationError as exc:

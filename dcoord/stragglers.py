@@ -17,6 +17,10 @@ Models (``InjectConfig.model``), with the extra delay each returns for a worker 
   so the fastest a worker can be is its real compute; heavy-tailed for small shape.
 - ``trace``: replay a measured CSV (rows = rounds, columns = workers, seconds): trace[r mod rows, i] *
   ``scale`` seconds, added to the real compute. Rounds wrap around; worker i reads column i.
+
+Every model's extra delay is capped at ``MAX_INJECTED_DELAY_S`` (one day) per round, and its parameters are
+bounded (slowdown <= 1000, shift and scale <= 3600 s, rate >= 0.001/s): a worker slower than that is a lost
+worker, which a kill tests better than a sleep.
 """
 
 from __future__ import annotations
@@ -28,47 +32,57 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from dcoord.configbase import MAX_WORKERS, ConfigModel, FilePath, Seed
 from dcoord.errors import StragglerError
 
 MODELS = ("none", "fixed", "bernoulli", "gilbert-elliott", "shifted-exponential", "pareto", "trace")
 
 
-class InjectConfig(BaseModel):
-    """The ``inject:`` section of a job config: which straggler model to inject, and its parameters."""
+#: the largest injected slowdown: a worker 1000x slower than its compute is a lost worker (test that instead)
+MAX_SLOWDOWN = 1000.0
+#: the largest injected delay parameter, seconds (shift; trace and pareto scale): an hour per round
+MAX_DELAY_S = 3600.0
+#: the longest delay a model injects in one round (one day): a longer one is a lost worker, test that with a kill
+MAX_INJECTED_DELAY_S = 86_400.0
+#: the smallest shifted-exponential rate, 1/s (a mean extra delay of at most 1000 s)
+MIN_RATE = 1e-3
 
-    model_config = ConfigDict(extra="forbid")
+
+class InjectConfig(ConfigModel):
+    """The ``inject:`` section of a job config: which straggler model to inject, and its parameters."""
 
     model: Literal["none", "fixed", "bernoulli", "gilbert-elliott", "shifted-exponential", "pareto", "trace"] = Field(
         "none", description="which straggler model to inject in local runs"
     )
     workers: list[int] = Field([], description="fixed: the slow workers' ids")
     slowdown: float = Field(1.0, description="fixed, bernoulli, gilbert-elliott: a slow worker takes this many times "
-                            "its compute time")
+                            f"its compute time (1..{MAX_SLOWDOWN:g})")
     p: float | None = Field(None, description="bernoulli: probability a worker is slow in a round")
     p_good_to_bad: float | None = Field(None, description="gilbert-elliott: chance a fast worker turns slow")
     p_bad_to_good: float | None = Field(None, description="gilbert-elliott: chance a slow worker turns fast")
-    shift: float | None = Field(None, description="shifted-exponential: the fixed part of the delay, seconds")
-    rate: float | None = Field(None, description="shifted-exponential: rate of the exponential part, 1/seconds")
+    shift: float | None = Field(None, description=f"shifted-exponential: the fixed part of the delay, seconds (0..{MAX_DELAY_S:g})")
+    rate: float | None = Field(None, description=f"shifted-exponential: rate of the exponential part, 1/seconds (>= {MIN_RATE:g})")
     shape: float | None = Field(None, description="pareto: tail index")
-    scale: float = Field(1.0, description="pareto: scale, seconds; trace: multiply the trace's times by this")
-    path: Path | None = Field(None, description="trace: CSV of delays in seconds (rows = rounds, columns = workers)")
-    seed: int | None = Field(None, description="seed of the injected delays (null = the job seed)")
+    scale: float = Field(1.0, description=f"pareto: scale, seconds; trace: multiply the trace's times by this (<= {MAX_DELAY_S:g})")
+    path: FilePath | None = Field(None, description="trace: CSV of delays in seconds (rows = rounds, columns = workers)")
+    seed: Seed | None = Field(None, description="seed of the injected delays (null = the job seed)")
 
     @field_validator("workers")
     @classmethod
     def _worker_ids(cls, v: list[int]) -> list[int]:
-        bad = [w for w in v if w < 0]
+        bad = [w for w in v if not 0 <= w < MAX_WORKERS]
         if bad:
-            raise StragglerError(f"inject.workers must be worker ids >= 0 (got {bad})")
+            raise StragglerError(f"inject.workers must be worker ids >= 0 and < {MAX_WORKERS} (got {bad})")
         return sorted(set(v))
 
     @field_validator("slowdown")
     @classmethod
     def _slowdown(cls, v: float) -> float:
-        if not (math.isfinite(v) and v >= 1.0):
-            raise StragglerError(f"inject.slowdown must be a finite factor >= 1 (got {v})")
+        if not (math.isfinite(v) and 1.0 <= v <= MAX_SLOWDOWN):
+            raise StragglerError(f"inject.slowdown must be a factor >= 1 and <= {MAX_SLOWDOWN:g} (got {v:g}); a worker "
+                                 "that slow is a lost worker: kill it instead")
         return v
 
     @field_validator("p", "p_good_to_bad", "p_bad_to_good")
@@ -81,8 +95,8 @@ class InjectConfig(BaseModel):
     @field_validator("shift")
     @classmethod
     def _shift(cls, v: float | None) -> float | None:
-        if v is not None and not (math.isfinite(v) and v >= 0.0):
-            raise StragglerError(f"inject.shift must be seconds >= 0 (got {v})")
+        if v is not None and not (math.isfinite(v) and 0.0 <= v <= MAX_DELAY_S):
+            raise StragglerError(f"inject.shift must be seconds from 0 to {MAX_DELAY_S:g} (got {v:g})")
         return v
 
     @field_validator("rate", "shape", "scale")
@@ -90,6 +104,11 @@ class InjectConfig(BaseModel):
     def _positive(cls, v: float | None, info) -> float | None:
         if v is not None and not (math.isfinite(v) and v > 0.0):
             raise StragglerError(f"inject.{info.field_name} must be > 0 (got {v})")
+        if info.field_name == "rate" and v is not None and v < MIN_RATE:
+            raise StragglerError(f"inject.rate must be >= {MIN_RATE:g} per second, a mean delay of at most "
+                                 f"{1 / MIN_RATE:g} s (got {v:g})")
+        if info.field_name == "scale" and v > MAX_DELAY_S:
+            raise StragglerError(f"inject.scale must be at most {MAX_DELAY_S:g} (got {v:g})")
         return v
 
     @model_validator(mode="after")
@@ -124,9 +143,14 @@ class StragglerModel(ABC):
         self.n = n
         self.seed = seed
 
-    @abstractmethod
     def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
-        """Seconds each of the n workers additionally sleeps in ``round`` given its real compute times."""
+        """Seconds each of the n workers additionally sleeps in ``round`` given its real compute times, at most
+        MAX_INJECTED_DELAY_S (a heavy tail's rare draw must not become a sleep no clock can hold, or inf)."""
+        return np.minimum(self._draw(round, compute_s), MAX_INJECTED_DELAY_S)
+
+    @abstractmethod
+    def _draw(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+        """The model's extra delay, before the cap."""
 
     def times(self, round: int, compute_s: np.ndarray) -> np.ndarray:
         """Finish time of every worker: its compute plus the injected delay."""
@@ -141,7 +165,7 @@ class StragglerModel(ABC):
 class NoStragglers(StragglerModel):
     name = "none"
 
-    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+    def _draw(self, round: int, compute_s: np.ndarray) -> np.ndarray:
         return np.zeros(self.n)
 
 
@@ -156,7 +180,7 @@ class FixedStragglers(StragglerModel):
         self.mask[list(workers)] = True
         self.slowdown = slowdown
 
-    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+    def _draw(self, round: int, compute_s: np.ndarray) -> np.ndarray:
         return np.where(self.mask, (self.slowdown - 1.0) * self._compute(compute_s), 0.0)
 
 
@@ -172,7 +196,7 @@ class BernoulliStragglers(StragglerModel):
     def slow(self, round: int) -> np.ndarray:
         return _round_rng(self.seed, round).random(self.n) < self.p
 
-    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+    def _draw(self, round: int, compute_s: np.ndarray) -> np.ndarray:
         return np.where(self.slow(round), (self.slowdown - 1.0) * self._compute(compute_s), 0.0)
 
 
@@ -215,7 +239,7 @@ class GilbertElliottStragglers(StragglerModel):
         self._last = (r, state)
         return state
 
-    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+    def _draw(self, round: int, compute_s: np.ndarray) -> np.ndarray:
         return np.where(self.bad(round), (self.slowdown - 1.0) * self._compute(compute_s), 0.0)
 
 
@@ -228,7 +252,7 @@ class ShiftedExponentialStragglers(StragglerModel):
         super().__init__(n, seed)
         self.shift, self.rate = shift, rate
 
-    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+    def _draw(self, round: int, compute_s: np.ndarray) -> np.ndarray:
         return self.shift + _round_rng(self.seed, round).exponential(1.0 / self.rate, self.n)
 
 
@@ -241,7 +265,7 @@ class ParetoStragglers(StragglerModel):
         super().__init__(n, seed)
         self.shape, self.scale = shape, scale
 
-    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+    def _draw(self, round: int, compute_s: np.ndarray) -> np.ndarray:
         return self.scale * _round_rng(self.seed, round).pareto(self.shape, self.n)
 
 
@@ -263,7 +287,7 @@ class TraceStragglers(StragglerModel):
         self.trace = trace[:, :n]
         self.scale = scale
 
-    def extra_delay(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+    def _draw(self, round: int, compute_s: np.ndarray) -> np.ndarray:
         if round < 0:
             raise StragglerError(f"round must be >= 0 (got {round})")
         return self.trace[round % self.trace.shape[0]] * self.scale
@@ -275,27 +299,35 @@ def load_trace_csv(path: str | Path) -> np.ndarray:
     Errors are ValueError naming the file and the 1-based row, so a bad trace is fixed in one look.
     """
     p = Path(path)
+    if p.is_dir():
+        raise StragglerError(f"trace file {p} is a directory; give a CSV file (rows = rounds, columns = workers)")
     if not p.is_file():
         raise StragglerError(f"trace file {p} not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise StragglerError(f"trace file {p}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                             f"{exc.start}); a trace is a CSV of numbers") from None
+    except OSError as exc:
+        raise StragglerError(f"trace file {p}: cannot read it ({exc.strerror})") from None
     rows: list[list[float]] = []
-    with p.open(newline="") as f:
-        for lineno, row in enumerate(csv.reader(f), start=1):
-            cells = [c.strip() for c in row]
-            if not cells or all(c == "" for c in cells):
-                continue
-            try:
-                vals = [float(c) for c in cells]
-            except ValueError:
-                bad = next(c for c in cells if not _is_float(c))
-                raise StragglerError(f"trace file {p} row {lineno}: non-numeric value {bad!r}") from None
-            for v in vals:
-                if not math.isfinite(v) or v < 0:
-                    raise StragglerError(f"trace file {p} row {lineno}: times must be finite seconds >= 0 (got {v})")
-            if rows and len(vals) != len(rows[0]):
-                raise StragglerError(
-                    f"trace file {p} row {lineno}: {len(vals)} columns, expected {len(rows[0])} like row 1"
-                )
-            rows.append(vals)
+    for lineno, row in enumerate(csv.reader(text.splitlines()), start=1):
+        cells = [c.strip() for c in row]
+        if not cells or all(c == "" for c in cells):
+            continue
+        try:
+            vals = [float(c) for c in cells]
+        except ValueError:
+            bad = next(c for c in cells if not _is_float(c))
+            raise StragglerError(f"trace file {p} row {lineno}: non-numeric value {bad!r}") from None
+        for v in vals:
+            if not math.isfinite(v) or v < 0:
+                raise StragglerError(f"trace file {p} row {lineno}: times must be finite seconds >= 0 (got {v})")
+        if rows and len(vals) != len(rows[0]):
+            raise StragglerError(
+                f"trace file {p} row {lineno}: {len(vals)} columns, expected {len(rows[0])} like row 1"
+            )
+        rows.append(vals)
     if not rows:
         raise StragglerError(f"trace file {p} has no rows")
     return np.asarray(rows, dtype=np.float64)

@@ -15,17 +15,40 @@ from dcoord.cli import analysis, status, train
 from dcoord.cli.options import job_args
 from dcoord.errors import ConfigError, DcoordError
 
-__all__ = ["build_parser", "job_args", "main"]
+__all__ = ["build_parser", "job_args", "main", "package_version", "walk_parsers"]
+
+
+def package_version() -> str:
+    """The installed dcoord's version (from its package metadata; "unknown" when run from an uninstalled tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dcoord")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dcoord", description=__doc__.split("\n")[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log what the runtime does")
+    p.add_argument("--version", action="version", version=f"dcoord {package_version()}",
+                   help="print dcoord's version and exit")
     sub = p.add_subparsers(dest="command", required=True)
     train.register(sub)
     status.register(sub)
     analysis.register(sub)
     return p
+
+
+def walk_parsers(parser: argparse.ArgumentParser | None = None, prog: str = "dcoord"):
+    """Every parser of the command line, depth first: (command words, parser), starting with ``dcoord`` itself
+    (the CLI reference and the help check read them from here)."""
+    parser = parser or build_parser()
+    yield prog, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from walk_parsers(sub, f"{prog} {name}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from dcoord.cli.options import (
+    bounded,
     job_args,
     load_job,
     nonneg_float,
-    nonneg_int,
+    output_dir,
     positive_int,
     rich_table,
+    seconds,
 )
 from dcoord.errors import ConfigError
 
@@ -20,7 +23,7 @@ def cmd_simulate(args) -> int:
     from rich.console import Console
 
     cfg = load_job(args)
-    out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-sim"
+    out = output_dir(Path(args.out) if args.out else Path("runs") / f"{cfg.name}-sim")
     console = Console()
     if cfg.mode == "token":
         return _simulate_tokens(cfg, out, console, args)
@@ -83,7 +86,8 @@ def cmd_tune(args) -> int:
     from rich.console import Console
 
     from dcoord.sim.tune import tune
-    from dcoord.sim.tune_cmd import run_oos_tune
+    from dcoord.sim.tune_cmd import run_oos_tune, wrapped_rows_note
+    from dcoord.stragglers import load_trace_csv
 
     if not Path(args.profile).is_file():
         raise ConfigError(f"{args.profile}: no such delay profile (CSV, rows = rounds, columns = workers)")
@@ -91,6 +95,9 @@ def cmd_tune(args) -> int:
         return rc
     choices = tune(Path(args.profile), jobs=args.jobs, max_delay=args.max_delay, n=args.workers,
                    base_comp=args.base_comp, mu=args.mu, top=args.top)
+    note = wrapped_rows_note(args.jobs, args.max_delay, len(load_trace_csv(args.profile)))
+    if note:
+        print(note, file=sys.stderr)
     if args.json:
         print(json.dumps([c.to_dict() for c in choices], indent=2))
         return 0
@@ -152,18 +159,25 @@ def register(sub) -> None:
 
     sp.add_argument("--compare", help="comma-separated schemes to put side by side (tuned), from: "
                     + ", ".join(scheme_names()))
-    sp.add_argument("--no-plot", action="store_true")
+    sp.add_argument("--no-plot", action="store_true", help="write simulation.json only (no simulation.png)")
     sp.set_defaults(func=cmd_simulate)
 
     sp = sub.add_parser("tune", help="pick the fastest scheme and parameters for a measured delay profile")
     sp.add_argument("profile", help="CSV of per-worker times (rows = rounds, columns = workers)")
-    sp.add_argument("--jobs", type=positive_int, default=20)
-    sp.add_argument("--max-delay", type=nonneg_int, default=3, help="largest delay T allowed")
+    sp.add_argument("--jobs", type=positive_int, default=20,
+                    help="jobs each simulated run finishes; capped (with a note) where the profile's rows run out "
+                    "[20]")
+    from dcoord.sim.config import MAX_TUNE_DELAY
+
+    sp.add_argument("--max-delay", type=bounded(int, 0, strict=False, high=MAX_TUNE_DELAY), default=3,
+                    help=f"largest delay T allowed (0..{MAX_TUNE_DELAY}: the search grows as T^2) [3]")
     sp.add_argument("--workers", type=positive_int, default=None, help="workers (default: the profile's columns)")
-    sp.add_argument("--base-comp", type=nonneg_float, default=1.0, help="seconds for one full job's gradient")
-    sp.add_argument("--mu", type=nonneg_float, default=1.0)
-    sp.add_argument("--top", type=positive_int, default=10)
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--base-comp", type=seconds, default=1.0, help="seconds for one full job's gradient (0..1e6)")
+    sp.add_argument("--mu", type=nonneg_float, default=1.0,
+                    help="straggler rule: a worker is late when not back by (1 + MU) x the fastest [1]")
+    sp.add_argument("--top", type=positive_int, default=10,
+                    help="in-sample ranking (--holdout 0): show the TOP fastest choices [10]")
+    sp.add_argument("--json", action="store_true", help="print the result as JSON (notes go to stderr)")
     from dcoord.sim.tune_cmd import add_oos_options
 
     add_oos_options(sp)
@@ -171,7 +185,7 @@ def register(sub) -> None:
 
     sp = sub.add_parser("privacy", help="print the privacy budget plan of a job without training")
     job_args(sp)
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the plan as JSON")
     sp.set_defaults(func=cmd_privacy)
 
 

@@ -6,6 +6,8 @@ import argparse
 import math
 from pathlib import Path
 
+from dcoord.errors import ConfigError
+
 
 def address(value: str) -> str:
     """argparse type: HOST:PORT."""
@@ -15,27 +17,44 @@ def address(value: str) -> str:
     return value
 
 
-def _bounded(kind: type, low: float, strict: bool):
-    """An argparse type: a finite ``kind`` (int or float) >= ``low`` (> ``low`` when ``strict``); argparse
-    reports a bad value as one line naming the option."""
+def bounded(kind: type, low: float, strict: bool, high: float | None = None):
+    """An argparse type: a finite ``kind`` (int or float) >= ``low`` (> ``low`` when ``strict``), at most
+    ``high`` when given; argparse reports a bad value as one line naming the option."""
     what, sign = ("an integer" if kind is int else "a number"), (">" if strict else ">=")
     bound = f"{sign} {low:g}" if kind is int else f"a finite number {sign} {low:g}"
+    if high is not None:
+        bound += f" and <= {high:g}"
 
     def parse(value: str):
         try:
             v = kind(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{value!r} is not {what}") from None
-        if not math.isfinite(v) or (v <= low if strict else v < low):
+        if not math.isfinite(v) or (v <= low if strict else v < low) or (high is not None and v > high):
             raise argparse.ArgumentTypeError(f"must be {bound} (got {value})")
         return v
 
     return parse
 
 
-positive_int = _bounded(int, 1, strict=False)
-nonneg_int = _bounded(int, 0, strict=False)
-nonneg_float = _bounded(float, 0, strict=False)
+positive_int = bounded(int, 1, strict=False)
+nonneg_int = bounded(int, 0, strict=False)
+nonneg_float = bounded(float, 0, strict=False)
+positive_float = bounded(float, 0, strict=True)
+#: seconds a simulated job's compute may take (about 11.6 days; past it the simulated clock loses precision)
+seconds = bounded(float, 0, strict=False, high=1e6)
+
+
+def output_dir(path: Path, flag: str = "--out") -> Path:
+    """``path`` as a directory to write into, made now: a ConfigError naming ``flag`` when it is a file or
+    cannot be made (the work before the first write is not wasted on a path that fails at the end)."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is a file; give a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot make the directory ({exc.strerror})") from None
+    return path
 
 
 def load_job(args) -> object:

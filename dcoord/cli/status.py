@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from dcoord.cli.options import address
+from dcoord.cli.options import address, positive_float
 
 #: what ``status RUN_DIR`` reads; the coordinator writes them as the run goes (metrics.jsonl every round)
 SUMMARY, METRICS, CONFIG = "summary.json", "metrics.jsonl", "config.yaml"
@@ -139,6 +139,7 @@ def register(sub) -> None:
                          "HOST:PORT [DCOORD_COORDINATOR]")
     add_security_options(sp, "status")
     sp.add_argument("--watch", action="store_true", help="stream one line per round until the job ends (HOST:PORT)")
-    sp.add_argument("--json", action="store_true")
-    sp.add_argument("--timeout", type=float, default=5.0)
+    sp.add_argument("--json", action="store_true", help="print each snapshot as one line of JSON")
+    sp.add_argument("--timeout", type=positive_float, default=5.0,
+                    help="seconds to wait for the coordinator to answer [5]")
     sp.set_defaults(func=cmd_status)

@@ -217,7 +217,7 @@ _REGISTERED: dict[str, SchemeSpec] = {}
 
 
 def register_scheme(spec: SchemeSpec, *, replace: bool = False) -> SchemeSpec:
-    """Add a scheme to the registry (the config, simulator, tuner, CLI help and README read it from there)."""
+    """Add a scheme to the registry (the config, simulator, tuner, CLI help and docs read it from there)."""
     if spec.name in _REGISTERED and not replace:
         raise SchemeError(f"scheme {spec.name!r} is already registered")
     _REGISTERED[spec.name] = spec

@@ -2,7 +2,7 @@
 
 Each scheme declares itself beside its class (``register_scheme(SchemeSpec(...))`` in gc.py, sgc.py or a
 user's module); the config's allowed values, the simulator, the tuner, plot colours, the CLI help and the
-README table all read the specs from here. Importing this module registers the built-ins.
+docs table all read the specs from here. Importing this module registers the built-ins.
 """
 
 from __future__ import annotations

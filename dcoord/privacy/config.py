@@ -14,8 +14,9 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from dcoord.configbase import MAX_ROUNDS, ConfigModel, Seed
 from dcoord.privacy.registry import DEFAULT_RESTART_FRACTION as DEFAULT_RESTART_FRACTION  # noqa: F401
 from dcoord.privacy.registry import PAPER_CLIP_DIFF as PAPER_CLIP_DIFF  # noqa: F401
 from dcoord.privacy.registry import get_mechanism
@@ -28,16 +29,16 @@ from dcoord.privacy.registry import get_mechanism
 PAPER_RESTART_FRACTIONS = (0.003, 0.01, 0.03, 0.1)
 # Paper (theory and authors' code): restarts get 1/u of the RDP budget, differences (u-1)/u, u = 1.25.
 PAPER_RESTART_SHARE = 1 / 1.25
+#: the largest fixed noise multiplier (the accountant's own search stops there too)
+MAX_NOISE_MULTIPLIER = 1e7
 
 
-class PrivacyConfig(BaseModel):
+class PrivacyConfig(ConfigModel):
     """Differential privacy of the training run (record-level: add/remove or replace one sample).
 
     The DIFF2 paper's own setting is ``neighbouring: replace-one`` with ``trust: coordinator`` (one noise
     draw on the aggregate, the paper's noise on the average over nodes).
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     mechanism: str = Field("dp-gd", description="a registered mechanism (dcoord.privacy.registry): dp-gd, diff2")
     epsilon: float | None = Field(default=None, description="target epsilon; the noise is calibrated to it")
@@ -52,7 +53,7 @@ class PrivacyConfig(BaseModel):
     clip_diff: float | None = Field(
         default=None, description="diff2: c2 in C2_r = c2 * ||x_{r-1} - x_{r-2}|| (paper default 30)"
     )
-    restart_every: int | None = Field(default=None, description="diff2: T, a full private gradient every T rounds")
+    restart_every: int | None = Field(default=None, ge=1, le=MAX_ROUNDS, description="diff2: T, a full private gradient every T rounds")
     restart_share: float = Field(
         default=PAPER_RESTART_SHARE, description="diff2: share of the privacy budget spent on restarts"
     )
@@ -70,7 +71,7 @@ class PrivacyConfig(BaseModel):
         "(valid only against an observer of the sum)"
     )
     accountant: Literal["rdp", "prv"] = Field("rdp", description="privacy accountant (Opacus): RDP or PRV")
-    coordinator_seed: int | None = Field(default=None, description="trust=coordinator: the coordinator's seed")
+    coordinator_seed: Seed | None = Field(default=None, description="trust=coordinator: the coordinator's seed")
 
     @model_validator(mode="before")
     @classmethod
@@ -101,10 +102,10 @@ class PrivacyConfig(BaseModel):
             )
         if self.epsilon is not None and not (self.epsilon > 0 and math.isfinite(self.epsilon)):
             raise ValueError(f"privacy.epsilon must be a finite number > 0, got {self.epsilon}")
-        if self.noise_multiplier is not None and not (
-            self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)
-        ):
-            raise ValueError(f"privacy.noise_multiplier must be a finite number >= 0, got {self.noise_multiplier}")
+        for key in ("noise_multiplier", "noise_multiplier_diff"):
+            v = getattr(self, key)
+            if v is not None and not 0 <= v <= MAX_NOISE_MULTIPLIER:
+                raise ValueError(f"privacy.{key} must be a number from 0 to {MAX_NOISE_MULTIPLIER:g}, got {v}")
         if not 0 < self.delta < 1:
             raise ValueError(f"privacy.delta must be in (0, 1), got {self.delta}")
         if not (self.clip > 0 and math.isfinite(self.clip)):

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from dcoord.configbase import MAX_ROUNDS, ConfigModel, FilePath
+
+#: the largest delay T the tuner searches: its grid grows as T^2 (m-sgc's (B, W) pairs), about 7,400
+#: candidates at T = 32 on 256 workers (the SGC papers use T <= 10)
+MAX_TUNE_DELAY = 32
+#: the longest simulated compute, seconds (about 11.6 days; past it the simulated clock loses precision)
+MAX_SECONDS = 1e6
 
 
-class SimulateConfig(BaseModel):
+class SimulateConfig(ConfigModel):
     """Virtual-time simulation settings.
 
     Worker i finishes round r at d_ir(L) = d_ir(0) + L * base_comp, L its normalized load that round.
@@ -17,15 +24,13 @@ class SimulateConfig(BaseModel):
     (``inject:``): d(L) = model.times(r, base_time + L * base_comp).
     """
 
-    model_config = ConfigDict(extra="forbid")
-
-    trace: Path | None = Field(None, description="CSV of per-worker times at load 0 (rows = rounds)")
+    trace: FilePath | None = Field(None, description="CSV of per-worker times at load 0 (rows = rounds)")
     trace_scale: float = Field(1.0, gt=0.0, description="multiply the trace times by this")
-    skip_rows: int = Field(0, ge=0, description="drop this many leading (warm-up) rows of the trace")
-    base_comp: float = Field(1.0, ge=0.0, description="seconds to compute one full job's gradient")
-    base_time: float = Field(1.0, ge=0.0, description="load-independent seconds per round without a trace")
+    skip_rows: int = Field(0, ge=0, le=MAX_ROUNDS, description="drop this many leading (warm-up) rows of the trace")
+    base_comp: float = Field(1.0, ge=0.0, le=MAX_SECONDS, description="seconds to compute one full job's gradient")
+    base_time: float = Field(1.0, ge=0.0, le=MAX_SECONDS, description="load-independent seconds per round without a trace")
     mu: float = Field(1.0, ge=0.0, description="straggler rule: late if not back by (1+mu) * fastest")
-    jobs: int = Field(20, ge=1, description="jobs to finish; sequential codes run jobs + T rounds")
+    jobs: int = Field(20, ge=1, le=MAX_ROUNDS, description="jobs to finish; sequential codes run jobs + T rounds")
     wait: Literal["all", "minimal"] = Field("all", description="fallback when stragglers do not conform")
     plain_close: Literal["decodable", "straggler-rule"] = Field(
         "decodable",
@@ -49,9 +54,9 @@ class SimulateConfig(BaseModel):
         "round that much later (dcoord's persistent worker processes); false: every round starts every worker "
         "fresh (the paper's one Lambda invocation per worker and round)",
     )
-    max_delay: int = Field(3, ge=0, description="largest T considered when tuning --compare schemes")
+    max_delay: int = Field(3, ge=0, le=MAX_TUNE_DELAY, description="largest T considered when tuning --compare schemes")
     lambda_grid: list[int] | None = Field(None, description="lambda values tried when tuning (default: coarse)")
-    hops: int = Field(10_000, ge=1, description="token mode: hops to simulate")
+    hops: int = Field(10_000, ge=1, le=MAX_ROUNDS, description="token mode: hops to simulate")
     problem: Literal["logreg", "none"] = Field(
         "logreg", description="token mode: the optimisation problem whose error curve is reported"
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from dcoord.errors import ConfigError
@@ -46,6 +48,9 @@ def run_oos_tune(args) -> int | None:
     else:
         tune, evals = holdout_split(d0, n, args.base_comp, args.holdout, args.max_delay, args.jobs,
                                     name=str(args.profile))
+    note = capped_jobs_note(args.jobs, args.max_delay, tune, evals)
+    if note:
+        print(note, file=sys.stderr)
     data = tune_out_of_sample(n, tune, evals, args.max_delay, rules=rules, mu=args.mu,
                               load_model=args.load_model)
     if args.json:
@@ -65,11 +70,37 @@ def run_oos_tune(args) -> int | None:
     con = Console(width=150)
     con.print(t)
     rec = data["recommended"]
-    con.print(f"recommended (fastest on the tune part): {rec['scheme']} with close {rec['rule']} "
-              f"{rec['params']}: {rec['eval_per_job_s_mean']:.4g} +- {rec['eval_per_job_s_std']:.3g} s/job held out")
+    con.print(f"recommended (fastest on the tune part): {policy_str(rec)}: {rec['eval_per_job_s_mean']:.4g} +- "
+              f"{rec['eval_per_job_s_std']:.3g} s/job held out", highlight=False)
     if "paper_pick" in data:
         pp = data["paper_pick"]
-        con.print(f"the SGC paper's pick (its schemes, its rule): {pp['scheme']} {pp['params']}: "
+        con.print(f"the SGC paper's pick (its schemes, its rule): {policy_str(pp)}: "
                   f"{pp['eval_per_job_s_mean']:.4g} s/job; recommended / paper = "
-                  f"{data['recommended_over_paper_pick']:.3f}")
+                  f"{data['recommended_over_paper_pick']:.3f}", highlight=False)
     return 0
+
+
+def policy_str(policy: dict) -> str:
+    """A policy as a user writes it in a job config: ``gc-cyclic, stragglers s=2, close earliest``."""
+    params = ", ".join(f"{k}={v}" for k, v in policy["params"].items())
+    return f"{policy['scheme']}" + (f" ({params})" if params else "") + f", close rule {policy['rule']}"
+
+
+def capped_jobs_note(requested: int, max_delay: int, tune, evals: Sequence) -> str | None:
+    """Say so when a part of the profile is too short for ``--jobs``: a run of J jobs reads J + max_delay rows
+    and never reuses one, so each part runs rows - max_delay jobs at most (``oos.holdout_split``, ``whole``)."""
+    scored = min(e.jobs for e in evals)
+    if tune.jobs >= requested and scored >= requested:
+        return None
+    return (f"note: --jobs {requested} capped: ran {tune.jobs} jobs to tune ({tune.label}) and {scored} to score "
+            f"each held-out run. A run of J jobs reads J + --max-delay ({max_delay}) rows without reusing one, so "
+            f"{requested} jobs need {requested + max_delay} rows per part: give a longer profile, a smaller "
+            "--holdout or --max-delay, --eval with other profiles, or --holdout 0 (in sample; rows wrap around)")
+
+
+def wrapped_rows_note(requested: int, max_delay: int, rows: int) -> str | None:
+    """In sample (--holdout 0) the profile's rows are replayed cyclically; say so when a run goes past them."""
+    if requested + max_delay <= rows:
+        return None
+    return (f"note: --jobs {requested} with --holdout 0: up to {requested + max_delay} rounds on a profile of {rows} "
+            f"rows, so rows are reused (round r reads row r mod {rows})")

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from dcoord.configbase import MAX_WORKERS, ConfigModel, Seed
 from dcoord.walk.chains import MarkovWalker, NBRWalker, SRRWWalker, Walker, base_chain
 from dcoord.walk.graphs import Graph, build_graph
 from dcoord.walk.sa import DEFAULT_BETA_EXPONENT, DEFAULT_GAMMA_EXPONENT, SASRRW, GradFn, regime
@@ -46,25 +47,23 @@ _ACCEPTS: dict[str, tuple[str, ...]] = {  # seed is accepted everywhere so templ
 }
 
 
-class GraphConfig(BaseModel):
+class GraphConfig(ConfigModel):
     """The worker graph the tokens walk on. ``seed: null`` means 'use the job seed'."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: GraphKind = Field(default="watts-strogatz", description="graph family (edge-list: from path)")
     k: int | None = Field(
-        default=None, ge=2, description="watts-strogatz: neighbours in the ring lattice (even)"
+        default=None, ge=2, le=MAX_WORKERS, description="watts-strogatz: neighbours in the ring lattice (even)"
     )
     p: float | None = Field(
         default=None, ge=0.0, le=1.0, description="erdos-renyi edge / ws rewiring probability"
     )
-    d: int | None = Field(default=None, ge=1, description="random-regular: degree")
-    seed: int | None = Field(default=None, description="graph seed; null = the job seed")
+    d: int | None = Field(default=None, ge=1, le=MAX_WORKERS, description="random-regular: degree")
+    seed: Seed | None = Field(default=None, description="graph seed; null = the job seed")
     path: str | None = Field(default=None, description="edge-list: file with 'u v' per line, '#' comments")
     rows: int | None = Field(
-        default=None, ge=1, description="torus: rows (default: most square factorisation)"
+        default=None, ge=1, le=MAX_WORKERS, description="torus: rows (default: most square factorisation)"
     )
-    cols: int | None = Field(default=None, ge=1, description="torus: columns")
+    cols: int | None = Field(default=None, ge=1, le=MAX_WORKERS, description="torus: columns")
     relabel: bool = Field(default=False, description="edge-list: map the ids that occur onto 0..n-1")
 
     @field_validator("kind", mode="before")
@@ -98,17 +97,16 @@ class GraphConfig(BaseModel):
         return self
 
 
-class TokenConfig(BaseModel):
+class TokenConfig(ConfigModel):
     """Token schedule: which chain moves the token(s), over which graph, with which step sizes."""
-
-    model_config = ConfigDict(extra="forbid")
 
     chain: Literal["srw", "mhrw", "nbrw", "srrw"] = Field(
         default="srrw", description="the walk: simple, Metropolis-Hastings, non-backtracking or self-repellent"
     )
     base: Literal["srw", "mhrw"] = Field(default="mhrw", description="srrw's base chain (must be reversible)")
-    alpha: float = Field(default=5.0, ge=0.0, description="srrw repellence strength; 0 is the base chain")
-    tokens: int = Field(default=1, ge=1, description="tokens walking concurrently, each with its own model")
+    alpha: float = Field(default=5.0, ge=0.0, le=10_000.0,
+                         description="srrw repellence strength (0..10000); 0 is the base chain")
+    tokens: int = Field(default=1, ge=1, le=MAX_WORKERS, description="tokens walking concurrently, each with its own model")
     graph: GraphConfig = Field(default_factory=GraphConfig)
     gamma_exponent: float = Field(
         default=DEFAULT_GAMMA_EXPONENT, description="a in (0.5, 1]: gamma_n=(n+1)^-a for srrw's x"

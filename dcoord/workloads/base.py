@@ -82,6 +82,11 @@ def check_args(name: str, func: Callable, args: dict[str, Any]) -> None:
         raise WorkloadError(f"workload_args: {name} takes no argument {bad[0]!r} (it takes: {allowed})")
 
 
+def positive_int32(v: Any) -> bool:
+    """An integer a workload can size a model or a dataset with: 1..2^31-1 (not true/false, not null)."""
+    return isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 2**31
+
+
 #: a registered workload's value check of its ``workload_args`` (raises WorkloadError naming the field)
 ArgCheck = Callable[[dict[str, Any]], None]
 

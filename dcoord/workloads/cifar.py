@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from dcoord.workloads.base import Workload, WorkloadError
+from dcoord.workloads.base import Workload, WorkloadError, positive_int32
 
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILES = ["test_batch"]
@@ -158,5 +158,5 @@ def check_args(args: dict) -> None:
         check_cifar_dir(args["data"])
     for key in ("width", "samples", "test_samples", "eval_samples"):
         v = args.get(key)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise WorkloadError(f"workload_args.{key}: give a positive integer, got {v!r}")
+        if key in args and not positive_int32(v):  # null too: it would reach the workload function
+            raise WorkloadError(f"workload_args.{key}: give a positive integer below 2^31, got {v!r}")

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from dcoord.workloads.base import Workload, WorkloadError
+from dcoord.workloads.base import Workload, WorkloadError, positive_int32
 
 VOCAB = 256
 
@@ -107,8 +107,8 @@ def gpt_char(seed: int, chars: int = 2_000_000, block: int = 128, d_model: int =
 def check_args(args: dict) -> None:
     for key in ("chars", "block", "d_model", "layers", "heads", "eval_samples"):
         v = args.get(key)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise WorkloadError(f"workload_args.{key}: give a positive integer, got {v!r}")
+        if key in args and not positive_int32(v):  # null too: it would reach the workload function
+            raise WorkloadError(f"workload_args.{key}: give a positive integer below 2^31, got {v!r}")
     d, h = args.get("d_model", 384), args.get("heads", 6)
     if d % h:
         raise WorkloadError(f"workload_args.d_model: {d} must be a multiple of heads ({h})")
