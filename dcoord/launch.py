@@ -38,7 +38,7 @@ from pathlib import Path
 import yaml
 
 from dcoord.config import JobConfig, load_config
-from dcoord.errors import ConfigError, DcoordError, RunFailed
+from dcoord.errors import ConfigError, DcoordError, RunFailed, WorkloadError
 
 log = logging.getLogger("dcoord.launch")
 
@@ -132,73 +132,37 @@ def make_data_plane(cfg: JobConfig, env: LaunchEnv):
     return plane_for_launcher(env.launcher).build(cfg, env)
 
 
-class _Stopped(Exception):
-    pass
-
-
 async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, plane, progress: bool,
                             mode: str = "new") -> dict:
-    from dcoord.runtime.coordinator.progress import RoundProgress
-    from dcoord.runtime.coordinator.resume import make_coordinator
-    from dcoord.runtime.coordinator.service import start_server
-    from dcoord.runtime.transport.base import PayloadMatcher
-    from dcoord.workloads.base import WorkloadError
+    """Rank 0: host the job (runtime/coordinator/host.py) and publish its address to the other ranks."""
+    from dcoord.runtime.coordinator.host import HostHooks, HostSpec, host_job
 
-    carries = cfg.transport != "grpc"
-    loop = asyncio.get_running_loop()
-    try:
-        try:
-            coord = make_coordinator(cfg, out, mode)
-        except WorkloadError as exc:
-            raise ConfigError(str(exc)) from None
-        matcher = PayloadMatcher(coord.results, loop) if carries else None
-        listen, host = _hosts(env)
-        server, port = await start_server(coord, f"{listen}:0", matcher=matcher)
-    except BaseException as exc:
-        plane.publish(f"error:{exc}")
-        raise
-    if carries:
-        def fail(worker: int, msg: str) -> None:  # receiver thread: count it on the loop, if still running
-            try:
-                loop.call_soon_threadsafe(coord.reject, "data-plane", msg)
-            except RuntimeError:  # the event loop is closed: the run is over
-                pass
+    listen, host = _hosts(env)
+    spec = HostSpec(cfg, out, mode, listen=f"{listen}:0", progress=progress, launch_plane=plane,
+                    launch_ranks=range(1, env.world_size))
 
-        plane.start_receiving(range(1, env.world_size), 4 * max(coord.num_params, 1), matcher.on_payload, fail)
-        # models down the same plane (CPU gloo, MPI), as the tcp server does standalone: see models_down.py
-        coord.data_server = plane.model_sender(range(env.world_size - 1)) or coord.data_server
-    plane.publish(f"{host}:{port}")
-    log.info("coordinator of job %s on %s:%d, %s data plane, %d workers", coord.job_id, host, port,
-             cfg.transport, cfg.workers)
+    def started(coord, port: int) -> None:
+        plane.publish(f"{host}:{port}")
+        log.info("coordinator of job %s on %s:%d, %s data plane, %d workers", coord.job_id, host, port,
+                 cfg.transport, cfg.workers)
 
-    task = asyncio.current_task()
-    stopped: list[str] = []
+    def stopped(coord, signum: int) -> DcoordError:
+        from dcoord.runtime.coordinator.resume import stopped_error, unstarted
 
-    def on_signal(sig: signal.Signals) -> None:
-        stopped.append(sig.name)
-        task.cancel()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
-    bar = RoundProgress(coord, enabled=progress and cfg.runtime.progress)
-    try:
-        with bar:
-            return await coord.run(progress=bar.update)
-    except asyncio.CancelledError:
-        if not stopped:
-            raise
+        if unstarted(coord) and mode != "resume":  # nothing to continue: host.py removes the run directory
+            return RunFailed(str(stopped_error(coord, signum, out)))
         why = (f"{_launcher_gone[0]} is gone (killed?)" if _launcher_gone else
                f"{env.launcher} stops every rank when any rank exits (a worker died or was killed, or the "
                "job was interrupted)")
-        raise RunFailed(
-            f"stopped by {stopped[0]} after {max(coord.round, 0)} of {coord.total_rounds} rounds: "
-            f"{why}; metrics and checkpoints are in {out} (continue with --resume {out})"
-        ) from None
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        await asyncio.sleep(0.2)  # let the shutdown messages flush
-        await server.stop(grace=1.0)
+        return RunFailed(
+            f"stopped by {signal.Signals(signum).name} after {max(coord.round, 0)} of {coord.total_rounds} "
+            f"rounds: {why}; metrics and checkpoints are in {out} (continue with --resume {out})")
+
+    hooks = HostHooks(started=started, stopped=stopped, start_failed=lambda exc: plane.publish(f"error:{exc}"))
+    try:
+        return await host_job(spec, hooks)
+    except WorkloadError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _work(cfg: JobConfig, env: LaunchEnv, plane) -> dict:

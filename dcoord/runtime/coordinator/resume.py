@@ -152,8 +152,16 @@ def remove_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
         loop.remove_signal_handler(sig)
 
 
+def unstarted(coord: Coordinator) -> bool:
+    """No round closed and no checkpoint written: a stop now leaves nothing worth keeping (host.py)."""
+    return coord.round < 0 and coord.rundir.last_checkpoint_round is None
+
+
 def stopped_error(coord: Coordinator, signum: int, out: Path | None) -> Stopped:
     name = signal.Signals(signum).name
+    if unstarted(coord) and coord.rundir.mode != "resume":
+        return Stopped(f"stopped by {name} before the first round ({coord.alive_count()} of {coord.n} workers "
+                       f"had registered); nothing trained{f', {out} not kept' if out else ''}", signum)
     done = coord.rundir.last_checkpoint_round
     saved = (f"checkpoint after round {done + 1} in {out}/checkpoints" if done is not None and out
              else "no checkpoint written")
