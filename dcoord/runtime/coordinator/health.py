@@ -41,6 +41,11 @@ def health_port(args: argparse.Namespace) -> int | None:
     return args.health_port
 
 
+def port_problem(port: int, why: str) -> str:
+    """The one line for a health port that cannot be used, with the fix."""
+    return f"--health-port {port}: {why}; choose another port, or 0 / unset {ENV_PORT} for no health port"
+
+
 async def start_health_server(port: int | None, host: str = "0.0.0.0"):
     """Start the health-only server when ``port`` is set (see health_port); returns it (or None).
 
@@ -63,8 +68,7 @@ async def start_health_server(port: int | None, host: str = "0.0.0.0"):
         bound = 0
     if bound == 0:
         await server.stop(grace=None)
-        raise DcoordError(f"--health-port {port}: cannot listen on {host} (is port {port} in use?); choose "
-                          f"another port, or 0 / unset {ENV_PORT} for no health port")
+        raise DcoordError(port_problem(port, f"cannot listen on {host} (is port {port} in use?)"))
     await server.start()
     for name in SERVICES:
         await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

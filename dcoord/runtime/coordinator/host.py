@@ -83,6 +83,7 @@ async def host_job(spec: HostSpec, hooks: HostHooks | None = None) -> dict:
     discard = False  # a run that did not start, or was stopped before its first round, leaves nothing
     try:
         try:
+            check_ports_free(spec)  # before the run directory is made: a taken port leaves nothing behind
             coord = resume.make_coordinator(spec.cfg, spec.out, spec.mode)
             probe = await start_health_server(spec.health_port, _host_of(spec.listen))
             matcher = data_plane_matcher(coord, spec)
@@ -160,22 +161,46 @@ async def _listen(coord: Coordinator, spec: HostSpec, matcher) -> tuple[Any, int
         raise ListenError(listen_problem(spec.listen, spec.listen_flag)) from None
 
 
-def listen_problem(listen: str, flag: str) -> str:
-    """Why ``listen`` cannot be used, naming ``flag`` and the fix (bind a plain socket to find out)."""
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
+def check_ports_free(spec: HostSpec) -> None:
+    """Refuse a fixed port that is taken before anything is made (gRPC would log its own error first)."""
+    host, _, port = spec.listen.rpartition(":")
+    if port.isdigit() and int(port):
+        why = bind_problem(host.strip("[]") or "0.0.0.0", int(port))
+        if why:
+            raise ListenError(f"{spec.listen_flag} {spec.listen}: {why}; choose another port "
+                              f"({spec.listen_flag} HOST:PORT) or stop what holds it")
+    if spec.health_port:
+        from dcoord.runtime.coordinator.health import port_problem
+
+        why = bind_problem(_host_of(spec.listen), spec.health_port)
+        if why:
+            raise ListenError(port_problem(spec.health_port, why))
+
+
+def bind_problem(host: str, port: int) -> str | None:
+    """Why a server could not listen on ``host:port`` now (a plain socket, as gRPC binds it), or None."""
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        return None  # not resolvable here: the server's own bind reports it
+    family, _, _, _, addr = infos[0]
+    try:
         with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.bind((host, int(port)))
-        why = "cannot listen there"
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no conflict
+            s.bind(addr)
     except OSError as exc:
-        why = {errno.EADDRINUSE: f"port {port} is already in use (another coordinator, or another program)",
-               errno.EADDRNOTAVAIL: f"{host} is not an address of this machine",
-               errno.EACCES: f"port {port} needs privileges"}.get(exc.errno, exc.strerror or str(exc))
-    except ValueError:
-        why = "not HOST:PORT"
-    return f"{flag} {listen}: {why}; choose another port ({flag} HOST:PORT) or stop what holds it"
+        return {errno.EADDRINUSE: f"port {port} is already in use (another coordinator, or another program)",
+                errno.EADDRNOTAVAIL: f"{host} is not an address of this machine",
+                errno.EACCES: f"port {port} needs privileges"}.get(exc.errno, exc.strerror or str(exc))
+    return None
+
+
+def listen_problem(listen: str, flag: str) -> str:
+    """Why ``listen`` cannot be used, naming ``flag`` and the fix."""
+    host, _, port = listen.rpartition(":")
+    why = bind_problem(host.strip("[]") or "0.0.0.0", int(port)) if port.isdigit() else "not HOST:PORT"
+    return f"{flag} {listen}: {why or 'cannot listen there'}; choose another port ({flag} HOST:PORT) or stop " \
+           "what holds it"
 
 
 # -- the data plane step (which plane carries payloads is decided here, once) --------------------------------
