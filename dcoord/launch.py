@@ -105,15 +105,23 @@ def resolve_config(cfg: JobConfig, env: LaunchEnv) -> tuple[JobConfig, list[str]
         notes.append(f"workers: the config says {cfg.workers}, {env.launcher} started {env.world_size} "
                      f"processes: rank 0 coordinates and {n} workers compute (workers={n})")
     where = f"under {env.launcher} with {env.world_size} processes ({n} workers): "
-    return _revalidate(cfg, [f"workers={n}", f"transport={transport}"], where), notes
+    fix = "" if cfg.workers == n else (f"; the job asks for {cfg.workers} workers: start {cfg.workers + 1} "
+                                       f"processes ({launcher_size_flag(env.launcher, cfg.workers + 1)})")
+    return _revalidate(cfg, [f"workers={n}", f"transport={transport}"], where, fix), notes
 
 
-def _revalidate(cfg: JobConfig, overrides: list[str], where: str) -> JobConfig:
+def launcher_size_flag(launcher: str, processes: int) -> str:
+    """How the user asks ``launcher`` for ``processes`` processes (in a fix we suggest)."""
+    return {"torchrun": f"torchrun --nproc-per-node {processes}", "mpirun": f"mpirun -n {processes}"}.get(
+        launcher, f"{processes} processes")
+
+
+def _revalidate(cfg: JobConfig, overrides: list[str], where: str, fix: str = "") -> JobConfig:
     data = yaml.safe_load(cfg.to_yaml())
     try:
         return load_config(None, overrides, data=data)
     except ConfigError as exc:
-        raise ConfigError(f"{where}{exc}".replace("config: ", "", 1)) from None
+        raise ConfigError(f"{where}{exc}".replace("config: ", "", 1) + fix) from None
 
 
 def _hosts(env: LaunchEnv) -> tuple[str, str]:
@@ -125,11 +133,22 @@ def _hosts(env: LaunchEnv) -> tuple[str, str]:
     return "0.0.0.0", host
 
 
+#: what a launcher's data plane needs installed, and how to install it
+LAUNCHER_NEEDS = {"mpirun": ("mpi4py", "pip install 'dcoord[mpi]'")}
+
+
 def make_data_plane(cfg: JobConfig, env: LaunchEnv):
-    """The data plane for this launch (also used for the start-up address exchange under ``grpc``)."""
+    """The data plane for this launch (also used for the start-up address exchange under ``grpc``).
+
+    A launcher whose module is missing (mpirun without mpi4py) is one ConfigError: every rank hits it,
+    rank 0 says it once."""
     from dcoord.runtime.transport.registry import plane_for_launcher
 
-    return plane_for_launcher(env.launcher).build(cfg, env)
+    try:
+        return plane_for_launcher(env.launcher).build(cfg, env)
+    except ImportError as exc:
+        module, how = LAUNCHER_NEEDS.get(env.launcher, (exc.name or str(exc), "install it"))
+        raise ConfigError(f"{env.launcher} needs {module}: {how}") from None
 
 
 async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, plane, progress: bool,
@@ -269,6 +288,21 @@ def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = Tr
         raise
 
 
+def report(line: str) -> None:
+    """One line on stderr, and the same line where torchrun's agent looks for this rank's error (its
+    ``TORCHELASTIC_ERROR_FILE``), so its failure summary shows dcoord's message, not a hint to enable tracebacks."""
+    print(line, file=sys.stderr, flush=True)
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        import json
+
+        try:
+            with open(path, "w") as f:
+                json.dump({"message": line, "timestamp": int(time.time())}, f)
+        except OSError:  # the agent's directory is gone: stderr said it
+            pass
+
+
 def _hard_exit(code: int) -> None:
     """After outputs are written: leave without joining threads blocked on a dead peer."""
     logging.shutdown()
@@ -319,11 +353,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = launch(cfg, env, out, progress=not args.quiet, mode=mode)
     except ConfigError as exc:
-        if lead:
-            print(f"dcoord.launch: config error: {exc}", file=sys.stderr)
+        if not lead:
+            return 0
+        # every rank read the same job and failed the same way; rank 0 alone reports it, and the other
+        # ranks end quietly with 0, so the launcher does not stop rank 0 before it has said why
+        report(f"dcoord.launch: config error: {exc}")
         return exc.exit_code
     except DcoordError as exc:
-        print(f"dcoord.launch: {'' if lead else f'rank {env.rank}: '}error: {exc}", file=sys.stderr, flush=True)
+        report(f"dcoord.launch: {'' if lead else f'rank {env.rank}: '}error: {exc}")
         if lead and isinstance(exc, RunFailed):
             _hard_exit(exc.exit_code)  # receivers may be blocked on a dead worker; outputs are written
         return exc.exit_code
@@ -345,4 +382,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # an unexpected exception still reaches torchrun's failure summary (its error file), with its traceback
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    sys.exit(record(main)())

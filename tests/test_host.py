@@ -4,6 +4,7 @@ the Python API's wording. Real subprocesses, real sockets, real signals."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -84,4 +85,59 @@ def test_ctrl_c_during_worker_start_up_stops_and_says_so(tmp_path):
     final = next(i for i, line in enumerate(lines) if "stopped by SIGINT before the first round" in line)
     assert stopping < final == len(lines) - 1, err
     assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def _launch_env(*front: Path) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", OMPI_ALLOW_RUN_AS_ROOT="1",
+               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1",
+               PYTHONPATH=os.pathsep.join([*map(str, front), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        env.pop(k, None)
+    return env
+
+
+def _no_dcoord_traceback(output: str) -> None:
+    frames = [line for line in output.splitlines() if line.strip().startswith("File ") and "dcoord" in line]
+    assert not frames, output[-4000:]
+
+
+@pytest.mark.timeout(240)
+def test_torchrun_with_too_few_processes_says_how_many_once_and_in_the_agents_summary(tmp_path):
+    """The quickstart asks for 6 workers and injects worker 4; with 4 processes (3 workers) rank 0 alone
+    says so and names the fix, and torchrun's failure summary carries that line instead of a hint."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
+           "--max-restarts", "0", "-m", "dcoord.launch", str(ROOT / "examples" / "quickstart.yaml"),
+           "--out", str(tmp_path / "run"), "--quiet"]
+    p = subprocess.run(cmd, cwd=tmp_path, env=_launch_env(), capture_output=True, text=True, timeout=220)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0
+    line = "dcoord.launch: config error: under torchrun with 4 processes (3 workers): inject.workers [4]"
+    assert out.count(line) == 2, out[-4000:]  # rank 0's stderr, and torchrun's summary
+    assert "the job asks for 6 workers: start 7 processes (torchrun --nproc-per-node 7)" in out
+    summary = out.split("Root Cause (first observed failure):", 1)[1]
+    assert "rank      : 0 " in summary and f"traceback : {line}" in summary, summary
+    # the other ranks end quietly (exit 0, or torchrun's SIGTERM when rank 0 was first): no error of theirs
+    assert "exitcode  : 2" not in out.split("Root Cause", 1)[0]
+    _no_dcoord_traceback(out)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")
+def test_mpirun_without_mpi4py_is_one_line_once(tmp_path):
+    """Where mpi4py cannot be imported (a stub that raises, first on the path), every rank fails the same
+    way and rank 0 alone says what to install."""
+    stub = tmp_path / "stub" / "mpi4py"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'mpi4py'\", name='mpi4py')\n")
+    (tmp_path / "job.yaml").write_text(TINY)
+    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "3", sys.executable, "-m", "dcoord.launch",
+           "job.yaml", "--out", "run", "--quiet"]
+    p = subprocess.run(cmd, cwd=tmp_path, env=_launch_env(tmp_path / "stub"), capture_output=True, text=True,
+                       timeout=100)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0
+    assert out.count("mpirun needs mpi4py: pip install 'dcoord[mpi]'") == 1, out
+    assert "Traceback" not in out and "ModuleNotFoundError" not in out, out
     assert not (tmp_path / "run").exists()
