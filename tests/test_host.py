@@ -141,3 +141,29 @@ def test_mpirun_without_mpi4py_is_one_line_once(tmp_path):
     assert out.count("mpirun needs mpi4py: pip install 'dcoord[mpi]'") == 1, out
     assert "Traceback" not in out and "ModuleNotFoundError" not in out, out
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_resume_with_more_rounds_extends_a_run_to_what_a_longer_run_gives(tmp_path):
+    """A finished run of R rounds, resumed with rounds 2R, ends as a 2R-round run from scratch would; fewer
+    rounds than it has is one line."""
+    import json
+
+    import torch
+    from reference import max_rel_diff
+    from run_metrics import round_numbers
+
+    (tmp_path / "job.yaml").write_text(TINY.replace("rounds: 2", "rounds: 4")
+                                       + "runtime: {checkpoint_every: 2, progress: false}\n")
+    first = dcoord("run", "job.yaml", "--out", "run", "--quiet", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    low = dcoord("run", "job.yaml", "--resume", "run", "--set", "rounds=2", "--quiet", cwd=tmp_path)
+    one_line(low, "rounds 2 is below the 4 rounds that run finished; give rounds > 4")
+    more = dcoord("run", "job.yaml", "--resume", "run", "--set", "rounds=8", "--quiet", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    ref = dcoord("run", "job.yaml", "--out", "ref", "--set", "rounds=8", "--quiet", cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr
+    run, scratch = tmp_path / "run", tmp_path / "ref"
+    assert round_numbers(run) == round_numbers(scratch) == list(range(8))
+    assert json.loads((run / "summary.json").read_text())["rounds_completed"] == 8
+    assert max_rel_diff(torch.load(run / "model.pt"), torch.load(scratch / "model.pt")) == 0.0

@@ -66,7 +66,7 @@ class RunDir:
     the checkpoint) or ``overwrite`` (removes the old run's files first, and only those).
     """
 
-    def __init__(self, path: Path | str | None, mode: str = "new", keep: int = 3) -> None:
+    def __init__(self, path: Path | str | None, mode: str = "new", keep: int = 3, finished_ok: bool = False) -> None:
         self.path = Path(path) if path is not None else None
         self.mode = mode
         self.keep = keep
@@ -99,7 +99,7 @@ class RunDir:
             if mode == "new" and is_run(p):
                 raise RunDirError(f"--out {p}: already holds a run; pass --resume {p} to continue it, "
                                   "--overwrite to replace it, or choose another --out")
-            if mode == "resume" and (p / "summary.json").is_file():
+            if mode == "resume" and (p / "summary.json").is_file() and not finished_ok:  # ok: run extended
                 raise RunDirError(f"--resume {p}: that run already finished (summary.json); nothing to resume")
             if mode == "resume" and not ckpt.list_checkpoints(p / "checkpoints"):
                 raise RunDirError(f"--resume {p}: no checkpoint there (checkpoints/ckpt-*.pt); nothing to resume")
@@ -199,6 +199,12 @@ class RunDir:
             atomic_write_bytes(self.path / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         finally:
             self.close()
+
+    def discard_final(self) -> None:
+        """A finished run that is being extended: its summary and final model are written again at its end."""
+        if self.path is not None:
+            for f in ("summary.json", "model.pt"):
+                (self.path / f).unlink(missing_ok=True)
 
     def close(self) -> None:
         """Close metrics.jsonl and release the directory's lock; safe to call more than once."""
