@@ -167,6 +167,7 @@ async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, pl
 
     def stopped(coord, signum: int) -> DcoordError:
         from dcoord.runtime.coordinator.resume import stopped_error, unstarted
+        from dcoord.runtime.store.rundir import option
 
         if unstarted(coord) and mode != "resume":  # nothing to continue: host.py removes the run directory
             return RunFailed(str(stopped_error(coord, signum, out)))
@@ -175,7 +176,7 @@ async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, pl
                "job was interrupted)")
         return RunFailed(
             f"stopped by {signal.Signals(signum).name} after {max(coord.round, 0)} of {coord.total_rounds} "
-            f"rounds: {why}; metrics and checkpoints are in {out} (continue with --resume {out})")
+            f"rounds: {why}; metrics and checkpoints are in {out} (continue with {option('resume', out)})")
 
     hooks = HostHooks(started=started, stopped=stopped, start_failed=lambda exc: plane.publish(f"error:{exc}"))
     try:

@@ -167,3 +167,47 @@ def test_resume_with_more_rounds_extends_a_run_to_what_a_longer_run_gives(tmp_pa
     assert round_numbers(run) == round_numbers(scratch) == list(range(8))
     assert json.loads((run / "summary.json").read_text())["rounds_completed"] == 8
     assert max_rel_diff(torch.load(run / "model.pt"), torch.load(scratch / "model.pt")) == 0.0
+
+
+JOB = {"name": "api", "workload": "logreg-digits", "workers": 2, "rounds": 2, "coding": {"scheme": "uncoded"}}
+
+
+@pytest.fixture
+def no_launcher(monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+
+
+def test_python_api_errors_name_its_own_arguments(tmp_path, no_launcher):
+    import dcoord
+    from dcoord.errors import DcoordError
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "config.yaml").write_text("name: other\n")  # an earlier run's
+    with pytest.raises(DcoordError) as exc:
+        dcoord.train(JOB, out=taken)
+    msg = str(exc.value)
+    assert f"out={str(taken)!r}: already holds a run; pass resume={str(taken)!r}" in msg and "overwrite=True" in msg
+    assert "--" not in msg, msg
+    with pytest.raises(DcoordError) as exc:
+        dcoord.train(JOB, resume=tmp_path / "nothing")
+    assert str(exc.value).startswith(f"resume={str(tmp_path / 'nothing')!r}: no checkpoint there"), exc.value
+    with pytest.raises(DcoordError) as exc:  # the command line's own wording is unchanged
+        from dcoord.runtime.store.rundir import RunDir
+
+        RunDir(taken)
+    assert str(exc.value).startswith(f"--out {taken}: already holds a run; pass --resume {taken}")
+
+
+def test_python_api_says_when_a_workload_object_needs_a_launcher(tmp_path, no_launcher):
+    import dcoord
+    from dcoord.errors import ConfigError
+    from dcoord.workloads.registry import load
+
+    with pytest.raises(ConfigError) as exc:
+        dcoord.train(JOB, workload=load("logreg-digits"), out=tmp_path / "run")
+    msg = str(exc.value)
+    assert "\n" not in msg and "needs a launcher" in msg, msg
+    assert "torchrun --nproc-per-node 3" in msg and "workload='package.module:function'" in msg
+    assert not (tmp_path / "run").exists()

@@ -23,7 +23,7 @@ import yaml
 
 from dcoord.errors import DcoordError
 from dcoord.runtime.store import checkpoint as ckpt
-from dcoord.runtime.store.rundir import RunDir, RunDirError
+from dcoord.runtime.store.rundir import NAMING, RunDir, RunDirError, option
 
 if TYPE_CHECKING:
     from dcoord.config import JobConfig
@@ -94,7 +94,7 @@ def rounds_change(saved_yaml: str, cfg: JobConfig, out: Path) -> str | None:
              f"coding.scheme {cfg.coding.scheme}: a sequential code's last rounds only drain"
              if cfg.make_scheme().delay else None)
     if fixed:
-        return f"--resume {out}: rounds cannot change ({old} -> {cfg.rounds}) for this run ({fixed})"
+        return f"{option('resume', out)}: rounds cannot change ({old} -> {cfg.rounds}) for this run ({fixed})"
     return None
 
 
@@ -107,14 +107,14 @@ def open_rundir(cfg: JobConfig, out: Path | None, mode: str = "new") -> RunDir:
         old = saved_rounds((Path(out) / "config.yaml").read_text())
         extend = old is not None and cfg.rounds > old
         if old is not None and cfg.rounds < old and (Path(out) / "summary.json").is_file():
-            raise RunDirError(f"--resume {out}: rounds {cfg.rounds} is below the {old} rounds that run finished; "
+            raise RunDirError(f"{option('resume', out)}: rounds {cfg.rounds} is below the {old} rounds that run finished; "
                               f"give rounds > {old} to extend it")
     rd = RunDir(out, mode, keep=cfg.runtime.keep_checkpoints, finished_ok=extend)
     if mode == "resume" and out is not None:
         saved = rd.read_config()
         if saved is not None:
             diff = config_difference(saved, cfg)
-            why = (f"--resume {out}: the job config differs from the run's at {diff}; resume with the run's "
+            why = (f"{option('resume', out)}: the job config differs from the run's at {diff}; resume with the run's "
                    "config (its config.yaml) or start a new run") if diff else rounds_change(saved, cfg, out)
             if why:
                 rd.close()  # releases the directory's lock
@@ -135,12 +135,12 @@ def make_coordinator(cfg: JobConfig, out: Path | None, mode: str = "new") -> Coo
             state, path = ckpt.load_latest(Path(out) / "checkpoints")
             diff = config_difference(state["config"], cfg)
             if diff:
-                raise RunDirError(f"--resume {out}: the job config differs from the checkpoint's at {diff}")
+                raise RunDirError(f"{option('resume', out)}: the job config differs from the checkpoint's at {diff}")
             why = rounds_change(state["config"], cfg, out)
             if why:
                 raise RunDirError(why)
             if int(state["round"]) + 1 > coord.total_rounds:
-                raise RunDirError(f"--resume {out}: rounds {cfg.rounds} is below the checkpoint's round "
+                raise RunDirError(f"{option('resume', out)}: rounds {cfg.rounds} is below the checkpoint's round "
                                   f"{int(state['round']) + 1}; give rounds >= {int(state['round']) + 1}")
             coord.load_checkpoint_state(state)
             rd.open_metrics(int(state["metrics_offset"]))
@@ -162,7 +162,10 @@ def default_out(name: str) -> Path:
 
 
 def resume_hint(out: Path) -> str:
-    """The command that continues this run: the same command line with ``--resume OUT``."""
+    """The command that continues this run: the same command line with ``--resume OUT`` (from the Python
+    API: the same call with ``resume=OUT``)."""
+    if NAMING.get() == "api":
+        return f"dcoord.train(..., {option('resume', out)})"
     argv, skip = [], False
     for a in sys.argv[1:]:
         if skip:
