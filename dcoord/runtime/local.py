@@ -70,45 +70,56 @@ async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = Tru
     which the local workers read from a 0600 file in a private temporary directory named by
     $DCOORD_TOKEN_FILE (never argv, never the run directory). They may run the job's own workload."""
     token = token or random_token()
-    secret_dir = tempfile.TemporaryDirectory(prefix="dcoord-")
-    extra_env = {**worker_secret_env(cfg), TOKEN_FILE_ENV: str(write_token_file(Path(secret_dir.name), token)),
-                 ALLOW_ENV: cfg.workload}
-    procs: list[subprocess.Popen] = []
-    supervisor: WorkerSupervisor | None = None
-    threads = torch.get_num_threads()
-    respawn = cfg.runtime.restart_workers if respawn is None else respawn
-
-    def started(coord: Coordinator, port: int) -> None:
-        nonlocal supervisor, threads
-        address = f"127.0.0.1:{port}"
-        logs = (out / "workers") if out else None
-        if logs:
-            logs.mkdir(parents=True, exist_ok=True)
-
-        def start(i: int) -> subprocess.Popen:
-            return spawn_worker(address, i, logs / f"worker-{i}.log" if logs else None, extra_env)
-
-        procs.extend(start(i) for i in range(cfg.workers if spawn is None else spawn))
-        threads = share_cores(len(procs))
-        if on_started is not None:
-            on_started(coord, procs, address)
-        if respawn:
-            supervisor = WorkerSupervisor(coord, procs, start)
-            supervisor.start()
-
+    workers = LocalWorkers(cfg, out, token, cfg.workers if spawn is None else spawn,
+                           cfg.runtime.restart_workers if respawn is None else respawn, on_started)
     spec = HostSpec(cfg, out, mode, security=ServerSecurity(token=token), progress=progress)
     interrupted = False
     try:
-        return await host_job(spec, HostHooks(started=started, on_round=on_round))
+        return await host_job(spec, HostHooks(started=workers.start, on_round=on_round))
     except Stopped:
         interrupted = True
         raise
     finally:
-        if supervisor is not None:
-            supervisor.stop()
-        torch.set_num_threads(threads)
-        stop_workers(procs, interrupted)
-        secret_dir.cleanup()
+        workers.close(interrupted)
+
+
+class LocalWorkers:
+    """``dcoord run``'s worker processes: started once the coordinator listens, restarted with the same id
+    when one dies mid-run (``respawn``, as a pod restart would), and ended with the job."""
+
+    def __init__(self, cfg: JobConfig, out: Path | None, token: str, count: int, respawn: bool,
+                 on_started=None) -> None:
+        self.cfg, self.out, self.count, self.respawn, self.on_started = cfg, out, count, respawn, on_started
+        self.secret_dir = tempfile.TemporaryDirectory(prefix="dcoord-")
+        self.env = {**worker_secret_env(cfg), ALLOW_ENV: cfg.workload,
+                    TOKEN_FILE_ENV: str(write_token_file(Path(self.secret_dir.name), token))}
+        self.procs: list[subprocess.Popen] = []
+        self.supervisor: WorkerSupervisor | None = None
+        self.threads = torch.get_num_threads()
+
+    def start(self, coord: Coordinator, port: int) -> None:
+        address = f"127.0.0.1:{port}"
+        logs = (self.out / "workers") if self.out else None
+        if logs:
+            logs.mkdir(parents=True, exist_ok=True)
+
+        def one(i: int) -> subprocess.Popen:
+            return spawn_worker(address, i, logs / f"worker-{i}.log" if logs else None, self.env)
+
+        self.procs.extend(one(i) for i in range(self.count))
+        self.threads = share_cores(len(self.procs))
+        if self.on_started is not None:
+            self.on_started(coord, self.procs, address)
+        if self.respawn:
+            self.supervisor = WorkerSupervisor(coord, self.procs, one)
+            self.supervisor.start()
+
+    def close(self, interrupted: bool) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        torch.set_num_threads(self.threads)
+        stop_workers(self.procs, interrupted)
+        self.secret_dir.cleanup()
 
 
 def stop_workers(procs: list[subprocess.Popen], interrupted: bool, grace_s: float = 5.0) -> None:
