@@ -178,7 +178,8 @@ async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, pl
             f"stopped by {signal.Signals(signum).name} after {max(coord.round, 0)} of {coord.total_rounds} "
             f"rounds: {why}; metrics and checkpoints are in {out} (continue with {option('resume', out)})")
 
-    hooks = HostHooks(started=started, stopped=stopped, start_failed=lambda exc: plane.publish(f"error:{exc}"))
+    hooks = HostHooks(started=started, stopped=stopped,
+                      start_failed=lambda exc: plane.publish(f"error:{exc or 'stopped'}"))  # workers wait on it
     try:
         return await host_job(spec, hooks)
     except WorkloadError as exc:
