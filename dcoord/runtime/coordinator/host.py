@@ -89,17 +89,18 @@ async def host_job(spec: HostSpec, hooks: HostHooks | None = None) -> dict:
             matcher = data_plane_matcher(coord, spec)
             server, port = await _listen(coord, spec, matcher)
             start_data_plane(coord, spec, matcher)
+            if spec.metrics is not None:
+                spec.metrics(coord)
+            if hooks.started is not None:
+                hooks.started(coord, port)
         except BaseException as exc:
             discard = coord is not None  # without it the directory may be another process's run
             if coord is not None:
+                coord.close_data_plane()
                 coord.rundir.close()
             if hooks.start_failed is not None:
                 hooks.start_failed(exc)
             raise
-        if spec.metrics is not None:
-            spec.metrics(coord)
-        if hooks.started is not None:
-            hooks.started(coord, port)
         bar = RoundProgress(coord, enabled=spec.progress and spec.cfg.runtime.progress)
 
         def each_round(record: dict, c: Coordinator) -> None:
