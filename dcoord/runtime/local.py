@@ -96,8 +96,10 @@ class LocalWorkers:
         self.procs: list[subprocess.Popen] = []
         self.supervisor: WorkerSupervisor | None = None
         self.threads = torch.get_num_threads()
+        self.coord: Coordinator | None = None
 
     def start(self, coord: Coordinator, port: int) -> None:
+        self.coord = coord
         address = f"127.0.0.1:{port}"
         logs = (self.out / "workers") if self.out else None
         if logs:
@@ -118,17 +120,19 @@ class LocalWorkers:
         if self.supervisor is not None:
             self.supervisor.stop()
         torch.set_num_threads(self.threads)
-        stop_workers(self.procs, interrupted)
+        # stopped while workers were still starting: nobody told those to stop (they never registered)
+        starting = interrupted and self.coord is not None and self.coord.state == "waiting-for-workers"
+        stop_workers(self.procs, starting)
         self.secret_dir.cleanup()
 
 
-def stop_workers(procs: list[subprocess.Popen], interrupted: bool, grace_s: float = 5.0) -> None:
+def stop_workers(procs: list[subprocess.Popen], starting: bool, grace_s: float = 5.0) -> None:
     """Wait for the local worker processes to exit (they were told to stop), all within one ``grace_s``,
-    then kill what is left. After a signal the user is told what is being waited for, and workers still
-    starting (they have not registered, so nobody told them) are ended at once: they do not wait for a
-    coordinator that is gone."""
+    then kill what is left. ``starting``: the job was stopped before every worker registered; those were
+    told nothing, so the user is told what is waited for and they are ended at once instead of each
+    waiting out its connect timeout for a coordinator that is gone."""
     running = [p for p in procs if p.poll() is None]
-    if interrupted and running:
+    if starting and running:
         print(f"stopping: waiting for {len(running)} worker{'s' if len(running) > 1 else ''} to exit",
               file=sys.stderr, flush=True)
         for p in running:
