@@ -118,8 +118,9 @@ class RunDir:
                                   f"continue it, {option('overwrite')} to replace it, or choose another "
                                   f"{_out_word()}")
             if mode == "resume" and (p / "summary.json").is_file() and not finished_ok:  # ok: run extended
-                raise RunDirError(f"{option('resume', p)}: that run already finished (summary.json); nothing to "
-                                  "resume")
+                more = "overrides=['rounds=N']" if NAMING.get() == "api" else "--set rounds=N"
+                raise RunDirError(f"{option('resume', p)}: that run already finished (summary.json); to extend it, "
+                                  f"give more rounds than it ran ({more})")
             if mode == "resume" and not ckpt.list_checkpoints(p / "checkpoints"):
                 raise RunDirError(f"{option('resume', p)}: no checkpoint there (checkpoints/ckpt-*.pt); nothing "
                                   "to resume")
