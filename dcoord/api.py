@@ -65,12 +65,23 @@ def train(job_config: str | Path | dict | JobConfig, workload: Workload | str | 
     """Train one job like ``dcoord run`` / ``python -m dcoord.launch`` and return its summary dict.
 
     ``job_config``: a YAML path, a dict of the same keys, or a JobConfig. ``workload``: optional
-    Workload object or ``"package.module:function"`` (overrides the config's). ``out``: run directory
+    Workload object or ``"package.module:function"`` (overrides the config's); an *object* needs
+    torchrun/mpirun (every rank builds it), without a launcher give the string. ``out``: run directory
     (default ``runs/NAME``); rank 0 writes summary.json, metrics.jsonl and model.pt there.
-    ``overrides``: ``key=value`` strings, as ``--set``. ``resume``: a run directory to continue (as
-    ``--resume``); ``overwrite``: replace the run already in ``out``. Errors raise dcoord.errors.DcoordError subclasses
-    (ConfigError for a bad config), with a one-line message.
+    ``overrides``: ``key=value`` strings, as ``--set``. ``resume``: a run directory to continue;
+    ``overwrite``: replace the run already in ``out``. Errors raise dcoord.errors.DcoordError subclasses
+    (ConfigError for a bad config), with a one-line message that names these arguments.
     """
+    from dcoord.runtime.store.rundir import NAMING
+
+    token = NAMING.set("api")  # errors name this function's arguments (resume=...), not the CLI's flags
+    try:
+        return _train(job_config, workload, out, overrides, progress, resume, overwrite)
+    finally:
+        NAMING.reset(token)
+
+
+def _train(job_config, workload, out, overrides, progress, resume, overwrite) -> dict[str, Any]:
     from dcoord.errors import ConfigError
     from dcoord.launch import detect_launcher, launch, resolve_config
 
@@ -85,9 +96,10 @@ def train(job_config: str | Path | dict | JobConfig, workload: Workload | str | 
     mode = "resume" if resume is not None else "overwrite" if overwrite else "new"
     if env.launcher == "none":
         if cfg.workload.startswith(OBJECT_PREFIX):
-            raise ConfigError("workload: a Workload object can only be shared by the ranks of a torchrun/"
-                              "mpirun job (each builds it); without a launcher the worker processes need "
-                              "'package.module:function'")
+            raise ConfigError(f"dcoord.train(workload=<Workload object>) needs a launcher: run this script "
+                              f"under torchrun (torchrun --nproc-per-node {cfg.workers + 1} SCRIPT) or mpirun, "
+                              "where every rank builds the object; without one, dcoord's worker processes need "
+                              "workload='package.module:function'")
         from dcoord.runtime.local import run_local
 
         return run_local(cfg, run_dir, progress=progress, mode=mode)

@@ -9,7 +9,7 @@ The control plane stays gRPC: rank 0 starts the coordinator's server on a free p
 never through a collective, so the round path never waits on a straggler. Without a launcher this is
 ``dcoord run`` (a coordinator and local worker processes over loopback gRPC).
 
-Choices (documented in the README, section "torchrun and mpirun"):
+Choices (documented in docs/launchers.md):
 - transport: ``torch`` under torchrun and ``mpi`` under mpirun unless the config says ``grpc`` explicitly
   (then payloads stay in the gRPC messages and the launcher only places the processes); naming the other
   launcher's transport is a config error.
@@ -38,7 +38,7 @@ from pathlib import Path
 import yaml
 
 from dcoord.config import JobConfig, load_config
-from dcoord.errors import ConfigError, DcoordError, RunFailed
+from dcoord.errors import ConfigError, DcoordError, RunFailed, WorkloadError
 
 log = logging.getLogger("dcoord.launch")
 
@@ -105,15 +105,23 @@ def resolve_config(cfg: JobConfig, env: LaunchEnv) -> tuple[JobConfig, list[str]
         notes.append(f"workers: the config says {cfg.workers}, {env.launcher} started {env.world_size} "
                      f"processes: rank 0 coordinates and {n} workers compute (workers={n})")
     where = f"under {env.launcher} with {env.world_size} processes ({n} workers): "
-    return _revalidate(cfg, [f"workers={n}", f"transport={transport}"], where), notes
+    fix = "" if cfg.workers == n else (f"; the job asks for {cfg.workers} workers: start {cfg.workers + 1} "
+                                       f"processes ({launcher_size_flag(env.launcher, cfg.workers + 1)})")
+    return _revalidate(cfg, [f"workers={n}", f"transport={transport}"], where, fix), notes
 
 
-def _revalidate(cfg: JobConfig, overrides: list[str], where: str) -> JobConfig:
+def launcher_size_flag(launcher: str, processes: int) -> str:
+    """How the user asks ``launcher`` for ``processes`` processes (in a fix we suggest)."""
+    return {"torchrun": f"torchrun --nproc-per-node {processes}", "mpirun": f"mpirun -n {processes}"}.get(
+        launcher, f"{processes} processes")
+
+
+def _revalidate(cfg: JobConfig, overrides: list[str], where: str, fix: str = "") -> JobConfig:
     data = yaml.safe_load(cfg.to_yaml())
     try:
         return load_config(None, overrides, data=data)
     except ConfigError as exc:
-        raise ConfigError(f"{where}{exc}".replace("config: ", "", 1)) from None
+        raise ConfigError(f"{where}{exc}".replace("config: ", "", 1) + fix) from None
 
 
 def _hosts(env: LaunchEnv) -> tuple[str, str]:
@@ -125,80 +133,57 @@ def _hosts(env: LaunchEnv) -> tuple[str, str]:
     return "0.0.0.0", host
 
 
+#: what a launcher's data plane needs installed, and how to install it
+LAUNCHER_NEEDS = {"mpirun": ("mpi4py", "pip install 'dcoord[mpi]'")}
+
+
 def make_data_plane(cfg: JobConfig, env: LaunchEnv):
-    """The data plane for this launch (also used for the start-up address exchange under ``grpc``)."""
+    """The data plane for this launch (also used for the start-up address exchange under ``grpc``).
+
+    A launcher whose module is missing (mpirun without mpi4py) is one ConfigError: every rank hits it,
+    rank 0 says it once."""
     from dcoord.runtime.transport.registry import plane_for_launcher
 
-    return plane_for_launcher(env.launcher).build(cfg, env)
-
-
-class _Stopped(Exception):
-    pass
+    try:
+        return plane_for_launcher(env.launcher).build(cfg, env)
+    except ImportError as exc:
+        module, how = LAUNCHER_NEEDS.get(env.launcher, (exc.name or str(exc), "install it"))
+        raise ConfigError(f"{env.launcher} needs {module}: {how}") from None
 
 
 async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, plane, progress: bool,
                             mode: str = "new") -> dict:
-    from dcoord.runtime.coordinator.progress import RoundProgress
-    from dcoord.runtime.coordinator.resume import make_coordinator
-    from dcoord.runtime.coordinator.service import start_server
-    from dcoord.runtime.transport.base import PayloadMatcher
-    from dcoord.workloads.base import WorkloadError
+    """Rank 0: host the job (runtime/coordinator/host.py) and publish its address to the other ranks."""
+    from dcoord.runtime.coordinator.host import HostHooks, HostSpec, host_job
 
-    carries = cfg.transport != "grpc"
-    loop = asyncio.get_running_loop()
-    try:
-        try:
-            coord = make_coordinator(cfg, out, mode)
-        except WorkloadError as exc:
-            raise ConfigError(str(exc)) from None
-        matcher = PayloadMatcher(coord.results, loop) if carries else None
-        listen, host = _hosts(env)
-        server, port = await start_server(coord, f"{listen}:0", matcher=matcher)
-    except BaseException as exc:
-        plane.publish(f"error:{exc}")
-        raise
-    if carries:
-        def fail(worker: int, msg: str) -> None:  # receiver thread: count it on the loop, if still running
-            try:
-                loop.call_soon_threadsafe(coord.reject, "data-plane", msg)
-            except RuntimeError:  # the event loop is closed: the run is over
-                pass
+    listen, host = _hosts(env)
+    spec = HostSpec(cfg, out, mode, listen=f"{listen}:0", progress=progress, launch_plane=plane,
+                    launch_ranks=range(1, env.world_size))
 
-        plane.start_receiving(range(1, env.world_size), 4 * max(coord.num_params, 1), matcher.on_payload, fail)
-        # models down the same plane (CPU gloo, MPI), as the tcp server does standalone: see models_down.py
-        coord.use_model_sender(plane.model_sender(range(env.world_size - 1)))
-    plane.publish(f"{host}:{port}")
-    log.info("coordinator of job %s on %s:%d, %s data plane, %d workers", coord.job_id, host, port,
-             cfg.transport, cfg.workers)
+    def started(coord, port: int) -> None:
+        plane.publish(f"{host}:{port}")
+        log.info("coordinator of job %s on %s:%d, %s data plane, %d workers", coord.job_id, host, port,
+                 cfg.transport, cfg.workers)
 
-    task = asyncio.current_task()
-    stopped: list[str] = []
+    def stopped(coord, signum: int) -> DcoordError:
+        from dcoord.runtime.coordinator.resume import stopped_error, unstarted
+        from dcoord.runtime.store.rundir import option
 
-    def on_signal(sig: signal.Signals) -> None:
-        stopped.append(sig.name)
-        task.cancel()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
-    bar = RoundProgress(coord, enabled=progress and cfg.runtime.progress)
-    try:
-        with bar:
-            return await coord.run(progress=bar.update)
-    except asyncio.CancelledError:
-        if not stopped:
-            raise
+        if unstarted(coord) and mode != "resume":  # nothing to continue: host.py removes the run directory
+            return RunFailed(str(stopped_error(coord, signum, out)))
         why = (f"{_launcher_gone[0]} is gone (killed?)" if _launcher_gone else
                f"{env.launcher} stops every rank when any rank exits (a worker died or was killed, or the "
                "job was interrupted)")
-        raise RunFailed(
-            f"stopped by {stopped[0]} after {max(coord.round, 0)} of {coord.total_rounds} rounds: "
-            f"{why}; metrics and checkpoints are in {out} (continue with --resume {out})"
-        ) from None
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        await asyncio.sleep(0.2)  # let the shutdown messages flush
-        await server.stop(grace=1.0)
+        return RunFailed(
+            f"stopped by {signal.Signals(signum).name} after {max(coord.round, 0)} of {coord.total_rounds} "
+            f"rounds: {why}; metrics and checkpoints are in {out} (continue with {option('resume', out)})")
+
+    hooks = HostHooks(started=started, stopped=stopped,
+                      start_failed=lambda exc: plane.publish(f"error:{exc or 'stopped'}"))  # workers wait on it
+    try:
+        return await host_job(spec, hooks)
+    except WorkloadError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _work(cfg: JobConfig, env: LaunchEnv, plane) -> dict:
@@ -305,6 +290,21 @@ def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = Tr
         raise
 
 
+def report(line: str) -> None:
+    """One line on stderr, and the same line where torchrun's agent looks for this rank's error (its
+    ``TORCHELASTIC_ERROR_FILE``), so its failure summary shows dcoord's message, not a hint to enable tracebacks."""
+    print(line, file=sys.stderr, flush=True)
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        import json
+
+        try:
+            with open(path, "w") as f:
+                json.dump({"message": line, "timestamp": int(time.time())}, f)
+        except OSError:  # the agent's directory is gone: stderr said it
+            pass
+
+
 def _hard_exit(code: int) -> None:
     """After outputs are written: leave without joining threads blocked on a dead peer."""
     logging.shutdown()
@@ -355,11 +355,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = launch(cfg, env, out, progress=not args.quiet, mode=mode)
     except ConfigError as exc:
-        if lead:
-            print(f"dcoord.launch: config error: {exc}", file=sys.stderr)
+        if not lead:
+            return 0
+        # every rank read the same job and failed the same way; rank 0 alone reports it, and the other
+        # ranks end quietly with 0, so the launcher does not stop rank 0 before it has said why
+        report(f"dcoord.launch: config error: {exc}")
         return exc.exit_code
     except DcoordError as exc:
-        print(f"dcoord.launch: {'' if lead else f'rank {env.rank}: '}error: {exc}", file=sys.stderr, flush=True)
+        report(f"dcoord.launch: {'' if lead else f'rank {env.rank}: '}error: {exc}")
         if lead and isinstance(exc, RunFailed):
             _hard_exit(exc.exit_code)  # receivers may be blocked on a dead worker; outputs are written
         return exc.exit_code
@@ -381,4 +384,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # an unexpected exception still reaches torchrun's failure summary (its error file), with its traceback
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    sys.exit(record(main)())

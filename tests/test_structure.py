@@ -232,3 +232,29 @@ def test_nothing_reaches_into_the_coordinator():
         for line, what in _boundary_violations(ast.parse(path.read_text())):
             bad.append(f"{path.relative_to(PKG.parent)}:{line}: {what}")
     assert not bad, "modules reaching into the coordinator:\n" + "\n".join(bad)
+
+
+# -- host --
+#: the one module that starts a coordinator's gRPC server, and the servicer module that defines it
+SERVER_STARTERS = {"dcoord.runtime.coordinator.host", "dcoord.runtime.coordinator.service"}
+
+
+def _names_start_server(path: Path) -> bool:
+    """Does the module import or call ``start_server`` (by name or as an attribute)?"""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and any(a.name == "start_server" for a in node.names):
+            return True
+        if isinstance(node, ast.Attribute) and node.attr == "start_server":
+            return True
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "start_server":
+            return True
+    return False
+
+
+def test_only_the_host_starts_a_coordinator_server():
+    """A job's life (signals, server, progress, shutdown) is runtime/coordinator/host.py's: a second place
+    that starts the server is a second place a start-up or shutdown fix has to be made."""
+    offenders = sorted(name for name, path in _modules().items()
+                       if name not in SERVER_STARTERS and _names_start_server(path))
+    assert not offenders, f"start the coordinator's server through coordinator.host.host_job, not in: {offenders}"
+    assert _names_start_server(_modules()["dcoord.runtime.coordinator.host"])

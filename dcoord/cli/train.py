@@ -6,7 +6,7 @@ import asyncio
 import sys
 
 from dcoord.cli.options import add_resume_options, address, job_args, load_job, out_and_mode
-from dcoord.runtime.coordinator.health import add_health_options, health_port, start_health_server
+from dcoord.runtime.coordinator.health import add_health_options, health_port
 from dcoord.runtime.coordinator.metrics import add_metrics_options, metrics_hook
 
 
@@ -31,43 +31,23 @@ def cmd_run(args) -> int:
 def cmd_coordinator(args) -> int:
     from rich.console import Console
 
-    from dcoord.runtime.coordinator import resume
-    from dcoord.runtime.coordinator.progress import RoundProgress, summary_table
-    from dcoord.runtime.coordinator.service import start_server
+    from dcoord.runtime.coordinator.host import HostHooks, HostSpec, host_job
+    from dcoord.runtime.coordinator.progress import summary_table
     from dcoord.runtime.security.options import security_from_args
 
     security = security_from_args(args, "coordinator")
     cfg = load_job(args)
     out, mode = out_and_mode(args, cfg)
     host = args.listen.rpartition(":")[0].strip("[]")
-    start_metrics = metrics_hook(args, host)
-    health_port(args)  # a bad $DCOORD_HEALTH_PORT fails before the job loads
+    spec = HostSpec(cfg, out, mode, listen=args.listen, security=security, progress=not args.quiet,
+                    start_timeout=args.wait_workers, health_port=health_port(args),  # bad env: fails here
+                    metrics=metrics_hook(args, host))
 
-    async def main() -> dict:
-        coord = resume.make_coordinator(cfg, out, mode)
-        probe = await start_health_server(args, host)
-        server, port = await start_server(coord, args.listen, security=security)
-        if start_metrics:
-            start_metrics(coord)
+    def started(coord, port: int) -> None:
         print(f"coordinator for job {coord.job_id} listening on port {port}; "
               f"waiting for {cfg.workers} workers", file=sys.stderr, flush=True)
-        loop, stopped = asyncio.get_running_loop(), []
-        resume.stop_on_signals(loop, asyncio.current_task(), stopped)
-        try:
-            with RoundProgress(coord, enabled=not args.quiet) as bar:
-                return await coord.run(progress=bar.update, start_timeout=args.wait_workers)
-        except asyncio.CancelledError:
-            if not stopped:
-                raise
-            raise resume.stopped_error(coord, stopped[0], out) from None
-        finally:
-            resume.remove_signal_handlers(loop)
-            await asyncio.sleep(0.2)
-            await server.stop(grace=1.0)
-            if probe is not None:
-                await probe.stop(grace=None)
 
-    summary = asyncio.run(main())
+    summary = asyncio.run(host_job(spec, HostHooks(started=started)))
     Console().print(summary_table(summary))
     return 0
 

@@ -9,20 +9,15 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 from dcoord.config import JobConfig
 from dcoord.runtime.coordinator.coordinator import Coordinator
-from dcoord.runtime.coordinator.progress import RoundProgress
-from dcoord.runtime.coordinator.resume import (
-    make_coordinator,
-    remove_signal_handlers,
-    stop_on_signals,
-    stopped_error,
-)
-from dcoord.runtime.coordinator.service import start_server
+from dcoord.runtime.coordinator.host import HostHooks, HostSpec, host_job
+from dcoord.runtime.coordinator.resume import Stopped
 from dcoord.runtime.coordinator.supervise import WorkerSupervisor
 from dcoord.runtime.security.auth import (
     ALLOW_ENV,
@@ -68,62 +63,94 @@ async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = Tru
     ``mode``: new / resume / overwrite (see RunDir). ``respawn`` (default runtime.restart_workers): a local
     worker process that dies while the run goes on is started again with the same id, as a pod restart
     would, and rejoins.
-    SIGINT/SIGTERM checkpoint, stop the workers and raise :class:`~dcoord.runtime.coordinator.resume.Stopped`.
+    SIGINT/SIGTERM checkpoint, stop the workers and raise :class:`~dcoord.runtime.coordinator.resume.Stopped`
+    (the job's life is runtime/coordinator/host.py's; this adds the local worker processes).
 
     The server listens on loopback and requires a bearer token (``token``, default a fresh random one),
     which the local workers read from a 0600 file in a private temporary directory named by
     $DCOORD_TOKEN_FILE (never argv, never the run directory). They may run the job's own workload."""
     token = token or random_token()
-    coord = make_coordinator(cfg, out, mode)
-    server, port = await start_server(coord, "127.0.0.1:0", security=ServerSecurity(token=token))
-    address = f"127.0.0.1:{port}"
-    logs = (out / "workers") if out else None
-    if logs:
-        logs.mkdir(parents=True, exist_ok=True)
-    secret_dir = tempfile.TemporaryDirectory(prefix="dcoord-")
-    extra_env = {**worker_secret_env(cfg), TOKEN_FILE_ENV: str(write_token_file(Path(secret_dir.name), token)),
-                 ALLOW_ENV: cfg.workload}
-    procs = [spawn_worker(address, i, logs / f"worker-{i}.log" if logs else None, extra_env)
-             for i in range(cfg.workers if spawn is None else spawn)]
-    threads = share_cores(len(procs))
-    if on_started is not None:
-        on_started(coord, procs, address)
-    bar = RoundProgress(coord, enabled=progress and cfg.runtime.progress)
-
-    def each_round(record: dict, c: Coordinator) -> None:
-        bar.update(record, c)
-        if on_round is not None:
-            on_round(record, c)
-
-    loop = asyncio.get_running_loop()
-    stopped: list[int] = []
-    stop_on_signals(loop, asyncio.current_task(), stopped)
-    respawn = cfg.runtime.restart_workers if respawn is None else respawn
-    supervisor = WorkerSupervisor(coord, procs, lambda i: spawn_worker(
-        address, i, logs / f"worker-{i}.log" if logs else None, extra_env)) if respawn else None
+    workers = LocalWorkers(cfg, out, token, cfg.workers if spawn is None else spawn,
+                           cfg.runtime.restart_workers if respawn is None else respawn, on_started)
+    spec = HostSpec(cfg, out, mode, security=ServerSecurity(token=token), progress=progress)
+    interrupted = False
     try:
-        with bar:
-            if supervisor is not None:
-                supervisor.start()
-            return await coord.run(progress=each_round)
-    except asyncio.CancelledError:
-        if not stopped:
-            raise
-        raise stopped_error(coord, stopped[0], out) from None
+        return await host_job(spec, HostHooks(started=workers.start, on_round=on_round))
+    except Stopped:
+        interrupted = True
+        raise
     finally:
-        remove_signal_handlers(loop)
-        if supervisor is not None:
-            supervisor.stop()
-        await asyncio.sleep(0.2)  # let shutdown messages flush
-        await server.stop(grace=1.0)
-        torch.set_num_threads(threads)
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        secret_dir.cleanup()
+        workers.close(interrupted)
+
+
+class LocalWorkers:
+    """``dcoord run``'s worker processes: started once the coordinator listens, restarted with the same id
+    when one dies mid-run (``respawn``, as a pod restart would), and ended with the job."""
+
+    def __init__(self, cfg: JobConfig, out: Path | None, token: str, count: int, respawn: bool,
+                 on_started=None) -> None:
+        self.cfg, self.out, self.count, self.respawn, self.on_started = cfg, out, count, respawn, on_started
+        self.secret_dir = tempfile.TemporaryDirectory(prefix="dcoord-")
+        self.env = {**worker_secret_env(cfg), ALLOW_ENV: cfg.workload,
+                    TOKEN_FILE_ENV: str(write_token_file(Path(self.secret_dir.name), token))}
+        self.procs: list[subprocess.Popen] = []
+        self.supervisor: WorkerSupervisor | None = None
+        self.threads = torch.get_num_threads()
+        self.coord: Coordinator | None = None
+
+    def start(self, coord: Coordinator, port: int) -> None:
+        self.coord = coord
+        address = f"127.0.0.1:{port}"
+        logs = (self.out / "workers") if self.out else None
+        if logs:
+            logs.mkdir(parents=True, exist_ok=True)
+
+        def one(i: int) -> subprocess.Popen:
+            return spawn_worker(address, i, logs / f"worker-{i}.log" if logs else None, self.env)
+
+        self.procs.extend(one(i) for i in range(self.count))
+        self.threads = share_cores(len(self.procs))
+        if self.on_started is not None:
+            self.on_started(coord, self.procs, address)
+        if self.respawn:
+            self.supervisor = WorkerSupervisor(coord, self.procs, one)
+            self.supervisor.start()
+
+    def close(self, interrupted: bool) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        torch.set_num_threads(self.threads)
+        # stopped while workers were still starting: nobody told those to stop (they never registered)
+        starting = interrupted and self.coord is not None and self.coord.state == "waiting-for-workers"
+        stop_workers(self.procs, starting)
+        self.secret_dir.cleanup()
+
+
+def stop_workers(procs: list[subprocess.Popen], starting: bool, grace_s: float = 5.0) -> None:
+    """Wait for the local worker processes to exit (they were told to stop), all within one ``grace_s``,
+    then kill what is left. ``starting``: the job was stopped before every worker registered; those were
+    told nothing, so the user is told what is waited for and they are ended at once instead of each
+    waiting out its connect timeout for a coordinator that is gone."""
+    running = [p for p in procs if p.poll() is None]
+    if starting and running:
+        print(f"stopping: waiting for {len(running)} worker{'s' if len(running) > 1 else ''} to exit",
+              file=sys.stderr, flush=True)
+        for p in running:
+            _signal_group(p, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in running:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(p, signal.SIGKILL)
+            p.wait()
+
+
+def _signal_group(p: subprocess.Popen, sig: signal.Signals) -> None:
+    try:
+        os.killpg(p.pid, sig)
+    except ProcessLookupError:  # already gone
+        pass
 
 
 def share_cores(local_workers: int) -> int:

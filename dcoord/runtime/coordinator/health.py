@@ -41,17 +41,24 @@ def health_port(args: argparse.Namespace) -> int | None:
     return args.health_port
 
 
-async def start_health_server(args: argparse.Namespace, host: str = "0.0.0.0"):
-    """Start the health-only server when ``args.health_port`` asks for one; returns it (or None)."""
+def port_problem(port: int, why: str) -> str:
+    """The one line for a health port that cannot be used, with the fix."""
+    return f"--health-port {port}: {why}; choose another port, or 0 / unset {ENV_PORT} for no health port"
+
+
+async def start_health_server(port: int | None, host: str = "0.0.0.0"):
+    """Start the health-only server when ``port`` is set (see health_port); returns it (or None).
+
+    A port that cannot be used is one line naming --health-port and $DCOORD_HEALTH_PORT; the server that
+    could not bind is stopped here, so nothing is left for its finalizer to complain about later."""
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     from dcoord.errors import DcoordError
 
-    port = health_port(args)
     if not port:
         return None
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # a taken port must fail, not be shared
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -60,7 +67,8 @@ async def start_health_server(args: argparse.Namespace, host: str = "0.0.0.0"):
     except RuntimeError:
         bound = 0
     if bound == 0:
-        raise DcoordError(f"--health-port {port}: cannot listen on {host}")
+        await server.stop(grace=None)
+        raise DcoordError(port_problem(port, f"cannot listen on {host} (is port {port} in use?)"))
     await server.start()
     for name in SERVICES:
         await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -23,7 +23,7 @@ import yaml
 
 from dcoord.errors import DcoordError
 from dcoord.runtime.store import checkpoint as ckpt
-from dcoord.runtime.store.rundir import RunDir, RunDirError
+from dcoord.runtime.store.rundir import NAMING, RunDir, RunDirError, option
 
 if TYPE_CHECKING:
     from dcoord.config import JobConfig
@@ -49,11 +49,14 @@ def config_difference(saved_yaml: str, cfg: JobConfig) -> str | None:
     """The first field (dotted) whose value differs between the run's config and ``cfg``, with both values.
 
     Secret fields are not compared: config.yaml never holds them (runtime/coordinator/sessions.py), and the checkpoint
-    carries the state they seeded (the coordinator's noise seed)."""
+    carries the state they seeded (the coordinator's noise seed). ``rounds`` is not compared here either:
+    raising it extends the run where that keeps its meaning (rounds_change says)."""
     from dcoord.runtime.coordinator.sessions import SECRET_FIELDS
 
     old = yaml.safe_load(saved_yaml) or {}
     new = yaml.safe_load(cfg.to_yaml()) or {}
+    if isinstance(old, dict) and isinstance(new, dict):
+        old, new = {k: v for k, v in old.items() if k != "rounds"}, {k: v for k, v in new.items() if k != "rounds"}
 
     def walk(a, b, prefix: str) -> str | None:
         if isinstance(a, dict) and isinstance(b, dict):
@@ -72,18 +75,52 @@ def config_difference(saved_yaml: str, cfg: JobConfig) -> str | None:
     return walk(old, new, "")
 
 
+def saved_rounds(saved_yaml: str) -> int | None:
+    data = yaml.safe_load(saved_yaml) or {}
+    return data.get("rounds") if isinstance(data, dict) else None
+
+
+def rounds_change(saved_yaml: str, cfg: JobConfig, out: Path) -> str | None:
+    """Why ``cfg.rounds`` may not replace the run's ``rounds`` (None: same, or a run that may be extended).
+
+    More rounds continue the same run, as if it had been asked for that many from the start, except where
+    the total shapes what was already done: a privacy budget calibrated to the rounds, a sequential code
+    whose last rounds only drain, an elastic plan that recorded them."""
+    old = saved_rounds(saved_yaml)
+    if old is None or old == cfg.rounds:
+        return None
+    fixed = ("privacy: the noise was calibrated to the run's rounds" if cfg.privacy is not None else
+             "runtime.elastic: the re-planned code recorded the run's rounds" if cfg.runtime.elastic else
+             f"coding.scheme {cfg.coding.scheme}: a sequential code's last rounds only drain"
+             if cfg.make_scheme().delay else None)
+    if fixed:
+        return f"{option('resume', out)}: rounds cannot change ({old} -> {cfg.rounds}) for this run ({fixed})"
+    return None
+
+
 # -- building a coordinator for a run directory ---------------------------------------------------------
 def open_rundir(cfg: JobConfig, out: Path | None, mode: str = "new") -> RunDir:
-    """The run directory for ``mode`` (new / resume / overwrite); a resumed run must have the same config."""
-    rd = RunDir(out, mode, keep=cfg.runtime.keep_checkpoints)
+    """The run directory for ``mode`` (new / resume / overwrite); a resumed run must have the same config,
+    except ``rounds``, which may grow (a finished run is then continued: its summary is superseded)."""
+    extend = False
+    if mode == "resume" and out is not None and (Path(out) / "config.yaml").is_file():
+        old = saved_rounds((Path(out) / "config.yaml").read_text())
+        extend = old is not None and cfg.rounds > old
+        if old is not None and cfg.rounds < old and (Path(out) / "summary.json").is_file():
+            raise RunDirError(f"{option('resume', out)}: rounds {cfg.rounds} is below the {old} rounds that run finished; "
+                              f"give rounds > {old} to extend it")
+    rd = RunDir(out, mode, keep=cfg.runtime.keep_checkpoints, finished_ok=extend)
     if mode == "resume" and out is not None:
         saved = rd.read_config()
         if saved is not None:
             diff = config_difference(saved, cfg)
-            if diff:
+            why = (f"{option('resume', out)}: the job config differs from the run's at {diff}; resume with the run's "
+                   "config (its config.yaml) or start a new run") if diff else rounds_change(saved, cfg, out)
+            if why:
                 rd.close()  # releases the directory's lock
-                raise RunDirError(f"--resume {out}: the job config differs from the run's at {diff}; resume "
-                                  "with the run's config (its config.yaml) or start a new run")
+                raise RunDirError(why)
+        if extend:  # the run goes on: its old summary and final model no longer describe it
+            rd.discard_final()
     return rd
 
 
@@ -98,7 +135,13 @@ def make_coordinator(cfg: JobConfig, out: Path | None, mode: str = "new") -> Coo
             state, path = ckpt.load_latest(Path(out) / "checkpoints")
             diff = config_difference(state["config"], cfg)
             if diff:
-                raise RunDirError(f"--resume {out}: the job config differs from the checkpoint's at {diff}")
+                raise RunDirError(f"{option('resume', out)}: the job config differs from the checkpoint's at {diff}")
+            why = rounds_change(state["config"], cfg, out)
+            if why:
+                raise RunDirError(why)
+            if int(state["round"]) + 1 > coord.total_rounds:
+                raise RunDirError(f"{option('resume', out)}: rounds {cfg.rounds} is below the checkpoint's round "
+                                  f"{int(state['round']) + 1}; give rounds >= {int(state['round']) + 1}")
             coord.load_checkpoint_state(state)
             rd.open_metrics(int(state["metrics_offset"]))
             rd.log_event({"event": "resume", "from_round": coord.round + 1, "checkpoint": path.name,
@@ -119,7 +162,10 @@ def default_out(name: str) -> Path:
 
 
 def resume_hint(out: Path) -> str:
-    """The command that continues this run: the same command line with ``--resume OUT``."""
+    """The command that continues this run: the same command line with ``--resume OUT`` (from the Python
+    API: the same call with ``resume=OUT``)."""
+    if NAMING.get() == "api":
+        return f"dcoord.train(..., {option('resume', out)})"
     argv, skip = [], False
     for a in sys.argv[1:]:
         if skip:
@@ -152,8 +198,16 @@ def remove_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
         loop.remove_signal_handler(sig)
 
 
+def unstarted(coord: Coordinator) -> bool:
+    """No round closed and no checkpoint written: a stop now leaves nothing worth keeping (host.py)."""
+    return coord.round < 0 and coord.rundir.last_checkpoint_round is None
+
+
 def stopped_error(coord: Coordinator, signum: int, out: Path | None) -> Stopped:
     name = signal.Signals(signum).name
+    if unstarted(coord) and coord.rundir.mode != "resume":
+        return Stopped(f"stopped by {name} before the first round ({coord.alive_count()} of {coord.n} workers "
+                       f"had registered); nothing trained{f', {out} not kept' if out else ''}", signum)
     done = coord.rundir.last_checkpoint_round
     saved = (f"checkpoint after round {done + 1} in {out}/checkpoints" if done is not None and out
              else "no checkpoint written")

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import shutil
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,22 @@ RUN_DIRS = ("checkpoints", "workers")
 
 class RunDirError(DcoordError):
     """The run directory cannot be used (a file, read-only, full disk, an existing run)."""
+
+
+#: how the user names the run directory's options in messages: "cli" (--out/--resume/--overwrite) or
+#: "api" (dcoord.train's out=/resume=/overwrite= arguments, set by api.py while it runs)
+NAMING: ContextVar[str] = ContextVar("dcoord_run_option_naming", default="cli")
+
+
+def option(name: str, value: object = None) -> str:
+    """``option("resume", "runs/x")``: "--resume runs/x" on the command line, "resume='runs/x'" from the API."""
+    if NAMING.get() == "api":
+        return f"{name}={str(value)!r}" if value is not None else f"{name}=True"
+    return f"--{name} {value}" if value is not None else f"--{name}"
+
+
+def _out_word() -> str:
+    return "out=" if NAMING.get() == "api" else "--out"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -66,7 +83,7 @@ class RunDir:
     the checkpoint) or ``overwrite`` (removes the old run's files first, and only those).
     """
 
-    def __init__(self, path: Path | str | None, mode: str = "new", keep: int = 3) -> None:
+    def __init__(self, path: Path | str | None, mode: str = "new", keep: int = 3, finished_ok: bool = False) -> None:
         self.path = Path(path) if path is not None else None
         self.mode = mode
         self.keep = keep
@@ -77,11 +94,11 @@ class RunDir:
         if self.path is None:
             return
         p = self.path
-        flag = "--resume" if mode == "resume" else "--out"
+        flag = option("resume" if mode == "resume" else "out", p)
         if p.exists() and not p.is_dir():
-            raise RunDirError(f"--out {p}: is a file, not a directory; give a directory path")
+            raise RunDirError(f"{option('out', p)}: is a file, not a directory; give a directory path")
         if mode == "resume" and not p.is_dir():  # checked before mkdir: a failed resume creates nothing
-            raise RunDirError(f"--resume {p}: no checkpoint there (checkpoints/ckpt-*.pt); nothing to resume")
+            raise RunDirError(f"{option('resume', p)}: no checkpoint there (checkpoints/ckpt-*.pt); nothing to resume")
         try:
             p.mkdir(parents=True, exist_ok=True)
             probe = p / f".dcoord-write-test-{os.getpid()}"
@@ -91,18 +108,22 @@ class RunDir:
             # on this directory is refused here, with the old run's files untouched
             self._lock = DirLock(p)
         except LockHeld as held:
-            raise RunDirError(f"{flag} {p}: another dcoord process ({held.holder}) is using this run "
-                              f"directory; wait for it to finish or stop it, or choose another --out") from None
+            raise RunDirError(f"{flag}: another dcoord process ({held.holder}) is using this run directory; "
+                              f"wait for it to finish or stop it, or choose another {_out_word()}") from None
         except OSError as exc:
             raise _io_error(p, exc) from None
         try:
             if mode == "new" and is_run(p):
-                raise RunDirError(f"--out {p}: already holds a run; pass --resume {p} to continue it, "
-                                  "--overwrite to replace it, or choose another --out")
-            if mode == "resume" and (p / "summary.json").is_file():
-                raise RunDirError(f"--resume {p}: that run already finished (summary.json); nothing to resume")
+                raise RunDirError(f"{option('out', p)}: already holds a run; pass {option('resume', p)} to "
+                                  f"continue it, {option('overwrite')} to replace it, or choose another "
+                                  f"{_out_word()}")
+            if mode == "resume" and (p / "summary.json").is_file() and not finished_ok:  # ok: run extended
+                more = "overrides=['rounds=N']" if NAMING.get() == "api" else "--set rounds=N"
+                raise RunDirError(f"{option('resume', p)}: that run already finished (summary.json); to extend it, "
+                                  f"give more rounds than it ran ({more})")
             if mode == "resume" and not ckpt.list_checkpoints(p / "checkpoints"):
-                raise RunDirError(f"--resume {p}: no checkpoint there (checkpoints/ckpt-*.pt); nothing to resume")
+                raise RunDirError(f"{option('resume', p)}: no checkpoint there (checkpoints/ckpt-*.pt); nothing "
+                                  "to resume")
             if mode == "overwrite":
                 self._remove_old_run()
         except BaseException:
@@ -199,6 +220,12 @@ class RunDir:
             atomic_write_bytes(self.path / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         finally:
             self.close()
+
+    def discard_final(self) -> None:
+        """A finished run that is being extended: its summary and final model are written again at its end."""
+        if self.path is not None:
+            for f in ("summary.json", "model.pt"):
+                (self.path / f).unlink(missing_ok=True)
 
     def close(self) -> None:
         """Close metrics.jsonl and release the directory's lock; safe to call more than once."""
