@@ -109,7 +109,11 @@ class JobConfig(_Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     coding: CodingConfig = CodingConfig()
     inject: InjectConfig = InjectConfig()
-    transport: str = Field("grpc", description="grpc (payloads in the control stream), or a registered data plane: tcp (standalone), torch, mpi")
+    transport: str | None = Field(
+        None, description="the data plane payloads travel on: grpc (inside the control stream, runs everywhere), "
+        "tcp (dcoord run, dcoord coordinator + worker), torch (torchrun), mpi (mpirun), or a plugin's; left out: "
+        "the fastest that runs where the job runs (printed at start)",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     runtime: RuntimeConfig = RuntimeConfig()
     shards: Literal["iid", "label-skew"] = Field(
@@ -127,16 +131,6 @@ class JobConfig(_Strict):
 
             import_plugins(data["plugins"])
         return data
-
-    @field_validator("transport")
-    @classmethod
-    def _transport_name(cls, v: str) -> str:
-        from dcoord.runtime.transport.registry import data_plane_names
-
-        allowed = ("grpc", *data_plane_names())
-        if v not in allowed:
-            raise ValueError(f"unknown transport {v!r}; allowed: {', '.join(allowed)}")
-        return v
 
     @field_validator("workload")
     @classmethod
@@ -174,10 +168,6 @@ class JobConfig(_Strict):
                 raise ValueError(
                     f"optimizer.lr: give one value or {scheme.models} (one per model); got {len(lrs)}"
                 )
-        if self.coding.payload_dtype == "bfloat16" and self.transport != "grpc":
-            raise ValueError(f"coding.payload_dtype: bfloat16 payloads need transport: grpc (transport: "
-                             f"{self.transport} carries float32/float64 only); use payload_dtype float32 or "
-                             "transport grpc")
         if self.privacy is not None:
             self._check_privacy()
         if self.runtime.elastic:

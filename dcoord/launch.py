@@ -10,9 +10,9 @@ never through a collective, so the round path never waits on a straggler. Withou
 ``dcoord run`` (a coordinator and local worker processes over loopback gRPC).
 
 Choices (documented in the README, section "torchrun and mpirun"):
-- transport: ``torch`` under torchrun and ``mpi`` under mpirun unless the config says ``grpc`` explicitly
-  (then payloads stay in the gRPC messages and the launcher only places the processes); naming the other
-  launcher's transport is a config error.
+- transport: the launcher's own plane (torch under torchrun, mpi under mpirun) unless the config names
+  another that runs there (the gRPC one: payloads stay in the gRPC messages and the launcher only places
+  the processes); the choice is ``transport.registry.choose_plane``'s, printed by rank 0 at start.
 - workers: always world_size - 1; a config that says otherwise is overridden with a note on stderr.
 - a rank that dies: torchrun's agent (and mpirun) stop every rank when one exits. Rank 0 then writes its
   metrics and a checkpoint, prints why and exits 3, instead of waiting; an exception on any rank under
@@ -38,7 +38,7 @@ from pathlib import Path
 import yaml
 
 from dcoord.config import JobConfig, load_config
-from dcoord.errors import ConfigError, DcoordError, RunFailed
+from dcoord.errors import EXIT_LOST_COORDINATOR, ConfigError, DcoordError, RunFailed
 
 log = logging.getLogger("dcoord.launch")
 
@@ -81,22 +81,15 @@ def detect_launcher(environ: Mapping[str, str] | None = None) -> LaunchEnv:
 
 
 def resolve_config(cfg: JobConfig, env: LaunchEnv) -> tuple[JobConfig, list[str]]:
-    """The config this launch runs (transport and workers fixed by the launcher) and notes for the user."""
-    notes: list[str] = []
-    explicit = "transport" in cfg.model_fields_set
-    if env.launcher == "none":
-        if cfg.transport not in ("grpc", "tcp"):
-            notes.append(f"transport: {cfg.transport} needs torchrun/mpirun; without a launcher payloads go "
-                         "over gRPC")
-            cfg = _revalidate(cfg, ["transport=grpc"], "")
-        return cfg, notes
-    from dcoord.runtime.transport.registry import plane_for_launcher
+    """The config this launch runs (transport and workers fixed by the launcher) and notes for the user.
 
-    wanted = plane_for_launcher(env.launcher).name
-    if explicit and cfg.transport not in ("grpc", wanted):
-        raise ConfigError(f"transport: {cfg.transport} cannot run under {env.launcher} "
-                          f"(use {wanted}, grpc, or leave it out; tcp is for dcoord run / coordinator + worker)")
-    transport = cfg.transport if explicit else wanted
+    Without a launcher the config is left as it is (``dcoord run`` chooses its data plane itself)."""
+    notes: list[str] = []
+    if env.launcher == "none":
+        return cfg, notes
+    from dcoord.runtime.transport.registry import choose_plane
+
+    plane, _ = choose_plane(cfg, env.launcher)  # an explicit transport that cannot run here: ConfigError
     if env.world_size < 2:
         raise ConfigError(f"{env.launcher} started 1 process; dcoord.launch needs at least 2 "
                           "(rank 0 coordinates, the others are workers)")
@@ -105,7 +98,7 @@ def resolve_config(cfg: JobConfig, env: LaunchEnv) -> tuple[JobConfig, list[str]
         notes.append(f"workers: the config says {cfg.workers}, {env.launcher} started {env.world_size} "
                      f"processes: rank 0 coordinates and {n} workers compute (workers={n})")
     where = f"under {env.launcher} with {env.world_size} processes ({n} workers): "
-    return _revalidate(cfg, [f"workers={n}", f"transport={transport}"], where), notes
+    return _revalidate(cfg, [f"workers={n}", f"transport={plane.name}"], where), notes
 
 
 def _revalidate(cfg: JobConfig, overrides: list[str], where: str) -> JobConfig:
@@ -126,10 +119,18 @@ def _hosts(env: LaunchEnv) -> tuple[str, str]:
 
 
 def make_data_plane(cfg: JobConfig, env: LaunchEnv):
-    """The data plane for this launch (also used for the start-up address exchange under ``grpc``)."""
+    """The launcher's own data plane (its process group; also the start-up address exchange when the
+    payloads ride the control plane)."""
     from dcoord.runtime.transport.registry import plane_for_launcher
 
     return plane_for_launcher(env.launcher).build(cfg, env)
+
+
+def _carries_payloads(cfg: JobConfig) -> bool:
+    """The job's plane carries payloads beside the control plane (else the launcher only places the ranks)."""
+    from dcoord.runtime.transport.registry import get_plane
+
+    return get_plane(cfg.transport).carries_payloads
 
 
 class _Stopped(Exception):
@@ -144,7 +145,7 @@ async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, pl
     from dcoord.runtime.transport.base import PayloadMatcher
     from dcoord.workloads.base import WorkloadError
 
-    carries = cfg.transport != "grpc"
+    carries = _carries_payloads(cfg)
     loop = asyncio.get_running_loop()
     try:
         try:
@@ -208,7 +209,7 @@ def _work(cfg: JobConfig, env: LaunchEnv, plane) -> dict:
     if address.startswith("error:"):
         raise DcoordError(f"rank 0 could not start the coordinator: {address[6:]}")
     os.environ.setdefault("LOCAL_RANK", str(env.local_rank))  # pick_device uses it (mpirun does not set it)
-    carries = cfg.transport != "grpc"
+    carries = _carries_payloads(cfg)
     rounds = run_worker(address, requested_id=env.rank - 1, device=cfg.device,
                         data_plane=plane if carries else None,
                         allow_workloads=[cfg.workload],  # this rank read the job file itself
@@ -255,7 +256,7 @@ def watch_launcher(env: LaunchEnv, interval: float = 1.0) -> None:
                   file=sys.stderr, flush=True)
         except (OSError, ValueError):  # its stderr went with it
             pass
-        os._exit(4)
+        os._exit(EXIT_LOST_COORDINATOR)
 
     threading.Thread(target=watch, name="dcoord-launcher-watch", daemon=True).start()
 
@@ -277,7 +278,7 @@ def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = Tr
         _plane = make_data_plane(cfg, env)
         if _plane.rank == 0:
             summary = asyncio.run(_coordinate_async(cfg, env, out, _plane, progress, mode))
-            clean = _plane.stop_receiving(timeout=10.0) if cfg.transport != "grpc" else True
+            clean = _plane.stop_receiving(timeout=10.0) if _carries_payloads(cfg) else True
             clean = _plane.end_models(timeout=10.0) and clean  # END sent to every worker's model reader
             if _plane.models_sender is not None:  # what went down the plane (models) and up it (payloads)
                 summary["data_plane_bytes"] = {"models_out": _plane.models_sender.bytes_out,
@@ -342,9 +343,14 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"%(asctime)s [rank {env.rank}] %(name)s %(levelname)s %(message)s")
     try:
         overrides = list(args.set or []) + ([f"workers={args.workers}"] if args.workers else [])
-        cfg, notes = resolve_config(load_config(args.job, overrides), env)
+        job = load_config(args.job, overrides)
+        cfg, notes = resolve_config(job, env)
         for note in notes if lead else []:
             print(f"dcoord.launch: note: {note}", file=sys.stderr, flush=True)
+        if lead and env.launcher != "none":  # (dcoord run says it itself)
+            from dcoord.runtime.transport.registry import announce_plane, choose_plane
+
+            announce_plane(*choose_plane(job, env.launcher))
         from dcoord.cli.options import out_and_mode
 
         out, mode = out_and_mode(args, cfg)

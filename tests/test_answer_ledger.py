@@ -13,7 +13,6 @@ import threading
 import grpc
 import numpy as np
 import pytest
-from dcoord.runtime.worker.private import AnswerLedger, WorkerPrivacy
 from rogue import fake_coordinator
 
 from dcoord.config import load_config
@@ -22,6 +21,7 @@ from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
 from dcoord.runtime.privacy_glue import answer_window
 from dcoord.runtime.tensors import from_proto
+from dcoord.runtime.worker.private import AnswerLedger, WorkerPrivacy
 from dcoord.wire import to_proto
 
 A, B, C = b"a" * 32, b"b" * 32, b"c" * 32

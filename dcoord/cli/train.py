@@ -35,15 +35,17 @@ def cmd_coordinator(args) -> int:
     from dcoord.runtime.coordinator.progress import RoundProgress, summary_table
     from dcoord.runtime.coordinator.service import start_server
     from dcoord.runtime.security.options import security_from_args
+    from dcoord.runtime.transport.registry import announce_plane, resolve_plane
 
     security = security_from_args(args, "coordinator")
-    cfg = load_job(args)
+    cfg, plane, reason = resolve_plane(load_job(args), "none")  # a transport that cannot run here: one line, now
     out, mode = out_and_mode(args, cfg)
     host = args.listen.rpartition(":")[0].strip("[]")
     start_metrics = metrics_hook(args, host)
     health_port(args)  # a bad $DCOORD_HEALTH_PORT fails before the job loads
 
     async def main() -> dict:
+        announce_plane(plane, reason)
         coord = resume.make_coordinator(cfg, out, mode)
         probe = await start_health_server(args, host)
         server, port = await start_server(coord, args.listen, security=security)
