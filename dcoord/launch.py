@@ -138,7 +138,7 @@ class _Stopped(Exception):
 
 
 async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, plane, progress: bool,
-                            mode: str = "new") -> dict:
+                            mode: str = "new", chosen_from: JobConfig | None = None) -> dict:
     from dcoord.runtime.coordinator.progress import RoundProgress
     from dcoord.runtime.coordinator.resume import make_coordinator
     from dcoord.runtime.coordinator.service import start_server
@@ -169,6 +169,9 @@ async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, pl
         # models down the same plane (CPU gloo, MPI), as the tcp server does standalone: see models_down.py
         coord.data_server = plane.model_sender(range(env.world_size - 1)) or coord.data_server
     plane.publish(f"{host}:{port}")
+    from dcoord.runtime.transport.registry import announce_plane, choose_plane
+
+    announce_plane(*choose_plane(chosen_from or cfg, env.launcher))
     log.info("coordinator of job %s on %s:%d, %s data plane, %d workers", coord.job_id, host, port,
              cfg.transport, cfg.workers)
 
@@ -261,8 +264,12 @@ def watch_launcher(env: LaunchEnv, interval: float = 1.0) -> None:
     threading.Thread(target=watch, name="dcoord-launcher-watch", daemon=True).start()
 
 
-def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = True, mode: str = "new") -> dict:
+def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = True, mode: str = "new",
+           chosen_from: JobConfig | None = None) -> dict:
     """Run this rank's role; rank 0 returns the run summary, workers ``{"role": "worker", ...}``.
+
+    ``chosen_from``: the config as given, before ``resolve_config`` (rank 0 then says why the data plane
+    is the one it is, once the coordinator runs).
 
     Under mpirun an exception on any rank is printed and ends the whole job (MPI_Abort) instead of
     leaving the other ranks waiting. Rank 0's summary carries ``_clean_exit`` = False when a receiver
@@ -277,7 +284,7 @@ def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = Tr
     try:
         _plane = make_data_plane(cfg, env)
         if _plane.rank == 0:
-            summary = asyncio.run(_coordinate_async(cfg, env, out, _plane, progress, mode))
+            summary = asyncio.run(_coordinate_async(cfg, env, out, _plane, progress, mode, chosen_from))
             clean = _plane.stop_receiving(timeout=10.0) if _carries_payloads(cfg) else True
             clean = _plane.end_models(timeout=10.0) and clean  # END sent to every worker's model reader
             if _plane.models_sender is not None:  # what went down the plane (models) and up it (payloads)
@@ -347,10 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg, notes = resolve_config(job, env)
         for note in notes if lead else []:
             print(f"dcoord.launch: note: {note}", file=sys.stderr, flush=True)
-        if lead and env.launcher != "none":  # (dcoord run says it itself)
-            from dcoord.runtime.transport.registry import announce_plane, choose_plane
 
-            announce_plane(*choose_plane(job, env.launcher))
         from dcoord.cli.options import out_and_mode
 
         out, mode = out_and_mode(args, cfg)
@@ -359,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
 
             result = run_local(cfg, out, progress=not args.quiet, mode=mode)
         else:
-            result = launch(cfg, env, out, progress=not args.quiet, mode=mode)
+            result = launch(cfg, env, out, progress=not args.quiet, mode=mode, chosen_from=job)
     except ConfigError as exc:
         if lead:
             print(f"dcoord.launch: config error: {exc}", file=sys.stderr)

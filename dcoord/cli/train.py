@@ -45,12 +45,12 @@ def cmd_coordinator(args) -> int:
     health_port(args)  # a bad $DCOORD_HEALTH_PORT fails before the job loads
 
     async def main() -> dict:
-        announce_plane(plane, reason)
         coord = resume.make_coordinator(cfg, out, mode)
         probe = await start_health_server(args, host)
         server, port = await start_server(coord, args.listen, security=security)
         if start_metrics:
             start_metrics(coord)
+        announce_plane(plane, reason)
         print(f"coordinator for job {coord.job_id} listening on port {port}; "
               f"waiting for {cfg.workers} workers", file=sys.stderr, flush=True)
         loop, stopped = asyncio.get_running_loop(), []

@@ -73,10 +73,13 @@ async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = Tru
     The server listens on loopback and requires a bearer token (``token``, default a fresh random one),
     which the local workers read from a 0600 file in a private temporary directory named by
     $DCOORD_TOKEN_FILE (never argv, never the run directory). They may run the job's own workload."""
-    cfg = _choose_data_plane(cfg)
+    from dcoord.runtime.transport.registry import announce_plane, resolve_plane
+
+    cfg, plane, reason = resolve_plane(cfg, "none")  # before anything starts: a transport that cannot run here
     token = token or random_token()
     coord = make_coordinator(cfg, out, mode)
     server, port = await start_server(coord, "127.0.0.1:0", security=ServerSecurity(token=token))
+    announce_plane(plane, reason)  # once it runs (an error before it is the only line)
     address = f"127.0.0.1:{port}"
     logs = (out / "workers") if out else None
     if logs:
@@ -125,15 +128,6 @@ async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = Tru
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         secret_dir.cleanup()
-
-
-def _choose_data_plane(cfg: JobConfig) -> JobConfig:
-    """The job's data plane, chosen (and said) before anything starts; the config names it from then on."""
-    from dcoord.runtime.transport.registry import announce_plane, resolve_plane
-
-    cfg, plane, reason = resolve_plane(cfg, "none")
-    announce_plane(plane, reason)
-    return cfg
 
 
 def share_cores(local_workers: int) -> int:

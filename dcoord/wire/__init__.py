@@ -4,7 +4,7 @@ Only this package, the gRPC servicer (runtime/coordinator/service.py) and the cl
 runtime/client.py) import the generated ``coordinator_pb2`` modules (tests/test_structure.py checks it). Both
 sides convert here: the coordinator's (``coordinator_message``, ``result_from_proto``, ``status_to_proto``)
 and the worker's (``register_request``, ``registration_from_proto``, ``work_item_from_proto``,
-``result_messages``, ...).
+``dcoord.wire.chunking.result_messages``, ...).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dcoord.wire.messages import (
 )
 
 __all__ = ["StatusInfo", "coordinator_message", "fill_proto", "heartbeat_request", "hello_message", "payload_bytes",
-           "register_request", "registration_from_proto", "result_from_proto", "result_messages", "result_to_proto",
+           "register_request", "registration_from_proto", "result_from_proto", "result_to_proto",
            "status_from_proto", "status_to_dict", "status_to_proto", "tensor_nbytes", "to_proto",
            "work_item_from_proto"]
 
@@ -140,21 +140,6 @@ def heartbeat_request(job_id: str, worker_id: int, last_round: int, session: str
 
 
 # -- worker -> coordinator ------------------------------------------------------------------------------
-def result_messages(res: Result, payloads: list[np.ndarray] | None = None,
-                    chunk_bytes: int = 0) -> list[pb.WorkerMessage]:
-    """Worker side: the work-stream messages of a Result.
-
-    With ``payloads`` (one array per task), each is copied once into the messages: inline, or as chunks of
-    ``chunk_bytes`` before the Result when larger (dcoord.wire.chunking). Without, the Result goes as it is
-    (payloads on a data plane: its tasks' payloads hold shape and dtype only)."""
-    msg = result_to_proto(res)
-    if payloads is None:
-        return [pb.WorkerMessage(result=msg)]
-    from dcoord.wire.chunking import pack_result
-
-    return pack_result(msg, payloads, chunk_bytes)
-
-
 def result_from_proto(res: pb.Result) -> Result:
     """The internal Result (payload bytes shared, not copied)."""
     tasks = [TaskResult(job=tr.job, slot=tr.slot, model=tr.model, model_version=tr.model_version,

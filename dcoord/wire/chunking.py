@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
-from dcoord.wire import fill_proto
+from dcoord.wire import fill_proto, result_to_proto
 from dcoord.wire.messages import Result, TensorData
 
 #: default chunk size (runtime.stream_chunk_bytes); payloads no larger than this travel inline
@@ -83,6 +83,19 @@ class ChunkAssembler:
         if off != len(buf) and result.tasks:  # extra bytes: make the byte count visibly wrong
             result.tasks[-1].payload.data += buf[off:]
         return True
+
+
+def result_messages(res: Result, payloads: list[np.ndarray] | None = None,
+                    chunk_bytes: int = 0) -> list[pb.WorkerMessage]:
+    """Worker side: the work-stream messages of a Result.
+
+    With ``payloads`` (one array per task), each is copied once into the messages: inline, or as chunks of
+    ``chunk_bytes`` before the Result when larger (dcoord.wire.chunking). Without, the Result goes as it is
+    (payloads on a data plane: its tasks' payloads hold shape and dtype only)."""
+    msg = result_to_proto(res)
+    if payloads is None:
+        return [pb.WorkerMessage(result=msg)]
+    return pack_result(msg, payloads, chunk_bytes)
 
 
 def mark_payloads(res: Result, payloads: list[np.ndarray], plane) -> None:

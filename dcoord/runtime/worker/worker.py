@@ -30,8 +30,7 @@ from dcoord.runtime.transport.base import WorkerEnd
 from dcoord.runtime.transport.registry import get_plane
 from dcoord.runtime.worker.compute import TaskComputer
 from dcoord.runtime.worker.link import ControlLink, Inbox, WorkStream
-from dcoord.wire import result_messages
-from dcoord.wire.chunking import mark_payloads, send_payloads
+from dcoord.wire.chunking import mark_payloads, result_messages, send_payloads
 from dcoord.wire.messages import Assignment, PartLoss, Registration, Result, Shutdown, TaskResult
 from dcoord.workloads.data import load_checked
 
@@ -172,7 +171,10 @@ def _open_plane(w: WorkerState):
     """This registration's end of the job's data plane (None: payloads ride the control plane).
 
     Which plane is the coordinator's choice (its config's ``transport``); a fresh key per registration. TLS
-    exactly when the control plane has it (--tls-ca), with the same server name."""
+    exactly when the control plane has it (--tls-ca), with the same server name. A config without one
+    (a coordinator that chose none) keeps payloads on the control plane."""
+    if w.cfg.transport is None:
+        return None
     host = w.link.address.rpartition(":")[0].strip("[]")
     end = WorkerEnd(host=host, port=w.reg.data_port, worker_id=w.wid, key=w.reg.data_key, job_id=w.job_id,
                     max_count=w.max_count, ssl_context=data_plane_client_context(w.security),
