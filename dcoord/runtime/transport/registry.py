@@ -46,7 +46,7 @@ def get_plane(name: str) -> Plane:
     """The registered plane called ``name``; ConfigError naming the choices if there is none."""
     plane = _PLANES.get(name)
     if plane is None:
-        raise ConfigError(f"transport: unknown data plane {name!r}; choose one of {', '.join(_PLANES)} "
+        raise ConfigError(f"transport: {name} is not a data plane; choose one of {', '.join(_PLANES)} "
                           "or leave it out (the fastest where the job runs)")
     return plane
 
