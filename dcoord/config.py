@@ -8,6 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dcoord.dtypes import PayloadDtype
 from dcoord.errors import ConfigError
 from dcoord.privacy.config import PrivacyConfig
 from dcoord.sim.config import SimulateConfig
@@ -48,7 +49,7 @@ class CodingConfig(_Strict):
         description="sequential codes: close by the (1+mu) straggler rule (the paper), or at the first arrival "
         "whose straggler set still fits the (B, W, lambda) model and keeps every pending job decodable",
     )
-    payload_dtype: Literal["float64", "float32", "bfloat16"] = "float64"  # workers combine in float64, round once
+    payload_dtype: PayloadDtype = "float64"  # workers combine in float64, round once
     seed: int = 0
 
     @field_validator("scheme")
@@ -171,10 +172,11 @@ class JobConfig(_Strict):
         if self.privacy is not None:
             self._check_privacy()
         if self.runtime.elastic:
-            from dcoord.coding.elastic import ELASTIC_SCHEMES
+            from dcoord.coding.elastic import elastic_schemes
 
-            if self.mode != "coded" or self.coding.scheme not in ELASTIC_SCHEMES or self.privacy is not None:
-                raise ValueError(f"runtime.elastic: only plain codes ({', '.join(ELASTIC_SCHEMES)}) without "
+            elastic = elastic_schemes()
+            if self.mode != "coded" or self.coding.scheme not in elastic or self.privacy is not None:
+                raise ValueError(f"runtime.elastic: only plain codes ({', '.join(elastic)}) without "
                                  "privacy can be re-planned; set runtime.elastic: false")
         self.straggler_model()  # validates inject against workers
         return self

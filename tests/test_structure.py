@@ -102,6 +102,8 @@ def test_readme_scheme_table_lists_every_registered_scheme():
 
 # -- planes --
 TRANSPORT = "dcoord.runtime.transport"
+#: modules that import nothing of dcoord, so any layer may use them
+LEAVES = ("dcoord.errors", "dcoord.dtypes")
 #: the transport package's facade: everything else in it is one plane's own module
 PLANE_FACADE = {TRANSPORT, f"{TRANSPORT}.registry", f"{TRANSPORT}.base", f"{TRANSPORT}.frames",
                 f"{TRANSPORT}.models_down"}
@@ -182,15 +184,17 @@ msg = f"transport: {x} is not tcp"
 
 
 def test_wire_and_config_import_nothing_above_them():
-    """dcoord.wire is the bottom of the message path: it may use only itself, dcoord.errors and the generated
-    code. dcoord.config is read by every process (workers too) and must not pull the runtime, the CLI, the
+    """dcoord.wire is the bottom of the message path: it may use only itself, the generated code and the
+    leaf modules (dcoord.errors, dcoord.dtypes: they import nothing of dcoord). dcoord.config is read by every process (workers too) and must not pull the runtime, the CLI, the
     launchers, the simulator or the Python API in, not even through another module; the one module of
     dcoord.sim it reaches is dcoord.sim.config, the schema of the config's ``simulate:`` section."""
     g, mods = _graph(), _modules()
     for name in [m for m in mods if m == "dcoord.wire" or m.startswith("dcoord.wire.")]:
         deps = _imports(mods[name], name, set(mods))
-        bad = [d for d in deps if not d.startswith(("dcoord.wire", "dcoord.errors", GENERATED))]
-        assert not bad, f"{name} imports {bad} (dcoord.wire may use only dcoord.wire, dcoord.errors, dcoord.proto)"
+        bad = [d for d in deps if not d.startswith(("dcoord.wire", GENERATED)) and d not in LEAVES]
+        assert not bad, f"{name} imports {bad} (dcoord.wire may use only itself, {', '.join(LEAVES)}, dcoord.proto)"
+    for leaf in LEAVES:
+        assert not _imports(mods[leaf], leaf, set(mods)), f"{leaf} must import nothing of dcoord"
     above = ("dcoord.runtime", "dcoord.cli", "dcoord.launch", "dcoord.sim", "dcoord.api")
     reached = nx.descendants(g, "dcoord.config")
     bad = sorted(m for m in reached if m.startswith(above) and m != "dcoord.sim.config")

@@ -199,7 +199,9 @@ class SchemeSpec:
     ``params``: config keys under ``coding:`` it reads (subset of stragglers, B, W, lambda, models); a
     scheme without ``models`` trains one model. ``required``: those that must be given. ``grid``: every
     parameter dict the tuner simulates (keys s, B, W, lambda); None = cannot be tuned. ``tunable``: in the
-    tuner's default set. ``color``: matplotlib colour in plots (None = picked by position).
+    tuner's default set. ``color``: matplotlib colour in plots (None = picked by position). ``elastic``: a
+    plain code built from (n, s) alone, so ``runtime.elastic`` may re-plan it over the workers present
+    (coding/elastic.py; sequential codes carry jobs across rounds and cannot be).
     """
 
     name: str
@@ -211,6 +213,7 @@ class SchemeSpec:
     display: str = ""
     color: str | None = None
     description: str = ""
+    elastic: bool = False
 
 
 _REGISTERED: dict[str, SchemeSpec] = {}

@@ -23,12 +23,14 @@ from functools import lru_cache
 
 import numpy as np
 
+from dcoord.dtypes import UNIT_ROUNDOFF
+
 #: relative decode error below which no code is flagged, whatever its amplification
 DECODE_REL_TOL = 1e-5
 #: a code may cost this many times the dtype's own rounding before it is flagged
 MAX_AMPLIFICATION = 4.0
 
-DTYPE_EPS = {"float64": 2.0**-53, "float32": 2.0**-24, "bfloat16": 2.0**-8}  # unit roundoff
+DTYPE_EPS = UNIT_ROUNDOFF  # unit roundoff, by payload dtype name
 
 __all__ = ["Precision", "measure", "measure_dtypes", "inner_code_of", "precision_for", "DECODE_REL_TOL", "DTYPE_EPS"]
 

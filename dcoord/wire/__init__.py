@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from dcoord.dtypes import ITEMSIZE, PAYLOAD_DTYPES
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.wire.messages import (
     Assignment,
@@ -32,8 +33,8 @@ __all__ = ["StatusInfo", "coordinator_message", "fill_proto", "heartbeat_request
            "status_from_proto", "status_to_dict", "status_to_proto", "tensor_nbytes", "to_proto",
            "work_item_from_proto"]
 
-_DTYPES = ("float32", "float64", "bfloat16")  # bfloat16: ml_dtypes arrays (coding.payload_dtype)
-_ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2}
+_DTYPES = PAYLOAD_DTYPES  # bfloat16: ml_dtypes arrays (coding.payload_dtype)
+_ITEMSIZE = ITEMSIZE
 
 #: channel and server options of the control plane: payloads ride in messages of up to 1 GiB
 GRPC_OPTIONS = [

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from dcoord.dtypes import ITEMSIZE
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.wire import fill_proto, result_to_proto
 from dcoord.wire.messages import Result, TensorData
 
 #: default chunk size (runtime.stream_chunk_bytes); payloads no larger than this travel inline
 DEFAULT_CHUNK_BYTES = 1 << 20
-_ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2}
+_ITEMSIZE = ITEMSIZE
 
 
 def pack_result(result: pb.Result, payloads: list[np.ndarray], chunk_bytes: int) -> list[pb.WorkerMessage]:

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from dcoord.dtypes import NATIVE_FLOATS
 from dcoord.errors import DataPlaneError, DcoordError
 from dcoord.runtime.transport.frames import DTYPE_CODES, DTYPES, KIND_DATA, KIND_END, TAG
 from dcoord.wire.messages import Result
@@ -296,7 +297,7 @@ class Plane:
     launcher: ClassVar[str | None] = None
     #: False: payloads ride inside the control plane's messages (no plane beside it)
     carries_payloads: ClassVar[bool] = True
-    payload_dtypes: ClassVar[tuple[str, ...]] = ("float32", "float64")
+    payload_dtypes: ClassVar[tuple[str, ...]] = NATIVE_FLOATS
     #: the default is the fastest plane that can run where the job runs (measured: bench/transport.py)
     speed: ClassVar[int] = 0
 

@@ -9,6 +9,7 @@ for bfloat16 payloads, which no other plane carries.
 
 from __future__ import annotations
 
+from dcoord.dtypes import PAYLOAD_DTYPES
 from dcoord.runtime.transport.base import Plane
 
 
@@ -17,5 +18,5 @@ class GrpcPlane(Plane):
     description = "payloads inside the gRPC control stream (runs everywhere; slowest for large models)"
     runs_under = ("none", "torchrun", "mpirun")
     carries_payloads = False
-    payload_dtypes = ("float32", "float64", "bfloat16")
+    payload_dtypes = PAYLOAD_DTYPES
     speed = 0
