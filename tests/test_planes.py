@@ -71,3 +71,14 @@ def test_a_transport_that_cannot_run_is_one_line_and_leaves_nothing(tmp_path, tr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"transport: {transport}" in lines[0] and "grpc" in lines[0], proc.stderr
     assert not out.exists()
+
+
+def test_a_run_resumes_whichever_plane_carried_it():
+    """A run's config.yaml names the plane it ran on (runs made while gRPC was the default say grpc); the
+    payload path changes nothing of the math, so resuming it where another plane is the default (or with
+    another transport) is allowed, as a changed port is."""
+    from dcoord.runtime.coordinator.resume import config_difference
+
+    saved = load_config(None, data={**JOB, "transport": "grpc"}).to_yaml()
+    assert config_difference(saved, load_config(None, data={**JOB, "transport": "tcp"})) is None
+    assert "rounds" in config_difference(saved, load_config(None, data={**JOB, "transport": "tcp", "rounds": 4}))
