@@ -169,9 +169,10 @@ async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, pl
         # models down the same plane (CPU gloo, MPI), as the tcp server does standalone: see models_down.py
         coord.data_server = plane.model_sender(range(env.world_size - 1)) or coord.data_server
     plane.publish(f"{host}:{port}")
-    from dcoord.runtime.transport.registry import announce_plane, choose_plane
+    if progress:  # (not --quiet)
+        from dcoord.runtime.transport.registry import announce_plane, choose_plane
 
-    announce_plane(*choose_plane(chosen_from or cfg, env.launcher))
+        announce_plane(*choose_plane(chosen_from or cfg, env.launcher))
     log.info("coordinator of job %s on %s:%d, %s data plane, %d workers", coord.job_id, host, port,
              cfg.transport, cfg.workers)
 

@@ -23,7 +23,7 @@ JOB = {"name": "planes", "workload": "logreg-digits", "seed": 0, "workers": 3, "
 
 def _run(tmp_path, data: dict) -> tuple[dict, object]:
     seen = {}
-    summary = run_local(load_config(None, data=data), tmp_path, progress=False,
+    summary = run_local(load_config(None, data=data), tmp_path, progress=True,  # (the bar: runtime.progress)
                         on_started=lambda coord, procs, address: seen.setdefault("coord", coord))
     return summary, seen["coord"]
 
@@ -44,6 +44,9 @@ def test_dcoord_run_without_transport_uses_tcp_and_an_explicit_grpc_still_runs(t
     assert summary["rounds_completed"] == 3
     assert err.count("data plane: grpc (set by transport: in the config)") == 1, err
     assert coord.data_server is None and coord.bytes_in > 0  # payloads inside the gRPC messages
+
+    run_local(load_config(None, data=JOB), tmp_path / "quiet", progress=False)  # dcoord run --quiet
+    assert "data plane" not in capfd.readouterr().err
 
 
 def test_the_default_is_the_launchers_plane_and_an_explicit_one_must_run_there():

@@ -50,7 +50,8 @@ def cmd_coordinator(args) -> int:
         server, port = await start_server(coord, args.listen, security=security)
         if start_metrics:
             start_metrics(coord)
-        announce_plane(plane, reason)
+        if not args.quiet:
+            announce_plane(plane, reason)
         print(f"coordinator for job {coord.job_id} listening on port {port}; "
               f"waiting for {cfg.workers} workers", file=sys.stderr, flush=True)
         loop, stopped = asyncio.get_running_loop(), []

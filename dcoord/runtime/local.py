@@ -79,7 +79,8 @@ async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = Tru
     token = token or random_token()
     coord = make_coordinator(cfg, out, mode)
     server, port = await start_server(coord, "127.0.0.1:0", security=ServerSecurity(token=token))
-    announce_plane(plane, reason)  # once it runs (an error before it is the only line)
+    if progress:  # once it runs (an error before it is the only line); --quiet: not at all
+        announce_plane(plane, reason)
     address = f"127.0.0.1:{port}"
     logs = (out / "workers") if out else None
     if logs:
