@@ -86,7 +86,8 @@ def _train(job_config, workload, out, overrides, progress, resume, overwrite) ->
     from dcoord.launch import detect_launcher, launch, resolve_config
 
     env = detect_launcher()
-    cfg, notes = resolve_config(_as_config(job_config, workload, overrides), env)
+    given = _as_config(job_config, workload, overrides)
+    cfg, notes = resolve_config(given, env)
     for note in notes:
         if env.rank == 0:
             log.warning("%s", note)
@@ -103,7 +104,7 @@ def _train(job_config, workload, out, overrides, progress, resume, overwrite) ->
         from dcoord.runtime.local import run_local
 
         return run_local(cfg, run_dir, progress=progress, mode=mode)
-    result = launch(cfg, env, run_dir, progress=progress, mode=mode)
+    result = launch(cfg, env, run_dir, progress=progress, mode=mode, chosen_from=given)
     if not result.pop("_clean_exit", True):
         log.warning("a data-plane receiver is still waiting on a worker that is gone; the process group was "
                     "left as is (exit the process when done)")

@@ -10,6 +10,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from dcoord.configbase import MAX_ROUNDS, MAX_WORKERS, ConfigModel, Seed
+from dcoord.dtypes import PayloadDtype
 from dcoord.errors import ConfigError
 from dcoord.privacy.config import PrivacyConfig
 from dcoord.sim.config import SimulateConfig
@@ -57,7 +58,7 @@ class CodingConfig(ConfigModel):
         description="sequential codes: close by the (1+mu) straggler rule (the paper), or at the first arrival "
         "whose straggler set still fits the (B, W, lambda) model and keeps every pending job decodable",
     )
-    payload_dtype: Literal["float64", "float32", "bfloat16"] = Field(
+    payload_dtype: PayloadDtype = Field(
         "float64", description="dtype of the coded messages (workers combine in float64 and round once)"
     )
     seed: Seed = Field(0, description="seed of the code's own random choices (random constructions)")
@@ -130,7 +131,11 @@ class JobConfig(ConfigModel):
     optimizer: OptimizerConfig = OptimizerConfig()
     coding: CodingConfig = CodingConfig()
     inject: InjectConfig = InjectConfig()
-    transport: str = Field("grpc", description="grpc (payloads in the control stream), or a registered data plane: tcp (standalone), torch, mpi")
+    transport: str | None = Field(
+        None, description="the data plane payloads travel on: grpc (inside the control stream, runs everywhere), "
+        "tcp (dcoord run, dcoord coordinator + worker), torch (torchrun), mpi (mpirun), or a plugin's; left out: "
+        "the fastest that runs where the job runs (printed at start)",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where workers compute (auto: the GPU when there is one); a worker's --device wins"
     )
@@ -150,16 +155,6 @@ class JobConfig(ConfigModel):
 
             import_plugins(data["plugins"])
         return data
-
-    @field_validator("transport")
-    @classmethod
-    def _transport_name(cls, v: str) -> str:
-        from dcoord.runtime.transport.registry import data_plane_names
-
-        allowed = ("grpc", *data_plane_names())
-        if v not in allowed:
-            raise ValueError(f"unknown transport {v!r}; allowed: {', '.join(allowed)}")
-        return v
 
     @field_validator("name")
     @classmethod
@@ -205,17 +200,14 @@ class JobConfig(ConfigModel):
                 raise ValueError(
                     f"optimizer.lr: give one value or {scheme.models} (one per model); got {len(lrs)}"
                 )
-        if self.coding.payload_dtype == "bfloat16" and self.transport != "grpc":
-            raise ValueError(f"coding.payload_dtype: bfloat16 payloads need transport: grpc (transport: "
-                             f"{self.transport} carries float32/float64 only); use payload_dtype float32 or "
-                             "transport grpc")
         if self.privacy is not None:
             self._check_privacy()
         if self.runtime.elastic:
-            from dcoord.coding.elastic import ELASTIC_SCHEMES
+            from dcoord.coding.elastic import elastic_schemes
 
-            if self.mode != "coded" or self.coding.scheme not in ELASTIC_SCHEMES or self.privacy is not None:
-                raise ValueError(f"runtime.elastic: only plain codes ({', '.join(ELASTIC_SCHEMES)}) without "
+            elastic = elastic_schemes()
+            if self.mode != "coded" or self.coding.scheme not in elastic or self.privacy is not None:
+                raise ValueError(f"runtime.elastic: only plain codes ({', '.join(elastic)}) without "
                                  "privacy can be re-planned; set runtime.elastic: false")
         self.straggler_model()  # validates inject against workers
         return self

@@ -2,33 +2,40 @@
 
 The CLI catches DcoordError (never a bare ValueError), prints its message and exits with its
 ``exit_code``: 1 = the run failed or could not go on, 2 = bad input (config, scheme, workload, privacy
-parameters), 3 = a run that had to stop. Domain errors that validators raise inside pydantic models also
+parameters), 3 = a run that had to stop, 4 = a worker whose coordinator (or launcher) went away without
+telling it to stop. Domain errors that validators raise inside pydantic models also
 derive from ValueError, because pydantic turns only ValueError/AssertionError into a validation error.
 """
+
+#: exit statuses (the CLI's and the launchers'); scripts and orchestrators may branch on them
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_STOPPED = 3
+EXIT_LOST_COORDINATOR = 4
 
 
 class DcoordError(Exception):
     """Base class: the message is the whole story for the user."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
 
 class ConfigError(DcoordError):
     """A job config or CLI value that is not allowed; names the field and what is allowed."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class RunFailed(DcoordError):
     """A run that cannot go on (too many workers lost, a round past its deadline)."""
 
-    exit_code = 3
+    exit_code = EXIT_STOPPED
 
 
 class InputError(DcoordError, ValueError):
     """Bad parameters of one domain (a scheme, a workload, a privacy mechanism, a walk); exit status 2."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class SchemeError(InputError):

@@ -9,10 +9,7 @@ The control plane stays gRPC: rank 0 starts the coordinator's server on a free p
 never through a collective, so the round path never waits on a straggler. Without a launcher this is
 ``dcoord run`` (a coordinator and local worker processes over loopback gRPC).
 
-Choices (documented in docs/launchers.md):
-- transport: ``torch`` under torchrun and ``mpi`` under mpirun unless the config says ``grpc`` explicitly
-  (then payloads stay in the gRPC messages and the launcher only places the processes); naming the other
-  launcher's transport is a config error.
+from dcoord.errors import EXIT_LOST_COORDINATOR, ConfigError, DcoordError, RunFailed
 - workers: always world_size - 1; a config that says otherwise is overridden with a note on stderr.
 - a rank that dies: torchrun's agent (and mpirun) stop every rank when one exits. Rank 0 then writes its
   metrics and a checkpoint, prints why and exits 3, instead of waiting; an exception on any rank under
@@ -38,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from dcoord.config import JobConfig, load_config
-from dcoord.errors import ConfigError, DcoordError, RunFailed, WorkloadError
+from dcoord.errors import EXIT_LOST_COORDINATOR, ConfigError, DcoordError, RunFailed, WorkloadError
 
 log = logging.getLogger("dcoord.launch")
 
@@ -81,22 +78,15 @@ def detect_launcher(environ: Mapping[str, str] | None = None) -> LaunchEnv:
 
 
 def resolve_config(cfg: JobConfig, env: LaunchEnv) -> tuple[JobConfig, list[str]]:
-    """The config this launch runs (transport and workers fixed by the launcher) and notes for the user."""
-    notes: list[str] = []
-    explicit = "transport" in cfg.model_fields_set
-    if env.launcher == "none":
-        if cfg.transport not in ("grpc", "tcp"):
-            notes.append(f"transport: {cfg.transport} needs torchrun/mpirun; without a launcher payloads go "
-                         "over gRPC")
-            cfg = _revalidate(cfg, ["transport=grpc"], "")
-        return cfg, notes
-    from dcoord.runtime.transport.registry import plane_for_launcher
+    """The config this launch runs (transport and workers fixed by the launcher) and notes for the user.
 
-    wanted = plane_for_launcher(env.launcher).name
-    if explicit and cfg.transport not in ("grpc", wanted):
-        raise ConfigError(f"transport: {cfg.transport} cannot run under {env.launcher} "
-                          f"(use {wanted}, grpc, or leave it out; tcp is for dcoord run / coordinator + worker)")
-    transport = cfg.transport if explicit else wanted
+    Without a launcher the config is left as it is (``dcoord run`` chooses its data plane itself)."""
+    notes: list[str] = []
+    if env.launcher == "none":
+        return cfg, notes
+    from dcoord.runtime.transport.registry import choose_plane
+
+    plane, _ = choose_plane(cfg, env.launcher)  # an explicit transport that cannot run here: ConfigError
     if env.world_size < 2:
         raise ConfigError(f"{env.launcher} started 1 process; dcoord.launch needs at least 2 "
                           "(rank 0 coordinates, the others are workers)")
@@ -107,7 +97,7 @@ def resolve_config(cfg: JobConfig, env: LaunchEnv) -> tuple[JobConfig, list[str]
     where = f"under {env.launcher} with {env.world_size} processes ({n} workers): "
     fix = "" if cfg.workers == n else (f"; the job asks for {cfg.workers} workers: start {cfg.workers + 1} "
                                        f"processes ({launcher_size_flag(env.launcher, cfg.workers + 1)})")
-    return _revalidate(cfg, [f"workers={n}", f"transport={transport}"], where, fix), notes
+    return _revalidate(cfg, [f"workers={n}", f"transport={plane.name}"], where, fix), notes
 
 
 def launcher_size_flag(launcher: str, processes: int) -> str:
@@ -151,10 +141,18 @@ def make_data_plane(cfg: JobConfig, env: LaunchEnv):
         raise ConfigError(f"{env.launcher} needs {module}: {how}") from None
 
 
+def _carries_payloads(cfg: JobConfig) -> bool:
+    """The job's plane carries payloads beside the control plane (else the launcher only places the ranks)."""
+    from dcoord.runtime.transport.registry import get_plane
+
+    return get_plane(cfg.transport).carries_payloads
+
+
 async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, plane, progress: bool,
-                            mode: str = "new") -> dict:
+                            mode: str = "new", chosen_from: JobConfig | None = None) -> dict:
     """Rank 0: host the job (runtime/coordinator/host.py) and publish its address to the other ranks."""
     from dcoord.runtime.coordinator.host import HostHooks, HostSpec, host_job
+    from dcoord.runtime.transport.registry import announce_plane, choose_plane
 
     listen, host = _hosts(env)
     spec = HostSpec(cfg, out, mode, listen=f"{listen}:0", progress=progress, launch_plane=plane,
@@ -162,6 +160,8 @@ async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, pl
 
     def started(coord, port: int) -> None:
         plane.publish(f"{host}:{port}")
+        if progress:  # (not --quiet)
+            announce_plane(*choose_plane(chosen_from or cfg, env.launcher))
         log.info("coordinator of job %s on %s:%d, %s data plane, %d workers", coord.job_id, host, port,
                  cfg.transport, cfg.workers)
 
@@ -193,7 +193,7 @@ def _work(cfg: JobConfig, env: LaunchEnv, plane) -> dict:
     if address.startswith("error:"):
         raise DcoordError(f"rank 0 could not start the coordinator: {address[6:]}")
     os.environ.setdefault("LOCAL_RANK", str(env.local_rank))  # pick_device uses it (mpirun does not set it)
-    carries = cfg.transport != "grpc"
+    carries = _carries_payloads(cfg)
     rounds = run_worker(address, requested_id=env.rank - 1, device=cfg.device,
                         data_plane=plane if carries else None,
                         allow_workloads=[cfg.workload],  # this rank read the job file itself
@@ -240,13 +240,17 @@ def watch_launcher(env: LaunchEnv, interval: float = 1.0) -> None:
                   file=sys.stderr, flush=True)
         except (OSError, ValueError):  # its stderr went with it
             pass
-        os._exit(4)
+        os._exit(EXIT_LOST_COORDINATOR)
 
     threading.Thread(target=watch, name="dcoord-launcher-watch", daemon=True).start()
 
 
-def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = True, mode: str = "new") -> dict:
+def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = True, mode: str = "new",
+           chosen_from: JobConfig | None = None) -> dict:
     """Run this rank's role; rank 0 returns the run summary, workers ``{"role": "worker", ...}``.
+
+    ``chosen_from``: the config as given, before ``resolve_config`` (rank 0 then says why the data plane
+    is the one it is, once the coordinator runs).
 
     Under mpirun an exception on any rank is printed and ends the whole job (MPI_Abort) instead of
     leaving the other ranks waiting. Rank 0's summary carries ``_clean_exit`` = False when a receiver
@@ -261,8 +265,8 @@ def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = Tr
     try:
         _plane = make_data_plane(cfg, env)
         if _plane.rank == 0:
-            summary = asyncio.run(_coordinate_async(cfg, env, out, _plane, progress, mode))
-            clean = _plane.stop_receiving(timeout=10.0) if cfg.transport != "grpc" else True
+            summary = asyncio.run(_coordinate_async(cfg, env, out, _plane, progress, mode, chosen_from))
+            clean = _plane.stop_receiving(timeout=10.0) if _carries_payloads(cfg) else True
             clean = _plane.end_models(timeout=10.0) and clean  # END sent to every worker's model reader
             if _plane.models_sender is not None:  # what went down the plane (models) and up it (payloads)
                 summary["data_plane_bytes"] = {"models_out": _plane.models_sender.bytes_out,
@@ -342,9 +346,11 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"%(asctime)s [rank {env.rank}] %(name)s %(levelname)s %(message)s")
     try:
         overrides = list(args.set or []) + ([f"workers={args.workers}"] if args.workers else [])
-        cfg, notes = resolve_config(load_config(args.job, overrides), env)
+        job = load_config(args.job, overrides)
+        cfg, notes = resolve_config(job, env)
         for note in notes if lead else []:
             print(f"dcoord.launch: note: {note}", file=sys.stderr, flush=True)
+
         from dcoord.cli.options import out_and_mode
 
         out, mode = out_and_mode(args, cfg)
@@ -353,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
 
             result = run_local(cfg, out, progress=not args.quiet, mode=mode)
         else:
-            result = launch(cfg, env, out, progress=not args.quiet, mode=mode)
+            result = launch(cfg, env, out, progress=not args.quiet, mode=mode, chosen_from=job)
     except ConfigError as exc:
         if not lead:
             return 0

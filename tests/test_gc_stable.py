@@ -148,14 +148,21 @@ def test_bfloat16_rounds_once_from_float64():
     assert math.isclose(float(back[4]), 1e-3, rel_tol=2**-8)
 
 
-@pytest.mark.parametrize("transport", ["torch", "tcp"])
-def test_bfloat16_needs_grpc_transport(transport):
+@pytest.mark.parametrize(("transport", "launcher"), [("torch", "torchrun"), ("tcp", "none")])
+def test_bfloat16_needs_grpc_transport(transport, launcher):
+    """Which plane carries which dtype is the registry's business (each plane declares it): the choice, made
+    before anything starts, refuses bfloat16 on a plane that carries float32/float64 only, and without a
+    transport picks the gRPC one for bfloat16 payloads."""
     from dcoord.config import load_config
     from dcoord.errors import ConfigError
+    from dcoord.runtime.transport.registry import choose_plane
 
+    data = {"name": "x", "workers": 4,
+            "coding": {"scheme": "gc-binary", "stragglers": 1, "payload_dtype": "bfloat16"}}
     with pytest.raises(ConfigError, match="bfloat16 payloads need transport: grpc"):
-        load_config(None, data={"name": "x", "workers": 4, "transport": transport,
-                                "coding": {"scheme": "gc-binary", "stragglers": 1, "payload_dtype": "bfloat16"}})
+        choose_plane(load_config(None, data={**data, "transport": transport}), launcher)
+    plane, reason = choose_plane(load_config(None, data=data), launcher)
+    assert plane.name == "grpc" and "bfloat16" in reason
 
 
 @pytest.mark.slow

@@ -88,8 +88,8 @@ def reference() -> dict:
 
 @pytest.fixture(scope="module")
 def grpc_model(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("grpc")
-    summary = run_local(load_config(None, data=JOB), out, progress=False)
+    out = tmp_path_factory.mktemp("grpc")  # dcoord run with payloads in the gRPC messages (said: not the default)
+    summary = run_local(load_config(None, data={**JOB, "transport": "grpc"}), out, progress=False)
     assert summary["rounds_completed"] == ROUNDS
     return torch.load(out / "model.pt")
 

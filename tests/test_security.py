@@ -593,11 +593,11 @@ def test_secrets_never_leave(tmp_path):
                     return key
 
                 coord.handle_result, coord.new_data_key = spy, spy_key
-                data_keys.update(coord._data_keys.values())
+                data_keys.update(getattr(coord.data_server, "keys", {}).values())
 
             def each_round(record, coord):
                 seen.append(status_to_proto(coord.status()).SerializeToString())
-                data_keys.update(coord._data_keys.values())
+                data_keys.update(getattr(coord.data_server, "keys", {}).values())
 
             run_local(cfg, tmp_path / name, progress=False, on_started=started, on_round=each_round, token=TOKEN)
             # what a worker is sent at Register (served here by a coordinator of the same job)

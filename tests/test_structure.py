@@ -11,7 +11,7 @@ import networkx as nx
 PKG = Path(__file__).resolve().parent.parent / "dcoord"
 GENERATED = "dcoord.proto"
 #: modules allowed to import the generated protobuf/gRPC code
-WIRE = {"dcoord.wire", "dcoord.runtime.coordinator.service", "dcoord.runtime.worker.worker", "dcoord.runtime.client"}
+WIRE = {"dcoord.wire", "dcoord.runtime.coordinator.service", "dcoord.runtime.worker.link", "dcoord.runtime.client"}
 #: NOT DONE YET (issue 19): the round path still builds/reads protobuf messages in these modules. The list
 #: is a ratchet: the test fails when another module starts importing generated code, and when one of these
 #: stops (then delete it here). Moving them behind dcoord.wire is the remaining part of the wire layer.
@@ -258,3 +258,117 @@ def test_only_the_host_starts_a_coordinator_server():
                        if name not in SERVER_STARTERS and _names_start_server(path))
     assert not offenders, f"start the coordinator's server through coordinator.host.host_job, not in: {offenders}"
     assert _names_start_server(_modules()["dcoord.runtime.coordinator.host"])
+
+
+# -- planes --
+TRANSPORT = "dcoord.runtime.transport"
+#: modules that import nothing of dcoord, so any layer may use them
+LEAVES = ("dcoord.errors", "dcoord.dtypes")
+#: the transport package's facade: everything else in it is one plane's own module
+PLANE_FACADE = {TRANSPORT, f"{TRANSPORT}.registry", f"{TRANSPORT}.base", f"{TRANSPORT}.frames",
+                f"{TRANSPORT}.models_down"}
+
+
+def _plane_literals(tree: ast.AST, names: set[str]) -> list[tuple[int, str]]:
+    """(line, name) of every string constant equal to a plane's name where code compares it (``==``, ``in``,
+    elements of a tuple compared against), uses it as a dict key, passes it to a call (positional or keyword,
+    tuple/list elements too), makes it a parameter default, or assigns it. A dict literal that also has a
+    "numpy" key is a table of libraries (a checkpoint's RNG states: "torch" is the library there), not of
+    planes, and is skipped."""
+    def flat(n: ast.AST | None):
+        if isinstance(n, (ast.Tuple, ast.List, ast.Set)):
+            for e in n.elts:
+                yield from flat(e)
+        elif n is not None:
+            yield n
+
+    def named(n: ast.AST) -> bool:
+        return isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in names
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            places = [node.left, *node.comparators]
+        elif isinstance(node, ast.Dict):
+            keys = [k for k in node.keys if k is not None]
+            library_table = any(isinstance(k, ast.Constant) and k.value == "numpy" for k in keys)
+            places = [] if library_table else keys
+        elif isinstance(node, ast.Call):
+            places = [*node.args, *(k.value for k in node.keywords)]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            places = [*node.args.defaults, *node.args.kw_defaults]
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            places = [node.value]
+        else:
+            continue
+        found += [(e.lineno, e.value) for p in places for e in flat(p) if named(e)]
+    return found
+
+
+def test_no_module_outside_transport_names_a_plane():
+    """Only dcoord.runtime.transport knows which planes exist: every other module asks the registry
+    (``choose_plane``, ``get_plane``, a plane's ``carries_payloads`` and hooks), so a new plane touches its
+    own module and the registry, nothing else. Fails when a module outside the package uses a registered
+    plane's name as a string (see ``_plane_literals`` for where) or imports a plane's own module (anything in
+    the package but its facade: registry, base, frames, models_down). Names in comments and docstrings, and
+    in messages (f-strings, longer strings), are prose and allowed."""
+    from dcoord.runtime.transport.registry import plane_names
+
+    names = set(plane_names())
+    assert {"grpc", "tcp", "torch", "mpi"} <= names
+    mods = _modules()
+    plane_modules = {m for m in mods if m.startswith(TRANSPORT + ".") and m not in PLANE_FACADE}
+    assert {f"{TRANSPORT}.tcp_dp", f"{TRANSPORT}.grpc_plane", f"{TRANSPORT}.torch_dp"} <= plane_modules
+    offenders = []
+    for name, path in sorted(mods.items()):
+        if name == TRANSPORT or name.startswith(TRANSPORT + "."):
+            continue
+        offenders += [f"{name}:{line}: {value!r}" for line, value in _plane_literals(ast.parse(path.read_text()), names)]
+        offenders += [f"{name}: imports {dep}" for dep in sorted(_imports(path, name, set(mods)) & plane_modules)]
+    assert not offenders, "planes named outside dcoord.runtime.transport (ask its registry): " + "; ".join(offenders)
+
+
+def test_the_plane_rule_sees_what_it_forbids():
+    """The scan above finds each kind of naming it forbids (else it could pass by seeing nothing)."""
+    src = '''
+if cfg.transport == "tcp": pass
+if cfg.transport in ("grpc", "x"): pass
+d = {"mpi": 1}
+f(transport="torch")
+def g(t="grpc"): pass
+ok = {"torch": 1, "numpy": 2}
+msg = f"transport: {x} is not tcp"
+'''
+    found = _plane_literals(ast.parse(src), {"grpc", "tcp", "torch", "mpi"})
+    assert sorted(line for line, _ in found) == [2, 3, 4, 5, 6]
+
+
+def test_wire_and_config_import_nothing_above_them():
+    """dcoord.wire is the bottom of the message path: it may use only itself, the generated code and the
+    leaf modules (dcoord.errors, dcoord.dtypes: they import nothing of dcoord). dcoord.config is read by every process (workers too) and must not pull the runtime, the CLI, the
+    launchers, the simulator or the Python API in, not even through another module; the one module of
+    dcoord.sim it reaches is dcoord.sim.config, the schema of the config's ``simulate:`` section."""
+    g, mods = _graph(), _modules()
+    for name in [m for m in mods if m == "dcoord.wire" or m.startswith("dcoord.wire.")]:
+        deps = _imports(mods[name], name, set(mods))
+        bad = [d for d in deps if not d.startswith(("dcoord.wire", GENERATED)) and d not in LEAVES]
+        assert not bad, f"{name} imports {bad} (dcoord.wire may use only itself, {', '.join(LEAVES)}, dcoord.proto)"
+    for leaf in LEAVES:
+        assert not _imports(mods[leaf], leaf, set(mods)), f"{leaf} must import nothing of dcoord"
+    above = ("dcoord.runtime", "dcoord.cli", "dcoord.launch", "dcoord.sim", "dcoord.api")
+    reached = nx.descendants(g, "dcoord.config")
+    bad = sorted(m for m in reached if m.startswith(above) and m != "dcoord.sim.config")
+    assert not bad, f"dcoord.config reaches {bad}"
+
+
+def test_worker_and_coordinator_sides_are_separate():
+    """A worker process never loads the coordinator's code, nor the reverse: both sides share only the
+    transport, security, store and wire layers and the shared runtime modules."""
+    g = _graph()
+    sides = ("dcoord.runtime.worker", "dcoord.runtime.coordinator")
+
+    def on(side: str, mod: str) -> bool:
+        return mod == side or mod.startswith(side + ".")
+
+    crossing = sorted(f"{a} -> {b}" for a, b in g.edges for s, o in (sides, sides[::-1]) if on(s, a) and on(o, b))
+    assert not crossing, f"one side imports the other: {crossing}"

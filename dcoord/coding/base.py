@@ -199,7 +199,14 @@ class SchemeSpec:
     ``params``: config keys under ``coding:`` it reads (subset of stragglers, B, W, lambda, models); a
     scheme without ``models`` trains one model. ``required``: those that must be given. ``grid``: every
     parameter dict the tuner simulates (keys s, B, W, lambda); None = cannot be tuned. ``tunable``: in the
-    tuner's default set. ``color``: matplotlib colour in plots (None = picked by position).
+    tuner's default set. ``color``: matplotlib colour in plots (None = picked by position). ``elastic``: a
+    plain code built from (n, s) alone, so ``runtime.elastic`` may re-plan it over the workers present
+    (coding/elastic.py; sequential codes carry jobs across rounds and cannot be). ``precision(n, params)``:
+    the (plain code, s) whose decoding this scheme's is, ``"inner"`` naming the sequential codes' inner code
+    (coding/precision.py measures it); None = not measured (a biased code, or a user's scheme: its decoding
+    is its own business). ``real_coefficients``: it decodes with real (not 0/1) coefficients, which can
+    amplify the payloads' rounding (the precision warning then suggests a 0/1 code). ``paper``: one of the
+    schemes the sequential-gradient-coding paper compares (``dcoord tune`` also reports its pick among them).
     """
 
     name: str
@@ -211,6 +218,10 @@ class SchemeSpec:
     display: str = ""
     color: str | None = None
     description: str = ""
+    elastic: bool = False
+    precision: Callable[[int, SchemeParams], tuple[str, int]] | None = None
+    real_coefficients: bool = False
+    paper: bool = False
 
 
 _REGISTERED: dict[str, SchemeSpec] = {}

@@ -15,8 +15,13 @@ import numpy as np
 
 from dcoord.coding.base import ResultRef, Scheme, SchemeError, Task
 
-#: plain codes that can be re-planned (sequential codes carry jobs across rounds; token mode reroutes)
-ELASTIC_SCHEMES = ("uncoded", "gc-fr", "gc-cyclic", "ignore-stragglers")
+
+def elastic_schemes() -> tuple[str, ...]:
+    """The registered codes that can be re-planned (each declares ``elastic`` on its SchemeSpec; sequential
+    codes carry jobs across rounds; token mode reroutes)."""
+    from dcoord.coding.registry import registered_schemes
+
+    return tuple(name for name, spec in registered_schemes().items() if spec.elastic)
 
 
 def replan_stragglers(scheme: str, n: int, s: int) -> int:
@@ -37,8 +42,8 @@ class ElasticScheme(Scheme):
                  epoch: int, jobs: int | None = None) -> None:
         from dcoord.coding.registry import make_scheme
 
-        if scheme not in ELASTIC_SCHEMES:
-            raise SchemeError(f"runtime.elastic: {scheme} cannot be re-planned; use one of {list(ELASTIC_SCHEMES)}")
+        if scheme not in elastic_schemes():
+            raise SchemeError(f"runtime.elastic: {scheme} cannot be re-planned; use one of {list(elastic_schemes())}")
         if not members:
             raise SchemeError("elastic: no workers to plan over")
         self.base, self.epoch, self.parts_total, self.s_max = scheme, epoch, parts, s

@@ -327,16 +327,25 @@ def _s_spec(cls: type[_PlainScheme], grid=_s_grid, **kw) -> SchemeSpec:
     return SchemeSpec(cls.name, lambda n, p: cls(n, p.s, jobs=p.jobs), params=("stragglers",), grid=grid, **kw)
 
 
+def _itself(name: str):
+    """A plain code's precision is its own decoding's."""
+    return lambda n, p: (name, p.s)
+
+
 register_scheme(SchemeSpec(
-    "uncoded", lambda n, p: Uncoded(n, p.s, jobs=p.jobs), grid=lambda g: [{}], color="C7",
+    "uncoded", lambda n, p: Uncoded(n, p.s, jobs=p.jobs), grid=lambda g: [{}], color="C7", elastic=True,
+    precision=_itself("uncoded"), paper=True,
     description="every worker computes its own part; the round waits for all"))
 register_scheme(_s_spec(
-    GCFractional, grid=lambda g: ({"s": s} for s in g.ss if g.n % (s + 1) == 0), color="C1",
+    GCFractional, grid=lambda g: ({"s": s} for s in g.ss if g.n % (s + 1) == 0), color="C1", elastic=True,
+    precision=_itself(GCFractional.name),
     description="fractional-repetition gradient code; (s+1) must divide the workers"))
-register_scheme(_s_spec(GCCyclic, color="C0", description="cyclic gradient code: any n-s workers decode"))
+register_scheme(_s_spec(GCCyclic, color="C0", elastic=True, precision=_itself(GCCyclic.name), real_coefficients=True,
+                        paper=True,
+                        description="cyclic gradient code: any n-s workers decode"))
 register_scheme(_s_spec(
-    GCBinary, color="C4",
+    GCBinary, color="C4", precision=_itself(GCBinary.name),
     description="0/1 fractional repetition for any (n, s): one survivor per group decodes, exactly"))
 register_scheme(_s_spec(
-    IgnoreStragglers, tunable=False, color="C5",
+    IgnoreStragglers, tunable=False, color="C5", elastic=True,
     description="uncoded, dropping the s slowest parts (biased gradient)"))

@@ -23,6 +23,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from dcoord.dtypes import UNIT_ROUNDOFF
+
 #: relative decode error below which no code is flagged, whatever its amplification
 DECODE_REL_TOL = 1e-5
 #: a code may cost this many times the dtype's own rounding before it is flagged
@@ -36,7 +38,7 @@ MAX_SETS = 64
 #: of the job, and is the same on every run
 SEED = 0
 
-DTYPE_EPS = {"float64": 2.0**-53, "float32": 2.0**-24, "bfloat16": 2.0**-8}  # unit roundoff
+DTYPE_EPS = UNIT_ROUNDOFF  # unit roundoff, by payload dtype name
 
 __all__ = ["Precision", "measure", "measure_dtypes", "inner_code_of", "precision_for", "DECODE_REL_TOL", "DTYPE_EPS"]
 
@@ -86,7 +88,7 @@ class Precision:
         if not self.flagged:
             return None
         fix = []
-        if self.scheme in ("gc-cyclic", "sr-sgc", "m-sgc"):
+        if _spec(self.scheme) is not None and _spec(self.scheme).real_coefficients:
             fix.append("coding.scheme: gc-binary (0/1 coefficients, amplification <= ~1)")
         if self.dtype != "float64":
             wider = "float32" if self.dtype == "bfloat16" else "float64"
@@ -129,21 +131,24 @@ def _uncoded_error(n: int, dtype: str, draws: int, dim: int, seed: int) -> float
     return worst
 
 
-#: the built-in schemes whose decoding ``precision_for`` measures
-_MEASURED = ("uncoded", "gc-fr", "gc-cyclic", "gc-binary", "sr-sgc", "m-sgc")
+def _spec(name: str):
+    """The registered spec of ``name`` (it says how its precision is measured), or None."""
+    from dcoord.coding.registry import registered_schemes
+
+    return registered_schemes().get(name)
 
 
 def inner_code_of(name: str, n: int, s: int = 0, B: int | None = None, W: int | None = None,
                   lam: int | None = None) -> tuple[str, int]:
-    """(plain code, s) whose decoding a scheme's precision is: sequential codes decode their inner cyclic or
-    fractional-repetition code (their uncoded chunks add nothing), plain codes themselves."""
-    if name == "sr-sgc":
-        from dcoord.coding.sgc import srsgc_s
+    """(plain code, s) whose decoding a scheme's precision is, as its spec declares (``SchemeSpec.precision``):
+    sequential codes decode their inner cyclic or fractional-repetition code (their uncoded chunks add
+    nothing), plain codes themselves."""
+    from dcoord.coding.base import SchemeParams
 
-        return "inner", srsgc_s(B, W, lam)
-    if name == "m-sgc":
-        return ("inner", lam) if lam < n else ("uncoded", 0)
-    return name, s
+    spec = _spec(name)
+    if spec is None or spec.precision is None:
+        return name, s
+    return spec.precision(n, SchemeParams(s=s, B=B, W=W, lam=lam))
 
 
 @lru_cache(maxsize=128)
@@ -178,7 +183,7 @@ def measure_dtypes(name: str, n: int, s: int, dtypes: tuple[str, ...], max_sets:
         def coefficients(F):
             return code.decode(F)
     else:
-        sch = gc.GCCyclic(n, s, construction=construction) if name == "gc-cyclic" else make_scheme(name, n, s=s)
+        sch = gc.GCCyclic(n, s, construction=construction) if name == gc.GCCyclic.name else make_scheme(name, n, s=s)
         tasks = sch.tasks(0)
         rows = [(tasks[i][0].parts, tasks[i][0].coeffs) for i in range(n)]
         frac = sch.part_fractions()
@@ -186,7 +191,7 @@ def measure_dtypes(name: str, n: int, s: int, dtypes: tuple[str, ...], max_sets:
         def coefficients(F):
             sch.close_round(0, frozenset(F))
             return {ref.worker: c for ref, c in sch.decode(0).items()}
-    if name == "uncoded":
+    if name == gc.Uncoded.name:
         s = 0
     sets, exhaustive = _survivor_sets(n, s, max_sets, set_rng)
     E = np.zeros((n, len(frac)))
@@ -213,7 +218,8 @@ def precision_for(coding: dict, n: int) -> Precision | None:
     scheme has no exact decoding to measure (ignore-stragglers is biased by design) or is not a built-in one
     (a user-registered scheme's decoding is its own business)."""
     name = coding.get("scheme", "uncoded")
-    if name not in _MEASURED:
+    spec = _spec(name)
+    if spec is None or spec.precision is None:
         return None
     plain, s = inner_code_of(name, n, coding.get("stragglers") or 0, coding.get("B"), coding.get("W"),
                              coding.get("lambda"))

@@ -650,9 +650,11 @@ def _m_grid(g: GridSpace):
 
 register_scheme(SchemeSpec(
     "sr-sgc", lambda n, p: SRSGC(n, p.B, p.W, p.lam, jobs=p.jobs, **_kw(p)), params=_SEQ_PARAMS,
-    required=("B", "W", "lambda"), grid=_sr_grid, color="C3",
+    required=("B", "W", "lambda"), grid=_sr_grid, color="C3", real_coefficients=True, paper=True,
+    precision=lambda n, p: ("inner", srsgc_s(p.B, p.W, p.lam)),  # its inner code; uncoded chunks add nothing
     description="selective-repeat sequential gradient code (delay T = B)"))
 register_scheme(SchemeSpec(
     "m-sgc", lambda n, p: MSGC(n, p.B, p.W, p.lam, jobs=p.jobs, **_kw(p)), params=_SEQ_PARAMS,
-    required=("B", "W", "lambda"), grid=_m_grid, color="C2",
+    required=("B", "W", "lambda"), grid=_m_grid, color="C2", real_coefficients=True, paper=True,
+    precision=lambda n, p: ("inner", p.lam) if p.lam < n else ("uncoded", 0),
     description="multiplexed sequential gradient code (delay T = W-2+B)"))

@@ -28,7 +28,13 @@ from dcoord.sim.engine import DelaySource, TraceDelays, simulate
 from dcoord.sim.tune import Choice, best_per_scheme, tune_source
 
 RULES = ("earliest", "straggler-rule")
-PAPER_SCHEMES = ("uncoded", "gc-cyclic", "sr-sgc", "m-sgc")  # the SGC paper's comparison (GC: any s stragglers)
+
+
+def paper_schemes() -> tuple[str, ...]:
+    """The SGC paper's comparison (GC: any s stragglers): the registered schemes that declare ``paper``."""
+    from dcoord.coding.registry import registered_schemes
+
+    return tuple(name for name, spec in registered_schemes().items() if spec.paper)
 
 
 @dataclass(frozen=True)
@@ -156,8 +162,9 @@ def tune_out_of_sample(n: int, tune: EvalSource, evals: Sequence[EvalSource], ma
     out = {"tuned_on": tune.label, "tune_jobs": tune.jobs, "evaluated_on": [e.label for e in evals],
            "eval_jobs": [e.jobs for e in evals], "load_model": load_model, "mu": mu,
            "policies": [p.to_dict() for p in rows], "recommended": rec.to_dict()}
-    if "straggler-rule" in set(rules) and any(s in PAPER_SCHEMES for s, _ in pol):
-        paper = recommend(pol, PAPER_SCHEMES, ["straggler-rule"])
+    paper_set = paper_schemes()
+    if "straggler-rule" in set(rules) and any(s in paper_set for s, _ in pol):
+        paper = recommend(pol, paper_set, ["straggler-rule"])
         out["paper_pick"] = paper.to_dict()
         out["recommended_over_paper_pick"] = rec.mean / paper.mean
     return out

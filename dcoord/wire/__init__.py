@@ -1,7 +1,10 @@
 """The wire layer: generated protobuf types <-> the internal dataclasses the rest of dcoord works on.
 
-Only this package, the gRPC servicer (runtime/coordinator/service.py) and the clients (runtime/worker/worker.py,
-runtime/client.py) import the generated ``coordinator_pb2`` modules (tests/test_structure.py checks it).
+Only this package, the gRPC servicer (runtime/coordinator/service.py) and the clients (runtime/worker/link.py,
+runtime/client.py) import the generated ``coordinator_pb2`` modules (tests/test_structure.py checks it). Both
+sides convert here: the coordinator's (``coordinator_message``, ``result_from_proto``, ``status_to_proto``)
+and the worker's (``register_request``, ``registration_from_proto``, ``work_item_from_proto``,
+``dcoord.wire.chunking.result_messages``, ...).
 """
 
 from __future__ import annotations
@@ -11,22 +14,27 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from dcoord.dtypes import ITEMSIZE, PAYLOAD_DTYPES
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.wire.messages import (
     Assignment,
+    ModelState,
     PartLoss,
+    Registration,
     Result,
     Shutdown,
     TaskResult,
+    TaskSpec,
     TensorData,
 )
 
-__all__ = ["StatusInfo", "coordinator_message", "fill_proto", "payload_bytes", "result_from_proto", "result_to_proto",
-           "status_from_proto", "status_to_dict", "status_to_proto", "tensor_nbytes",
-           "to_proto"]
+__all__ = ["StatusInfo", "coordinator_message", "fill_proto", "heartbeat_request", "hello_message", "payload_bytes",
+           "register_request", "registration_from_proto", "result_from_proto", "result_to_proto",
+           "status_from_proto", "status_to_dict", "status_to_proto", "tensor_nbytes", "to_proto",
+           "work_item_from_proto"]
 
-_DTYPES = ("float32", "float64", "bfloat16")  # bfloat16: ml_dtypes arrays (coding.payload_dtype)
-_ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2}
+_DTYPES = PAYLOAD_DTYPES  # bfloat16: ml_dtypes arrays (coding.payload_dtype)
+_ITEMSIZE = ITEMSIZE
 
 #: channel and server options of the control plane: payloads ride in messages of up to 1 GiB
 GRPC_OPTIONS = [
@@ -96,6 +104,40 @@ def coordinator_message(msg: Assignment | Shutdown) -> pb.CoordinatorMessage:
                             params_on_data_plane=m.on_data_plane) for m in msg.models]
     return pb.CoordinatorMessage(assignment=pb.Assignment(
         job_id=msg.job_id, round=msg.round, tasks=tasks, models=models, deadline_unix=msg.deadline_unix))
+
+
+def work_item_from_proto(msg: pb.CoordinatorMessage) -> Assignment | Shutdown:
+    """Worker side: a work-stream message as the internal Assignment or Shutdown (the inverse of
+    ``coordinator_message``; model bytes are read once, validated later by ``runtime.tensors.from_proto``)."""
+    if msg.HasField("shutdown"):
+        return Shutdown(reason=msg.shutdown.reason)
+    a = msg.assignment
+    tasks = [TaskSpec(job=t.job, slot=t.slot, parts=list(t.parts), coeffs=list(t.coeffs), kind=t.kind,
+                      model=t.model, model_version=t.model_version) for t in a.tasks]
+    models = [ModelState(model=m.model, version=m.version, params=_tensor_from_proto(m.params),
+                         on_data_plane=m.params_on_data_plane) for m in a.models]
+    return Assignment(job_id=a.job_id, round=a.round, tasks=tasks, models=models, deadline_unix=a.deadline_unix)
+
+
+# -- registration and liveness (worker side) -------------------------------------------------------------
+def register_request(hostname: str, pid: int, requested_id: int, device: str) -> pb.RegisterRequest:
+    """What a worker says about itself when it registers (``requested_id`` -1: any free id)."""
+    return pb.RegisterRequest(hostname=hostname, pid=pid, requested_id=requested_id, device=device)
+
+
+def registration_from_proto(reply: pb.RegisterReply) -> Registration:
+    return Registration(worker_id=reply.worker_id, job_id=reply.job_id, job_config_yaml=reply.job_config_yaml,
+                        session=reply.session, heartbeat_interval_s=reply.heartbeat_interval_s,
+                        data_port=reply.data_port, data_key=reply.data_key)
+
+
+def hello_message(job_id: str, worker_id: int, session: str) -> pb.WorkerMessage:
+    """The first message of a work stream: which registration it belongs to."""
+    return pb.WorkerMessage(hello=pb.Hello(job_id=job_id, worker_id=worker_id, session=session))
+
+
+def heartbeat_request(job_id: str, worker_id: int, last_round: int, session: str) -> pb.HeartbeatRequest:
+    return pb.HeartbeatRequest(job_id=job_id, worker_id=worker_id, last_round=last_round, session=session)
 
 
 # -- worker -> coordinator ------------------------------------------------------------------------------

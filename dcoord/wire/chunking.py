@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from dcoord.dtypes import ITEMSIZE
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
-from dcoord.wire import fill_proto
+from dcoord.wire import fill_proto, result_to_proto
+from dcoord.wire.messages import Result, TensorData
 
 #: default chunk size (runtime.stream_chunk_bytes); payloads no larger than this travel inline
 DEFAULT_CHUNK_BYTES = 1 << 20
-_ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2}
+_ITEMSIZE = ITEMSIZE
 
 
 def pack_result(result: pb.Result, payloads: list[np.ndarray], chunk_bytes: int) -> list[pb.WorkerMessage]:
@@ -84,17 +86,29 @@ class ChunkAssembler:
         return True
 
 
-def mark_payloads(res: pb.Result, payloads: list[np.ndarray], plane) -> None:
+def result_messages(res: Result, payloads: list[np.ndarray] | None = None,
+                    chunk_bytes: int = 0) -> list[pb.WorkerMessage]:
+    """Worker side: the work-stream messages of a Result.
+
+    With ``payloads`` (one array per task), each is copied once into the messages: inline, or as chunks of
+    ``chunk_bytes`` before the Result when larger (dcoord.wire.chunking). Without, the Result goes as it is
+    (payloads on a data plane: its tasks' payloads hold shape and dtype only)."""
+    msg = result_to_proto(res)
+    if payloads is None:
+        return [pb.WorkerMessage(result=msg)]
+    return pack_result(msg, payloads, chunk_bytes)
+
+
+def mark_payloads(res: Result, payloads: list[np.ndarray], plane) -> None:
     """Worker side: mark the result as carried on the data plane (each task's shape and dtype, no bytes) and
     number it with the sequence its first payload will get, so the Result can go before the payloads."""
     for tr, arr in zip(res.tasks, payloads):
-        tr.payload.shape[:] = list(arr.shape)
-        tr.payload.dtype = str(arr.dtype)
+        tr.payload = TensorData(tuple(int(d) for d in arr.shape), str(arr.dtype), b"")
     res.payload_on_data_plane = True
     res.data_seq = plane.next_seq
 
 
-def send_payloads(res: pb.Result, payloads: list[np.ndarray], plane) -> None:
+def send_payloads(res: Result, payloads: list[np.ndarray], plane) -> None:
     """Worker side: send each task's payload array on the data plane (a transport.DataPlane) after
     ``mark_payloads(res, ...)``; the coordinator's PayloadMatcher pairs them again by (worker, data_seq),
     whichever half comes first. No copy of a payload into the Result."""

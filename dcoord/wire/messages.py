@@ -91,3 +91,17 @@ class Result:
     payload_on_data_plane: bool = False
     data_seq: int = 0
     session: str = ""  # the sender's session credential (RegisterReply.session), checked at the gRPC edge
+
+
+@dataclass
+class Registration:
+    """What a worker learns when it registers (RegisterReply): who it is in which job, the job's config, and
+    where its data plane is (``data_port`` 0: payloads ride the control plane, or the launcher's plane)."""
+
+    worker_id: int
+    job_id: str
+    job_config_yaml: str
+    session: str
+    heartbeat_interval_s: float = 0.0
+    data_port: int = 0
+    data_key: bytes = b""

@@ -104,8 +104,7 @@ class Coordinator:
         self.started = time.monotonic()
         self._round_closed = asyncio.Event()
         self._registered = asyncio.Event()
-        self.data_server = None  # tcp: transport.tcp_dp.TcpDataServer; torch/mpi: transport.models_down.ModelSender
-        self._data_keys: dict[int, bytes] = {}
+        self.data_server = None  # the data plane's side that sends models (start_data_plane; dcoord.launch)
         # checkpoints: "collect" while a round waits for results (the scheme as it was when the round
         # started is kept), "closing" while a closed round is applied, "boundary" between rounds
         self.phase = "boundary"
@@ -113,14 +112,18 @@ class Coordinator:
         self.resumed_elapsed = 0.0
         self._final_losses: list[float] | None = None  # evaluated once, after the last round
 
-    # -- the standalone data plane (transport: tcp) -------------------------------------------------
-    def start_data_plane(self, host: str, matcher, ssl_context=None) -> None:
-        """Listen for workers' data connections; payloads are paired with results by ``matcher``.
+    # -- the job's data plane (cfg.transport, a registered plane) ---------------------------------------
+    def start_data_plane(self, host: str, ssl_context=None):
+        """Start the coordinator's side of the job's data plane beside the control plane; returns the
+        PayloadMatcher that pairs results with their payloads, or None when payloads ride the control plane.
 
         ``ssl_context`` (an ssl.SSLContext, server side): TLS on every data connection, as on the control
         plane. Peers refused there (TLS, key) are counted in ``refused``, like the control plane's."""
-        from dcoord.runtime.transport.tcp_dp import TcpDataServer
+        from dcoord.runtime.transport.base import CoordinatorEnd
+        from dcoord.runtime.transport.registry import resolve_plane
 
+        # the launch paths chose already (resolve_plane); a coordinator made directly gets the same default
+        self.cfg, plane, _ = resolve_plane(self.cfg, "none")
         loop = asyncio.get_running_loop()
 
         def fail(worker: int, msg: str) -> None:
@@ -129,16 +132,17 @@ class Coordinator:
         def refuse(reason: str) -> None:
             loop.call_soon_threadsafe(self.refuse, reason, "data-plane peer")
 
-        self.data_server = TcpDataServer(host, self.job_id, self._data_keys.get, 4 * max(self.num_params, 1),
-                                         matcher.on_payload, fail, on_connect=matcher.reset, refuse=refuse,
-                                         max_workers=self.n, port=self.cfg.runtime.data_port,
-                                         ssl_context=ssl_context, pool_size=2 * self.n + 2)
+        side = plane.start_coordinator_side(CoordinatorEnd(
+            job_id=self.job_id, host=host, port=self.cfg.runtime.data_port, max_count=4 * max(self.num_params, 1),
+            max_workers=self.n, results=self.results, loop=loop, fail=fail, refuse=refuse, ssl_context=ssl_context))
+        if side is None:
+            return None
+        matcher, self.data_server = side
+        return matcher
 
     def new_data_key(self, worker: int) -> bytes:
-        from dcoord.runtime.transport.tcp_dp import new_key
-
-        self._data_keys[worker] = key = new_key()
-        return key
+        """A fresh data-plane key for this registration of ``worker`` (its older connections are void)."""
+        return self.data_server.new_key(worker)
 
     def close_data_plane(self) -> None:
         if self.data_server is not None:

@@ -29,6 +29,7 @@ from dcoord.runtime.coordinator import resume
 from dcoord.runtime.coordinator.progress import RoundProgress
 from dcoord.runtime.coordinator.service import start_server
 from dcoord.runtime.store.rundir import RUN_DIRS, RUN_FILES
+from dcoord.runtime.transport.registry import announce_plane, get_plane, resolve_plane
 
 if TYPE_CHECKING:
     from dcoord.config import JobConfig
@@ -83,6 +84,9 @@ async def host_job(spec: HostSpec, hooks: HostHooks | None = None) -> dict:
     discard = False  # a run that did not start, or was stopped before its first round, leaves nothing
     try:
         try:
+            chosen = None
+            if spec.launch_plane is None:  # standalone (a launcher's rank 0 chose in launch.resolve_config)
+                spec.cfg, *chosen = resolve_plane(spec.cfg, "none")  # a plane that cannot run here: one line
             check_ports_free(spec)  # before the run directory is made: a taken port leaves nothing behind
             coord = resume.make_coordinator(spec.cfg, spec.out, spec.mode)
             probe = await start_health_server(spec.health_port, _host_of(spec.listen))
@@ -93,6 +97,8 @@ async def host_job(spec: HostSpec, hooks: HostHooks | None = None) -> dict:
                 spec.metrics(coord)
             if hooks.started is not None:
                 hooks.started(coord, port)
+            if chosen and spec.progress:  # once it runs (an error before it stays the only line)
+                announce_plane(*chosen)
         except BaseException as exc:
             discard = coord is not None  # without it the directory may be another process's run
             if coord is not None:
@@ -208,7 +214,7 @@ def listen_problem(listen: str, flag: str) -> str:
 def data_plane_matcher(coord: Coordinator, spec: HostSpec):
     """Under a launcher whose plane carries payloads: the PayloadMatcher that pairs them with the results
     coming over gRPC (the tcp plane makes its own inside start_server)."""
-    if spec.launch_plane is None or spec.cfg.transport == "grpc":
+    if spec.launch_plane is None or not get_plane(spec.cfg.transport).carries_payloads:
         return None
     from dcoord.runtime.transport.base import PayloadMatcher
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 OPERATIONAL = ("name", "device", "runtime.round_timeout_s", "runtime.worker_wait_s", "runtime.heartbeat_s",
                "runtime.checkpoint_every", "runtime.keep_checkpoints", "runtime.progress",
                "runtime.stream_chunk_bytes", "runtime.emulate_part_s", "runtime.emulate_job_s",
-               "runtime.data_port", "runtime.loader_workers", "runtime.restart_workers")
+               "runtime.data_port", "runtime.loader_workers", "runtime.restart_workers", "transport")
 
 
 class Stopped(DcoordError):

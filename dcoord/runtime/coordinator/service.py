@@ -214,19 +214,17 @@ async def start_server(coord: Coordinator, listen: str = "127.0.0.1:0", matcher=
     """Start the coordinator's gRPC server (with the standard health service); returns it and its port.
 
     ``matcher`` (a transport.PayloadMatcher) is given under torchrun/mpirun, where payloads come over the
-    data plane and results over gRPC. ``security`` (token, TLS, limits) is checked against ``listen``:
+    launcher's data plane and results over gRPC; without one the job's plane starts its own side here
+    (``Coordinator.start_data_plane``). ``security`` (token, TLS, limits) is checked against ``listen``:
     a non-loopback address needs authentication or ``insecure``. Without it (library use, launchers that
     run inside their own trust domain) the server is plaintext with no token."""
     if security is not None:
         check_listen(listen, security)
     sec = security or ServerSecurity()
     creds = server_credentials(sec)  # checked before anything listens
-    if coord.cfg.transport == "tcp":  # the standalone data plane beside the control plane, under the same TLS
-        from dcoord.runtime.transport.base import PayloadMatcher
-
-        matcher = PayloadMatcher(coord.results, asyncio.get_running_loop())
-        coord.start_data_plane(listen.rpartition(":")[0].strip("[]") or "0.0.0.0", matcher,
-                               ssl_context=data_plane_server_context(sec))
+    if matcher is None:  # no launcher wired one: the job's plane starts beside this server, under the same TLS
+        matcher = coord.start_data_plane(listen.rpartition(":")[0].strip("[]") or "0.0.0.0",
+                                         ssl_context=data_plane_server_context(sec))
     service = CoordinatorService(coord, matcher, sec)
     limit = sec.max_message_bytes or message_limit(coord)
     max_rpcs = sec.max_streams or 4 * coord.n + 32

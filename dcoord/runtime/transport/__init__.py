@@ -1,10 +1,12 @@
-"""Data planes beside the gRPC control plane: payloads over a torch process group (gloo/nccl) or MPI.
+"""Data planes: how payloads (coded results up, models down) travel beside the gRPC control plane.
 
-``grpc`` (the default everywhere) needs nothing here: payloads travel inside the gRPC Result. Under
-torchrun or mpirun, ``launch.py`` builds a :class:`DataPlane` (``torch_dp`` or ``mpi_dp``); workers send
-each task's payload point-to-point to rank 0, numbered per worker, and the Result over gRPC only says
-where the payloads are (``payload_on_data_plane``, ``data_seq``). The coordinator's :class:`PayloadMatcher`
-pairs the two and hands the completed Result to the unchanged round state machine.
+Every plane is registered in :mod:`~dcoord.runtime.transport.registry` (the config's ``transport``): grpc
+(payloads inside the gRPC messages, grpc_plane.py), tcp (our own authenticated sockets, tcp_dp.py; the
+default without a launcher), torch and mpi (the launcher's process group, torch_dp.py / mpi_dp.py; the
+defaults under torchrun / mpirun). Workers send each task's payload point-to-point to the coordinator,
+numbered per worker, and the Result over gRPC only says where the payloads are (``payload_on_data_plane``,
+``data_seq``); the coordinator's :class:`PayloadMatcher` pairs the two and hands the completed Result to the
+unchanged round state machine. Code outside this package asks the registry and never names a plane.
 """
 
 from dcoord.runtime.transport.base import DataPlane, PayloadMatcher

@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
+from dcoord.dtypes import NATIVE_FLOATS
 from dcoord.errors import DataPlaneError, DcoordError
 from dcoord.runtime.transport.frames import DTYPE_CODES, DTYPES, KIND_DATA, KIND_END, TAG
 from dcoord.wire.messages import Result
 
-__all__ = ["DTYPE_CODES", "DTYPES", "KIND_DATA", "KIND_END", "TAG", "DataPlane", "DataPlaneError", "Deliver", "Fail",
-           "PayloadMatcher", "make_header"]
+__all__ = ["DTYPE_CODES", "DTYPES", "KIND_DATA", "KIND_END", "TAG", "CoordinatorEnd", "DataPlane", "DataPlaneError",
+           "Deliver", "Fail", "Plane", "PayloadMatcher", "WorkerEnd", "make_header"]
 
 log = logging.getLogger("dcoord.transport")
 
@@ -240,3 +244,74 @@ class PayloadMatcher:
                 self.orphaned += 1
             out.append((res, conn, [have.pop(s) for s in seqs]))  # arrays as received: no copy
         return out
+
+
+# -- registered planes ------------------------------------------------------------------------------------
+@dataclass
+class CoordinatorEnd:
+    """What a plane's coordinator side needs from the coordinator (and nothing more of it).
+
+    ``fail(worker, message)`` and ``refuse(reason)`` may be called from any thread; ``results`` is the round
+    loop's queue, fed on ``loop``."""
+
+    job_id: str
+    host: str
+    port: int  # requested listen port (runtime.data_port; 0 = any free one)
+    max_count: int  # largest payload in values
+    max_workers: int
+    results: asyncio.Queue
+    loop: asyncio.AbstractEventLoop
+    fail: Fail
+    refuse: Callable[[str], None]
+    ssl_context: ssl.SSLContext | None = None
+
+
+@dataclass
+class WorkerEnd:
+    """What a plane's worker side learns at registration: where the coordinator's side is and the
+    credentials of this registration."""
+
+    host: str
+    port: int
+    worker_id: int
+    key: bytes
+    job_id: str
+    max_count: int
+    ssl_context: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+
+
+class Plane:
+    """A registered data plane (runtime/transport/registry.py): a ``transport`` value and its hooks.
+
+    Why an object with hooks: the coordinator, the servicer, the worker and the launchers start whichever
+    plane the job chose through these calls, so none of them names a plane and a new one touches only
+    its own module and the registry.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: where it can run: "none" (dcoord run, dcoord coordinator + dcoord worker), "torchrun", "mpirun"
+    runs_under: ClassVar[tuple[str, ...]] = ()
+    #: the launcher whose ranks it connects (its process group does the start-up address exchange)
+    launcher: ClassVar[str | None] = None
+    #: False: payloads ride inside the control plane's messages (no plane beside it)
+    carries_payloads: ClassVar[bool] = True
+    payload_dtypes: ClassVar[tuple[str, ...]] = NATIVE_FLOATS
+    #: the default is the fastest plane that can run where the job runs (measured: bench/transport.py)
+    speed: ClassVar[int] = 0
+
+    def build(self, cfg: Any, env: Any) -> DataPlane:
+        """A launcher's plane: this rank's end of the process group (dcoord.launch)."""
+        raise DcoordError(f"transport: {self.name} is not started by a launcher")
+
+    def start_coordinator_side(self, end: CoordinatorEnd) -> tuple[PayloadMatcher, Any] | None:
+        """Without a launcher: start the coordinator's side beside the control plane.
+
+        Returns (the matcher that pairs results with payloads, the data server the coordinator sends
+        models on and counts bytes of), or None when payloads stay in the control plane's messages."""
+        return None
+
+    def open_worker_side(self, end: WorkerEnd) -> DataPlane | None:
+        """Without a launcher: this worker's end (after each registration), or None (payloads on gRPC)."""
+        return None

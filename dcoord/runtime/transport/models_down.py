@@ -77,6 +77,10 @@ class ModelSender:
             t.start()
             self._threads.append(t)
 
+    def new_key(self, worker: int) -> bytes:
+        """No per-registration key: the launcher's process group already authenticates its ranks."""
+        return b""
+
     @property
     def bytes_in(self) -> int:
         """Payload bytes the plane received (for metrics.data_plane_bytes)."""

@@ -3,31 +3,35 @@
 The worker never holds the coordinator up: it streams results back as they are ready; if it falls
 behind (a straggler), it skips assignments that a newer one has superseded. Injected straggler delays
 (config ``inject``) are slept after computing, as if the machine were that much slower.
+
+Reading order: ``run_worker`` (a job's life: join, serve, rejoin), ``_join`` (registration and the job's
+setup), ``_serve`` (one registration's work stream), and the steps of one round it calls: ``_load_models``,
+``_compute``, ``_send``, ``_finish_round``. gRPC lives in link.py, protobuf in dcoord.wire.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
-import socket
 import sys
-import threading
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
-import grpc
 import numpy as np
 import torch
+import yaml
 
-from dcoord.config import load_config
-from dcoord.errors import DataPlaneError, DcoordError
-from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
-from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
-from dcoord.runtime.security.auth import ClientSecurity, data_plane_client_context, open_channel
+from dcoord.config import JobConfig, load_config
+from dcoord.errors import EXIT_LOST_COORDINATOR, DataPlaneError, DcoordError
+from dcoord.runtime.security.auth import ClientSecurity, data_plane_client_context
 from dcoord.runtime.tensors import from_proto, load_flat_params
+from dcoord.runtime.transport.base import WorkerEnd
+from dcoord.runtime.transport.registry import get_plane
 from dcoord.runtime.worker.compute import TaskComputer
-from dcoord.wire import GRPC_OPTIONS
-from dcoord.wire.chunking import mark_payloads, pack_result, send_payloads
+from dcoord.runtime.worker.link import ControlLink, Inbox, WorkStream
+from dcoord.wire.chunking import mark_payloads, result_messages, send_payloads
+from dcoord.wire.messages import Assignment, PartLoss, Registration, Result, Shutdown, TaskResult
 from dcoord.workloads.data import load_checked
 
 log = logging.getLogger("dcoord.worker")
@@ -42,84 +46,43 @@ def pick_device(choice: str) -> torch.device:
     return torch.device("cpu")
 
 
-class _Inbox:
-    """Assignments from the coordinator; ``latest()`` returns the newest, dropping superseded ones."""
-
-    def __init__(self) -> None:
-        self.cv = threading.Condition()
-        self.items: list[pb.CoordinatorMessage] = []
-        self.closed: str | None = None
-        self.skipped = 0
-
-    def put(self, msg: pb.CoordinatorMessage) -> None:
-        with self.cv:
-            self.items.append(msg)
-            self.cv.notify_all()
-
-    def close(self, reason: str) -> None:
-        with self.cv:
-            self.closed = reason
-            self.cv.notify_all()
-
-    def wait_closed_or_shutdown(self, timeout: float) -> bool:
-        """True when the stream ended or a shutdown arrived within ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        with self.cv:
-            while True:
-                if self.closed is not None or any(m.HasField("shutdown") for m in self.items):
-                    return True
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.cv.wait(min(left, 0.5))
-
-    def latest(self) -> pb.CoordinatorMessage | None:
-        with self.cv:
-            while not self.items and self.closed is None:
-                self.cv.wait(0.5)
-            if not self.items:
-                return None
-            for m in self.items:
-                if m.HasField("shutdown"):
-                    self.items.clear()
-                    return m
-            msg = self.items[-1]
-            self.skipped += len(self.items) - 1
-            self.items.clear()
-            return msg
-
-
 def computer_size(workload) -> int:
     """Largest tensor the data plane may carry to this worker (a model's parameter count, with room)."""
     return 4 * max(workload.num_params(), 1)
 
 
-#: Register errors worth retrying: the coordinator is not up yet, busy, or the job is full for now (an id
-#: held by a dead worker frees after its reservation expires).
-RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+class LostCoordinator(DcoordError):
+    """The coordinator went away without telling this worker to stop (crash, kill, network)."""
+
+    exit_code = EXIT_LOST_COORDINATOR
 
 
-def register(stub, request: pb.RegisterRequest, address: str, connect_timeout: float) -> pb.RegisterReply:
-    """Register, retrying with exponential backoff (0.2 s doubling to 5 s) until ``connect_timeout``,
-    so workers may start before the coordinator (pod start order does not matter)."""
-    deadline = time.monotonic() + connect_timeout
-    delay = 0.2
-    while True:
-        left = deadline - time.monotonic()
-        try:
-            return stub.Register(request, timeout=max(0.5, min(10.0, left)))
-        except grpc.RpcError as exc:
-            code = exc.code()
-            if code not in RETRY_CODES:
-                raise DcoordError(f"registration refused by {address}: {code.name}: {exc.details()}") from None
-            if time.monotonic() + delay > deadline:
-                raise DcoordError(
-                    f"cannot register with the coordinator at {address} within {connect_timeout:g} s "
-                    f"(--connect-timeout): last answer {code.name}: {exc.details()}"
-                ) from None
-            log.info("register: %s (%s); retrying in %.1f s", code.name, exc.details(), delay)
-            time.sleep(delay)
-            delay = min(2 * delay, 5.0)
+@dataclass
+class WorkerState:
+    """What a worker keeps while it serves one job, across registrations (a rejoin replaces ``reg`` and
+    the standalone ``plane``; everything else stays)."""
+
+    link: ControlLink
+    security: ClientSecurity | None
+    cfg: JobConfig
+    computer: TaskComputer
+    privacy: Any  # runtime.worker.private.WorkerPrivacy, or None
+    stragglers: Any  # the job's injected-straggler model
+    device: torch.device
+    reg: Registration
+    max_count: int  # largest tensor the data plane may carry to this worker (computer_size)
+    plane: Any = None  # transport.DataPlane for payloads (and models), or None: both ride the control plane
+    launched: bool = False  # ``plane`` is the launcher's (torchrun/mpirun): it outlives this worker's stream
+    cache: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # (model, version) -> params
+    computed: int = 0
+
+    @property
+    def wid(self) -> int:
+        return self.reg.worker_id
+
+    @property
+    def job_id(self) -> str:
+        return self.reg.job_id
 
 
 def run_worker(address: str, requested_id: int = -1, device: str | None = None,
@@ -130,219 +93,230 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
 
     A worker that loses its coordinator (stream gone without a shutdown) registers again, with its id and
     the same backoff, for up to ``connect_timeout``, so it rejoins a coordinator restarted with --resume
-    (same job id); after that, or at once with ``rejoin=False``, it raises LostCoordinator (exit status 4).
+    (same job id); after that, or at once with ``rejoin=False``, it raises LostCoordinator.
 
     With ``data_plane`` (a transport.DataPlane, under torchrun/mpirun) payloads go to rank 0 over the
-    process group / MPI and the gRPC Result only points at them (``payload_on_data_plane``, ``data_seq``).
+    process group / MPI and the gRPC Result only points at them (``payload_on_data_plane``, ``data_seq``);
+    without one the worker opens the side of the plane the coordinator chose (its config's ``transport``).
     ``security``: token and TLS (runtime/security/auth.py); ``allow_workloads``: ``package.module:function``
     patterns this worker may run (None: $DCOORD_ALLOW_WORKLOADS); ``noise_secret_file``: this worker's
     noise secret (default $DCOORD_NOISE_SECRET_FILE, then $DCOORD_NOISE_SECRET); ``max_epsilon``: refuse
     jobs less private than this against a compromised coordinator (runtime/worker/guard.py).
     """
+    torch.set_num_threads(1)
+    link = ControlLink(address, security)
+    w: WorkerState | None = None
+    try:
+        w = _join(link, security, requested_id, device, connect_timeout, data_plane, allow_workloads,
+                  noise_secret_file, max_epsilon)
+        while True:  # one pass per registration: a coordinator restarted from its checkpoint is rejoined
+            told_to_stop, closed = _serve(w)
+            if told_to_stop:
+                return w.computed
+            _rejoin(w, closed, rejoin, connect_timeout)
+    finally:
+        if w is not None and w.plane is not None and not w.launched:
+            w.plane.close(clean=True)
+        link.close()
+
+
+def _join(link: ControlLink, security: ClientSecurity | None, requested_id: int, device: str | None,
+          connect_timeout: float, launched_plane, allow_workloads: list[str] | None,
+          noise_secret_file: str | None, max_epsilon: float | None) -> WorkerState:
+    """Register, then set the job up as its config says, checked against what this worker allows first
+    (the workload, the privacy level): the config comes from the coordinator, which the worker need not trust."""
     from dcoord.runtime.worker.guard import allowed_from_env, check_privacy, check_workload
 
-    torch.set_num_threads(1)
-    channel = open_channel(address, security, options=GRPC_OPTIONS)
-    stub = pb_grpc.CoordinatorStub(channel)
     dev = pick_device(device or "auto")
-    reg = register(stub, pb.RegisterRequest(hostname=socket.gethostname()[:255], pid=os.getpid(),
-                                            requested_id=requested_id, device=str(dev)), address, connect_timeout)
-    cfg = load_config(None, data=__import__("yaml").safe_load(reg.job_config_yaml))
+    reg = link.register(requested_id, str(dev), connect_timeout)
+    cfg = load_config(None, data=yaml.safe_load(reg.job_config_yaml))
     check_workload(cfg.workload, allowed_from_env() if allow_workloads is None else allow_workloads)
     if device is None and cfg.device != "auto":
         dev = pick_device(cfg.device)  # no --device flag: the job config's device
-    wid, job_id, session = reg.worker_id, reg.job_id, reg.session
-    if data_plane is not None and wid != data_plane.rank - 1:
-        raise DcoordError(f"rank {data_plane.rank} was given worker id {wid}, not {data_plane.rank - 1}; "
-                          "its data-plane payloads could not be paired with its results")
+    if launched_plane is not None and reg.worker_id != launched_plane.rank - 1:
+        raise DcoordError(f"rank {launched_plane.rank} was given worker id {reg.worker_id}, not "
+                          f"{launched_plane.rank - 1}; its data-plane payloads could not be paired with its results")
     scheme = cfg.make_scheme()
-    stragglers = cfg.straggler_model()
     workload = load_checked(cfg)
     check_privacy(cfg, workload, max_epsilon)
-    privacy = None
-    from dcoord.privacy.mechanisms import PrivacyError
-
-    if cfg.privacy is not None:
-        from dcoord.privacy.mechanisms import load_worker_noise_key
-        from dcoord.runtime.worker.private import WorkerPrivacy
-
-        try:
-            key = load_worker_noise_key(noise_secret_file) if cfg.privacy.trust == "workers" else None
-            privacy = WorkerPrivacy(cfg, workload, scheme.num_parts(), key=key)
-        except (PrivacyError, OSError) as exc:
-            raise DcoordError(f"worker: {exc}") from None
+    privacy = _worker_privacy(cfg, workload, scheme.num_parts(), noise_secret_file)
     computer = TaskComputer(workload, scheme.part_fractions(), cfg.batch_size,
                             cfg.seed, models=scheme.models, device=dev, shards=cfg.shards, privacy=privacy,
                             loader_workers=cfg.runtime.loader_workers)
-    dtype = cfg.coding.payload_dtype
-    launcher_plane = data_plane is not None  # torchrun/mpirun: the launcher ends every rank with rank 0
-    host = address.rpartition(":")[0].strip("[]")
+    w = WorkerState(link, security, cfg, computer, privacy, cfg.straggler_model(), dev, reg, computer_size(workload),
+                    plane=launched_plane, launched=launched_plane is not None)
+    if w.launched and hasattr(w.plane, "start_models"):
+        w.plane.start_models(w.max_count)  # rank 0 may send models down the launcher's plane
+    elif not w.launched:
+        w.plane = _open_plane(w)
+    print(f"worker {w.wid} of job {w.job_id} on {dev}", file=sys.stderr, flush=True)
+    return w
 
-    def open_tcp_plane(reg: pb.RegisterReply):
-        """transport: tcp -- models and payloads on our own sockets (a fresh key per registration)."""
-        from dcoord.runtime.transport.tcp_dp import TcpDataPlane
 
-        try:  # TLS exactly when the control plane has it (--tls-ca), with the same server name
-            return TcpDataPlane(host, reg.data_port, reg.worker_id, reg.data_key, reg.job_id,
-                                max_count=computer_size(workload), ssl_context=data_plane_client_context(security),
-                                server_hostname=(security.server_name if security else None) or host)
-        except (OSError, DcoordError) as exc:
-            raise DcoordError(f"worker {reg.worker_id}: cannot open the data plane at {host}:{reg.data_port}: "
-                              f"{exc}") from None
+def _worker_privacy(cfg: JobConfig, workload, parts: int, noise_secret_file: str | None):
+    """The worker's side of a private job (its noise and answer ledger), or None for a plain job."""
+    if cfg.privacy is None:
+        return None
+    from dcoord.privacy.mechanisms import PrivacyError, load_worker_noise_key
+    from dcoord.runtime.worker.private import WorkerPrivacy
 
-    if reg.data_port and not launcher_plane:
-        data_plane = open_tcp_plane(reg)
-    if launcher_plane and hasattr(data_plane, "start_models"):
-        data_plane.start_models(computer_size(workload))  # rank 0 may send models down the launcher's plane
-    print(f"worker {wid} of job {job_id} on {dev}", file=sys.stderr, flush=True)
-    cache: dict[tuple[int, int], np.ndarray] = {}
-    computed = 0
     try:
-        while True:  # one pass per registration: a coordinator restarted from its checkpoint is rejoined
-            told_to_stop, closed, computed = _serve(
-                stub, reg, session, wid, job_id, cfg, computer, privacy, stragglers, dtype, data_plane, cache,
-                computed)
-            if told_to_stop:
-                return computed
-            lost = (f"worker {wid}: lost the coordinator at {address} ({closed}) after {computed} rounds "
-                    "computed; the job did not tell this worker to stop")
-            if launcher_plane or not rejoin:  # torchrun/mpirun stop every rank: no coordinator to wait for
-                raise LostCoordinator(lost)
-            log.warning("%s; re-registering for up to %g s (--connect-timeout)", lost, connect_timeout)
-            if reg.data_port and data_plane is not None:
-                data_plane.close(clean=False)
-                data_plane = None
-            try:
-                reg = register(stub, pb.RegisterRequest(hostname=socket.gethostname()[:255], pid=os.getpid(),
-                                                        requested_id=wid, device=str(dev)),
-                               address, connect_timeout)
-            except DcoordError as exc:
-                raise LostCoordinator(f"{lost}; no coordinator took it back within {connect_timeout:g} s "
-                                      f"(--connect-timeout): {exc}") from None
-            if reg.job_id != job_id:
-                raise LostCoordinator(f"{lost}; the coordinator at {address} now runs job {reg.job_id}, not "
-                                      f"{job_id} (resume the run with --resume to continue it)")
-            wid, session = reg.worker_id, reg.session
-            if reg.data_port:
-                data_plane = open_tcp_plane(reg)
-            print(f"worker {wid} of job {job_id} rejoined the coordinator at {address}", file=sys.stderr,
-                  flush=True)
-    finally:
-        if reg.data_port and data_plane is not None and not launcher_plane:
-            data_plane.close(clean=True)
-        channel.close()
+        key = load_worker_noise_key(noise_secret_file) if cfg.privacy.trust == "workers" else None
+        return WorkerPrivacy(cfg, workload, parts, key=key)
+    except (PrivacyError, OSError) as exc:
+        raise DcoordError(f"worker: {exc}") from None
 
 
-def _serve(stub, reg: pb.RegisterReply, session: str, wid: int, job_id: str, cfg, computer, privacy, stragglers,
-           dtype: str, data_plane, cache: dict, computed: int) -> tuple[bool, str | None, int]:
-    """Serve one registration's Work stream until it ends: (told to stop?, why the stream closed, rounds)."""
-    from dcoord.privacy.mechanisms import PrivacyError
+def _open_plane(w: WorkerState):
+    """This registration's end of the job's data plane (None: payloads ride the control plane).
 
-    outbox: queue.Queue = queue.Queue()
-    outbox.put(pb.WorkerMessage(hello=pb.Hello(job_id=job_id, worker_id=wid, session=session)))
-    inbox = _Inbox()
-    stop = threading.Event()
+    Which plane is the coordinator's choice (its config's ``transport``); a fresh key per registration. TLS
+    exactly when the control plane has it (--tls-ca), with the same server name. A config without one
+    (a coordinator that chose none) keeps payloads on the control plane."""
+    if w.cfg.transport is None:
+        return None
+    host = w.link.address.rpartition(":")[0].strip("[]")
+    end = WorkerEnd(host=host, port=w.reg.data_port, worker_id=w.wid, key=w.reg.data_key, job_id=w.job_id,
+                    max_count=w.max_count, ssl_context=data_plane_client_context(w.security),
+                    server_hostname=(w.security.server_name if w.security else None) or host)
+    try:
+        return get_plane(w.cfg.transport).open_worker_side(end)
+    except (OSError, DcoordError) as exc:
+        raise DcoordError(f"worker {w.wid}: cannot open the data plane at {host}:{w.reg.data_port}: {exc}") from None
 
-    def receive() -> None:
-        try:
-            for msg in stub.Work(iter(outbox.get, None)):
-                inbox.put(msg)
-        except grpc.RpcError as exc:
-            inbox.close(f"stream ended: {exc.code().name}")
-        else:
-            inbox.close("stream closed")
 
-    def heartbeat(last_round: list[int]) -> None:
-        while not stop.wait(reg.heartbeat_interval_s):
-            try:
-                stub.Heartbeat(pb.HeartbeatRequest(job_id=job_id, worker_id=wid, last_round=last_round[0],
-                                                   session=session), timeout=5)
-            except grpc.RpcError:
-                pass
+def _rejoin(w: WorkerState, closed: str | None, rejoin: bool, connect_timeout: float) -> None:
+    """The stream ended without a shutdown: register again (same id, same job) or raise LostCoordinator.
 
-    last = [-1]
-    threading.Thread(target=receive, daemon=True).start()
-    threading.Thread(target=heartbeat, args=(last,), daemon=True).start()
+    Under a launcher, or with ``rejoin=False``, there is no coordinator to wait for: the launcher (or the
+    process that started this worker) ends every rank with the coordinator."""
+    address = w.link.address
+    lost = (f"worker {w.wid}: lost the coordinator at {address} ({closed}) after {w.computed} rounds "
+            "computed; the job did not tell this worker to stop")
+    if w.launched or not rejoin:
+        raise LostCoordinator(lost)
+    log.warning("%s; re-registering for up to %g s (--connect-timeout)", lost, connect_timeout)
+    if w.plane is not None:
+        w.plane.close(clean=False)
+        w.plane = None
+    try:
+        reg = w.link.register(w.wid, str(w.device), connect_timeout)
+    except DcoordError as exc:
+        raise LostCoordinator(f"{lost}; no coordinator took it back within {connect_timeout:g} s "
+                              f"(--connect-timeout): {exc}") from None
+    if reg.job_id != w.job_id:
+        raise LostCoordinator(f"{lost}; the coordinator at {address} now runs job {reg.job_id}, not "
+                              f"{w.job_id} (resume the run with --resume to continue it)")
+    w.reg = reg
+    w.plane = _open_plane(w)
+    print(f"worker {w.wid} of job {w.job_id} rejoined the coordinator at {address}", file=sys.stderr, flush=True)
+
+
+def _serve(w: WorkerState) -> tuple[bool, str | None]:
+    """Serve one registration's work stream until it ends: (told to stop?, why the stream closed).
+
+    Each pass takes the newest assignment (a straggler skips superseded ones), computes it and streams the
+    result back; the round path never waits on anything but this worker's own compute."""
+    stream = WorkStream(w.link, w.reg)
+    inbox = stream.inbox
     try:
         while True:
-            msg = inbox.latest()
-            if msg is None or msg.HasField("shutdown"):
-                return msg is not None, inbox.closed, computed
-            a = msg.assignment
+            a = inbox.latest()
+            if a is None or isinstance(a, Shutdown):
+                return a is not None, inbox.closed
             try:
-                for ms in a.models:
-                    if ms.params_on_data_plane:
-                        if not hasattr(data_plane, "model"):
-                            raise DcoordError("the coordinator sent models on a data plane this worker does not have")
-                        cache[(ms.model, ms.version)] = data_plane.model(ms.model, ms.version,
-                                                                         cfg.runtime.round_timeout_s)
-                    else:
-                        cache[(ms.model, ms.version)] = from_proto(ms.params)
+                _load_models(w, a)
             except DataPlaneError:
                 # the job may have ended while this straggler waited for a model: the coordinator closes its
                 # data plane right after telling every worker to stop; that is a normal end, not a failure
                 if inbox.wait_closed_or_shutdown(timeout=5.0):
-                    last_msg = inbox.latest()  # a shutdown if one came (it wins over assignments), else None
-                    return last_msg is not None and last_msg.HasField("shutdown"), inbox.closed, computed
+                    last = inbox.latest()  # a shutdown if one came (it wins over assignments), else None
+                    return isinstance(last, Shutdown), inbox.closed
                 raise
-            t0 = time.perf_counter()
-            result = pb.Result(job_id=job_id, round=a.round, worker_id=wid,  # built in place: no payload copies
-                               session=session)
-            payloads = []
-            try:
-                if privacy is not None:
-                    privacy.ledger.begin_round(a.round, session)
-                for t in a.tasks:
-                    load_flat_params(computer.model, cache[(t.model, t.model_version)])
-                    payload, losses = computer.coded_device(t.job, list(t.parts), list(t.coeffs), dtype,
-                                                            params=cache[(t.model, t.model_version)],
-                                                            prev=cache.get((t.model, t.model_version - 1)))
-                    result.tasks.add(job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
-                                     losses=[pb.PartLoss(part=p, loss=v) for p, v in losses.items()])
-                    payloads.append(payload)
-            except PrivacyError as exc:  # trust: workers: never a second answer the coordinator could subtract
-                log.warning("worker %d refuses round %d: %s", wid, a.round, exc)
+            done = _compute(w, a, inbox)
+            if done is None:
                 continue
-            if privacy is not None:
-                privacy.ledger.answered_round(a.round)
-            # GPU: one pinned copy per result, into a buffer reused by the next result. Safe on every path:
-            # pack_result copies the bytes into protobuf messages; send_payloads (tcp: sendall returns with
-            # the bytes in the kernel; mpi/torch: wait_sent below) is done with the arrays before the next
-            # compute writes the buffer again.
-            payloads = computer.to_host(payloads, dtype)
-            emulated = cfg.runtime.emulate_part_s * sum(len(t.parts) for t in a.tasks)
-            emulated += cfg.runtime.emulate_job_s * sum(float(computer.fractions[list(t.parts)].sum()) for t in a.tasks)
-            if emulated > 0:
-                time.sleep(emulated)
-            compute_s = time.perf_counter() - t0
-            delay = float(stragglers.extra_delay(a.round, np.full(cfg.workers, compute_s))[wid])
-            # an injected straggler delay (emulating a slow machine) still ends when the coordinator goes away
-            # or says stop: a killed coordinator's workers must exit, not sleep out the delay first
-            if delay > 0 and inbox.wait_closed_or_shutdown(timeout=delay):
-                continue
-            result.compute_s, result.injected_delay_s = compute_s, delay
-            if data_plane is not None:  # the small Result goes first and travels while the payload bytes stream
-                mark_payloads(result, payloads, data_plane)
-                outbox.put(pb.WorkerMessage(result=result))
-                send_payloads(result, payloads, data_plane)  # point-to-point, in order
-            else:  # payloads inline, or over ~1 MB as chunks on the stream
-                for m in pack_result(result, payloads, cfg.runtime.stream_chunk_bytes):
-                    outbox.put(m)
-            if data_plane is not None:
-                data_plane.wait_sent()  # MPI moves data only while the sender calls into it
-            last[0] = a.round
-            computed += 1
-            keep = {(t.model, t.model_version) for t in a.tasks}  # x_(t-1) for DIFF2 comes with each assignment
-            for k in [k for k in cache if k not in keep]:
-                del cache[k]
-            if hasattr(data_plane, "keep_models"):
-                data_plane.keep_models(keep)
+            _send(w, stream, *done)
+            stream.last_round = a.round
+            _finish_round(w, a)
     finally:
-        stop.set()
-        outbox.put(None)
+        stream.close()
 
 
-class LostCoordinator(DcoordError):
-    """The coordinator went away without telling this worker to stop (crash, kill, network)."""
+def _load_models(w: WorkerState, a: Assignment) -> None:
+    """Every (model, version) the assignment names into the cache: from the message, or from the data
+    plane when the coordinator sent the bytes there (waiting for them up to the round timeout)."""
+    for ms in a.models:
+        if ms.on_data_plane:
+            if not hasattr(w.plane, "model"):
+                raise DcoordError("the coordinator sent models on a data plane this worker does not have")
+            w.cache[(ms.model, ms.version)] = w.plane.model(ms.model, ms.version, w.cfg.runtime.round_timeout_s)
+        else:
+            w.cache[(ms.model, ms.version)] = from_proto(ms.params)
 
-    exit_code = 4
+
+def _compute(w: WorkerState, a: Assignment, inbox: Inbox) -> tuple[Result, list[np.ndarray]] | None:
+    """The round's coded results and their payloads on the host, after any emulated or injected delay;
+    None when this worker must not answer (privacy refused the round) or the job ended during the delay."""
+    from dcoord.privacy.mechanisms import PrivacyError
+
+    c, dtype = w.computer, w.cfg.coding.payload_dtype
+    t0 = time.perf_counter()
+    result = Result(job_id=w.job_id, round=a.round, worker_id=w.wid, session=w.reg.session)
+    payloads = []
+    try:
+        if w.privacy is not None:
+            w.privacy.ledger.begin_round(a.round, w.reg.session)
+        for t in a.tasks:
+            params = w.cache[(t.model, t.model_version)]
+            load_flat_params(c.model, params)
+            payload, losses = c.coded_device(t.job, list(t.parts), list(t.coeffs), dtype, params=params,
+                                             prev=w.cache.get((t.model, t.model_version - 1)))
+            result.tasks.append(TaskResult(job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
+                                           losses=[PartLoss(p, v) for p, v in losses.items()]))
+            payloads.append(payload)
+    except PrivacyError as exc:  # trust: workers: never a second answer the coordinator could subtract
+        log.warning("worker %d refuses round %d: %s", w.wid, a.round, exc)
+        return None
+    if w.privacy is not None:
+        w.privacy.ledger.answered_round(a.round)
+    # GPU: one pinned copy per result, into a buffer reused by the next result. Safe on every path:
+    # result_messages copies the bytes into protobuf messages; send_payloads (tcp: sendall returns with
+    # the bytes in the kernel; mpi/torch: wait_sent in _send) is done with the arrays before the next
+    # compute writes the buffer again.
+    payloads = c.to_host(payloads, dtype)
+    emulated = w.cfg.runtime.emulate_part_s * sum(len(t.parts) for t in a.tasks)
+    emulated += w.cfg.runtime.emulate_job_s * sum(float(c.fractions[list(t.parts)].sum()) for t in a.tasks)
+    if emulated > 0:
+        time.sleep(emulated)
+    compute_s = time.perf_counter() - t0
+    delay = float(w.stragglers.extra_delay(a.round, np.full(w.cfg.workers, compute_s))[w.wid])
+    # an injected straggler delay (emulating a slow machine) still ends when the coordinator goes away
+    # or says stop: a killed coordinator's workers must exit, not sleep out the delay first
+    if delay > 0 and inbox.wait_closed_or_shutdown(timeout=delay):
+        return None
+    result.compute_s, result.injected_delay_s = compute_s, delay
+    return result, payloads
+
+
+def _send(w: WorkerState, stream: WorkStream, result: Result, payloads: list[np.ndarray]) -> None:
+    """Stream the result back: with a data plane the small Result goes first and travels while the payload
+    bytes stream point-to-point, in order; without, payloads inline, or over ~1 MB as chunks on the stream."""
+    if w.plane is None:
+        stream.send(result_messages(result, payloads, w.cfg.runtime.stream_chunk_bytes))
+        return
+    mark_payloads(result, payloads, w.plane)
+    stream.send(result_messages(result))
+    send_payloads(result, payloads, w.plane)
+    w.plane.wait_sent()  # MPI moves data only while the sender calls into it
+
+
+def _finish_round(w: WorkerState, a: Assignment) -> None:
+    """Count the round and forget the models no later assignment needs (x_(t-1) for DIFF2 comes with each
+    assignment, so only this one's are kept; the plane keeps newer versions it already received)."""
+    w.computed += 1
+    keep = {(t.model, t.model_version) for t in a.tasks}
+    for k in [k for k in w.cache if k not in keep]:
+        del w.cache[k]
+    if hasattr(w.plane, "keep_models"):
+        w.plane.keep_models(keep)
