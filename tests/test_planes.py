@@ -84,4 +84,4 @@ def test_a_run_resumes_whichever_plane_carried_it():
 
     saved = load_config(None, data={**JOB, "transport": "grpc"}).to_yaml()
     assert config_difference(saved, load_config(None, data={**JOB, "transport": "tcp"})) is None
-    assert "rounds" in config_difference(saved, load_config(None, data={**JOB, "transport": "tcp", "rounds": 4}))
+    assert "seed" in config_difference(saved, load_config(None, data={**JOB, "transport": "tcp", "seed": 7}))
