@@ -194,6 +194,7 @@ def _assignment(rnd: int, params: np.ndarray, prev: np.ndarray | None = None) ->
                          models=models)
 
 
+@pytest.mark.slow
 def test_a_worker_answers_a_resumed_coordinator_the_same_and_nothing_else(tmp_path):
     """Session 1 answers rounds 0..2 and its coordinator dies; the worker re-registers (session 2), which runs
     rounds 1 and 2 again from its checkpoint: identical answers for the same parameters, a refusal for round

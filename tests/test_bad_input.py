@@ -195,6 +195,7 @@ def test_set_value_nested_too_deeply():
     ("simulate", b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "job.yaml is nested too deeply"),
     ("simulate", "name: café\n".encode("latin-1"), "job.yaml: not UTF-8 text"),
 ], ids=["lr-nan", "seed-2^70", "empty", "nested-5000", "latin-1"])
+@pytest.mark.slow
 def test_cli_refuses_job_in_one_line(tmp_path, command, content, needle):
     """Every command loads its job the same way (``dcoord.cli.options.load_job``): ``run`` once (the command
     where a NaN rate cost 20 s and a misleading error), ``simulate`` (no runtime to import) for the rest."""

@@ -26,6 +26,7 @@ def one_line_error(p: subprocess.CompletedProcess, code: int, needle: str) -> No
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_simulate_compare_writes_json_and_plot(tmp_path):
     p = dcoord("simulate", str(EXAMPLES / "simulate.yaml"), "--out", str(tmp_path),
                "--compare", "uncoded,gc-cyclic,sr-sgc,m-sgc", "--set", "simulate.jobs=40")
@@ -42,6 +43,7 @@ def test_simulate_compare_writes_json_and_plot(tmp_path):
     assert (tmp_path / "simulation.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_simulate_token_mode_reports_visits_and_error_curve(tmp_path):
     p = dcoord("simulate", str(EXAMPLES / "token.yaml"), "--out", str(tmp_path), "--no-plot",
                "--set", "simulate.hops=2000")
@@ -68,6 +70,7 @@ def test_tune_picks_a_scheme_for_a_profile(tmp_path):
     assert all(c["delay"] <= 2 for c in choices)
 
 
+@pytest.mark.slow
 def test_tune_scores_out_of_sample_by_default(tmp_path):
     rng = np.random.default_rng(1)
     times = 1.0 + rng.exponential(0.05, size=(24, 12))
@@ -95,6 +98,7 @@ def test_tune_scores_out_of_sample_by_default(tmp_path):
     assert p.returncode != 0 and "--holdout" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_privacy_plan_json_hits_the_target():
     p = dcoord("privacy", str(EXAMPLES / "private.yaml"), "--json")
     assert p.returncode == 0, p.stderr
@@ -105,6 +109,7 @@ def test_privacy_plan_json_hits_the_target():
     assert 0 < plan["difference_noise_gain"] < 1  # the example's c2 keeps difference noise from compounding
 
 
+@pytest.mark.slow
 def test_privacy_plan_warns_when_difference_noise_compounds():
     p = dcoord("privacy", str(EXAMPLES / "private.yaml"), "--set", "privacy.clip_diff=30")
     assert p.returncode == 0, p.stderr
@@ -123,6 +128,7 @@ def test_privacy_plan_warns_when_difference_noise_compounds():
         (["status", "127.0.0.1:1", "--timeout", "1"], 1, "127.0.0.1:1"),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_is_one_clear_line(args, code, needle):
     one_line_error(dcoord(*args), code, needle)
 
@@ -149,10 +155,12 @@ def _profile(tmp_path: Path, workers: int = 4) -> Path:
         (["--workers", "10"], "simulate at most 4 workers"),
     ],
 )
+@pytest.mark.slow
 def test_tune_bad_numbers_are_one_clear_line(tmp_path, args, needle):
     one_line_error(dcoord("tune", str(_profile(tmp_path)), *args), 2, needle)
 
 
+@pytest.mark.slow
 def test_simulate_trace_narrower_than_the_workers_is_one_clear_line(tmp_path):
     p = dcoord("simulate", str(EXAMPLES / "simulate.yaml"), "--out", str(tmp_path), "--no-plot",
                "--set", f"simulate.trace={_profile(tmp_path)}")

@@ -68,6 +68,7 @@ def _cli(*args, cwd=None):
     ("- just\n- a list\n", "top level must be a mapping"),
     ("name: [unclosed\n", "not valid YAML"),
 ])
+@pytest.mark.slow
 def test_cli_bad_config_exits_2_with_one_line(tmp_path, content, pattern):
     job = tmp_path / "job.yaml"
     job.write_text(content)
@@ -78,6 +79,7 @@ def test_cli_bad_config_exits_2_with_one_line(tmp_path, content, pattern):
     assert len(lines) == 1 and pattern in lines[0], r.stderr
 
 
+@pytest.mark.slow
 def test_cli_missing_file_and_bad_arguments(tmp_path):
     r = _cli("run", str(tmp_path / "nope.yaml"))
     assert r.returncode == 2 and "no such config file" in r.stderr and "Traceback" not in r.stderr

@@ -92,6 +92,7 @@ def parse_launch(args: list[str], env: dict[str, str]) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------- render + validate
+@pytest.mark.slow
 def test_every_kustomization_renders_and_validates_strictly(rendered):
     assert {"common", "base", "overlays/cpu", "overlays/gpu", "kubeflow/pytorchjob", "kubeflow/mpijob",
             "tools/fetch"} <= set(rendered)
@@ -340,6 +341,7 @@ def test_dockerfile_and_readme_match_the_manifests(rendered):
     assert created == mounted
 
 
+@pytest.mark.slow
 def test_bad_health_port_env_is_one_line(tmp_path):
     import subprocess
     import sys

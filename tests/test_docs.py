@@ -50,6 +50,7 @@ def test_site_builds_strictly_with_every_page(site):
         assert "\\|" not in html.read_text(), f"{html.relative_to(site)}: a literal \\| on the page"
 
 
+@pytest.mark.slow
 def test_strict_build_fails_on_a_broken_link_a_missing_anchor_and_a_page_outside_the_nav(tmp_path):
     """The validation settings in mkdocs.yml are what make these errors: build a copy with each defect."""
     for name in ("mkdocs.yml", "docs", "scripts", "deploy"):

@@ -51,6 +51,7 @@ def test_registered_scheme_is_allowed_by_the_config_and_simulated():
     assert toy.runtime_s == ref.runtime_s and toy.load == ref.load
 
 
+@pytest.mark.slow
 def test_registered_scheme_trains_in_dcoord_run(tmp_path):
     job = {"name": "toy", "plugins": ["toy_scheme"], "workload": "logreg-digits", "workers": 3, "rounds": 4,
            "optimizer": {"name": "sgd", "lr": 0.5}, "coding": {"scheme": "toy-uncoded"}}

@@ -42,6 +42,7 @@ def _check_binary(n, s, sets, rng):
 
 
 @pytest.mark.parametrize("n", range(1, 17))
+@pytest.mark.slow
 def test_gc_binary_every_survivor_set_small(n):
     rng = np.random.default_rng(n)
     for s in range(n):
@@ -85,6 +86,7 @@ def test_loads_match_the_formulas(n, s):
 
 
 @pytest.mark.parametrize("n,s", [(n, s) for n in (3, 5, 6, 9, 10, 11, 12) for s in range(1, n)])
+@pytest.mark.slow
 def test_stable_cyclic_every_survivor_set(n, s):
     rng = np.random.default_rng(n * 31 + s)
     grads = rng.standard_normal((n, 4))

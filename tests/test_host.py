@@ -46,6 +46,7 @@ def taken_port():
         yield s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_coordinator_on_a_taken_port_is_one_line_and_leaves_no_run_directory(tmp_path, taken_port):
     (tmp_path / "job.yaml").write_text(TINY)
     p = dcoord("coordinator", "job.yaml", "--listen", f"127.0.0.1:{taken_port}", "--out", "run", "--quiet",
@@ -55,6 +56,7 @@ def test_coordinator_on_a_taken_port_is_one_line_and_leaves_no_run_directory(tmp
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_health_port_in_use_is_one_line_without_finalizer_noise(tmp_path, taken_port):
     (tmp_path / "job.yaml").write_text(TINY)
     env = dict(os.environ, DCOORD_HEALTH_PORT=str(taken_port))
@@ -65,6 +67,7 @@ def test_health_port_in_use_is_one_line_without_finalizer_noise(tmp_path, taken_
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_worker_start_up_stops_and_says_so(tmp_path):
     """SIGINT once the workers are being started (their log directory exists) and before they registered:
     the user is told what is waited for, every worker is gone, and no half-made run directory is left."""
@@ -103,6 +106,7 @@ def _no_dcoord_traceback(output: str) -> None:
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.slow
 def test_torchrun_with_too_few_processes_says_how_many_once_and_in_the_agents_summary(tmp_path):
     """The quickstart asks for 6 workers and injects worker 4; with 4 processes (3 workers) rank 0 alone
     says so and names the fix, and torchrun's failure summary carries that line instead of a hint."""
@@ -125,6 +129,7 @@ def test_torchrun_with_too_few_processes_says_how_many_once_and_in_the_agents_su
 
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")
+@pytest.mark.slow
 def test_mpirun_without_mpi4py_is_one_line_once(tmp_path):
     """Where mpi4py cannot be imported (a stub that raises, first on the path), every rank fails the same
     way and rank 0 alone says what to install."""
@@ -211,3 +216,23 @@ def test_python_api_says_when_a_workload_object_needs_a_launcher(tmp_path, no_la
     assert "\n" not in msg and "needs a launcher" in msg, msg
     assert "torchrun --nproc-per-node 3" in msg and "workload='package.module:function'" in msg
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_dcoord_run_twice_writes_a_second_numbered_directory(tmp_path):
+    """`./dev.sh run` twice (the README's first command) ran the quickstart into runs/quickstart and then
+    exited 1 because it exists. Without --out the second run goes to runs/NAME-2 and says so; a directory
+    named with --out is still refused."""
+    job = tmp_path / "job.yaml"
+    job.write_text("name: twice\nworkers: 2\nrounds: 2\nworkload: linreg-synthetic\n")
+    first = (tmp_path / "runs" / "twice")
+    first.mkdir(parents=True)
+    (first / "config.yaml").write_text("name: twice\n")  # an earlier run's directory
+    run = [sys.executable, "-m", "dcoord", "run", str(job), "--quiet"]
+    proc = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "runs/twice holds an earlier run; this one writes runs/twice-2" in proc.stderr
+    assert (tmp_path / "runs" / "twice-2" / "summary.json").is_file()
+    assert (first / "config.yaml").read_text() == "name: twice\n"  # the earlier run is untouched
+    named = subprocess.run(run + ["--out", str(first)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert named.returncode == 2 and "already holds a run" in named.stderr, named.stderr

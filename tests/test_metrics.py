@@ -188,6 +188,7 @@ def test_metrics_port_flag_and_env():
     assert bad.returncode == 2 and "not a port number" in bad.stderr
 
 
+@pytest.mark.slow
 def test_bad_metrics_env_is_one_line_error(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "DCOORD_METRICS_PORT": "ninety"}
     p = subprocess.run([sys.executable, "-m", "dcoord", "coordinator", str(ROOT / "examples" / "quickstart.yaml"),

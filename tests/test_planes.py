@@ -28,6 +28,7 @@ def _run(tmp_path, data: dict) -> tuple[dict, object]:
     return summary, seen["coord"]
 
 
+@pytest.mark.slow
 def test_dcoord_run_without_transport_uses_tcp_and_an_explicit_grpc_still_runs(tmp_path, capfd):
     summary, coord = _run(tmp_path / "default", JOB)
     err = capfd.readouterr().err
@@ -62,6 +63,7 @@ def test_the_default_is_the_launchers_plane_and_an_explicit_one_must_run_there()
 
 
 @pytest.mark.parametrize("transport", ["torch", "carrier-pigeon"])
+@pytest.mark.slow
 def test_a_transport_that_cannot_run_is_one_line_and_leaves_nothing(tmp_path, transport):
     """Before: ``transport: torch`` under ``dcoord run`` ran silently over gRPC; an unknown name failed in
     the config's validator, which had to import the runtime to know the names."""

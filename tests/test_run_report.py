@@ -57,6 +57,7 @@ def _taken_port() -> socket.socket:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_a_metrics_port_in_use_is_one_line_and_leaves_nothing(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text(json.dumps({"name": "mp", "workload": "logreg-digits", "workers": 2, "rounds": 2}))

@@ -133,6 +133,7 @@ def test_child_process_holds_the_lock_and_sigkill_frees_it(tmp_path):
     assert _files(run) == before
 
 
+@pytest.mark.slow
 def test_cli_run_on_a_directory_in_use_is_one_line_error(tmp_path):
     run = tmp_path / "run"
     before = _crashed_run(run)

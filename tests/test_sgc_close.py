@@ -80,6 +80,7 @@ def small_params():
                         yield name, n, B, dw, lam
 
 
+@pytest.mark.slow
 def test_earliest_never_strands_a_job_on_all_small_parameters():
     """Every (scheme, n <= 6, B <= 3, W offset <= 3, lambda <= n), one uniform, bursty and adversarial run each."""
     late = 0

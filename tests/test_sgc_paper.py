@@ -148,6 +148,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("coding, reference", CASES, ids=[c[0]["scheme"] for c in CASES])
+@pytest.mark.slow
 def test_nominal_load_and_paper_rule_reproduce_the_paper_totals(tmp_path, shared_dir, coding, reference):
     from dcoord.stragglers import load_trace_csv
 

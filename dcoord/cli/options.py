@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 from dcoord.errors import ConfigError
@@ -86,9 +87,11 @@ def add_resume_options(parser: argparse.ArgumentParser) -> None:
                    help="replace the run already in --out (its files are deleted first)")
 
 
-def out_and_mode(args: argparse.Namespace, cfg) -> tuple[Path, str]:
+def out_and_mode(args: argparse.Namespace, cfg, number_default: bool = False) -> tuple[Path, str]:
     """Where the run writes and how (new / resume / overwrite): --resume DIR wins; the default runs/NAME
-    never leaves runs/."""
+    never leaves runs/. ``number_default`` (``dcoord run``): when runs/NAME already holds a run and no --out
+    was given, the run goes to runs/NAME-2 (-3, ...) and says so, so the same command runs again; a
+    directory named with --out is never numbered (it is refused, as before)."""
     from dcoord.runtime.coordinator.resume import default_out
     from dcoord.runtime.store.rundir import RunDirError
 
@@ -98,7 +101,16 @@ def out_and_mode(args: argparse.Namespace, cfg) -> tuple[Path, str]:
             raise RunDirError(f"--out {args.out} and --resume {resume} differ; give only --resume")
         return Path(resume), "resume"
     mode = "overwrite" if getattr(args, "overwrite", False) else "new"
-    return (Path(args.out) if args.out else default_out(cfg.name)), mode
+    if args.out:
+        return Path(args.out), mode
+    out = default_out(cfg.name)
+    if number_default and mode == "new" and out.exists():
+        taken, k = out, 2
+        while out.exists():
+            out, k = taken.with_name(f"{taken.name}-{k}"), k + 1
+        print(f"dcoord: {taken} holds an earlier run; this one writes {out} (--overwrite replaces {taken}, "
+              f"--resume {taken} continues it)", file=sys.stderr)
+    return out, mode
 
 
 def rich_table(title: str, headers: list[str], rows: list[list]):

@@ -17,7 +17,7 @@ def cmd_run(args) -> int:
     from dcoord.runtime.local import run_local
 
     cfg = load_job(args)
-    out, mode = out_and_mode(args, cfg)
+    out, mode = out_and_mode(args, cfg, number_default=True)
     console = Console()
     from dcoord.coding.precision import print_precision  # issue 16: decode amplification, warned when high
 
