@@ -24,6 +24,9 @@ def shared_dir() -> Path:
 #: modules the fast tier cannot import in the test process, and why
 FAST_TIER_EXEMPT = {
     "dcoord.__main__": "runs `python -m dcoord`; the CLI it calls (dcoord.cli) is imported in-process",
+    "dcoord.runtime.transport.torch_dp": "a torchrun process group's plane: only under torchrun "
+                                         "(tests/test_launch.py, slow)",
+    "dcoord.runtime.transport.mpi_dp": "an MPI communicator's plane: only under mpirun (tests/test_launch.py, slow)",
 }
 
 

@@ -70,7 +70,6 @@ def test_tune_picks_a_scheme_for_a_profile(tmp_path):
     assert all(c["delay"] <= 2 for c in choices)
 
 
-@pytest.mark.slow
 def test_tune_scores_out_of_sample_by_default(tmp_path):
     rng = np.random.default_rng(1)
     times = 1.0 + rng.exponential(0.05, size=(24, 12))

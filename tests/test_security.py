@@ -566,6 +566,7 @@ def test_tcp_data_plane_with_token_and_mutual_tls_equals_gd_and_refuses_plaintex
     assert max_rel_diff(torch.load(tmp_path / "model.pt"), ref) < 1e-5
 
 
+@pytest.mark.slow
 def test_secrets_never_leave(tmp_path):
     """Token, coordinator_seed, the workers' noise secret and the tcp data plane's keys: in no output file,
     status, result or (another worker's) Register reply."""
