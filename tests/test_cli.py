@@ -70,13 +70,23 @@ def test_tune_picks_a_scheme_for_a_profile(tmp_path):
     assert all(c["delay"] <= 2 for c in choices)
 
 
-def test_tune_scores_out_of_sample_by_default(tmp_path):
+def test_tune_scores_out_of_sample_by_default(tmp_path, capsys):
+    """In-process (dcoord.cli.main) so the fast tier runs the tuner; the other tune tests run the real command."""
+    from types import SimpleNamespace
+
+    from dcoord.cli import main
+
+    def tune(*args):
+        rc = main(["tune", *args])
+        cap = capsys.readouterr()
+        return SimpleNamespace(returncode=rc, stdout=cap.out, stderr=cap.err)
+
     rng = np.random.default_rng(1)
     times = 1.0 + rng.exponential(0.05, size=(24, 12))
     times[rng.random(times.shape) < 0.1] *= 6
     csv = tmp_path / "profile.csv"
     np.savetxt(csv, times, delimiter=",", fmt="%.4f")
-    p = dcoord("tune", str(csv), "--max-delay", "2", "--json")
+    p = tune(str(csv), "--max-delay", "2", "--json")
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
     assert data["tuned_on"] == "rows 0..11" and len(data["evaluated_on"]) == 12  # every rotation of the rest
@@ -90,10 +100,10 @@ def test_tune_scores_out_of_sample_by_default(tmp_path):
     assert data["recommended"]["tune_per_job_s"] == best_tune
     assert data["recommended_over_paper_pick"] > 0
     # another profile as the evaluation set, and a clear error for an impossible split
-    p = dcoord("tune", str(csv), "--max-delay", "2", "--json", "--eval", str(csv), "--rules", "earliest")
+    p = tune(str(csv), "--max-delay", "2", "--json", "--eval", str(csv), "--rules", "earliest")
     assert p.returncode == 0, p.stderr
     assert {q["rule"] for q in json.loads(p.stdout)["policies"]} == {"earliest"}
-    p = dcoord("tune", str(csv), "--max-delay", "2", "--holdout", "0.95")
+    p = tune(str(csv), "--max-delay", "2", "--holdout", "0.95")
     assert p.returncode != 0 and "--holdout" in p.stderr and "Traceback" not in p.stderr
 
 

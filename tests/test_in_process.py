@@ -26,7 +26,8 @@ def test_a_job_on_worker_threads_equals_full_batch_gd(tmp_path):
     cfg = load_config(None, data={
         "name": "in-process", "workers": 3, "rounds": 6, "seed": 0, "workload": "logreg-digits",
         "optimizer": {"lr": 0.5}, "coding": {"scheme": "gc-cyclic", "stragglers": 1},
-        "inject": {"model": "fixed", "workers": [2], "slowdown": 4},
+        "inject": {"model": "fixed", "workers": [2], "slowdown": 10},
+        "runtime": {"emulate_part_s": 0.02},  # 40 ms of compute a round, 400 ms more for the slow worker
     })
     security = ClientSecurity(token=TOKEN)
     computed: list[int] = []
@@ -64,3 +65,37 @@ def test_a_job_on_worker_threads_equals_full_batch_gd(tmp_path):
     assert statuses and statuses[0]["job_id"] == summary["job_id"]
     ref = full_batch_gd("logreg-digits", seed=0, rounds=6, lr=0.5)
     assert max_rel_diff(torch.load(tmp_path / "run" / "model.pt"), ref) < 1e-5
+
+
+def test_a_private_job_on_worker_threads_equals_the_single_process_diff2():
+    """DIFF2 with the coordinator's noise (trust: coordinator, seeded) on four worker threads, one injected
+    slow: equals the single-process DIFF2-GD reference written from the spec (tests/test_e2e_privacy.py)."""
+    from test_e2e_privacy import WORKERS, _cfg, reference_run
+
+    cfg = _cfg("gc-cyclic", trust="coordinator", coordinator_seed=7)
+    threads: list[threading.Thread] = []
+    failures: list[BaseException] = []
+
+    def worker(i: int, address: str) -> None:
+        try:
+            run_worker(address, requested_id=i, security=ClientSecurity(token=TOKEN), rejoin=False,
+                       allow_workloads=[cfg.workload])
+        except BaseException as exc:  # noqa: BLE001
+            failures.append(exc)
+
+    def started(coord, procs, address: str) -> None:
+        threads.extend(threading.Thread(target=worker, args=(i, address), daemon=True) for i in range(WORKERS))
+        for t in threads:
+            t.start()
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = run_local(cfg, Path(tmp) / "run", progress=False, spawn=0, token=TOKEN, on_started=started)
+        for t in threads:
+            t.join(timeout=60)
+        assert not failures, failures
+        assert summary["privacy"]["trust"] == "coordinator" and summary["epsilon"] > 0
+        ref = reference_run(trust="coordinator", coordinator_seed=7)
+        assert max_rel_diff(torch.load(Path(tmp) / "run" / "model.pt"), ref) < 1e-5
