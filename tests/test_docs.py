@@ -280,3 +280,25 @@ def test_cited_result_files_exist():
     # NAME: the pattern of the file names; *_gpu.json: written by bench/gpu_check.sh on a machine with a GPU
     missing = sorted(c for c in cited if not (ROOT / c).is_file() and "NAME" not in c and "_gpu" not in c)
     assert not missing, missing
+
+
+def test_the_precision_table_is_what_the_cli_measures():
+    """The docs' decode-precision table (bench/decode_precision.py --markdown) and the figure `dcoord run`
+    prints come from one measurement: for n = 8 (cheap) every gc-cyclic, gc-binary and uncoded cell equals
+    what dcoord.coding.precision measures now, to the table's two digits. (The table once said 9.1e2 / 43 /
+    46 at n = 8, s = 4 while the CLI printed 1.1e3 / 79 / 88.)"""
+    from dcoord.coding.precision import measure_dtypes
+
+    page = (DOCS / "benchmarks.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| 8 | ")]
+    assert len(rows) == 3, "the table lost its n = 8 rows"
+    header = next(line for line in page.splitlines() if line.startswith("| n | s | uncoded"))
+    labels = [c.strip() for c in header.strip("|").split("|")]
+    dtypes = ("float64", "float32", "bfloat16")
+    for row in rows:
+        cells = dict(zip(labels, (c.strip() for c in row.strip("|").split("|")), strict=True))
+        n, s = int(cells["n"]), int(cells["s"])
+        for label in ("uncoded", "gc-cyclic", "gc-binary"):
+            measured = measure_dtypes(label, n, s, dtypes)
+            want = " / ".join(f"{measured[dt].amplification:.2g}" for dt in dtypes)
+            assert cells[label].split(" · ")[1] == want, (n, s, label, cells[label], want)
