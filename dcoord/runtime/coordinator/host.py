@@ -15,10 +15,8 @@ launcher's address exchange). The sequence lives here once, so a start-up or shu
 from __future__ import annotations
 
 import asyncio
-import errno
 import shutil
 import signal
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from dcoord.errors import DcoordError
 from dcoord.runtime.coordinator import resume
+from dcoord.runtime.coordinator.ports import bind_problem
 from dcoord.runtime.coordinator.progress import RoundProgress
 from dcoord.runtime.coordinator.service import start_server
 from dcoord.runtime.store.rundir import RUN_DIRS, RUN_FILES
@@ -182,24 +181,6 @@ def check_ports_free(spec: HostSpec) -> None:
         why = bind_problem(_host_of(spec.listen), spec.health_port)
         if why:
             raise ListenError(port_problem(spec.health_port, why))
-
-
-def bind_problem(host: str, port: int) -> str | None:
-    """Why a server could not listen on ``host:port`` now (a plain socket, as gRPC binds it), or None."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (OSError, UnicodeError):
-        return None  # not resolvable here: the server's own bind reports it
-    family, _, _, _, addr = infos[0]
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no conflict
-            s.bind(addr)
-    except OSError as exc:
-        return {errno.EADDRINUSE: f"port {port} is already in use (another coordinator, or another program)",
-                errno.EADDRNOTAVAIL: f"{host} is not an address of this machine",
-                errno.EACCES: f"port {port} needs privileges"}.get(exc.errno, exc.strerror or str(exc))
-    return None
 
 
 def listen_problem(listen: str, flag: str) -> str:

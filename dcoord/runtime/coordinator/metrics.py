@@ -154,7 +154,9 @@ class MetricsHook:
 
     def __init__(self, port: int, host: str) -> None:
         self.port, self.host = port, host
-        why = _bind_problem(host, port)
+        from dcoord.runtime.coordinator.ports import bind_problem
+
+        why = bind_problem(host, port)
         if why:
             raise _port_error(port, host, why)
         self.metrics: CoordinatorMetrics | None = None
@@ -174,28 +176,10 @@ class MetricsHook:
             self.metrics.close()
 
 
-def _bind_problem(host: str, port: int) -> str | None:
-    """Why the endpoint could not listen on ``host:port`` now, or None (bound as its HTTP server binds)."""
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (OSError, UnicodeError):
-        return None  # not resolvable here: the server's own bind reports it
-    family, _, _, _, addr = infos[0]
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(addr)
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
-
-
 def _port_error(port: int, host: str, why: str):
     from dcoord.errors import DcoordError
 
-    return DcoordError(f"--metrics-port {port}: cannot listen on {host}:{port} ({why}); choose another port, "
+    return DcoordError(f"--metrics-port {port}: cannot listen on {host}:{port}: {why}; choose another port, "
                        f"or 0 for no metrics endpoint (env {ENV_PORT})")
 
 
