@@ -163,9 +163,11 @@ def test_workers_trust_never_shows_the_seed_to_the_coordinator(tmp_path, workers
     def on_started(coord, procs, address):
         original = coord.handle_result
 
-        def spy(res, conn):
+        def spy(res, conn, arrays=None):
             seen.append(result_to_proto(res).SerializeToString())
-            return original(res, conn)
+            if arrays is not None:  # the payloads came on the data plane (tcp, the default), not in ``res``
+                seen.extend(a.tobytes() for a in arrays)
+            return original(res, conn, arrays)
 
         coord.handle_result = spy
         on_started.coord = coord
