@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,6 +17,8 @@ from dcoord.config import load_config
 from dcoord.errors import ConfigError
 from dcoord.runtime.local import run_local
 from dcoord.runtime.transport.registry import choose_plane
+
+ROOT = Path(__file__).resolve().parents[1]
 
 JOB = {"name": "planes", "workload": "logreg-digits", "seed": 0, "workers": 3, "rounds": 3,
        "optimizer": {"name": "sgd", "lr": 0.5}, "runtime": {"progress": False}}
@@ -87,3 +90,17 @@ def test_a_run_resumes_whichever_plane_carried_it():
     saved = load_config(None, data={**JOB, "transport": "grpc"}).to_yaml()
     assert config_difference(saved, load_config(None, data={**JOB, "transport": "tcp"})) is None
     assert "seed" in config_difference(saved, load_config(None, data={**JOB, "transport": "tcp", "seed": 7}))
+
+
+def test_private_jobs_default_to_the_control_plane_until_tcp_carries_a_resumed_private_run():
+    """A private run (trust: workers) resumed while its workers stay up hangs on tcp
+    (tests/test_private_rejoin.py, which passes on gRPC): the default for private jobs is gRPC, said in the
+    printed reason; asking for tcp by name still gets it."""
+    from dcoord.runtime.transport.registry import choose_plane
+
+    private = load_config(ROOT / "examples" / "private.yaml")
+    plane, reason = choose_plane(private, "none")
+    assert plane.name == "grpc" and "private" in reason
+    assert choose_plane(load_config(None, data={**private.model_dump(by_alias=True), "transport": "tcp"}),
+                        "none")[0].name == "tcp"
+    assert choose_plane(load_config(ROOT / "examples" / "quickstart.yaml"), "none")[0].name == "tcp"

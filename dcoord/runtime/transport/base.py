@@ -300,6 +300,8 @@ class Plane:
     payload_dtypes: ClassVar[tuple[str, ...]] = NATIVE_FLOATS
     #: the default is the fastest plane that can run where the job runs (measured: bench/transport.py)
     speed: ClassVar[int] = 0
+    #: a default for private jobs (privacy:) too; False keeps them on another plane unless asked for by name
+    default_for_private: ClassVar[bool] = True
 
     def build(self, cfg: Any, env: Any) -> DataPlane:
         """A launcher's plane: this rank's end of the process group (dcoord.launch)."""

@@ -84,6 +84,13 @@ def choose_plane(cfg: Any, launcher: str = "none") -> tuple[Plane, str]:
     fits = [p for p in here if dtype in p.payload_dtypes]
     if not fits:
         raise ConfigError(f"coding.payload_dtype: no data plane under {where} carries {dtype} payloads")
+    if getattr(cfg, "privacy", None) is not None and any(p.default_for_private for p in fits):
+        private = [p for p in fits if p.default_for_private]
+        if max(private, key=lambda p: p.speed) is not max(fits, key=lambda p: p.speed):
+            best = max(private, key=lambda p: p.speed)
+            return best, (f"default for private jobs {_DEFAULT_FOR.get(launcher, f'under {where}')}: a private "
+                          "run resumed while its workers stay up is not yet reliable on the faster plane; "
+                          "set transport: to change")
     best = max(fits, key=lambda p: p.speed)  # ties: the first registered
     fastest = max(here, key=lambda p: p.speed)
     default = _DEFAULT_FOR.get(launcher, f"under {where}")

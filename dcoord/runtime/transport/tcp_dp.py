@@ -430,6 +430,9 @@ class TcpPlane(Plane):
 
     name = "tcp"
     description = "authenticated raw-byte sockets beside gRPC (dcoord run / coordinator + worker)"
+    # not yet for private jobs by default: private workers that stay up while their coordinator is resumed
+    # do not get through the re-run rounds on this plane (tests/test_private_rejoin.py hangs), on gRPC they do
+    default_for_private = False
     runs_under = ("none",)
     speed = 30
 
