@@ -236,7 +236,15 @@ def _serve(w: WorkerState) -> tuple[bool, str | None]:
             done = _compute(w, a, inbox)
             if done is None:
                 continue
-            _send(w, stream, *done)
+            try:
+                _send(w, stream, *done)
+            except OSError:
+                # a straggler's late payload met the data plane the coordinator closed as the job ended (seen
+                # as SSLEOFError in the emulated cluster): a normal end when the stream says so, as above
+                if inbox.wait_closed_or_shutdown(timeout=5.0):
+                    last = inbox.latest()
+                    return isinstance(last, Shutdown), inbox.closed
+                raise
             stream.last_round = a.round
             _finish_round(w, a)
     finally:
