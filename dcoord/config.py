@@ -105,6 +105,11 @@ class RuntimeConfig(ConfigModel):
     stream_chunk_bytes: int = Field(
         1 << 20, ge=0, le=1 << 30, description="gRPC: send payloads larger than this as chunks of this size (0 = never)"
     )
+    digest_every: int = Field(
+        10, ge=0, le=MAX_ROUNDS,
+        description="transport: allreduce -- every K model versions the workers send a digest of their replica and "
+        "the coordinator checks that all agree (0 = never)",
+    )
 
 
 class JobConfig(ConfigModel):

@@ -18,18 +18,22 @@ from dcoord.dtypes import ITEMSIZE, PAYLOAD_DTYPES
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
 from dcoord.wire.messages import (
     Assignment,
+    Decode,
+    Group,
     ModelState,
     PartLoss,
     Registration,
+    ReplicaState,
     Result,
     Shutdown,
+    SyncRequest,
     TaskResult,
     TaskSpec,
     TensorData,
 )
 
 __all__ = ["StatusInfo", "coordinator_message", "fill_proto", "heartbeat_request", "hello_message", "payload_bytes",
-           "register_request", "registration_from_proto", "result_from_proto", "result_to_proto",
+           "register_request", "registration_from_proto", "replica_from_proto", "replica_to_proto", "result_from_proto", "result_to_proto",
            "status_from_proto", "status_to_dict", "status_to_proto", "tensor_nbytes", "to_proto",
            "work_item_from_proto"]
 
@@ -88,16 +92,31 @@ def payload_bytes(msg: pb.WorkerMessage | pb.CoordinatorMessage) -> int:
     kind = msg.WhichOneof("kind")
     if kind == "assignment":
         return sum(tensor_nbytes(m.params) for m in msg.assignment.models if not m.params_on_data_plane)
-    if kind == "result" and not msg.result.payload_on_data_plane:
+    if kind == "replica":
+        return sum(tensor_nbytes(nt.tensor) for nt in msg.replica.tensors)
+    if kind == "result" and not (msg.result.payload_on_data_plane or msg.result.payload_held):
         return sum(tensor_nbytes(t.payload) for t in msg.result.tasks)
     return 0
 
 
 # -- coordinator -> worker ------------------------------------------------------------------------------
-def coordinator_message(msg: Assignment | Shutdown) -> pb.CoordinatorMessage:
-    """The stream message for an assignment or a shutdown."""
+def coordinator_message(msg: Assignment | Shutdown | Decode | Group | SyncRequest | ReplicaState
+                        ) -> pb.CoordinatorMessage:
+    """The stream message for an assignment, a shutdown, or the collective plane's messages."""
     if isinstance(msg, Shutdown):
         return pb.CoordinatorMessage(shutdown=pb.Shutdown(reason=msg.reason))
+    if isinstance(msg, Decode):
+        return pb.CoordinatorMessage(decode=pb.Decode(
+            job=msg.job, model=msg.model, version=msg.version, rounds=[t[0] for t in msg.terms],
+            slots=[t[1] for t in msg.terms], coeffs=[t[2] for t in msg.terms], group_epoch=msg.group_epoch,
+            keep_from_job=msg.keep_from_job))
+    if isinstance(msg, Group):
+        return pb.CoordinatorMessage(group=pb.Group(epoch=msg.epoch, rank=msg.rank, size=msg.size,
+                                                    prefix=msg.prefix))
+    if isinstance(msg, SyncRequest):
+        return pb.CoordinatorMessage(sync=pb.SyncRequest(model=msg.model, version=msg.version))
+    if isinstance(msg, ReplicaState):
+        return pb.CoordinatorMessage(replica=replica_to_proto(msg))
     tasks = [pb.TaskSpec(job=t.job, slot=t.slot, parts=list(t.parts), coeffs=list(t.coeffs), kind=t.kind,
                          model=t.model, model_version=t.model_version) for t in msg.tasks]
     models = [pb.ModelState(model=m.model, version=m.version, params=_tensor_to_proto(m.params),
@@ -106,17 +125,42 @@ def coordinator_message(msg: Assignment | Shutdown) -> pb.CoordinatorMessage:
         job_id=msg.job_id, round=msg.round, tasks=tasks, models=models, deadline_unix=msg.deadline_unix))
 
 
-def work_item_from_proto(msg: pb.CoordinatorMessage) -> Assignment | Shutdown:
+def work_item_from_proto(msg: pb.CoordinatorMessage) -> Assignment | Shutdown | Decode | Group | SyncRequest \
+        | ReplicaState:
     """Worker side: a work-stream message as the internal Assignment or Shutdown (the inverse of
     ``coordinator_message``; model bytes are read once, validated later by ``runtime.tensors.from_proto``)."""
-    if msg.HasField("shutdown"):
+    kind = msg.WhichOneof("kind")
+    if kind == "shutdown":
         return Shutdown(reason=msg.shutdown.reason)
+    if kind == "decode":
+        d = msg.decode
+        return Decode(job=d.job, model=d.model, version=d.version,
+                      terms=list(zip(d.rounds, d.slots, d.coeffs, strict=False)), group_epoch=d.group_epoch,
+                      keep_from_job=d.keep_from_job)
+    if kind == "group":
+        g = msg.group
+        return Group(epoch=g.epoch, rank=g.rank, size=g.size, prefix=g.prefix)
+    if kind == "sync":
+        return SyncRequest(model=msg.sync.model, version=msg.sync.version)
+    if kind == "replica":
+        return replica_from_proto(msg.replica)
     a = msg.assignment
     tasks = [TaskSpec(job=t.job, slot=t.slot, parts=list(t.parts), coeffs=list(t.coeffs), kind=t.kind,
                       model=t.model, model_version=t.model_version) for t in a.tasks]
     models = [ModelState(model=m.model, version=m.version, params=_tensor_from_proto(m.params),
                          on_data_plane=m.params_on_data_plane) for m in a.models]
     return Assignment(job_id=a.job_id, round=a.round, tasks=tasks, models=models, deadline_unix=a.deadline_unix)
+
+
+def replica_to_proto(st: ReplicaState) -> pb.ReplicaState:
+    return pb.ReplicaState(model=st.model, version=st.version, session=st.session,
+                           tensors=[pb.NamedTensor(name=k, tensor=_tensor_to_proto(t)) for k, t in st.tensors.items()])
+
+
+def replica_from_proto(st: pb.ReplicaState) -> ReplicaState:
+    """The internal ReplicaState (tensor bytes shared; validate with ``runtime.tensors.from_proto``)."""
+    return ReplicaState(model=st.model, version=st.version, session=st.session,
+                        tensors={nt.name: _tensor_from_proto(nt.tensor) for nt in st.tensors})
 
 
 # -- registration and liveness (worker side) -------------------------------------------------------------
@@ -148,7 +192,9 @@ def result_from_proto(res: pb.Result) -> Result:
                         losses=[PartLoss(pl.part, pl.loss) for pl in tr.losses]) for tr in res.tasks]
     return Result(job_id=res.job_id, round=res.round, worker_id=res.worker_id, tasks=tasks,
                   compute_s=res.compute_s, injected_delay_s=res.injected_delay_s,
-                  payload_on_data_plane=res.payload_on_data_plane, data_seq=res.data_seq, session=res.session)
+                  payload_on_data_plane=res.payload_on_data_plane, data_seq=res.data_seq, session=res.session,
+                  payload_held=res.payload_held, replica_digest=res.replica_digest,
+                  replica_version=res.replica_version)
 
 
 def result_to_proto(res: Result) -> pb.Result:
@@ -159,7 +205,8 @@ def result_to_proto(res: Result) -> pb.Result:
     return pb.Result(job_id=res.job_id, round=res.round, worker_id=res.worker_id, tasks=tasks,
                      compute_s=res.compute_s, injected_delay_s=res.injected_delay_s,
                      payload_on_data_plane=res.payload_on_data_plane, data_seq=res.data_seq,
-                     session=res.session)
+                     session=res.session, payload_held=res.payload_held, replica_digest=res.replica_digest,
+                     replica_version=res.replica_version)
 
 
 @dataclass

@@ -14,8 +14,8 @@ import numpy as np
 
 from dcoord.dtypes import ITEMSIZE
 from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
-from dcoord.wire import fill_proto, result_to_proto
-from dcoord.wire.messages import Result, TensorData
+from dcoord.wire import fill_proto, replica_to_proto, result_to_proto
+from dcoord.wire.messages import ReplicaState, Result, TensorData
 
 #: default chunk size (runtime.stream_chunk_bytes); payloads no larger than this travel inline
 DEFAULT_CHUNK_BYTES = 1 << 20
@@ -76,14 +76,43 @@ class ChunkAssembler:
         self.parts, self.size, self.overflow = [], 0, False
         if not ok:
             return False
-        off = 0
-        for t in result.tasks:
-            n = int(np.prod(t.payload.shape)) * _ITEMSIZE.get(t.payload.dtype, 0) if len(t.payload.shape) else 0
-            t.payload.data = buf[off : off + n]
-            off += n
-        if off != len(buf) and result.tasks:  # extra bytes: make the byte count visibly wrong
-            result.tasks[-1].payload.data += buf[off:]
+        _fill(buf, [t.payload for t in result.tasks])
         return True
+
+    def attach_replica(self, state: pb.ReplicaState) -> bool:
+        """Fill a chunked replica state's tensors from the chunks; False when they were more than allowed."""
+        buf = b"".join(self.parts)
+        ok = not self.overflow
+        self.parts, self.size, self.overflow = [], 0, False
+        if ok:
+            _fill(buf, [nt.tensor for nt in state.tensors])
+        return ok
+
+
+def _fill(buf: bytes, tensors: list) -> None:
+    """Cut ``buf`` into the tensors by their declared shapes (extra bytes go to the last one, so the normal
+    validation sees a wrong byte count)."""
+    off = 0
+    for t in tensors:
+        n = int(np.prod(t.shape)) * _ITEMSIZE.get(t.dtype, 0) if len(t.shape) else _ITEMSIZE.get(t.dtype, 0)
+        t.data = buf[off : off + n]
+        off += n
+    if off != len(buf) and tensors:
+        tensors[-1].data += buf[off:]
+
+
+def replica_messages(state: ReplicaState, chunk_bytes: int) -> list[pb.WorkerMessage]:
+    """Worker side: a replica's state on the work stream, its tensors as chunks before it when large."""
+    msg = replica_to_proto(state)
+    if chunk_bytes <= 0 or sum(len(nt.tensor.data) for nt in msg.tensors) <= chunk_bytes:
+        return [pb.WorkerMessage(replica=msg)]
+    raw = b"".join(nt.tensor.data for nt in msg.tensors)
+    for nt in msg.tensors:
+        nt.tensor.data = b""
+    msg.chunked = True
+    out = [pb.WorkerMessage(chunk=pb.PayloadChunk(data=raw[o : o + chunk_bytes]))
+           for o in range(0, len(raw), chunk_bytes)]
+    return out + [pb.WorkerMessage(replica=msg)]
 
 
 def result_messages(res: Result, payloads: list[np.ndarray] | None = None,

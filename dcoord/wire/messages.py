@@ -91,6 +91,9 @@ class Result:
     payload_on_data_plane: bool = False
     data_seq: int = 0
     session: str = ""  # the sender's session credential (RegisterReply.session), checked at the gRPC edge
+    payload_held: bool = False  # transport: allreduce -- payloads stay with the worker (shape and dtype only)
+    replica_digest: bytes = b""  # transport: allreduce -- sha256 of the replica before this round's step
+    replica_version: int = -1
 
 
 @dataclass
@@ -105,3 +108,45 @@ class Registration:
     heartbeat_interval_s: float = 0.0
     data_port: int = 0
     data_key: bytes = b""
+
+
+# -- transport: allreduce (runtime/transport/allreduce.py) -------------------------------------------------
+@dataclass
+class Decode:
+    """How to decode one job on the collective plane: this worker's held messages (round, slot) and their
+    coefficients; every group member all-reduces its share (zeros without terms) and steps its replica."""
+
+    job: int
+    model: int
+    version: int
+    terms: list[tuple[int, int, float]] = field(default_factory=list)  # (round, slot, coefficient)
+    group_epoch: int = 0
+    keep_from_job: int = 0
+
+
+@dataclass
+class Group:
+    """Form (or re-form) the workers' all-reduce group: this worker's rank in it and its store prefix."""
+
+    epoch: int
+    rank: int
+    size: int
+    prefix: str
+
+
+@dataclass
+class SyncRequest:
+    """The coordinator asks for a replica's state (a checkpoint, the end of the run)."""
+
+    model: int = 0
+    version: int = 0
+
+
+@dataclass
+class ReplicaState:
+    """A model replica at a version: flat parameters ("params") and the optimizer's tensors by name."""
+
+    model: int
+    version: int
+    tensors: dict[str, TensorData] = field(default_factory=dict)
+    session: str = ""

@@ -30,6 +30,7 @@ from dcoord.runtime.buffers import BufferPool
 from dcoord.runtime.coordinator.counters import RunCounters
 from dcoord.runtime.coordinator.membership import Membership, WorkerConn, WorkerEvent
 from dcoord.runtime.coordinator.view import CoordinatorView
+from dcoord.runtime.optim import make_optimizer
 from dcoord.runtime.store.rundir import RunDir
 from dcoord.runtime.tensors import (
     GradVector,
@@ -45,14 +46,6 @@ from dcoord.workloads import batch_indices, evaluate
 from dcoord.workloads.data import load_checked
 
 log = logging.getLogger("dcoord.coordinator")
-
-
-def make_optimizer(cfg: JobConfig, model: torch.nn.Module, index: int) -> torch.optim.Optimizer:
-    o = cfg.optimizer
-    lr = cfg.lr_for(index)
-    if o.name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=o.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
 class Coordinator:
@@ -111,6 +104,15 @@ class Coordinator:
         self.scheme_snapshot: dict | None = None
         self.resumed_elapsed = 0.0
         self._final_losses: list[float] | None = None  # evaluated once, after the last round
+        # transport: allreduce -- the workers hold replicas and all-reduce the decode; this keeps the group
+        self.collective = None
+        if cfg.transport is not None:
+            from dcoord.runtime.transport.registry import get_plane
+
+            if get_plane(cfg.transport).collective:
+                from dcoord.runtime.coordinator.collective import CollectiveRun
+
+                self.collective = CollectiveRun(self)
 
     # -- the job's data plane (cfg.transport, a registered plane) ---------------------------------------
     def start_data_plane(self, host: str, ssl_context=None):
@@ -185,7 +187,7 @@ class Coordinator:
         if self.alive_count() >= self.n:
             self._registered.set()
         pending = self.state == "running" and self.round >= 0 and conn.worker_id not in self.arrived
-        if pending and conn.outbox.empty():
+        if pending and conn.outbox.empty() and self.collective is None:
             conn.outbox.put_nowait(self._assignment(self.round, conn.worker_id))
 
     def detach(self, conn: WorkerConn) -> None:
@@ -299,7 +301,9 @@ class Coordinator:
             needed[(m, version)] = params
             if self.privacy is not None and self.privacy.needs_previous(t.job):
                 needed[(m, version - 1)] = self.privacy.prev  # DIFF2 differences need x_(t-1) too
-        if self.data_server is not None and self.data_server.connected(worker):
+        if self.collective is not None:
+            models = []  # every worker holds its replica at the version the tasks name
+        elif self.data_server is not None and self.data_server.connected(worker):
             models = []  # the bytes go on the worker's data connection, ahead of this assignment
             for (m, v), p in needed.items():
                 self.data_server.send_model(worker, m, v, p)
@@ -325,6 +329,9 @@ class Coordinator:
             for t in tasks:
                 if t.job not in self.job_params:
                     m = self.scheme.model_of(t.job)
+                    if self.collective is not None:
+                        self.job_params[t.job] = (self.steps[m], None)  # the replicas hold the parameters
+                        continue
                     buf = self.param_pool.take(self.num_params, np.float32)
                     self.job_params[t.job] = (self.steps[m], flat_params(self.models[m], out=buf))
         self.cpu_s["send"] += time.thread_time() - t_flat
@@ -380,6 +387,14 @@ class Coordinator:
             if (tr.job, tr.slot, tr.model_version) != (t.job, t.slot, version):
                 self.reject("task-mismatch", f"got (job, slot, version)={(tr.job, tr.slot, tr.model_version)}")
                 return False
+            if self.collective is not None:  # the payload stays with the worker: its shape must still fit
+                size = math.prod(tr.payload.shape) if tr.payload.shape else 0
+                if not res.payload_held or size != self.num_params or tr.payload.data:
+                    self.reject("wrong-shape", f"worker {res.worker_id}: transport: allreduce results hold their "
+                                f"payloads ({self.num_params} values) and send none")
+                    return False
+                decoded.append((t, tr, None))
+                continue
             try:
                 arr = (from_proto(tr.payload, expect_size=self.num_params) if arrays is None
                        else check_array(arrays[k], expect_size=self.num_params))
@@ -392,13 +407,16 @@ class Coordinator:
             decoded.append((t, tr, arr.reshape(-1)))
         for t, tr, arr in decoded:
             self.stored.setdefault(t.job, {})[ResultRef(self.round, res.worker_id, t.slot)] = arr
-            self.bytes_round += arr.nbytes
+            self.bytes_round += arr.nbytes if arr is not None else 0
             losses = self.part_losses.setdefault(t.job, {})
             for pl in tr.losses:
                 if math.isfinite(pl.loss):
                     losses.setdefault(pl.part, pl.loss)
         self.arrived.add(res.worker_id)
         self.compute_round[res.worker_id] = res.compute_s
+        if self.collective is not None:
+            model = res.tasks[0].model if res.tasks else 0
+            self.collective.note_digest(res.worker_id, model, res.replica_version, res.replica_digest)
         return True
 
     async def _collect(self, r: int) -> frozenset[int]:
@@ -418,6 +436,8 @@ class Coordinator:
             if now - checked > 0.25:  # silent workers are declared lost (and said so) while the round waits
                 self._members.check()
                 checked = now
+                if self.collective is not None:
+                    self.collective.check_members(self.alive_ids())
             arrived = frozenset(self.arrived)
             if len(arrived) == self.n:
                 return arrived
@@ -517,6 +537,11 @@ class Coordinator:
         version, version_params = self.job_params.pop(job)
         if version != self.steps[m]:
             raise RuntimeError(f"job {job}: model {m} is at version {self.steps[m]}, job used {version}")
+        if self.collective is not None:  # every replica decodes by all-reduce and steps itself
+            self.collective.send_decode(job, m, version, coeffs, keep_from_job=min(self.job_params, default=job + 1))
+            self.steps[m] += 1
+            self.cpu_s["decode"] += time.thread_time() - t_dec
+            return self._job_record(job, m)
         # without privacy the decoded gradient is only the model's gradient: accumulated in float64 and
         # rounded straight into p.grad's memory (or, for mixed-dtype models, into one reused float64
         # buffer, then copied). DIFF2's estimator may keep what it is given, so private runs get a fresh one.
@@ -527,8 +552,6 @@ class Coordinator:
         g = combine(coeffs, msgs, self.num_params, out=out)
         t_step = time.thread_time()
         self.cpu_s["decode"] += t_step - t_dec
-        residual = float(self.scheme.last_residual)
-        self._counts.max_residual = max(self._counts.max_residual, residual)
         if self.privacy is not None:
             g = self.privacy.direction(job, g, version_params)
         if grads is None:
@@ -536,6 +559,12 @@ class Coordinator:
         self.optimizers[m].step()
         self.steps[m] += 1
         self.cpu_s["step"] += time.thread_time() - t_step
+        return self._job_record(job, m)
+
+    def _job_record(self, job: int, m: int) -> dict:
+        """What metrics.jsonl says of one decoded job."""
+        residual = float(self.scheme.last_residual)
+        self._counts.max_residual = max(self._counts.max_residual, residual)
         losses = self.part_losses.pop(job, {})
         nparts = self.scheme.num_parts()
         loss = sum(losses.values()) if len(losses) == nparts else None  # private runs send no losses
@@ -548,6 +577,11 @@ class Coordinator:
     def save_checkpoint(self) -> None:
         """Checkpoint the state as of the last closed round (atomic; the newest K are kept)."""
         got = self.checkpoint_state()
+        if self.collective is not None and got is not None and got[1] != self.collective.synced_round:
+            # the models are a replica's as of an earlier round: the checkpoint of that round stands
+            log.warning("no checkpoint of round %d: the replicas' state was last fetched at round %d",
+                        got[1], self.collective.synced_round)
+            return
         if got is not None and got[1] >= 0:
             self.rundir.checkpoint(*got)
 
@@ -635,6 +669,9 @@ class Coordinator:
         self.state = "running"
         self.started = time.monotonic() - self.resumed_elapsed
         try:
+            if self.collective is not None:
+                self.collective.synced_round = self.round  # a fresh model, or the checkpoint's
+                self.collective.form(sorted(self.alive_ids()))
             for r in range(self.round + 1, self.total_rounds):
                 t0 = time.monotonic()
                 if self.cfg.runtime.elastic:
@@ -664,6 +701,10 @@ class Coordinator:
                     record["epsilon"] = jobs[-1]["epsilon"]
                 record.update(self.scheme.round_info(r))
                 self.rundir.log_round(record)
+                ce = self.cfg.runtime.checkpoint_every
+                if self.collective is not None and (r == self.total_rounds - 1 or (ce and (r + 1) % ce == 0)):
+                    self.phase = "boundary"
+                    await self.collective.fetch_state(self.alive_ids(), self.cfg.runtime.round_timeout_s)
                 if r == self.total_rounds - 1:
                     # what the bar, the status and the summary show as the loss from now on is the final
                     # model's, not the loss its last gradient was computed at (one step behind)
@@ -672,7 +713,6 @@ class Coordinator:
                 for observe in self._round_observers:
                     observe(record, self)
                 self.phase = "boundary"
-                ce = self.cfg.runtime.checkpoint_every
                 if ce and (r + 1) % ce == 0:
                     self.save_checkpoint()
                 self._round_closed.set()

@@ -29,7 +29,13 @@ from dcoord.runtime.security.auth import (
     server_credentials,
     server_interceptors,
 )
-from dcoord.wire import coordinator_message, payload_bytes, result_from_proto, status_to_proto
+from dcoord.wire import (
+    coordinator_message,
+    payload_bytes,
+    replica_from_proto,
+    result_from_proto,
+    status_to_proto,
+)
 from dcoord.wire.chunking import ChunkAssembler
 from dcoord.wire.messages import Shutdown
 
@@ -143,7 +149,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         c.attach(conn)
 
         # chunked payloads: at most 64 full-size float64 payloads buffered per stream
-        chunks = ChunkAssembler(max_bytes=64 * 8 * max(c.num_params, 1))
+        chunks = ChunkAssembler(max_bytes=64 * 8 * max(c.num_params, 1))  # also a replica's state (< 4 copies)
 
         async def read() -> None:
             try:
@@ -153,6 +159,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     if msg.HasField("chunk"):
                         if c.state == "running":  # nothing is buffered before the job runs
                             chunks.add(msg.chunk)
+                        continue
+                    if msg.HasField("replica"):
+                        self._replica(msg.replica, conn, chunks)
                         continue
                     if not msg.HasField("result"):
                         continue
@@ -190,6 +199,40 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         finally:
             reader.cancel()
             c.detach(conn)
+
+    def _replica(self, st: pb.ReplicaState, conn: WorkerConn, chunks: ChunkAssembler) -> None:
+        """transport: allreduce -- a replica's state the coordinator asked this worker for (else rejected)."""
+        c = self.coord
+        if not session_ok(conn.session, st.session):
+            chunks.discard()
+            c.reject("bad-session", f"replica state on worker {conn.worker_id}'s stream without its session")
+            return
+        if st.chunked and not chunks.attach_replica(st):
+            c.reject("oversized", f"worker {conn.worker_id} streamed more replica bytes than allowed")
+            return
+        if c.collective is None or not c.collective.on_state(conn.worker_id, replica_from_proto(st),
+                                                              payload_bytes(pb.WorkerMessage(replica=st))):
+            c.reject("unasked-replica", f"worker {conn.worker_id} sent a replica state nobody asked for")
+
+    async def Rendezvous(self, request: pb.StoreRequest, context) -> pb.StoreReply:
+        """transport: allreduce -- the workers' group store; only this job's registered workers may use it."""
+        from dcoord.runtime.transport.rendezvous import StoreRefused
+
+        c = self.coord
+        conn = c.conns.get(request.worker_id)
+        if request.job_id != c.job_id or conn is None or not session_ok(conn.session, request.session):
+            await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "bad-session",
+                               "rendezvous without a registered worker's session")
+        if c.collective is None:
+            await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, "no-group",
+                               "this job has no all-reduce group (transport is not allreduce)")
+        try:
+            found, value, number = c.collective.store.handle(request.op, list(request.keys), request.value,
+                                                             request.amount)
+        except StoreRefused as exc:
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "bad-rendezvous", str(exc))
+        c.heard_from(conn)
+        return pb.StoreReply(found=found, value=value, number=number)
 
     def _admit(self, res: pb.Result, conn: WorkerConn) -> bool:
         """Cheap checks before a result may wait in the round loop's queue (which they keep bounded)."""

@@ -302,6 +302,12 @@ class Plane:
     speed: ClassVar[int] = 0
     #: a default for private jobs (privacy:) too; False keeps them on another plane unless asked for by name
     default_for_private: ClassVar[bool] = True
+    #: workers hold replicas and decode by all-reduce among themselves (transport/allreduce.py)
+    collective: ClassVar[bool] = False
+
+    def check(self, cfg: Any) -> str | None:
+        """A one-line reason this plane cannot run ``cfg`` with its guarantees, or None (the default)."""
+        return None
 
     def build(self, cfg: Any, env: Any) -> DataPlane:
         """A launcher's plane: this rank's end of the process group (dcoord.launch)."""

@@ -69,12 +69,15 @@ def choose_plane(cfg: Any, launcher: str = "none") -> tuple[Plane, str]:
     (through ``resolve_plane``) before it makes a run directory."""
     where = WHERE.get(launcher, launcher)
     dtype = cfg.coding.payload_dtype
-    here = [p for p in _PLANES.values() if launcher in p.runs_under]
+    here = [p for p in _PLANES.values() if launcher in p.runs_under and p.speed >= 0]
     if cfg.transport is not None:
         plane = get_plane(cfg.transport)
         if launcher not in plane.runs_under:
             raise ConfigError(f"transport: {plane.name} cannot run under {where} (use "
                               f"{', '.join(p.name for p in here)}, or leave it out)")
+        problem = plane.check(cfg)
+        if problem is not None:
+            raise ConfigError(problem)
         if dtype not in plane.payload_dtypes:
             carriers = [p.name for p in here if dtype in p.payload_dtypes]
             raise ConfigError(f"coding.payload_dtype: {dtype} payloads need transport: {' or '.join(carriers)} "
@@ -168,10 +171,11 @@ class MpiPlane(_LauncherPlane):
 
 
 def _register_builtins() -> None:
+    from dcoord.runtime.transport.allreduce import AllreducePlane
     from dcoord.runtime.transport.grpc_plane import GrpcPlane
     from dcoord.runtime.transport.tcp_dp import TcpPlane
 
-    for plane in (GrpcPlane(), TcpPlane(), TorchPlane(), MpiPlane()):
+    for plane in (GrpcPlane(), TcpPlane(), TorchPlane(), MpiPlane(), AllreducePlane()):
         register_plane(plane)
 
 

@@ -90,6 +90,22 @@ class ControlLink:
         except grpc.RpcError as exc:
             raise StreamEnded(f"stream ended: {exc.code().name}") from None
 
+    def store_call(self, reg: Registration):
+        """The Rendezvous RPC as a store call (transport: allreduce's group store), for this registration."""
+        from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
+
+        def call(op: str, keys: list[str], value: bytes, amount: int) -> tuple[bool, bytes, int]:
+            req = pb.StoreRequest(job_id=reg.job_id, worker_id=reg.worker_id, session=reg.session, op=op,
+                                  keys=keys, value=value, amount=amount)
+            try:
+                reply = self.stub.Rendezvous(req, timeout=30)
+            except grpc.RpcError as exc:
+                raise DcoordError(f"rendezvous refused by {self.address}: {exc.code().name}: {exc.details()}") \
+                    from None
+            return reply.found, reply.value, reply.number
+
+        return call
+
     def close(self) -> None:
         self.channel.close()
 
@@ -146,8 +162,9 @@ class WorkStream:
     """One registration's work stream: messages out (``send``), assignments in (``inbox``), and a heartbeat
     thread saying which round this worker computed last (``last_round``)."""
 
-    def __init__(self, link: ControlLink, reg: Registration) -> None:
+    def __init__(self, link: ControlLink, reg: Registration, collective=None) -> None:
         self.link, self.reg = link, reg
+        self.collective = collective  # transport: allreduce -- takes Decode, Group, SyncRequest, ReplicaState
         self.outbox: queue.Queue = queue.Queue()
         self.outbox.put(hello_message(reg.job_id, reg.worker_id, reg.session))
         self.inbox = Inbox()
@@ -159,7 +176,12 @@ class WorkStream:
     def _receive(self) -> None:
         try:
             for item in self.link.work(iter(self.outbox.get, None)):
-                self.inbox.put(item)
+                if isinstance(item, (Assignment, Shutdown)):
+                    self.inbox.put(item)
+                elif self.collective is not None:
+                    self.collective(item)
+                else:
+                    log.warning("ignoring a %s message: this worker has no all-reduce plane", type(item).__name__)
         except StreamEnded as exc:
             self.inbox.close(str(exc))
         else:

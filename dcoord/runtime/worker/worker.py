@@ -30,8 +30,8 @@ from dcoord.runtime.transport.base import WorkerEnd
 from dcoord.runtime.transport.registry import get_plane
 from dcoord.runtime.worker.compute import TaskComputer
 from dcoord.runtime.worker.link import ControlLink, Inbox, WorkStream
-from dcoord.wire.chunking import mark_payloads, result_messages, send_payloads
-from dcoord.wire.messages import Assignment, PartLoss, Registration, Result, Shutdown, TaskResult
+from dcoord.wire.chunking import mark_payloads, replica_messages, result_messages, send_payloads
+from dcoord.wire.messages import Assignment, PartLoss, Registration, Result, Shutdown, TaskResult, TensorData
 from dcoord.workloads.data import load_checked
 
 log = logging.getLogger("dcoord.worker")
@@ -75,6 +75,9 @@ class WorkerState:
     launched: bool = False  # ``plane`` is the launcher's (torchrun/mpirun): it outlives this worker's stream
     cache: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # (model, version) -> params
     computed: int = 0
+    cache_digest: tuple[int, bytes] = (-1, b"")  # (version, digest) of the replica the cache was taken from
+    replica: Any = None  # transport: allreduce -- runtime.worker.replica.Replica (this worker steps a replica)
+    stream: Any = None  # the current registration's WorkStream
 
     @property
     def wid(self) -> int:
@@ -117,6 +120,8 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
     finally:
         if w is not None and w.plane is not None and not w.launched:
             w.plane.close(clean=True)
+        if w is not None and w.replica is not None:
+            w.replica.close()
         link.close()
 
 
@@ -149,8 +154,26 @@ def _join(link: ControlLink, security: ClientSecurity | None, requested_id: int,
         w.plane.start_models(w.max_count)  # rank 0 may send models down the launcher's plane
     elif not w.launched:
         w.plane = _open_plane(w)
+    if cfg.transport is not None and get_plane(cfg.transport).collective:
+        w.replica = _make_replica(w, workload)
     print(f"worker {w.wid} of job {w.job_id} on {dev}", file=sys.stderr, flush=True)
     return w
+
+
+def _make_replica(w: WorkerState, workload):
+    """transport: allreduce -- this worker's replica and its communication thread (worker/replica.py)."""
+    from dcoord.runtime.worker.replica import Replica
+
+    def store_call(op: str, keys: list[str], value: bytes, amount: int):
+        return w.link.store_call(w.reg)(op, keys, value, amount)  # the current registration's session
+
+    def send_state(state) -> None:
+        state.session = w.reg.session
+        w.stream.send(replica_messages(state, w.cfg.runtime.stream_chunk_bytes))
+
+    host, _, port = w.link.address.rpartition(":")
+    return Replica(w.cfg, workload, w.cfg.make_scheme().models, store_call, send_state,
+                   (host.strip("[]"), int(port or 0)), timeout_s=w.cfg.runtime.round_timeout_s)
 
 
 def _worker_privacy(cfg: JobConfig, workload, parts: int, noise_secret_file: str | None):
@@ -217,7 +240,8 @@ def _serve(w: WorkerState) -> tuple[bool, str | None]:
 
     Each pass takes the newest assignment (a straggler skips superseded ones), computes it and streams the
     result back; the round path never waits on anything but this worker's own compute."""
-    stream = WorkStream(w.link, w.reg)
+    stream = WorkStream(w.link, w.reg, collective=w.replica.submit if w.replica is not None else None)
+    w.stream = stream
     inbox = stream.inbox
     try:
         while True:
@@ -225,7 +249,8 @@ def _serve(w: WorkerState) -> tuple[bool, str | None]:
             if a is None or isinstance(a, Shutdown):
                 return a is not None, inbox.closed
             try:
-                _load_models(w, a)
+                if not _load_models(w, a):
+                    continue  # superseded while it waited for its model version
             except DataPlaneError:
                 # the job may have ended while this straggler waited for a model: the coordinator closes its
                 # data plane right after telling every worker to stop; that is a normal end, not a failure
@@ -251,9 +276,18 @@ def _serve(w: WorkerState) -> tuple[bool, str | None]:
         stream.close()
 
 
-def _load_models(w: WorkerState, a: Assignment) -> None:
+def _load_models(w: WorkerState, a: Assignment) -> bool:
     """Every (model, version) the assignment names into the cache: from the message, or from the data
-    plane when the coordinator sent the bytes there (waiting for them up to the round timeout)."""
+    plane when the coordinator sent the bytes there (waiting for them up to the round timeout), or from
+    this worker's replica (transport: allreduce); False when the replica is already past the version."""
+    if w.replica is not None:
+        w.cache.clear()
+        for t in a.tasks:
+            snap = w.replica.snapshot(t.model, t.model_version, w.cfg.runtime.round_timeout_s)
+            if snap is None:
+                return False
+            w.cache[(t.model, t.model_version)], w.cache_digest = snap[0], (t.model_version, snap[1])
+        return True
     for ms in a.models:
         if ms.on_data_plane:
             if not hasattr(w.plane, "model"):
@@ -261,6 +295,7 @@ def _load_models(w: WorkerState, a: Assignment) -> None:
             w.cache[(ms.model, ms.version)] = w.plane.model(ms.model, ms.version, w.cfg.runtime.round_timeout_s)
         else:
             w.cache[(ms.model, ms.version)] = from_proto(ms.params)
+    return True
 
 
 def _compute(w: WorkerState, a: Assignment, inbox: Inbox) -> tuple[Result, list[np.ndarray]] | None:
@@ -293,6 +328,13 @@ def _compute(w: WorkerState, a: Assignment, inbox: Inbox) -> tuple[Result, list[
     # the bytes in the kernel; mpi/torch: wait_sent in _send) is done with the arrays before the next
     # compute writes the buffer again.
     payloads = c.to_host(payloads, dtype)
+    if w.replica is not None:  # the payloads stay here until their decode (to_host's buffer is reused: copy)
+        for t, p in zip(a.tasks, payloads):
+            w.replica.hold(t.job, a.round, t.slot, p if c.device.type == "cpu" else p.copy())
+        version, digest = w.cache_digest
+        every = w.cfg.runtime.digest_every
+        if every and version % every == 0:
+            result.replica_digest, result.replica_version = digest, version
     emulated = w.cfg.runtime.emulate_part_s * sum(len(t.parts) for t in a.tasks)
     emulated += w.cfg.runtime.emulate_job_s * sum(float(c.fractions[list(t.parts)].sum()) for t in a.tasks)
     if emulated > 0:
@@ -310,6 +352,12 @@ def _compute(w: WorkerState, a: Assignment, inbox: Inbox) -> tuple[Result, list[
 def _send(w: WorkerState, stream: WorkStream, result: Result, payloads: list[np.ndarray]) -> None:
     """Stream the result back: with a data plane the small Result goes first and travels while the payload
     bytes stream point-to-point, in order; without, payloads inline, or over ~1 MB as chunks on the stream."""
+    if w.replica is not None:  # transport: allreduce: shapes only; the payloads wait for their Decode
+        for tr, arr in zip(result.tasks, payloads):
+            tr.payload = TensorData(tuple(int(d) for d in arr.shape), str(arr.dtype), b"")
+        result.payload_held = True
+        stream.send(result_messages(result))
+        return
     if w.plane is None:
         stream.send(result_messages(result, payloads, w.cfg.runtime.stream_chunk_bytes))
         return

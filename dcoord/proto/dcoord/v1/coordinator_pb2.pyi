@@ -163,7 +163,7 @@ class TaskResult(_message.Message):
     def __init__(self, job: _Optional[int] = ..., slot: _Optional[int] = ..., model: _Optional[int] = ..., model_version: _Optional[int] = ..., payload: _Optional[_Union[Tensor, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[PartLoss, _Mapping]]] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("job_id", "round", "worker_id", "tasks", "compute_s", "injected_delay_s", "payload_on_data_plane", "data_seq", "payload_chunked", "session")
+    __slots__ = ("job_id", "round", "worker_id", "tasks", "compute_s", "injected_delay_s", "payload_on_data_plane", "data_seq", "payload_chunked", "session", "payload_held", "replica_digest", "replica_version")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +174,9 @@ class Result(_message.Message):
     DATA_SEQ_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_CHUNKED_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_HELD_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_VERSION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     round: int
     worker_id: int
@@ -184,7 +187,100 @@ class Result(_message.Message):
     data_seq: int
     payload_chunked: bool
     session: str
-    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., worker_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., compute_s: _Optional[float] = ..., injected_delay_s: _Optional[float] = ..., payload_on_data_plane: _Optional[bool] = ..., data_seq: _Optional[int] = ..., payload_chunked: _Optional[bool] = ..., session: _Optional[str] = ...) -> None: ...
+    payload_held: bool
+    replica_digest: bytes
+    replica_version: int
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., worker_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., compute_s: _Optional[float] = ..., injected_delay_s: _Optional[float] = ..., payload_on_data_plane: _Optional[bool] = ..., data_seq: _Optional[int] = ..., payload_chunked: _Optional[bool] = ..., session: _Optional[str] = ..., payload_held: _Optional[bool] = ..., replica_digest: _Optional[bytes] = ..., replica_version: _Optional[int] = ...) -> None: ...
+
+class Decode(_message.Message):
+    __slots__ = ("job", "model", "version", "rounds", "slots", "coeffs", "group_epoch", "keep_from_job")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    COEFFS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FROM_JOB_FIELD_NUMBER: _ClassVar[int]
+    job: int
+    model: int
+    version: int
+    rounds: _containers.RepeatedScalarFieldContainer[int]
+    slots: _containers.RepeatedScalarFieldContainer[int]
+    coeffs: _containers.RepeatedScalarFieldContainer[float]
+    group_epoch: int
+    keep_from_job: int
+    def __init__(self, job: _Optional[int] = ..., model: _Optional[int] = ..., version: _Optional[int] = ..., rounds: _Optional[_Iterable[int]] = ..., slots: _Optional[_Iterable[int]] = ..., coeffs: _Optional[_Iterable[float]] = ..., group_epoch: _Optional[int] = ..., keep_from_job: _Optional[int] = ...) -> None: ...
+
+class Group(_message.Message):
+    __slots__ = ("epoch", "rank", "size", "prefix")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    rank: int
+    size: int
+    prefix: str
+    def __init__(self, epoch: _Optional[int] = ..., rank: _Optional[int] = ..., size: _Optional[int] = ..., prefix: _Optional[str] = ...) -> None: ...
+
+class SyncRequest(_message.Message):
+    __slots__ = ("model", "version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: int
+    version: int
+    def __init__(self, model: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
+class NamedTensor(_message.Message):
+    __slots__ = ("name", "tensor")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tensor: Tensor
+    def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class ReplicaState(_message.Message):
+    __slots__ = ("model", "version", "tensors", "chunked", "session")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKED_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    model: int
+    version: int
+    tensors: _containers.RepeatedCompositeFieldContainer[NamedTensor]
+    chunked: bool
+    session: str
+    def __init__(self, model: _Optional[int] = ..., version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., chunked: _Optional[bool] = ..., session: _Optional[str] = ...) -> None: ...
+
+class StoreRequest(_message.Message):
+    __slots__ = ("job_id", "worker_id", "session", "op", "keys", "value", "amount")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    worker_id: int
+    session: str
+    op: str
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    value: bytes
+    amount: int
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[int] = ..., session: _Optional[str] = ..., op: _Optional[str] = ..., keys: _Optional[_Iterable[str]] = ..., value: _Optional[bytes] = ..., amount: _Optional[int] = ...) -> None: ...
+
+class StoreReply(_message.Message):
+    __slots__ = ("found", "value", "number")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    value: bytes
+    number: int
+    def __init__(self, found: _Optional[bool] = ..., value: _Optional[bytes] = ..., number: _Optional[int] = ...) -> None: ...
 
 class PayloadChunk(_message.Message):
     __slots__ = ("data",)
@@ -193,22 +289,32 @@ class PayloadChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class WorkerMessage(_message.Message):
-    __slots__ = ("hello", "result", "chunk")
+    __slots__ = ("hello", "result", "chunk", "replica")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     result: Result
     chunk: PayloadChunk
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., chunk: _Optional[_Union[PayloadChunk, _Mapping]] = ...) -> None: ...
+    replica: ReplicaState
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., chunk: _Optional[_Union[PayloadChunk, _Mapping]] = ..., replica: _Optional[_Union[ReplicaState, _Mapping]] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("assignment", "shutdown")
+    __slots__ = ("assignment", "shutdown", "decode", "group", "sync", "replica")
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
+    DECODE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    SYNC_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     assignment: Assignment
     shutdown: Shutdown
-    def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ...) -> None: ...
+    decode: Decode
+    group: Group
+    sync: SyncRequest
+    replica: ReplicaState
+    def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., decode: _Optional[_Union[Decode, _Mapping]] = ..., group: _Optional[_Union[Group, _Mapping]] = ..., sync: _Optional[_Union[SyncRequest, _Mapping]] = ..., replica: _Optional[_Union[ReplicaState, _Mapping]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

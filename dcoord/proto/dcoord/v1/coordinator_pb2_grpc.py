@@ -59,6 +59,11 @@ class CoordinatorStub:
                 request_serializer=dcoord_dot_v1_dot_coordinator__pb2.StatusRequest.SerializeToString,
                 response_deserializer=dcoord_dot_v1_dot_coordinator__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.Rendezvous = channel.unary_unary(
+                '/dcoord.v1.Coordinator/Rendezvous',
+                request_serializer=dcoord_dot_v1_dot_coordinator__pb2.StoreRequest.SerializeToString,
+                response_deserializer=dcoord_dot_v1_dot_coordinator__pb2.StoreReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -98,6 +103,14 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rendezvous(self, request, context):
+        """transport: allreduce -- the key-value store the workers form their all-reduce group through (the
+        coordinator hosts it; only registered workers of this job, with their session, may use it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +138,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.WatchStatus,
                     request_deserializer=dcoord_dot_v1_dot_coordinator__pb2.StatusRequest.FromString,
                     response_serializer=dcoord_dot_v1_dot_coordinator__pb2.StatusReply.SerializeToString,
+            ),
+            'Rendezvous': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rendezvous,
+                    request_deserializer=dcoord_dot_v1_dot_coordinator__pb2.StoreRequest.FromString,
+                    response_serializer=dcoord_dot_v1_dot_coordinator__pb2.StoreReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -262,6 +280,33 @@ class Coordinator:
             '/dcoord.v1.Coordinator/WatchStatus',
             dcoord_dot_v1_dot_coordinator__pb2.StatusRequest.SerializeToString,
             dcoord_dot_v1_dot_coordinator__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rendezvous(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcoord.v1.Coordinator/Rendezvous',
+            dcoord_dot_v1_dot_coordinator__pb2.StoreRequest.SerializeToString,
+            dcoord_dot_v1_dot_coordinator__pb2.StoreReply.FromString,
             options,
             channel_credentials,
             insecure,
