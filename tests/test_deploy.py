@@ -216,8 +216,16 @@ def test_plain_kubernetes_wiring(rendered, variant, tmp_path):
         assert _selects(peer["podSelector"]["matchLabels"], labels_w)
         assert not _selects(peer["podSelector"]["matchLabels"], labels_c)
         assert not _selects(peer["podSelector"]["matchLabels"], {**labels_w, "app.kubernetes.io/instance": "other"})
+    # workers: only this job's other workers may connect (transport: allreduce's gloo group), on any port
     npw = one(docs, "NetworkPolicy", "dcoord-workers")
-    assert _selects(npw["spec"]["podSelector"]["matchLabels"], labels_w) and npw["spec"]["ingress"] == []
+    assert _selects(npw["spec"]["podSelector"]["matchLabels"], labels_w)
+    (rule,) = npw["spec"]["ingress"]
+    assert "ports" not in rule
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}
+    assert _selects(peer["podSelector"]["matchLabels"], labels_w)
+    assert not _selects(peer["podSelector"]["matchLabels"], labels_c)
+    assert not _selects(peer["podSelector"]["matchLabels"], {**labels_w, "app.kubernetes.io/instance": "other"})
 
     # secrets: every path flag names a projected Secret item; every projected item is used
     for c, ns, tpl in ((cc, cns, ctpl), (wc, wns, wtpl)):

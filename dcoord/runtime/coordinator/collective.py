@@ -40,6 +40,8 @@ class CollectiveRun:
         self._state_wait: asyncio.Future | None = None
         self._state_from: int | None = None
         self.state_bytes = 0  # replica state fetched for checkpoints and the end (not gradients)
+        self.control_bytes_in = 0  # every other work-stream message, serialized (hello, results)
+        self.control_bytes_out = 0  # (assignments, decodes, group and sync messages, shutdown)
 
     # -- the group ---------------------------------------------------------------------------------------
     def form(self, workers: list[int]) -> None:
@@ -102,6 +104,15 @@ class CollectiveRun:
         odd = sorted(w for w, d in got.items() if d != majority)
         raise RunFailed(f"replica(s) of worker(s) {odd} differ from the others at model {key[0]} version {key[1]} "
                         "(transport: allreduce keeps every replica bit-identical; this one is not)")
+
+    def report(self) -> dict:
+        """What summary.json says of the plane: the group, the digest checks, and every payload byte the
+        coordinator received or sent beside control messages (replica states only; never a gradient)."""
+        c = self.coord
+        return {"group_epochs": self.epoch, "members": list(self.members), "digest_checks": self.checked,
+                "replica_state_bytes_in": self.state_bytes, "payload_bytes_in": c.bytes_in,
+                "payload_bytes_out": c.bytes_out, "control_bytes_in": self.control_bytes_in,
+                "control_bytes_out": self.control_bytes_out}
 
     # -- the model, from a replica -------------------------------------------------------------------------
     async def fetch_state(self, alive: set[int], timeout: float) -> None:

@@ -770,6 +770,7 @@ class Coordinator:
             "membership": self._members.report(),
             **self.scheme.report(),
             **(self.privacy.summary(self.steps[0]) if self.privacy is not None else {}),
+            **({"allreduce": self.collective.report()} if self.collective is not None else {}),
         }
 
     def snapshot(self) -> CoordinatorView:

@@ -156,6 +156,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 async for msg in request_iterator:
                     c.heard_from(conn)
                     c.count_bytes_in(payload_bytes(msg))
+                    if c.collective is not None and msg.WhichOneof("kind") in ("hello", "result"):
+                        c.collective.control_bytes_in += msg.ByteSize()  # small there: nothing is held
                     if msg.HasField("chunk"):
                         if c.state == "running":  # nothing is buffered before the job runs
                             chunks.add(msg.chunk)
@@ -193,6 +195,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     break
                 out = coordinator_message(msg)
                 c.count_bytes_out(payload_bytes(out))
+                if c.collective is not None and out.WhichOneof("kind") != "replica":
+                    c.collective.control_bytes_out += out.ByteSize()
                 yield out
                 if isinstance(msg, Shutdown):
                     break
