@@ -125,6 +125,10 @@ def simulate_job(n: int, coding: Mapping[str, Any] | Any, simulate_cfg: Simulate
         "schemes": {k: {**r.to_dict(), "tuned": tuned_flags[k]} for k, r in results.items()},
         "wall_s": time.perf_counter() - t0,
     }
+    if cfg.network is not None:
+        from dcoord.sim.planes import plane_report
+
+        data["network"] = plane_report(results, n, source, cfg, cfg.network.model(), tuple(cfg.network.planes))
     write_json(out / "simulation.json", data)
     if plot:
         plot_simulation(results, out / "simulation.png", title=f"{n} workers, {cfg.jobs} jobs")
