@@ -208,7 +208,7 @@ def measure_cap(cl: net.Cluster, src: str, dst: str, nbytes: int) -> float:
     raise RuntimeError(f"could not reach {dst} from {src}: {p.stderr.strip()[-300:]}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n", default="4,8", help="worker counts, comma-separated [4,8]")
     ap.add_argument("--planes", default="tcp,allreduce", help="dcoord planes to run [tcp,allreduce]")
@@ -228,7 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--predict-only", action="store_true", help="print the network model's predictions; run nothing")
     ap.add_argument("--no-slow", action="store_true", help="skip the cases with a slow worker")
     ap.add_argument("--out", type=Path, default=None, help="results folder [bench/results]")
-    a = ap.parse_args(argv)
+    ap.add_argument("--keep", type=Path, default=None, help="keep every run's logs and run directory here")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
     if a.quick:
         a.n, a.rounds, a.warmup = "4", 8, 2
     if a.overhead_ms is None:
@@ -265,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         part_s: dict[str, float] = {}
         if not a.predict_only:
             with tempfile.TemporaryDirectory(prefix="dcnb-") as tmp, net.Cluster(a.gbps, a.latency_ms) as cl:
+                if a.keep:
+                    a.keep.mkdir(parents=True, exist_ok=True)
+                    tmp = str(a.keep)
                 cl.add_node("coord")
                 for i in range(n):
                     cl.add_node(f"w{i}")
