@@ -155,9 +155,9 @@ def predictions(n: int, a: argparse.Namespace, planes: list[str], part_s: dict[s
     with --part-s of compute per part, or per case the compute per part measured in that run (``part_s``:
     the workers' own compute_s, i.e. what a measured delay profile would give `dcoord tune`)."""
     from dcoord.coding.registry import make_scheme
-    from dcoord.sim import ModelDelays, SimulateConfig, simulate
-    from dcoord.sim.network import Network, ddp_step_s, round_s
-    from dcoord.sim.planes import ddp_compute_s, mean_round_s
+    from dcoord.sim import ModelDelays, SimulateConfig
+    from dcoord.sim.network import Network, ddp_step_s, predict_planes
+    from dcoord.sim.planes import close_times, ddp_compute_s
     from dcoord.stragglers import InjectConfig, make_straggler_model
 
     nw = Network(link_gbps=a.gbps, model_mb=a.model_mb, latency_ms=a.latency_ms, overhead_ms=a.overhead_ms)
@@ -177,8 +177,9 @@ def predictions(n: int, a: argparse.Namespace, planes: list[str], part_s: dict[s
             kw = {} if scheme == "uncoded" else {"s": 1}
             for plane in planes:
                 case = f"{plane}/{scheme}/{key}"
-                c = mean_round_s(simulate(make_scheme(scheme, n, jobs=a.rounds, **kw), source(case), cfg))
-                out[case] = round_s(plane, c, n, nw)
+                close, _ = close_times(lambda scheme=scheme, kw=kw: make_scheme(scheme, n, jobs=a.rounds, **kw),
+                                       source(case), cfg, nw, [plane])
+                out[case] = predict_planes(close, n, nw, (plane,))[plane]
     return out
 
 

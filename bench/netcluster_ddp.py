@@ -2,7 +2,8 @@
 MASTER_ADDR / MASTER_PORT / RANK / WORLD_SIZE in the environment.
 
 The same model as dcoord's side (netcluster_workload.wide), the same emulated compute: each step sleeps
-``compute_s`` (``slowdown`` x that on ``slow_rank``) before its forward/backward, whose backward all-reduces
+``compute_s`` before its forward/backward (``slow_rank`` sleeps so long that its whole compute takes
+``slowdown`` x as long), whose backward all-reduces
 the gradient. Rank 0 writes ``{"step_s": [...]}`` (the time between consecutive step ends) to argv[2].
 """
 
@@ -34,7 +35,10 @@ def main() -> None:
             wl.loss_fn(model(x), y).backward()
             fwd_bwd.append(time.perf_counter() - t)
     fwd_bwd = min(fwd_bwd[1:])
-    sleep = spec["compute_s"] * (spec["slowdown"] if rank == spec["slow_rank"] else 1.0)
+    # the slow rank takes slowdown x its whole compute (sleep + forward/backward), as dcoord's inject: fixed
+    sleep = spec["compute_s"]
+    if rank == spec["slow_rank"]:
+        sleep += (spec["slowdown"] - 1) * (spec["compute_s"] + fwd_bwd)
     dist.barrier()
     ends = [time.perf_counter()]
     for _ in range(spec["steps"]):

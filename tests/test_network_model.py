@@ -11,7 +11,8 @@ import yaml
 from test_cli import dcoord, one_line_error
 
 from dcoord.coding.registry import make_scheme
-from dcoord.sim import ModelDelays, SimulateConfig, simulate
+from dcoord.sim import ModelDelays, SimulateConfig
+from dcoord.sim.engine import queue_on_link
 from dcoord.sim.network import (
     Network,
     best_plane,
@@ -25,7 +26,7 @@ from dcoord.sim.network import (
     star_floor_s,
     star_transfer_s,
 )
-from dcoord.sim.planes import plane_report
+from dcoord.sim.planes import plane_rows
 from dcoord.stragglers import InjectConfig, make_straggler_model
 
 GBIT_10MB = Network(link_gbps=1.0, model_mb=10.0)
@@ -50,20 +51,29 @@ def test_latency_terms_one_each_way_on_the_star_and_per_ring_step_on_the_ring():
     assert collective_transfer_s(8, lat) - ring_allreduce_s(8, lat) == pytest.approx(2e-3)  # control round trip
 
 
-def test_rounds_add_compute_and_overhead_and_ddp_waits_for_the_slowest():
+def test_rounds_add_the_planes_wire_and_overhead_to_their_close_times_and_ddp_waits_for_the_slowest():
     net = Network(link_gbps=1.0, model_mb=10.0, overhead_ms=5.0)
-    assert round_s("tcp", 0.3, 8, net) == pytest.approx(0.3 + 1.28 + 0.005)
-    assert round_s("grpc", 0.3, 8, net) == round_s("tcp", 0.3, 8, net)
+    # star: close_s already holds the messages' way up; the models' way down (n M / B) is added
+    assert round_s("tcp", 0.3 + 0.64, 8, net) == pytest.approx(0.3 + 1.28 + 0.005)
+    assert round_s("grpc", 1.0, 8, net) == round_s("tcp", 1.0, 8, net)
     assert round_s("allreduce", 0.3, 8, net) == pytest.approx(0.3 + 0.14 + 0.005)
     assert ddp_step_s(0.75, 8, net) == pytest.approx(0.75 + 0.14)
-    pred = predict_planes(0.3, 8, net)
+    pred = predict_planes({"star": 0.94, "collective": 0.3}, 8, net)
     assert set(pred) == {"tcp", "allreduce"} and best_plane(pred) == "allreduce"
+
+
+def test_messages_queue_on_the_coordinators_link_in_finish_order():
+    t = np.array([0.0, 0.0, 0.0, 1.0, 5.0])
+    tasked = np.array([True, True, True, True, False])
+    assert queue_on_link(t, tasked, 0.5).tolist() == [0.5, 1.0, 1.5, 2.0, 5.0]  # the untasked one untouched
+    # a late finisher's upload starts when it is ready, after the queue has drained
+    assert queue_on_link(np.array([0.0, 3.0]), np.array([True, True]), 0.5).tolist() == [0.5, 3.5]
 
 
 def test_the_star_wins_only_where_latency_dominates_a_tiny_model():
     tiny_far = Network(link_gbps=10.0, model_mb=0.001, latency_ms=50.0)
-    assert best_plane(predict_planes(0.1, 8, tiny_far)) == "tcp"
-    assert best_plane(predict_planes(0.1, 8, GBIT_10MB)) == "allreduce"
+    assert best_plane(predict_planes({"star": 0.1, "collective": 0.1}, 8, tiny_far)) == "tcp"
+    assert best_plane(predict_planes({"star": 0.1 + 0.64, "collective": 0.1}, 8, GBIT_10MB)) == "allreduce"
 
 
 def test_bad_network_values_and_planes_are_refused():
@@ -81,13 +91,18 @@ def test_the_coded_round_pays_the_decodable_sets_compute_and_ddp_the_slowest():
     cfg = SimulateConfig(jobs=10)
     src = ModelDelays(make_straggler_model(InjectConfig(model="fixed", workers=[7], slowdown=5.0), n, 0),
                       base_time=0.0, base_comp=n * part)
-    res = {"gc-cyclic": simulate(make_scheme("gc-cyclic", n, jobs=10, s=1), src, cfg),
-           "uncoded": simulate(make_scheme("uncoded", n, jobs=10), src, cfg)}
-    rep = plane_report(res, n, src, cfg, GBIT_10MB)
-    assert rep["schemes"]["gc-cyclic"]["compute_s"] == pytest.approx(2 * part)
-    assert rep["schemes"]["uncoded"]["compute_s"] == pytest.approx(5 * part)
-    assert rep["schemes"]["gc-cyclic"]["round_s"]["allreduce"] == pytest.approx(0.3 + 0.14)
-    assert rep["schemes"]["gc-cyclic"]["round_s"]["tcp"] == pytest.approx(0.3 + 1.28)
+    rep = plane_rows({"gc-cyclic": lambda: make_scheme("gc-cyclic", n, jobs=10, s=1),
+                      "uncoded": lambda: make_scheme("uncoded", n, jobs=10)}, n, src, cfg, GBIT_10MB,
+                     ("tcp", "allreduce"))
+    gc, unc = rep["schemes"]["gc-cyclic"], rep["schemes"]["uncoded"]
+    assert gc["close_s"]["collective"] == pytest.approx(2 * part)
+    assert unc["close_s"]["collective"] == pytest.approx(5 * part)
+    # star, gc: the 7 fast messages queue after 0.3 s of compute; the 8th is not needed
+    assert gc["close_s"]["star"] == pytest.approx(0.3 + 7 * 0.08)
+    # star, uncoded: the 7 fast uploads hide in the slow worker's compute; then its own message
+    assert unc["close_s"]["star"] == pytest.approx(0.75 + 0.08)
+    assert gc["round_s"]["allreduce"] == pytest.approx(0.3 + 0.14)
+    assert gc["round_s"]["tcp"] == pytest.approx(0.3 + 7 * 0.08 + 0.64)
     assert rep["ddp_step_s"] == pytest.approx(0.75 + 0.14)
     assert rep["recommended"]["scheme"] == "gc-cyclic" and rep["recommended"]["plane"] == "allreduce"
     # the target: at most 0.6x the DDP step (the floor about 0.5x)
@@ -137,7 +152,7 @@ def test_tune_ranks_scheme_and_plane_pairs_by_prediction(tmp_path):
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
     rec = data["recommended"]
-    assert rec["plane"] == "allreduce" and rec["scheme"] != "uncoded"
+    assert rec["plane"] == "allreduce" and not rec["scheme"].startswith("uncoded")
     assert rec["round_s"] == pytest.approx(0.3 + 0.14)
     assert data["ddp_step_s"] == pytest.approx(0.15 + 1.2 + 0.14)
     # a tiny model on far links: the star's two latencies beat the ring's 2 (n-1)

@@ -3,10 +3,11 @@
 Pure formulas (no I/O), so ``dcoord simulate``, ``dcoord tune`` and bench/netcluster.py predict with the same
 numbers. M is the model's size in bytes (one coded message is as large as the model), n the workers.
 
-- star planes (``tcp``, ``grpc``; the coordinator at the hub): every round n messages go up into the
-  coordinator's link and n models come down out of it, one after the other (the models go out when the
-  round starts, the messages come back when it ends): ``2 n M / B`` plus a latency each way. A straggler's
-  late message still crosses the link, so n messages count whatever the survivor set.
+- star planes (``tcp``, ``grpc``; the coordinator at the hub): every round n models go down out of the
+  coordinator's link (``n M / B``) before anyone computes, and the messages come up into it, one at a time
+  (``M / B`` each) as the workers finish: the round closes when the decodable set's messages are in. The
+  simulator queues them (``simulate(..., upload_s=message_s(net))``); when all finish together that is
+  ``2 n M / B`` in all, plus a latency each way. Uploads of early finishers overlap a straggler's compute.
 - the collective plane (``allreduce``): the workers report completion to the coordinator (a few bytes), get
   their decode coefficient back, and run one ring all-reduce: ``2 M (n-1) / (n B)`` plus ``2 (n-1)`` latencies
   (the ring's steps), plus one control round trip.
@@ -70,6 +71,16 @@ def ring_floor_s(n: int, net: Network) -> float:
     return 2 * net.model_bytes * (n - 1) / (n * net.bytes_per_s) if n > 1 else 0.0
 
 
+def message_s(net: Network) -> float:
+    """M / B: one message (or model) through one link."""
+    return net.model_bytes / net.bytes_per_s
+
+
+def star_download_s(n: int, net: Network) -> float:
+    """n M / B: the round's models out of the coordinator's link."""
+    return n * message_s(net)
+
+
 def star_transfer_s(n: int, net: Network) -> float:
     """The star's wire time per round: its floor plus one latency down (models) and one up (messages)."""
     return star_floor_s(n, net) + 2 * net.latency_s
@@ -95,10 +106,19 @@ def plane_family(plane: str) -> str:
     raise ValueError(f"unknown plane {plane!r}; the network model knows {', '.join(STAR_PLANES + COLLECTIVE_PLANES)}")
 
 
-def round_s(plane: str, compute_s: float, n: int, net: Network) -> float:
-    """Predicted round time on ``plane``: the round's compute (the decodable set's close time) + its transfer."""
-    wire = star_transfer_s(n, net) if plane_family(plane) == "star" else collective_transfer_s(n, net)
-    return compute_s + wire + net.overhead_s
+def round_s(plane: str, close_s: float, n: int, net: Network) -> float:
+    """Predicted round time on ``plane`` from the round's close time ``close_s``.
+
+    Star planes: ``close_s`` is when the decodable set's messages are in at the coordinator (computed, then
+    queued on its link: the simulator with ``upload_s = message_s``); the models' way down and a latency
+    each way are added. Collective: ``close_s`` is the decodable set's compute; the control round trip and
+    the all-reduce are added.
+    """
+    if plane_family(plane) == "star":
+        wire = star_download_s(n, net) + 2 * net.latency_s
+    else:
+        wire = collective_transfer_s(n, net)
+    return close_s + wire + net.overhead_s
 
 
 def ddp_step_s(slowest_compute_s: float, n: int, net: Network) -> float:
@@ -106,9 +126,10 @@ def ddp_step_s(slowest_compute_s: float, n: int, net: Network) -> float:
     return slowest_compute_s + ring_allreduce_s(n, net)
 
 
-def predict_planes(compute_s: float, n: int, net: Network, planes: tuple[str, ...] = ("tcp", "allreduce")) -> dict:
-    """{plane: predicted round seconds} for one scheme's mean per-round compute."""
-    return {p: round_s(p, compute_s, n, net) for p in planes}
+def predict_planes(close_s: dict[str, float], n: int, net: Network,
+                   planes: tuple[str, ...] = ("tcp", "allreduce")) -> dict:
+    """{plane: predicted round seconds} from each plane family's close time ({"star": s, "collective": s})."""
+    return {p: round_s(p, close_s[plane_family(p)], n, net) for p in planes}
 
 
 def best_plane(predicted: dict[str, float]) -> str:

@@ -163,18 +163,16 @@ def print_planes(data: dict, console) -> None:
     from rich.table import Table
 
     nw = data["network"]
-    planes = list(data["schemes"][0]["round_s"] if isinstance(data["schemes"], list)
-                  else next(iter(data["schemes"].values()))["round_s"])
-    t = Table(title=f"predicted round time per data plane: {nw['link_gbps']:g} Gbit/s links, {nw['latency_ms']:g} ms, "
-                    f"{nw['model_mb']:g} MB model (seconds)")
-    for h in ["scheme", "compute / round", *planes]:
+    planes = list(next(iter(data["schemes"].values()))["round_s"])
+    t = Table(title=f"predicted round per data plane, seconds ({nw['link_gbps']:g} Gbit/s links, "
+                    f"{nw['latency_ms']:g} ms, {nw['model_mb']:g} MB model)")
+    for h in ["scheme", *planes]:
         t.add_column(h, justify="left" if h == "scheme" else "right")
-    rows = data["schemes"] if isinstance(data["schemes"], list) else [
-        {"scheme": k, **v} for k, v in data["schemes"].items()]
-    for r in rows:
-        t.add_row(r["scheme"], f"{r['compute_s']:.4g}", *(f"{r['round_s'][p]:.4g}" for p in planes))
+    for label, r in data["schemes"].items():
+        t.add_row(label, *(f"{r['round_s'][p]:.4g}" for p in planes))
     console.print(t)
     rec = data["recommended"]
-    console.print(f"plain DDP (waits for the slowest, ring all-reduce): {data['ddp_step_s']:.4g} s a step", highlight=False)
+    console.print(f"plain DDP (waits for the slowest, then a ring all-reduce): {data['ddp_step_s']:.4g} s a step",
+                  highlight=False)
     console.print(f"recommended: {rec['scheme']} on the {rec['plane']} plane: {rec['round_s']:.4g} s a round "
                   f"({rec['per_job_s']:.4g} s a job)", highlight=False)
