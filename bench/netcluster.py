@@ -223,6 +223,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--trials", type=int, default=1, help="runs per case; the median is reported [1]")
     ap.add_argument("--overhead-ms", type=float, default=None,
                     help="the network model's per-round overhead (default: dcoord.sim.network's calibrated one)")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="fit the per-round overhead on the first n's star plane, uncoded, no slow worker, and "
+                    "predict every other case with it (the fit is in the JSON)")
     ap.add_argument("--base-time", type=float, default=0.0, help="the model's load-independent compute, s [0]")
     ap.add_argument("--run-timeout", type=float, default=300.0, help="seconds one run may take [300]")
     ap.add_argument("--quick", action="store_true", help="n = 4, 8 rounds, 2 warm-up: a check on a busy machine")
@@ -251,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in skipped:
         print(f"plane {p}: not registered in this dcoord, skipped")
     slows = (False,) if a.no_slow else (False, True)
-    from dcoord.sim.network import COLLECTIVE_PLANES, STAR_PLANES
+    from dcoord.sim.network import COLLECTIVE_PLANES, STAR_PLANES, plane_family
 
     modelled = [p for p in asked if p in STAR_PLANES + COLLECTIVE_PLANES]  # predicted even where not registered
     results: dict = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
@@ -290,6 +293,15 @@ def main(argv: list[str] | None = None) -> int:
                     part_s[key] = float(statistics.median(parts))
                     print(f"n={n} {key}: {measured[key][0]:.3f} s (trials {[round(t, 3) for t in trials]}; "
                           f"compute per part {part_s[key]:.3f} s)", flush=True)
+        if a.calibrate and "calibration" not in results and part_s:
+            star_plane = next((p for p in planes if plane_family(p) == "star"), None)
+            ck = f"{star_plane}/uncoded/fast"
+            if ck in measured:  # fit the per-round overhead on this one case; every other case checks it
+                a.overhead_ms = 0.0
+                base = predictions(n, a, [star_plane], part_s)[ck]
+                a.overhead_ms = max(0.0, 1e3 * (measured[ck][0] - base))
+                results["calibration"] = {"n": n, "case": ck, "overhead_ms": a.overhead_ms}
+                print(f"calibrated on n={n} {ck}: per-round overhead {a.overhead_ms:.0f} ms", flush=True)
         nominal = predictions(n, a, modelled)
         calibrated = predictions(n, a, modelled, part_s) if part_s else nominal
         for slow in slows:
@@ -307,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
                         "predicted_round_s": calibrated[key], "predicted_ddp_step_s": calibrated[f"ddp/{k}"],
                         "predicted_round_nominal_s": nominal[key], "predicted_ddp_nominal_s": nominal[f"ddp/{k}"],
                         "prediction_error": (calibrated[key] - m[0]) / m[0] if m[0] else None,
+                        "calibration_case": results.get("calibration", {}).get("n") == n
+                        and results.get("calibration", {}).get("case") == key,
+                        "overhead_ms": a.overhead_ms,
                         "ddp_prediction_error": (calibrated[f"ddp/{k}"] - ddp) / ddp if ddp else None,
                     })
     def f(v):
@@ -323,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(["n", "plane", "scheme", "slow", "dcoord round", "DDP step", "ratio", "star 2nM/B",
                  "ring 2M(n-1)/(nB)", "predicted", "pred. DDP", "pred. err"], rows)
     if not a.predict_only:
-        errs = [abs(c["prediction_error"]) for c in results["cases"] if c["prediction_error"] is not None]
+        errs = [abs(c["prediction_error"]) for c in results["cases"]
+                if c["prediction_error"] is not None and not c["calibration_case"]]
         if errs:
             print(f"largest prediction error: {100 * max(errs):.0f}% (target: within 25%); predictions use the "
                   "compute per part each run measured (its workers' compute_s), as a measured profile gives "
