@@ -324,6 +324,21 @@ def main(argv: list[str] | None = None) -> int:
                         "overhead_ms": a.overhead_ms,
                         "ddp_prediction_error": (calibrated[f"ddp/{k}"] - ddp) / ddp if ddp else None,
                     })
+    # the plane the network model picks (as `dcoord tune` would) against the one measured faster
+    results["picks"] = []
+    by = {}
+    for c in results["cases"]:
+        by.setdefault((c["n"], c["scheme"], c["slow_worker"]), []).append(c)
+    for (n, scheme, slow), cs in by.items():
+        if len(cs) < 2:
+            continue
+        pred = min(cs, key=lambda c: c["predicted_round_s"])["plane"]
+        done = [c for c in cs if c["dcoord_round_s"] is not None]
+        meas = min(done, key=lambda c: c["dcoord_round_s"])["plane"] if len(done) == len(cs) else None
+        results["picks"].append({"n": n, "scheme": scheme, "slow_worker": slow, "predicted": pred, "measured": meas})
+        print(f"n={n} {scheme}{', slow worker' if slow else ''}: the model picks {pred}"
+              + (f", measured faster: {meas}" if meas else " (not every plane measured)"))
+
     def f(v):
         return "-" if v is None else v
 
