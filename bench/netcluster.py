@@ -199,13 +199,14 @@ def measure_cap(cl: net.Cluster, src: str, dst: str, nbytes: int) -> float:
     client = ("import socket,time;s=socket.create_connection(("
               f"'{addr}',29600));t=time.perf_counter();s.sendall(b'x'*{nbytes});s.shutdown(socket.SHUT_WR);"
               "s.recv(1);print(time.perf_counter()-t)")
-    srv = cl.popen(dst, [sys.executable, "-c", server], _env(), Path(tempfile.mkstemp(prefix="dcnb-srv")[1]))
-    for _ in range(50):  # until the server listens
-        p = cl.run(src, [sys.executable, "-c", client], timeout=120)
-        if p.returncode == 0:
-            srv.wait(timeout=30)
-            return float(p.stdout.strip())
-        time.sleep(0.1)
+    with tempfile.TemporaryDirectory(prefix="dcnb-cap-") as tmp:
+        srv = cl.popen(dst, [sys.executable, "-c", server], _env(), Path(tmp) / "server.log")
+        for _ in range(50):  # until the server listens
+            p = cl.run(src, [sys.executable, "-c", client], timeout=120)
+            if p.returncode == 0:
+                srv.wait(timeout=30)
+                return float(p.stdout.strip())
+            time.sleep(0.1)
     raise RuntimeError(f"could not reach {dst} from {src}: {p.stderr.strip()[-300:]}")
 
 
