@@ -100,7 +100,8 @@ def _sections(model: type[BaseModel] = JobConfig) -> list[type[BaseModel]]:
 
 SECTIONS = _sections()
 #: what a section needs besides the field under test: required fields, and the kind a field applies to
-REQUIRED = {"PrivacyConfig": {"clip": 1.0}, ("GraphConfig", "d"): {"kind": "random-regular"},
+REQUIRED = {"PrivacyConfig": {"clip": 1.0}, "NetworkConfig": {"link_gbps": 1.0, "model_mb": 10.0},
+            ("GraphConfig", "d"): {"kind": "random-regular"},
             ("GraphConfig", "rows"): {"kind": "torus"}, ("GraphConfig", "cols"): {"kind": "torus"}}
 BAD = {int: [True, 2.5, 3.0, "3", 2**70, -(2**70)], float: [math.nan, math.inf, -math.inf, True, "1.0"]}
 

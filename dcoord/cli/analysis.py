@@ -43,6 +43,10 @@ def cmd_simulate(args) -> int:
         rows.append([label, params, r["runtime_s"], r["wait_all_rounds"], r["load"], "yes" if r["tuned"] else ""])
     console.print(rich_table(f"simulation: {cfg.workers} workers, {sim.jobs} jobs",
                               ["scheme", "params", "runtime (s)", "wait-all rounds", "load", "tuned"], rows))
+    if "network" in data:
+        from dcoord.sim.tune_cmd import print_planes
+
+        print_planes(data["network"], console)
     console.print(f"wrote {out / 'simulation.json'}" + ("" if args.no_plot else f" and {out / 'simulation.png'}")
                   + f" in {data['wall_s']:.2f} s")
     return 0
@@ -86,11 +90,25 @@ def cmd_tune(args) -> int:
     from rich.console import Console
 
     from dcoord.sim.tune import tune
-    from dcoord.sim.tune_cmd import run_oos_tune, wrapped_rows_note
+    from dcoord.sim.tune_cmd import (
+        network_from_args,
+        print_planes,
+        run_oos_tune,
+        tune_planes,
+        wrapped_rows_note,
+    )
     from dcoord.stragglers import load_trace_csv
 
     if not Path(args.profile).is_file():
         raise ConfigError(f"{args.profile}: no such delay profile (CSV, rows = rounds, columns = workers)")
+    network = network_from_args(args)
+    if network is not None:  # rank (scheme, plane) pairs by predicted time per job on the whole profile
+        data = tune_planes(args, *network)
+        if args.json:
+            print(json.dumps(data, indent=2))
+        else:
+            print_planes(data, Console())
+        return 0
     if (rc := run_oos_tune(args)) is not None:
         return rc
     choices = tune(Path(args.profile), jobs=args.jobs, max_delay=args.max_delay, n=args.workers,
@@ -178,9 +196,10 @@ def register(sub) -> None:
     sp.add_argument("--top", type=positive_int, default=10,
                     help="in-sample ranking (--holdout 0): show the TOP fastest choices [10]")
     sp.add_argument("--json", action="store_true", help="print the result as JSON (notes go to stderr)")
-    from dcoord.sim.tune_cmd import add_oos_options
+    from dcoord.sim.tune_cmd import add_network_options, add_oos_options
 
     add_oos_options(sp)
+    add_network_options(sp)
     sp.set_defaults(func=cmd_tune)
 
     sp = sub.add_parser("privacy", help="print the privacy budget plan of a job without training")

@@ -105,6 +105,7 @@ def simulate_job(n: int, coding: Mapping[str, Any] | Any, simulate_cfg: Simulate
     name, kw = scheme_args(coding)
     results: dict[str, SimResult] = {name: simulate(make_scheme(name, n, jobs=cfg.jobs, **kw), source, cfg)}
     tuned_flags = {name: False}
+    factories = {name: (name, kw)}  # label -> make_scheme arguments, for the network model
     if isinstance(compare, str):
         compare = [c.strip() for c in compare.split(",") if c.strip()]
     for other in compare or []:
@@ -116,6 +117,7 @@ def simulate_job(n: int, coding: Mapping[str, Any] | Any, simulate_cfg: Simulate
             continue
         results[label] = simulate(make_scheme(other, n, jobs=cfg.jobs, **params), source, cfg)
         tuned_flags[label] = tuned
+        factories[label] = (other, params)
     out = Path(out)
     data = {
         "n": n,
@@ -125,6 +127,12 @@ def simulate_job(n: int, coding: Mapping[str, Any] | Any, simulate_cfg: Simulate
         "schemes": {k: {**r.to_dict(), "tuned": tuned_flags[k]} for k, r in results.items()},
         "wall_s": time.perf_counter() - t0,
     }
+    if cfg.network is not None:
+        from dcoord.sim.planes import plane_rows
+
+        data["network"] = plane_rows({k: (lambda f=f: make_scheme(f[0], n, jobs=cfg.jobs, **f[1]))
+                                      for k, f in factories.items()}, n, source, cfg, cfg.network.model(),
+                                     tuple(cfg.network.planes))
     write_json(out / "simulation.json", data)
     if plot:
         plot_simulation(results, out / "simulation.png", title=f"{n} workers, {cfg.jobs} jobs")

@@ -7,12 +7,38 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from dcoord.configbase import MAX_ROUNDS, ConfigModel, FilePath
+from dcoord.sim.network import COLLECTIVE_PLANES, DEFAULT_OVERHEAD_MS, STAR_PLANES, Network
 
 #: the largest delay T the tuner searches: its grid grows as T^2 (m-sgc's (B, W) pairs), about 7,400
 #: candidates at T = 32 on 256 workers (the SGC papers use T <= 10)
 MAX_TUNE_DELAY = 32
 #: the longest simulated compute, seconds (about 11.6 days; past it the simulated clock loses precision)
 MAX_SECONDS = 1e6
+
+
+class NetworkConfig(ConfigModel):
+    """The ``simulate.network`` block: per-node links and the model size, for per-plane round predictions."""
+
+    link_gbps: float = Field(gt=0.0, le=1e5, description="each node's link bandwidth, Gbit/s in each direction")
+    model_mb: float = Field(gt=0.0, le=1e7, description="model size in MB (10^6 bytes): one coded message's size")
+    latency_ms: float = Field(0.0, ge=0.0, le=1e5, description="one-way latency of a link, milliseconds")
+    overhead_ms: float = Field(DEFAULT_OVERHEAD_MS, ge=0.0, le=1e5,
+                               description="fixed cost of a dcoord round beside compute and wire, milliseconds")
+    planes: list[str] = Field(["tcp", "allreduce"],
+                              description="planes to predict: star planes (tcp, grpc) and the collective one (allreduce)")
+
+    @field_validator("planes")
+    @classmethod
+    def _planes(cls, v: list[str]) -> list[str]:
+        known = STAR_PLANES + COLLECTIVE_PLANES
+        bad = [p for p in v if p not in known]
+        if bad or not v:
+            raise ValueError(f"simulate.network.planes: unknown plane(s) {bad or v}; choose from {', '.join(known)}")
+        return v
+
+    def model(self) -> Network:
+        return Network(link_gbps=self.link_gbps, model_mb=self.model_mb, latency_ms=self.latency_ms,
+                       overhead_ms=self.overhead_ms)
 
 
 class SimulateConfig(ConfigModel):
@@ -57,6 +83,9 @@ class SimulateConfig(ConfigModel):
     max_delay: int = Field(3, ge=0, le=MAX_TUNE_DELAY, description="largest T considered when tuning --compare schemes")
     lambda_grid: list[int] | None = Field(None, description="lambda values tried when tuning (default: coarse)")
     hops: int = Field(10_000, ge=1, le=MAX_ROUNDS, description="token mode: hops to simulate")
+    network: NetworkConfig | None = Field(
+        None, description="links and model size: predict each scheme's round time per data plane (star: tcp, "
+        "grpc; collective: allreduce) next to plain DDP, and recommend one")
     problem: Literal["logreg", "none"] = Field(
         "logreg", description="token mode: the optimisation problem whose error curve is reported"
     )

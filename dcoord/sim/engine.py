@@ -159,8 +159,24 @@ def _first_accepting(accepts: Callable[[np.ndarray], bool], t: np.ndarray, taske
     return lo, arrived_k(lo)
 
 
-def simulate(scheme: Scheme, delays: DelaySource, cfg: SimulateConfig) -> SimResult:
-    """Run ``cfg.jobs`` jobs of a FRESH scheme object over ``delays``; returns the virtual-time results."""
+def queue_on_link(t: np.ndarray, tasked: np.ndarray, upload_s: float) -> np.ndarray:
+    """Arrival times at the coordinator when every message takes ``upload_s`` on its one inbound link (a star
+    plane): messages queue in finish order, each starting when it is ready and the link is free."""
+    out = t.copy()
+    free = 0.0
+    idx = np.flatnonzero(tasked)
+    for i in idx[np.argsort(t[idx], kind="stable")]:
+        free = max(free, float(t[i])) + upload_s
+        out[i] = free
+    return out
+
+
+def simulate(scheme: Scheme, delays: DelaySource, cfg: SimulateConfig, upload_s: float = 0.0) -> SimResult:
+    """Run ``cfg.jobs`` jobs of a FRESH scheme object over ``delays``; returns the virtual-time results.
+
+    ``upload_s`` > 0: each message also crosses the coordinator's inbound link, one at a time
+    (:func:`queue_on_link`), so a round closes when the decodable set's messages are in, not just computed.
+    """
     wall0 = time.perf_counter()
     n, J = scheme.n, cfg.jobs
     if delays.n != n:
@@ -197,6 +213,8 @@ def simulate(scheme: Scheme, delays: DelaySource, cfg: SimulateConfig) -> SimRes
             arrived, dur = all_in, 0.0
         else:
             t = delays.finish_times(r, loads) + busy
+            if upload_s > 0:
+                t = queue_on_link(t, tasked, upload_s)
             tt = t[tasked]
             slowest = float(tt.max())
             if rule:

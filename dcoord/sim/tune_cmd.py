@@ -104,3 +104,75 @@ def wrapped_rows_note(requested: int, max_delay: int, rows: int) -> str | None:
         return None
     return (f"note: --jobs {requested} with --holdout 0: up to {requested + max_delay} rounds on a profile of {rows} "
             f"rows, so rows are reused (round r reads row r mod {rows})")
+
+
+def add_network_options(parser: argparse.ArgumentParser) -> None:
+    """--link-gbps / --model-mb / --latency-ms / --overhead-ms / --planes for `dcoord tune`."""
+    from dcoord.sim.network import DEFAULT_OVERHEAD_MS
+
+    g = parser.add_argument_group("network model (give --link-gbps and --model-mb to rank data planes too)")
+    g.add_argument("--link-gbps", type=float, default=None, help="each node's link bandwidth, Gbit/s each way")
+    g.add_argument("--model-mb", type=float, default=None, help="model size, MB (10^6 bytes)")
+    g.add_argument("--latency-ms", type=float, default=0.0, help="one-way link latency, ms [0]")
+    g.add_argument("--overhead-ms", type=float, default=DEFAULT_OVERHEAD_MS,
+                   help=f"fixed cost of a dcoord round beside compute and wire, ms [{DEFAULT_OVERHEAD_MS:g}]")
+    g.add_argument("--planes", default="tcp,allreduce", help="planes to compare [tcp,allreduce]")
+
+
+def network_from_args(args):
+    """(Network, planes) from the options, or None when no network model was asked for."""
+    from dcoord.sim.network import COLLECTIVE_PLANES, STAR_PLANES, Network
+
+    if args.link_gbps is None and args.model_mb is None:
+        return None
+    if args.link_gbps is None or args.model_mb is None:
+        raise ConfigError("--link-gbps and --model-mb go together (the network model needs both), e.g. "
+                          "--link-gbps 1 --model-mb 10")
+    for flag, v, low in (("--link-gbps", args.link_gbps, 0.0), ("--model-mb", args.model_mb, 0.0)):
+        if not v > low or v != v or v == float("inf"):
+            raise ConfigError(f"{flag} must be a number > 0 (got {v})")
+    for flag, v in (("--latency-ms", args.latency_ms), ("--overhead-ms", args.overhead_ms)):
+        if not 0 <= v < float("inf"):
+            raise ConfigError(f"{flag} must be a number >= 0 (got {v})")
+    planes = tuple(p.strip() for p in args.planes.split(",") if p.strip())
+    known = STAR_PLANES + COLLECTIVE_PLANES
+    bad = [p for p in planes if p not in known]
+    if bad or not planes:
+        raise ConfigError(f"--planes: unknown plane(s) {bad or planes}; choose from {', '.join(known)}")
+    return Network(link_gbps=args.link_gbps, model_mb=args.model_mb, latency_ms=args.latency_ms,
+                   overhead_ms=args.overhead_ms), planes
+
+
+def tune_planes(args, net, planes) -> dict:
+    """Every scheme's fastest choice on the whole profile, predicted on every plane (dcoord.sim.planes)."""
+    from dcoord.sim.config import SimulateConfig
+    from dcoord.sim.engine import TraceDelays
+    from dcoord.sim.planes import choice_planes
+    from dcoord.sim.tune import tune_source
+    from dcoord.stragglers import load_trace_csv
+
+    d0 = load_trace_csv(args.profile)
+    n = args.workers or d0.shape[1]
+    source = TraceDelays(d0, n, args.base_comp, name=f"trace file {args.profile}")
+    choices = tune_source(n, source, args.jobs, args.max_delay, mu=args.mu, load_model=args.load_model)
+    return choice_planes(choices, n, args.jobs, source, SimulateConfig(jobs=args.jobs, mu=args.mu), net, planes)
+
+
+def print_planes(data: dict, console) -> None:
+    """The per-plane table and the recommendation (``dcoord simulate`` and ``dcoord tune``)."""
+    from rich.table import Table
+
+    nw = data["network"]
+    planes = list(next(iter(data["schemes"].values()))["round_s"])
+    t = Table(title=f"predicted round per data plane, seconds ({nw['link_gbps']:g} Gbit/s links, "
+                    f"{nw['latency_ms']:g} ms, {nw['model_mb']:g} MB model)")
+    for h in ["scheme", *planes]:
+        t.add_column(h, justify="left" if h == "scheme" else "right")
+    for label, r in data["schemes"].items():
+        t.add_row(label, *(f"{r['round_s'][p]:.4g}" for p in planes))
+    console.print(t)
+    rec = data["recommended"]
+    console.print(f"plain DDP (waits for the slowest, then a ring all-reduce): {data['ddp_step_s']:.4g} s a step",
+                  highlight=False)
+    console.print(f"recommended: {rec['scheme']} on the {rec['plane']} plane: {rec['round_s']:.4g} s a round "
+                  f"({rec['per_job_s']:.4g} s a job)", highlight=False)
