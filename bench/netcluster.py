@@ -78,6 +78,7 @@ def round_periods(metrics: Path) -> tuple[list[float], list[float], list[dict]]:
     """(periods between consecutive round ends, each round's own wall_s, each round's per-worker compute_s)
     from a run's metrics.jsonl."""
     recs = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    recs = [r for r in recs if "round" in r and "event" not in r]  # rounds, not membership/group events
     ends = [r["elapsed_s"] for r in recs]
     return [b - a for a, b in zip(ends, ends[1:])], [r["wall_s"] for r in recs], [r["compute_s"] for r in recs]
 

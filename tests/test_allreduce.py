@@ -106,6 +106,8 @@ def test_replica_state_round_trips_and_refuses_what_does_not_fit():
 @pytest.mark.parametrize("over,match", [
     ({"mode": "token", "token": {}, "optimizer": {"name": "sgd", "lr": 0.5}, "coding": {}}, "token mode"),
     ({"privacy": {"mechanism": "dp-gd", "clip": 1.0, "noise_multiplier": 2.0}}, "private jobs"),
+    ({"runtime": {"elastic": True}}, "runtime.elastic"),
+    ({"runtime": {"restart_workers": True}}, "runtime.restart_workers"),
 ])
 def test_what_the_plane_cannot_guarantee_is_a_config_error(over, match):
     cfg = _cfg(**over)

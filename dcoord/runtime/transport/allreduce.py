@@ -37,4 +37,9 @@ class AllreducePlane(Plane):
         if cfg.privacy is not None:
             return ("transport: allreduce does not run private jobs yet (privacy.trust: coordinator would "
                     "show every worker the un-noised sum); use transport tcp or grpc (or leave it out)")
+        if cfg.runtime.elastic or cfg.runtime.restart_workers:
+            which = "runtime.elastic" if cfg.runtime.elastic else "runtime.restart_workers"
+            return (f"transport: allreduce does not re-form its group in flight yet ({which}): a worker that leaves "
+                    "stops the run at its last checkpoint, and --resume continues it; set it to false or use "
+                    "transport tcp")
         return None
