@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64\x63oord/v1/coordinator.proto\x12\tdcoord.v1\"V\n\x0fRegisterRequest\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x14\n\x0crequested_id\x18\x03 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\"?\n\x0e\x44\x61taAssignment\x12\x10\n\x08workload\x18\x01 \x01(\t\x12\x0c\n\x04seed\x18\x02 \x01(\x03\x12\r\n\x05parts\x18\x03 \x03(\x05\"\xc8\x01\n\rRegisterReply\x12\x11\n\tworker_id\x18\x01 \x01(\x05\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x17\n\x0fjob_config_yaml\x18\x03 \x01(\t\x12\'\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x19.dcoord.v1.DataAssignment\x12\x1c\n\x14heartbeat_interval_s\x18\x05 \x01(\x01\x12\x11\n\tdata_port\x18\x06 \x01(\x05\x12\x10\n\x08\x64\x61ta_key\x18\x07 \x01(\x0c\x12\x0f\n\x07session\x18\x08 \x01(\t\"Z\n\x10HeartbeatRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\x05\x12\x12\n\nlast_round\x18\x03 \x01(\x03\x12\x0f\n\x07session\x18\x04 \x01(\t\"3\n\x0eHeartbeatReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x15\n\rcurrent_round\x18\x02 \x01(\x03\"4\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"m\n\nModelState\x12\r\n\x05model\x18\x01 \x01(\x05\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12!\n\x06params\x18\x03 \x01(\x0b\x32\x11.dcoord.v1.Tensor\x12\x1c\n\x14params_on_data_plane\x18\x04 \x01(\x08\"x\n\x08TaskSpec\x12\x0b\n\x03job\x18\x01 \x01(\x03\x12\x0c\n\x04slot\x18\x02 \x01(\x05\x12\r\n\x05parts\x18\x03 \x03(\x05\x12\x0e\n\x06\x63oeffs\x18\x04 \x03(\x01\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\x05\x12\x15\n\rmodel_version\x18\x07 \x01(\x03\"\x8d\x01\n\nAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\"\n\x05tasks\x18\x03 \x03(\x0b\x32\x13.dcoord.v1.TaskSpec\x12%\n\x06models\x18\x04 \x03(\x0b\x32\x15.dcoord.v1.ModelState\x12\x15\n\rdeadline_unix\x18\x05 \x01(\x01\"\x1a\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\";\n\x05Hello\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\x05\x12\x0f\n\x07session\x18\x03 \x01(\t\"&\n\x08PartLoss\x12\x0c\n\x04part\x18\x01 \x01(\x05\x12\x0c\n\x04loss\x18\x02 \x01(\x01\"\x96\x01\n\nTaskResult\x12\x0b\n\x03job\x18\x01 \x01(\x03\x12\x0c\n\x04slot\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\x05\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\x12\"\n\x07payload\x18\x05 \x01(\x0b\x32\x11.dcoord.v1.Tensor\x12#\n\x06losses\x18\x06 \x03(\x0b\x32\x13.dcoord.v1.PartLoss\"\xe8\x01\n\x06Result\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x11\n\tworker_id\x18\x03 \x01(\x05\x12$\n\x05tasks\x18\x04 \x03(\x0b\x32\x15.dcoord.v1.TaskResult\x12\x11\n\tcompute_s\x18\x05 \x01(\x01\x12\x18\n\x10injected_delay_s\x18\x06 \x01(\x01\x12\x1d\n\x15payload_on_data_plane\x18\x07 \x01(\x08\x12\x10\n\x08\x64\x61ta_seq\x18\x08 \x01(\x03\x12\x17\n\x0fpayload_chunked\x18\t \x01(\x08\x12\x0f\n\x07session\x18\n \x01(\t\"\x1c\n\x0cPayloadChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x89\x01\n\rWorkerMessage\x12!\n\x05hello\x18\x01 \x01(\x0b\x32\x10.dcoord.v1.HelloH\x00\x12#\n\x06result\x18\x02 \x01(\x0b\x32\x11.dcoord.v1.ResultH\x00\x12(\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x17.dcoord.v1.PayloadChunkH\x00\x42\x06\n\x04kind\"r\n\x12\x43oordinatorMessage\x12+\n\nassignment\x18\x01 \x01(\x0b\x32\x15.dcoord.v1.AssignmentH\x00\x12\'\n\x08shutdown\x18\x02 \x01(\x0b\x32\x13.dcoord.v1.ShutdownH\x00\x42\x06\n\x04kind\"\x0f\n\rStatusRequest\"\xda\x03\n\x0bStatusReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x03\x12\x14\n\x0crounds_total\x18\x05 \x01(\x03\x12\x15\n\rworkers_alive\x18\x06 \x01(\x05\x12\x15\n\rworkers_total\x18\x07 \x01(\x05\x12\x11\n\tlast_loss\x18\x08 \x01(\x01\x12\x17\n\x0fstragglers_seen\x18\t \x01(\x03\x12\x1c\n\x14\x64ropped_late_results\x18\n \x01(\x03\x12\x36\n\x08rejected\x18\x0b \x03(\x0b\x32$.dcoord.v1.StatusReply.RejectedEntry\x12\x11\n\telapsed_s\x18\x0c \x01(\x01\x12\x0e\n\x06scheme\x18\r \x01(\t\x12\x0f\n\x07message\x18\x0e \x01(\t\x12\x34\n\x07refused\x18\x0f \x03(\x0b\x32#.dcoord.v1.StatusReply.RefusedEntry\x1a/\n\rRejectedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a.\n\x0cRefusedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xdb\x02\n\x0b\x43oordinator\x12@\n\x08Register\x12\x1a.dcoord.v1.RegisterRequest\x1a\x18.dcoord.v1.RegisterReply\x12\x43\n\tHeartbeat\x12\x1b.dcoord.v1.HeartbeatRequest\x1a\x19.dcoord.v1.HeartbeatReply\x12\x43\n\x04Work\x12\x18.dcoord.v1.WorkerMessage\x1a\x1d.dcoord.v1.CoordinatorMessage(\x01\x30\x01\x12=\n\tGetStatus\x12\x18.dcoord.v1.StatusRequest\x1a\x16.dcoord.v1.StatusReply\x12\x41\n\x0bWatchStatus\x12\x18.dcoord.v1.StatusRequest\x1a\x16.dcoord.v1.StatusReply0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64\x63oord/v1/coordinator.proto\x12\tdcoord.v1\"V\n\x0fRegisterRequest\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x14\n\x0crequested_id\x18\x03 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\"?\n\x0e\x44\x61taAssignment\x12\x10\n\x08workload\x18\x01 \x01(\t\x12\x0c\n\x04seed\x18\x02 \x01(\x03\x12\r\n\x05parts\x18\x03 \x03(\x05\"\xe5\x01\n\rRegisterReply\x12\x11\n\tworker_id\x18\x01 \x01(\x05\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x17\n\x0fjob_config_yaml\x18\x03 \x01(\t\x12\'\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x19.dcoord.v1.DataAssignment\x12\x1c\n\x14heartbeat_interval_s\x18\x05 \x01(\x01\x12\x11\n\tdata_port\x18\x06 \x01(\x05\x12\x10\n\x08\x64\x61ta_key\x18\x07 \x01(\x0c\x12\x0f\n\x07session\x18\x08 \x01(\t\x12\x1b\n\x13heartbeat_on_stream\x18\t \x01(\x08\"Z\n\x10HeartbeatRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\x05\x12\x12\n\nlast_round\x18\x03 \x01(\x03\x12\x0f\n\x07session\x18\x04 \x01(\t\"3\n\x0eHeartbeatReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x15\n\rcurrent_round\x18\x02 \x01(\x03\"4\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"m\n\nModelState\x12\r\n\x05model\x18\x01 \x01(\x05\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12!\n\x06params\x18\x03 \x01(\x0b\x32\x11.dcoord.v1.Tensor\x12\x1c\n\x14params_on_data_plane\x18\x04 \x01(\x08\"x\n\x08TaskSpec\x12\x0b\n\x03job\x18\x01 \x01(\x03\x12\x0c\n\x04slot\x18\x02 \x01(\x05\x12\r\n\x05parts\x18\x03 \x03(\x05\x12\x0e\n\x06\x63oeffs\x18\x04 \x03(\x01\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\x05\x12\x15\n\rmodel_version\x18\x07 \x01(\x03\"\x8d\x01\n\nAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\"\n\x05tasks\x18\x03 \x03(\x0b\x32\x13.dcoord.v1.TaskSpec\x12%\n\x06models\x18\x04 \x03(\x0b\x32\x15.dcoord.v1.ModelState\x12\x15\n\rdeadline_unix\x18\x05 \x01(\x01\"\x1a\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\";\n\x05Hello\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\x05\x12\x0f\n\x07session\x18\x03 \x01(\t\"&\n\x08PartLoss\x12\x0c\n\x04part\x18\x01 \x01(\x05\x12\x0c\n\x04loss\x18\x02 \x01(\x01\"\x96\x01\n\nTaskResult\x12\x0b\n\x03job\x18\x01 \x01(\x03\x12\x0c\n\x04slot\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\x05\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\x12\"\n\x07payload\x18\x05 \x01(\x0b\x32\x11.dcoord.v1.Tensor\x12#\n\x06losses\x18\x06 \x03(\x0b\x32\x13.dcoord.v1.PartLoss\"\xe8\x01\n\x06Result\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x11\n\tworker_id\x18\x03 \x01(\x05\x12$\n\x05tasks\x18\x04 \x03(\x0b\x32\x15.dcoord.v1.TaskResult\x12\x11\n\tcompute_s\x18\x05 \x01(\x01\x12\x18\n\x10injected_delay_s\x18\x06 \x01(\x01\x12\x1d\n\x15payload_on_data_plane\x18\x07 \x01(\x08\x12\x10\n\x08\x64\x61ta_seq\x18\x08 \x01(\x03\x12\x17\n\x0fpayload_chunked\x18\t \x01(\x08\x12\x0f\n\x07session\x18\n \x01(\t\"\x1c\n\x0cPayloadChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xba\x01\n\rWorkerMessage\x12!\n\x05hello\x18\x01 \x01(\x0b\x32\x10.dcoord.v1.HelloH\x00\x12#\n\x06result\x18\x02 \x01(\x0b\x32\x11.dcoord.v1.ResultH\x00\x12(\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x17.dcoord.v1.PayloadChunkH\x00\x12/\n\theartbeat\x18\x04 \x01(\x0b\x32\x1a.dcoord.v1.StreamHeartbeatH\x00\x42\x06\n\x04kind\"r\n\x12\x43oordinatorMessage\x12+\n\nassignment\x18\x01 \x01(\x0b\x32\x15.dcoord.v1.AssignmentH\x00\x12\'\n\x08shutdown\x18\x02 \x01(\x0b\x32\x13.dcoord.v1.ShutdownH\x00\x42\x06\n\x04kind\"\x0f\n\rStatusRequest\"\xda\x03\n\x0bStatusReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x03\x12\x14\n\x0crounds_total\x18\x05 \x01(\x03\x12\x15\n\rworkers_alive\x18\x06 \x01(\x05\x12\x15\n\rworkers_total\x18\x07 \x01(\x05\x12\x11\n\tlast_loss\x18\x08 \x01(\x01\x12\x17\n\x0fstragglers_seen\x18\t \x01(\x03\x12\x1c\n\x14\x64ropped_late_results\x18\n \x01(\x03\x12\x36\n\x08rejected\x18\x0b \x03(\x0b\x32$.dcoord.v1.StatusReply.RejectedEntry\x12\x11\n\telapsed_s\x18\x0c \x01(\x01\x12\x0e\n\x06scheme\x18\r \x01(\t\x12\x0f\n\x07message\x18\x0e \x01(\t\x12\x34\n\x07refused\x18\x0f \x03(\x0b\x32#.dcoord.v1.StatusReply.RefusedEntry\x1a/\n\rRejectedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a.\n\x0cRefusedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"%\n\x0fStreamHeartbeat\x12\x12\n\nlast_round\x18\x01 \x01(\x03\x32\xdb\x02\n\x0b\x43oordinator\x12@\n\x08Register\x12\x1a.dcoord.v1.RegisterRequest\x1a\x18.dcoord.v1.RegisterReply\x12\x43\n\tHeartbeat\x12\x1b.dcoord.v1.HeartbeatRequest\x1a\x19.dcoord.v1.HeartbeatReply\x12\x43\n\x04Work\x12\x18.dcoord.v1.WorkerMessage\x1a\x1d.dcoord.v1.CoordinatorMessage(\x01\x30\x01\x12=\n\tGetStatus\x12\x18.dcoord.v1.StatusRequest\x1a\x16.dcoord.v1.StatusReply\x12\x41\n\x0bWatchStatus\x12\x18.dcoord.v1.StatusRequest\x1a\x16.dcoord.v1.StatusReply0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,43 +40,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATAASSIGNMENT']._serialized_start=130
   _globals['_DATAASSIGNMENT']._serialized_end=193
   _globals['_REGISTERREPLY']._serialized_start=196
-  _globals['_REGISTERREPLY']._serialized_end=396
-  _globals['_HEARTBEATREQUEST']._serialized_start=398
-  _globals['_HEARTBEATREQUEST']._serialized_end=488
-  _globals['_HEARTBEATREPLY']._serialized_start=490
-  _globals['_HEARTBEATREPLY']._serialized_end=541
-  _globals['_TENSOR']._serialized_start=543
-  _globals['_TENSOR']._serialized_end=595
-  _globals['_MODELSTATE']._serialized_start=597
-  _globals['_MODELSTATE']._serialized_end=706
-  _globals['_TASKSPEC']._serialized_start=708
-  _globals['_TASKSPEC']._serialized_end=828
-  _globals['_ASSIGNMENT']._serialized_start=831
-  _globals['_ASSIGNMENT']._serialized_end=972
-  _globals['_SHUTDOWN']._serialized_start=974
-  _globals['_SHUTDOWN']._serialized_end=1000
-  _globals['_HELLO']._serialized_start=1002
-  _globals['_HELLO']._serialized_end=1061
-  _globals['_PARTLOSS']._serialized_start=1063
-  _globals['_PARTLOSS']._serialized_end=1101
-  _globals['_TASKRESULT']._serialized_start=1104
-  _globals['_TASKRESULT']._serialized_end=1254
-  _globals['_RESULT']._serialized_start=1257
-  _globals['_RESULT']._serialized_end=1489
-  _globals['_PAYLOADCHUNK']._serialized_start=1491
-  _globals['_PAYLOADCHUNK']._serialized_end=1519
-  _globals['_WORKERMESSAGE']._serialized_start=1522
-  _globals['_WORKERMESSAGE']._serialized_end=1659
-  _globals['_COORDINATORMESSAGE']._serialized_start=1661
-  _globals['_COORDINATORMESSAGE']._serialized_end=1775
-  _globals['_STATUSREQUEST']._serialized_start=1777
-  _globals['_STATUSREQUEST']._serialized_end=1792
-  _globals['_STATUSREPLY']._serialized_start=1795
-  _globals['_STATUSREPLY']._serialized_end=2269
-  _globals['_STATUSREPLY_REJECTEDENTRY']._serialized_start=2174
-  _globals['_STATUSREPLY_REJECTEDENTRY']._serialized_end=2221
-  _globals['_STATUSREPLY_REFUSEDENTRY']._serialized_start=2223
-  _globals['_STATUSREPLY_REFUSEDENTRY']._serialized_end=2269
-  _globals['_COORDINATOR']._serialized_start=2272
-  _globals['_COORDINATOR']._serialized_end=2619
+  _globals['_REGISTERREPLY']._serialized_end=425
+  _globals['_HEARTBEATREQUEST']._serialized_start=427
+  _globals['_HEARTBEATREQUEST']._serialized_end=517
+  _globals['_HEARTBEATREPLY']._serialized_start=519
+  _globals['_HEARTBEATREPLY']._serialized_end=570
+  _globals['_TENSOR']._serialized_start=572
+  _globals['_TENSOR']._serialized_end=624
+  _globals['_MODELSTATE']._serialized_start=626
+  _globals['_MODELSTATE']._serialized_end=735
+  _globals['_TASKSPEC']._serialized_start=737
+  _globals['_TASKSPEC']._serialized_end=857
+  _globals['_ASSIGNMENT']._serialized_start=860
+  _globals['_ASSIGNMENT']._serialized_end=1001
+  _globals['_SHUTDOWN']._serialized_start=1003
+  _globals['_SHUTDOWN']._serialized_end=1029
+  _globals['_HELLO']._serialized_start=1031
+  _globals['_HELLO']._serialized_end=1090
+  _globals['_PARTLOSS']._serialized_start=1092
+  _globals['_PARTLOSS']._serialized_end=1130
+  _globals['_TASKRESULT']._serialized_start=1133
+  _globals['_TASKRESULT']._serialized_end=1283
+  _globals['_RESULT']._serialized_start=1286
+  _globals['_RESULT']._serialized_end=1518
+  _globals['_PAYLOADCHUNK']._serialized_start=1520
+  _globals['_PAYLOADCHUNK']._serialized_end=1548
+  _globals['_WORKERMESSAGE']._serialized_start=1551
+  _globals['_WORKERMESSAGE']._serialized_end=1737
+  _globals['_COORDINATORMESSAGE']._serialized_start=1739
+  _globals['_COORDINATORMESSAGE']._serialized_end=1853
+  _globals['_STATUSREQUEST']._serialized_start=1855
+  _globals['_STATUSREQUEST']._serialized_end=1870
+  _globals['_STATUSREPLY']._serialized_start=1873
+  _globals['_STATUSREPLY']._serialized_end=2347
+  _globals['_STATUSREPLY_REJECTEDENTRY']._serialized_start=2252
+  _globals['_STATUSREPLY_REJECTEDENTRY']._serialized_end=2299
+  _globals['_STATUSREPLY_REFUSEDENTRY']._serialized_start=2301
+  _globals['_STATUSREPLY_REFUSEDENTRY']._serialized_end=2347
+  _globals['_STREAMHEARTBEAT']._serialized_start=2349
+  _globals['_STREAMHEARTBEAT']._serialized_end=2386
+  _globals['_COORDINATOR']._serialized_start=2389
+  _globals['_COORDINATOR']._serialized_end=2736
 # @@protoc_insertion_point(module_scope)
