@@ -120,6 +120,7 @@ class _PlainScheme(Scheme):
         self.n, self.s, self.jobs = n, s, jobs
         self._arrived: dict[int, frozenset[int]] = {}
         self.last_residual = 0.0
+        self._rows: list[tuple[tuple[int, ...], tuple[float, ...]]] | None = None  # each worker's (parts, coeffs)
 
     def part_fractions(self) -> np.ndarray:
         return np.full(self.n, 1.0 / self.n)
@@ -130,11 +131,10 @@ class _PlainScheme(Scheme):
     def tasks(self, round: int) -> dict[int, list[Task]]:
         if self.jobs is not None and round >= self.jobs:
             return {i: [] for i in range(self.n)}
-        out = {}
-        for i in range(self.n):
-            parts, coeffs = self._row(i)
-            out[i] = [Task(job=round, parts=parts, coeffs=coeffs, kind=self.name)]
-        return out
+        if self._rows is None:  # the same every round: made once, not O(n s) Python work per round
+            self._rows = [self._row(i) for i in range(self.n)]
+        return {i: [Task(job=round, parts=parts, coeffs=coeffs, kind=self.name)]
+                for i, (parts, coeffs) in enumerate(self._rows)}
 
     def worker_loads(self, round: int) -> np.ndarray:
         """Every worker computes the same load each round (the simulator's hot path: no Task objects)."""

@@ -90,7 +90,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         over = self.register_limit.check(credential, host)
         if over is not None:
             await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "register-rate",
-                               f"too many registrations from this {over} (more than the job's "
+                               f"too many registrations from this {over} (more than "
                                f"{self.register_limit.job_burst} at once, then {self.sec.register_rate:g}/s); "
                                "retry later")
         if len(request.hostname) > MAX_HOSTNAME or len(request.device) > MAX_DEVICE:
@@ -100,7 +100,6 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         session = new_session()
         got = c.register_worker(request.requested_id, request.hostname, session, self.sec.reserve_s)
         if got is None:
-            self.register_limit.refund(credential, host)  # it reserved nothing
             await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "job-full",
                                f"job {c.job_id} already has its {c.n} workers (state {c.state}); an id held by a "
                                f"worker that never opened its stream frees after {self.sec.reserve_s:g} s")

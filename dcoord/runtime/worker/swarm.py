@@ -34,7 +34,7 @@ class SwarmStats:
     """What the swarm saw: when each worker registered, refusals by status, results and heartbeats sent."""
 
     registered_at: dict[int, float] = field(default_factory=dict)  # worker id -> seconds after start()
-    refusals: Counter = field(default_factory=Counter)               # Register answers that were not OK
+    refusals: Counter = field(default_factory=Counter)  # Register answers that were not OK, by status (and rate)
     results: int = 0
     heartbeats: int = 0
     shutdowns: int = 0
@@ -90,7 +90,8 @@ class Swarm:
                 return await stub.Register(pb.RegisterRequest(hostname="swarm", pid=0, requested_id=-1,
                                                               device="cpu"), metadata=self.metadata, timeout=30)
             except grpc.aio.AioRpcError as exc:
-                self.stats.refusals[exc.code().name] += 1
+                rate = "too many registrations" in (exc.details() or "")
+                self.stats.refusals[exc.code().name + (":register-rate" if rate else "")] += 1
                 if exc.code() not in RETRY:
                     raise
             await asyncio.sleep(delay)
