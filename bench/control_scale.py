@@ -47,15 +47,14 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _port(proc: subprocess.Popen, deadline: float) -> int:
-    """The port the coordinator printed ("... listening on port P; ...")."""
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        if "listening on port" in line:
-            return int(line.split("listening on port")[1].split(";")[0])
-    raise SystemExit(f"the coordinator did not start (exit {proc.poll()})")
+def _port(proc: subprocess.Popen, log: Path, deadline: float) -> int:
+    """The port the coordinator printed ("... listening on port P; ...") into its log file."""
+    while time.monotonic() < deadline and proc.poll() is None:
+        for line in log.read_text(errors="replace").splitlines():
+            if "listening on port" in line:
+                return int(line.split("listening on port")[1].split(";")[0])
+        time.sleep(0.1)
+    raise SystemExit(f"the coordinator did not start (exit {proc.poll()}); see {log}")
 
 
 async def _drive(address: str, n: int, heartbeat: str, pid: int) -> dict:
@@ -81,11 +80,13 @@ def run_one(n: int, scheme: str, s: int, rounds: int, warmup: int, heartbeat: st
     token.write_text(TOKEN)
     token.chmod(0o600)
     out = tmp / f"run-{n}-{scheme}"
-    proc = subprocess.Popen([sys.executable, "-m", "dcoord", "coordinator", str(job), "--listen", "127.0.0.1:0",
-                             "--token-file", str(token), "--out", str(out), "--quiet", "--wait-workers", "600"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tmp / f"coordinator-{n}-{scheme}.log"  # a file, not a pipe: a full pipe would stall its event loop
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "dcoord", "coordinator", str(job), "--listen", "127.0.0.1:0",
+                                 "--token-file", str(token), "--out", str(out), "--quiet", "--wait-workers", "600"],
+                                stdout=subprocess.DEVNULL, stderr=err)
     try:
-        port = _port(proc, time.monotonic() + 120)
+        port = _port(proc, log, time.monotonic() + 120)
         got = asyncio.run(_drive(f"127.0.0.1:{port}", n, heartbeat, proc.pid))
         rss = _rss_mb(proc.pid)
         proc.wait(timeout=120)
