@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from dcoord.coding.base import DecodeError, SchemeError
-from dcoord.coding.gc import GCCyclic, GCFractional, IgnoreStragglers, Uncoded, solve_decoding
+from dcoord.coding.gc import (
+    GCCyclic,
+    GCFractional,
+    IgnoreStragglers,
+    Uncoded,
+    banded_decoding,
+    cyclic_encoding_matrix,
+    solve_decoding,
+)
 
 
 def _messages(scheme, grads):
@@ -51,6 +59,25 @@ def test_cyclic_random_survivor_sets_large(n, s):
         F = rng.choice(n, size=n - s, replace=False)
         g = GCCyclic(n, s)
         assert _rel(_decoded(g, grads, F), want) < 1e-9, (n, s, sorted(F))
+
+
+@pytest.mark.parametrize("n,s", [(7, 2), (64, 2), (130, 3), (251, 4)])
+def test_banded_decoding_equals_the_dense_solve(n, s):
+    """The structured O(n s^2) solve gives the dense least-squares coefficients (unique: B_F has full rank)."""
+    rng = np.random.default_rng(n)
+    for B in (GCCyclic(n, s).B, cyclic_encoding_matrix(n, s, seed=1)):
+        for _ in range(3):
+            rows = tuple(sorted(rng.choice(n, size=n - s, replace=False).tolist()))
+            a, residual = banded_decoding(B, rows, s, with_residual=True)
+            want = solve_decoding(B, rows)
+            assert residual <= 1e-9
+            np.testing.assert_allclose(a, want, rtol=0, atol=1e-8 * max(1.0, np.abs(want).max()))
+
+
+def test_banded_decoding_keeps_the_residual_check():
+    g = GCCyclic(8, 2)
+    with pytest.raises(DecodeError, match="residual"):
+        banded_decoding(g.B, (0, 1, 2), 2)
 
 
 @pytest.mark.parametrize("n,s", [(n, s) for n in (2, 4, 6, 8, 12, 16, 24, 32) for s in range(n) if n % (s + 1) == 0])

@@ -298,14 +298,16 @@ def test_listening_beyond_loopback_needs_authentication_or_insecure(caplog, tmp_
 
 
 def test_register_flood_is_rate_limited():
-    with serving(_cfg(workers=64), ServerSecurity(token=TOKEN, register_rate=0.01, register_burst=3)) as (
+    """A credential may call Register twice the job's worker count plus the burst at once (refused calls
+    count too), then at the rate."""
+    with serving(_cfg(workers=2), ServerSecurity(token=TOKEN, register_rate=0.01, register_burst=3)) as (
             address, coord, _):
         stub = _stub(address)
-        for _ in range(3):
+        for _ in range(2):
             stub.Register(pb.RegisterRequest(hostname="flood"), timeout=10)
-        codes = [_code(lambda: stub.Register(pb.RegisterRequest(hostname="flood"), timeout=10)) for _ in range(5)]
-        assert codes == [SC.RESOURCE_EXHAUSTED] * 5
-        assert coord.refused["register-rate"] == 5 and len(coord.conns) == 3
+        codes = [_code(lambda: stub.Register(pb.RegisterRequest(hostname="flood"), timeout=10)) for _ in range(10)]
+        assert codes == [SC.RESOURCE_EXHAUSTED] * 10
+        assert coord.refused["job-full"] == 5 and coord.refused["register-rate"] == 5 and len(coord.conns) == 2
 
 
 def test_id_squatting_expires_and_never_counts_as_alive():

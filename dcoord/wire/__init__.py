@@ -33,8 +33,9 @@ from dcoord.wire.messages import (
 )
 
 __all__ = ["StatusInfo", "coordinator_message", "fill_proto", "heartbeat_request", "hello_message", "payload_bytes",
-           "register_request", "registration_from_proto", "replica_from_proto", "replica_to_proto", "result_from_proto", "result_to_proto",
-           "status_from_proto", "status_to_dict", "status_to_proto", "tensor_nbytes", "to_proto",
+           "register_request", "registration_from_proto", "replica_from_proto", "replica_to_proto",
+           "result_from_proto", "result_to_proto", "status_from_proto", "status_to_dict", "status_to_proto",
+           "stream_heartbeat", "tensor_nbytes", "to_proto",
            "work_item_from_proto"]
 
 _DTYPES = PAYLOAD_DTYPES  # bfloat16: ml_dtypes arrays (coding.payload_dtype)
@@ -172,12 +173,18 @@ def register_request(hostname: str, pid: int, requested_id: int, device: str) ->
 def registration_from_proto(reply: pb.RegisterReply) -> Registration:
     return Registration(worker_id=reply.worker_id, job_id=reply.job_id, job_config_yaml=reply.job_config_yaml,
                         session=reply.session, heartbeat_interval_s=reply.heartbeat_interval_s,
-                        data_port=reply.data_port, data_key=reply.data_key)
+                        data_port=reply.data_port, data_key=reply.data_key,
+                        heartbeat_on_stream=reply.heartbeat_on_stream)
 
 
 def hello_message(job_id: str, worker_id: int, session: str) -> pb.WorkerMessage:
     """The first message of a work stream: which registration it belongs to."""
     return pb.WorkerMessage(hello=pb.Hello(job_id=job_id, worker_id=worker_id, session=session))
+
+
+def stream_heartbeat(last_round: int) -> pb.WorkerMessage:
+    """A heartbeat on the Work stream (coordinators that set RegisterReply.heartbeat_on_stream)."""
+    return pb.WorkerMessage(heartbeat=pb.StreamHeartbeat(last_round=last_round))
 
 
 def heartbeat_request(job_id: str, worker_id: int, last_round: int, session: str) -> pb.HeartbeatRequest:

@@ -108,6 +108,7 @@ class Registration:
     heartbeat_interval_s: float = 0.0
     data_port: int = 0
     data_key: bytes = b""
+    heartbeat_on_stream: bool = False  # the coordinator reads heartbeats on the Work stream (not the RPC)
 
 
 # -- transport: allreduce (runtime/transport/allreduce.py) -------------------------------------------------

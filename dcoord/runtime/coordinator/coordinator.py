@@ -89,6 +89,8 @@ class Coordinator:
         self.stored: dict[int, dict[ResultRef, np.ndarray]] = {}  # job -> delivered messages
         self.part_losses: dict[int, dict[int, float]] = {}
         self.arrived: set[int] = set()
+        self._first_tasks: tuple[Scheme | None, dict[int, list[Task]]] = (None, {})  # round 0's plan, for Register
+        self._plan_seq = 0  # bumped when a round's plan changes (_collect caches "can it finish" on it)
         # counters
         self._counts = RunCounters()  # counters.py: what metrics, status and the summary report
         self.bytes_round = 0
@@ -170,8 +172,14 @@ class Coordinator:
         wid = self.free_worker_id(requested)
         if wid is None or self.state in ("done", "failed"):
             return None
-        # the parts of its current tasks (a resumed or running job is past round 0: never re-plan it)
-        tasks = self.scheme.tasks(0) if self.round < 0 and self.state != "done" else self.round_tasks
+        # the parts of its current tasks (a resumed or running job is past round 0: never re-plan it); round 0's
+        # plan is made once per scheme, not once per Register (O(n) each: O(n^2) for a job registering)
+        if self.round < 0 and self.state != "done":
+            if self._first_tasks[0] is not self.scheme:
+                self._first_tasks = (self.scheme, self.scheme.tasks(0))
+            tasks = self._first_tasks[1]
+        else:
+            tasks = self.round_tasks
         parts = sorted({p for t in tasks.get(wid, []) for p in t.parts})
         self._members.reserve(WorkerConn(wid, asyncio.Queue(), hostname=hostname, session=session,
                                          reserved_until=time.monotonic() + reserve_s))
@@ -212,12 +220,12 @@ class Coordinator:
         except (OSError, DcoordError) as exc:  # e.g. a full disk: the round path reports it, not this
             log.warning("could not log %s: %s", record.get("event"), exc)
 
-    def alive_ids(self) -> set[int]:
-        """Workers whose stream is up and who were heard from recently (heartbeats or results)."""
+    def alive_ids(self) -> frozenset[int]:
+        """Workers whose stream is up and who were heard from recently (heartbeats or results); O(1)."""
         return self._members.alive_ids()
 
     def alive_count(self) -> int:
-        return len(self.alive_ids())
+        return self._members.alive_count()
 
     # -- what the servicer and the data planes feed in -------------------------------------------------
     @property
@@ -291,7 +299,6 @@ class Coordinator:
 
     # -- the round path ----------------------------------------------------------------------------
     def _assignment(self, r: int, worker: int) -> Assignment:
-        t_send = time.thread_time()
         specs, needed = [], {}
         for t in self.round_tasks.get(worker, []):
             version, params = self.job_params[t.job]
@@ -311,7 +318,6 @@ class Coordinator:
                                          params=TensorData(tuple(p.shape), str(p.dtype))))
         else:
             models = [ModelState(model=m, version=v, params=TensorData.of(p)) for (m, v), p in needed.items()]
-        self.cpu_s["send"] += time.thread_time() - t_send
         return Assignment(job_id=self.job_id, round=r, tasks=specs, models=models,
                           deadline_unix=time.time() + self.cfg.runtime.round_timeout_s)
 
@@ -319,6 +325,7 @@ class Coordinator:
         self.scheme_snapshot = self.scheme.state_dict()  # a checkpoint taken mid-round restores this
         self.phase = "collect"
         self.round = r
+        self._plan_seq += 1
         self.arrived = set()
         self.compute_round: dict[int, float] = {}
         self.bytes_round = 0
@@ -334,12 +341,15 @@ class Coordinator:
                         continue
                     buf = self.param_pool.take(self.num_params, np.float32)
                     self.job_params[t.job] = (self.steps[m], flat_params(self.models[m], out=buf))
-        self.cpu_s["send"] += time.thread_time() - t_flat
+        alive = self.alive_ids()
         for w in range(self.n):
             if not self.round_tasks.get(w):
                 self.arrived.add(w)  # nothing to do this round counts as delivered
-            elif w in self.alive_ids():
+            elif w in alive:
                 self.conns[w].outbox.put_nowait(self._assignment(r, w))
+        # timed once per round, not per worker: a thread CPU clock read costs tens of microseconds on
+        # loaded or virtualised hosts, as much as the work it would time
+        self.cpu_s["send"] += time.thread_time() - t_flat
 
     def reject(self, reason: str, detail: str = "") -> None:
         self._counts.reject(reason, detail)
@@ -351,12 +361,9 @@ class Coordinator:
     def handle_result(self, res: Result, conn: WorkerConn | None, arrays: list[np.ndarray] | None = None) -> bool:
         """Validate one result message; store it and return True when it counts for the current round.
 
-        ``arrays``: the task payloads when they came on a data plane (then ``res`` carries none)."""
-        t_recv = time.thread_time()
-        try:
-            return self._handle_result(res, conn, arrays)
-        finally:
-            self.cpu_s["receive"] += time.thread_time() - t_recv
+        ``arrays``: the task payloads when they came on a data plane (then ``res`` carries none). Its CPU time
+        is counted as ``receive`` by the round loop, per batch of queued results."""
+        return self._handle_result(res, conn, arrays)
 
     def _handle_result(self, res: Result, conn: WorkerConn | None, arrays: list[np.ndarray] | None) -> bool:
         if res.job_id != self.job_id:
@@ -431,6 +438,7 @@ class Coordinator:
         use_rule = self.scheme.uses_straggler_rule() and self.cfg.coding.close == "straggler-rule"
         mu = self.cfg.coding.mu
         checked = 0.0
+        possible_key, possible, can_finish = None, frozenset(), False
         while True:
             now = time.monotonic()
             if now - checked > 0.25:  # silent workers are declared lost (and said so) while the round waits
@@ -438,22 +446,26 @@ class Coordinator:
                 checked = now
                 if self.collective is not None:
                     self.collective.check_members(self.alive_ids())
-            arrived = frozenset(self.arrived)
+            arrived = self.arrived  # not copied per result: the schemes only read it
             if len(arrived) == self.n:
-                return arrived
+                return frozenset(arrived)
             ok = self.scheme.accepts(r, arrived)
             if not use_rule:
                 if ok:
-                    return arrived
+                    return frozenset(arrived)
             elif first is not None and now >= start + (1 + mu) * (first - start):
                 if not fallback and not ok and self.cfg.coding.wait == "all":
                     fallback = True
                     self._counts.wait_all_fallbacks += 1
                 if ok and not fallback:
-                    return arrived
-            # can the workers still alive finish this round?
-            possible = arrived | frozenset(self.alive_ids())
-            can_finish = len(possible) == self.n if fallback else self.scheme.accepts(r, possible)
+                    return frozenset(arrived)
+            # can the workers still alive finish this round? (asked again only when liveness, the plan or
+            # the fallback changed, or a worker outside the last answer delivered: O(n) per change, not per result)
+            key = (self._members.version, self._plan_seq, fallback)
+            if key != possible_key:
+                possible = arrived | self.alive_ids()
+                can_finish = len(possible) == self.n if fallback else self.scheme.accepts(r, possible)
+                possible_key = key
             if not can_finish and self._reroute(r):
                 continue
             if not can_finish:
@@ -475,18 +487,28 @@ class Coordinator:
                     f"round {r}: not decodable after {rt.round_timeout_s:g} s (runtime.round_timeout_s); "
                     f"{len(arrived)} of {self.n} workers delivered"
                 )
-            try:
-                res, conn, *arrays = await asyncio.wait_for(self._results.get(), timeout=0.05)
-            except asyncio.TimeoutError:
-                continue
-            if self.handle_result(res, conn, *arrays) and first is None:
-                first = time.monotonic()
+            if self._results.empty():
+                try:
+                    item = await asyncio.wait_for(self._results.get(), timeout=0.05)
+                except asyncio.TimeoutError:
+                    continue
+                self._results.put_nowait(item)  # (back at the front: the queue was empty)
+            # everything already queued is handled before the scheme is asked again (one check per batch)
+            t_recv = time.thread_time()
+            while not self._results.empty():
+                res, conn, *arrays = self._results.get_nowait()
+                if self.handle_result(res, conn, *arrays):
+                    first = time.monotonic() if first is None else first
+                    if res.worker_id not in possible:
+                        possible_key = None  # it was not counted as able to deliver
+            self.cpu_s["receive"] += time.thread_time() - t_recv
 
     def _reroute(self, r: int) -> bool:
         """Token mode: hand tokens held by lost workers to live ones (restored from the last hop)."""
         if not self.scheme.reroute(r, frozenset(self.alive_ids())):
             return False
         before, self.round_tasks = self.round_tasks, self.scheme.tasks(r)
+        self._plan_seq += 1
         for w, tasks in self.round_tasks.items():
             if tasks == before.get(w, []):
                 continue
@@ -673,7 +695,7 @@ class Coordinator:
                 self.collective.synced_round = self.round  # a fresh model, or the checkpoint's
                 self.collective.form(sorted(self.alive_ids()))
             for r in range(self.round + 1, self.total_rounds):
-                t0 = time.monotonic()
+                t0, cpu0 = time.monotonic(), time.process_time()
                 if self.cfg.runtime.elastic:
                     self._grow(r)
                 self._start_round(r)
@@ -694,7 +716,7 @@ class Coordinator:
                     "decode_residual": max((j["residual"] for j in jobs), default=0.0),
                     "compute_s": dict(sorted(self.compute_round.items())),
                     "bytes_received": self.bytes_round, "dropped_late_results": self._counts.dropped_late,
-                    "coordinator_cpu_s": {k: self.cpu_s[k] for k in ("receive", "decode", "step", "send")},
+                    "coordinator_cpu_s": self._cpu_shares(time.process_time() - cpu0),
                     "rejected": dict(self._counts.rejected), "workers_alive": self.alive_count(),
                 }
                 if self.privacy is not None and jobs:
@@ -737,6 +759,14 @@ class Coordinator:
         self._shutdown_all("run complete")
         self.close_data_plane()  # after the stop messages are queued: workers waiting on it end cleanly
         return summary
+
+    def _cpu_shares(self, process_s: float) -> dict[str, float]:
+        """This round's coordinator CPU seconds by what they went to: receive, decode, step, send (timed on
+        the round loop), and ``control``: the rest of the process's CPU time in the round (gRPC streams,
+        message encoding, heartbeats, the event loop), so that the shares add up to what was spent."""
+        shares = {k: self.cpu_s[k] for k in ("receive", "decode", "step", "send")}
+        shares["control"] = max(0.0, process_s - sum(shares.values()))
+        return shares
 
     def _shutdown_all(self, reason: str) -> None:
         for c in self.conns.values():

@@ -9,6 +9,10 @@ A worker is declared lost while the job runs when its work stream closes (killed
 gone), or when nothing was heard from it (heartbeats or results) for ``stale_s`` seconds
 (``max(5, 10 * runtime.heartbeat_s)``). It is back when its stream is up again (a restarted worker with
 the same id, or a replacement), or when it is heard from again.
+
+Liveness is kept incrementally (a set updated on attach, detach and every message, and one sweep for
+silence at most every ``sweep_s``), so asking "who is alive" costs O(1) however many workers there are: the
+round loop asks once per worker and per result, which was O(n^2) per round with a scan per question.
 """
 
 from __future__ import annotations
@@ -98,22 +102,41 @@ class Membership:
         self.lost_ids: set[int] = set()
         self.events: list[WorkerEvent] = []
         self.observers: list[Callable[[WorkerEvent], None]] = []
+        self._alive: set[int] = set()   # attached, not let go, heard from within stale_s (as of the last sweep)
+        self._frozen: frozenset[int] | None = frozenset()  # alive_ids() until the set changes
+        self.version = 0                # bumped whenever the alive set changes (callers cache on it)
+        self.sweep_s = min(0.25, self.stale_s / 20)
+        self._swept = -math.inf
+        self._cursor = 0                # where free_worker_id looks first
 
     # -- registration and streams ------------------------------------------------------------------
+    def _taken(self, worker: int, now: float) -> bool:
+        """An id is taken while its stream is up or its reservation has not expired."""
+        c = self.conns.get(worker)
+        return c is not None and c.alive and (c.attached or now < c.reserved_until)
+
     def free_worker_id(self, requested: int = -1) -> int | None:
-        now = time.monotonic()  # an id is taken while its stream is up or its reservation has not expired
-        taken = {w for w, c in self.conns.items() if c.alive and (c.attached or now < c.reserved_until)}
-        if 0 <= requested < self.n and requested not in taken:
+        """``requested`` when it is free, else the lowest free id at or after where the last search stopped
+        (ids are handed out in order, so a job registering costs O(1) per call, not a scan of every id)."""
+        now = time.monotonic()
+        if 0 <= requested < self.n and not self._taken(requested, now):
             return requested
-        return next((i for i in range(self.n) if i not in taken), None)
+        for k in range(self.n):
+            i = (self._cursor + k) % self.n
+            if not self._taken(i, now):
+                self._cursor = (i + 1) % self.n
+                return i
+        return None
 
     def reserve(self, conn: WorkerConn) -> None:
         """A registered worker: its id is held for it until its stream attaches (or the reservation ends)."""
         self.conns[conn.worker_id] = conn
+        self._set_alive(conn.worker_id, False)
 
     def attach(self, conn: WorkerConn) -> None:
         conn.alive, conn.attached, conn.last_seen = True, True, time.monotonic()
         self.conns[conn.worker_id] = conn
+        self._set_alive(conn.worker_id, True)
         log.info("worker %d attached (%d alive)", conn.worker_id, self.alive_count())
         if conn.worker_id in self.lost_ids:  # a worker that died (or its replacement) is back
             self._back(conn.worker_id, "its work stream is up again")
@@ -123,6 +146,7 @@ class Membership:
         if self.conns.get(conn.worker_id) is not conn or not conn.attached:
             return
         was_alive, conn.alive, conn.attached = conn.alive, False, False
+        self._set_alive(conn.worker_id, False)
         level = logging.WARNING if self._running() else logging.INFO
         log.log(level, "worker %d is gone (%d alive)", conn.worker_id, self.alive_count())
         if was_alive and self._running() and conn.worker_id not in self.lost_ids:
@@ -132,27 +156,51 @@ class Membership:
         """A heartbeat or a message from ``conn``; False when the coordinator has let it go."""
         if conn.alive:
             conn.last_seen = time.monotonic()
+            if conn.attached and conn.worker_id not in self._alive and self.conns.get(conn.worker_id) is conn:
+                self._set_alive(conn.worker_id, True)  # silent, and now heard from again
         return conn.alive
 
     # -- liveness ------------------------------------------------------------------------------------
-    def alive_ids(self) -> set[int]:
-        """Workers whose stream is up and who were heard from recently (heartbeats or results)."""
-        stale = time.monotonic() - self.stale_s
-        return {w for w, c in self.conns.items() if c.alive and c.attached and c.last_seen >= stale}
+    def _set_alive(self, worker: int, alive: bool) -> None:
+        if alive == (worker in self._alive):
+            return
+        (self._alive.add if alive else self._alive.discard)(worker)
+        self._frozen = None
+        self.version += 1
+
+    def sweep(self, now: float | None = None) -> None:
+        """Take workers silent for ``stale_s`` out of the alive set (O(n); at most once per ``sweep_s``)."""
+        now = time.monotonic() if now is None else now
+        if now - self._swept < self.sweep_s:
+            return
+        self._swept = now
+        stale = now - self.stale_s
+        conns = self.conns
+        for w in [w for w in self._alive if conns[w].last_seen < stale]:
+            self._set_alive(w, False)
+
+    def alive_ids(self) -> frozenset[int]:
+        """Workers whose stream is up and who were heard from recently (heartbeats or results); the same
+        frozen set is returned until it changes (O(1) per call)."""
+        self.sweep()
+        if self._frozen is None:
+            self._frozen = frozenset(self._alive)
+        return self._frozen
 
     def alive_count(self) -> int:
-        return len(self.alive_ids())
+        self.sweep()
+        return len(self._alive)
 
     def check(self) -> None:
         """Declare silent workers lost, and silent ones heard from again back (the round loop calls this)."""
         if not self._running():
             return
         alive = self.alive_ids()
-        for w, c in self.conns.items():
+        for w, c in list(self.conns.items()):
             if c.alive and c.attached and w not in alive and w not in self.lost_ids:
                 self._lost(w, f"no heartbeat for {self.stale_s:g} s")
-            elif w in alive and w in self.lost_ids:
-                self._back(w, "heard from again")
+        for w in [w for w in self.lost_ids if w in alive]:
+            self._back(w, "heard from again")
 
     # -- what the user is told -----------------------------------------------------------------------
     def slack(self) -> tuple[int, int]:

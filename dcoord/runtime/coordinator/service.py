@@ -1,5 +1,8 @@
 """The gRPC face of the coordinator: registration, heartbeats, the work stream, status, health.
 
+Heartbeats ride the Work stream (RegisterReply.heartbeat_on_stream; any message on the stream counts, so a
+worker returning a result every round sends none); the Heartbeat RPC stays for workers that predate it.
+
 Who may call is decided in runtime/security/auth.py (token interceptor, TLS); what a caller may do here is
 bound to its session credential (runtime/coordinator/sessions.py). Nothing is queued for the round loop before its
 session, job, state and round were checked, and every refusal is counted by ``coord.refuse``. The servicer
@@ -20,15 +23,16 @@ from dcoord.proto.dcoord.v1 import coordinator_pb2_grpc as pb_grpc
 from dcoord.runtime.coordinator.coordinator import Coordinator, WorkerConn
 from dcoord.runtime.coordinator.sessions import new_session, public_config_yaml, session_ok
 from dcoord.runtime.security.auth import (
-    RateLimiter,
     Refusals,
     ServerSecurity,
     check_listen,
+    credential_of,
     data_plane_server_context,
     peer_host,
     server_credentials,
     server_interceptors,
 )
+from dcoord.runtime.security.limits import RegisterLimits
 from dcoord.wire import (
     coordinator_message,
     payload_bytes,
@@ -77,7 +81,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self.matcher = matcher  # data plane (torchrun/mpirun): pairs results with their payloads
         self.sec = security or ServerSecurity()
         self.refusals = _Refusals(coord)
-        self.register_limit = RateLimiter(self.sec.register_rate, self.sec.register_burst)
+        self.register_limit = RegisterLimits(self.sec.register_rate, self.sec.register_burst, coord.n)
+        self._config_yaml: tuple[object, str] | None = None  # (config, its public YAML): encoded once
         self.streams = 0  # Work streams open now
         self.max_streams = 2 * coord.n + 8
 
@@ -87,9 +92,13 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     async def Register(self, request: pb.RegisterRequest, context) -> pb.RegisterReply:
         c = self.coord
-        if not self.register_limit.allow(peer_host(context.peer())):
+        credential, host = credential_of(context), peer_host(context.peer())
+        over = self.register_limit.check(credential, host)
+        if over is not None:
             await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "register-rate",
-                               "too many registrations from this host; retry later")
+                               f"too many registrations from this {over} (more than "
+                               f"{self.register_limit.job_burst} at once, then {self.sec.register_rate:g}/s); "
+                               "retry later")
         if len(request.hostname) > MAX_HOSTNAME or len(request.device) > MAX_DEVICE:
             await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "bad-register",
                                f"hostname must be <= {MAX_HOSTNAME} and device <= {MAX_DEVICE} characters")
@@ -103,15 +112,23 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         wid, parts = got
         log.info("registered worker %d (%s pid %d)", wid, request.hostname, request.pid)
         reply = pb.RegisterReply(
-            worker_id=wid, job_id=c.job_id, job_config_yaml=public_config_yaml(c.cfg),
+            worker_id=wid, job_id=c.job_id, job_config_yaml=self._public_yaml(),
             data=pb.DataAssignment(workload=c.cfg.workload, seed=c.cfg.seed, parts=parts),
-            heartbeat_interval_s=c.cfg.runtime.heartbeat_s, session=session,
+            heartbeat_interval_s=c.cfg.runtime.heartbeat_s, session=session, heartbeat_on_stream=True,
         )
         if c.data_server is not None:  # a fresh key per registration: an old connection of this id is void
             reply.data_port, reply.data_key = c.data_server.port, c.new_data_key(wid)
         return reply
 
+    def _public_yaml(self) -> str:
+        """The job config as workers get it, encoded once per config (not once per Register)."""
+        cfg = self.coord.cfg
+        if self._config_yaml is None or self._config_yaml[0] is not cfg:
+            self._config_yaml = (cfg, public_config_yaml(cfg))
+        return self._config_yaml[1]
+
     async def Heartbeat(self, request: pb.HeartbeatRequest, context) -> pb.HeartbeatReply:
+        """Workers that predate heartbeats on the Work stream still call this; it is served as before."""
         conn = self.coord.conns.get(request.worker_id)
         if request.job_id != self.coord.job_id or conn is None or not session_ok(conn.session, request.session):
             await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "bad-session",

@@ -10,6 +10,7 @@ reveals only SERVING). Secrets are read from files named by flags or environment
 from __future__ import annotations
 
 import collections
+import hashlib
 import hmac
 import ipaddress
 import logging
@@ -159,21 +160,47 @@ class Refusals:
 
 
 class RateLimiter:
-    """A token bucket per peer host; remembers at most ``max_peers`` peers (the least recent are dropped)."""
+    """A token bucket per key (a peer host, a credential); remembers at most ``max_peers`` keys (the least
+    recent are dropped)."""
 
     def __init__(self, rate: float, burst: int, max_peers: int = 4096) -> None:
         self.rate, self.burst, self.max_peers = rate, burst, max_peers
         self.buckets: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
 
-    def allow(self, peer: str, now: float | None = None) -> bool:
+    def level(self, peer: str, now: float | None = None) -> float:
+        """Tokens ``peer`` has now (nothing taken)."""
         now = time.monotonic() if now is None else now
-        level, last = self.buckets.pop(peer, (float(self.burst), now))
-        level = min(float(self.burst), level + (now - last) * self.rate)
-        ok = level >= 1.0
-        self.buckets[peer] = (level - 1.0 if ok else level, now)
+        level, last = self.buckets.get(peer, (float(self.burst), now))
+        return min(float(self.burst), level + (now - last) * self.rate)
+
+    def take(self, peer: str, amount: float, now: float | None = None) -> None:
+        """Take ``amount`` tokens (negative: give them back) from ``peer``'s bucket."""
+        now = time.monotonic() if now is None else now
+        level = self.level(peer, now) - amount
+        self.buckets.pop(peer, None)
+        self.buckets[peer] = (min(float(self.burst), level), now)
         while len(self.buckets) > self.max_peers:
             self.buckets.popitem(last=False)
+
+    def allow(self, peer: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        ok = self.level(peer, now) >= 1.0
+        self.take(peer, 1.0 if ok else 0.0, now)
         return ok
+
+
+def credential_of(context) -> str:
+    """Who is calling, for per-credential limits: the client certificate under mutual TLS (its SHA-256),
+    else the bearer token presented (a digest, never the token), else "anonymous" (no authentication)."""
+    auth = context.auth_context() or {}
+    certs = auth.get("x509_pem_cert") or []
+    if certs:
+        return "cert:" + hashlib.sha256(bytes(certs[0])).hexdigest()[:16]
+    for key, value in context.invocation_metadata() or ():
+        if key == TOKEN_HEADER:
+            raw = value.encode() if isinstance(value, str) else bytes(value)
+            return "token:" + hashlib.sha256(raw).hexdigest()[:16]
+    return "anonymous"
 
 
 def peer_host(peer: str) -> str:

@@ -57,7 +57,7 @@ def add_security_options(parser: argparse.ArgumentParser, role: str) -> None:
                 "largest message accepted, MB (default: one result of this job)", type=float)
         _option(g, "--max-streams", "DCOORD_MAX_STREAMS", "concurrent RPCs at most (default 4 x workers + 32)",
                 type=int)
-        _option(g, "--register-rate", "DCOORD_REGISTER_RATE", "Register calls per second per peer host (burst 20)",
+        _option(g, "--register-rate", "DCOORD_REGISTER_RATE", "Register calls per second per credential and per peer host, after a burst of twice the job's workers + 20",
                 5.0, type=float)
         _option(g, "--reserve-s", "DCOORD_RESERVE_S",
                 "a registered id frees if its Work stream does not open within this", 30.0, type=float)

@@ -26,6 +26,7 @@ from dcoord.wire import (
     hello_message,
     register_request,
     registration_from_proto,
+    stream_heartbeat,
     work_item_from_proto,
 )
 from dcoord.wire.messages import Assignment, Registration, Shutdown
@@ -160,7 +161,12 @@ class Inbox:
 
 class WorkStream:
     """One registration's work stream: messages out (``send``), assignments in (``inbox``), and a heartbeat
-    thread saying which round this worker computed last (``last_round``)."""
+    thread saying which round this worker computed last (``last_round``).
+
+    Heartbeats go on the stream itself when the coordinator says it reads them there
+    (``Registration.heartbeat_on_stream``), and only when nothing else was sent for a heartbeat interval:
+    a worker that returns a result every round then sends none, and the coordinator is not served a
+    separate RPC per worker per second. Older coordinators get the Heartbeat RPC as before."""
 
     def __init__(self, link: ControlLink, reg: Registration, collective=None) -> None:
         self.link, self.reg = link, reg
@@ -170,6 +176,7 @@ class WorkStream:
         self.inbox = Inbox()
         self.stop = threading.Event()
         self.last_round = -1
+        self.last_sent = time.monotonic()
         threading.Thread(target=self._receive, daemon=True).start()
         threading.Thread(target=self._heartbeat, daemon=True).start()
 
@@ -188,13 +195,24 @@ class WorkStream:
             self.inbox.close("stream closed")
 
     def _heartbeat(self) -> None:
-        while not self.stop.wait(self.reg.heartbeat_interval_s):
-            self.link.heartbeat(self.reg, self.last_round)
+        interval = self.reg.heartbeat_interval_s
+        if not self.reg.heartbeat_on_stream:
+            while not self.stop.wait(interval):
+                self.link.heartbeat(self.reg, self.last_round)
+            return
+        wait = interval
+        while not self.stop.wait(wait):
+            idle = time.monotonic() - self.last_sent
+            if idle >= interval:
+                self.send([stream_heartbeat(self.last_round)])
+                idle = 0.0
+            wait = max(0.05, interval - idle)
 
     def send(self, messages: Iterable) -> None:
         """Queue wire messages (dcoord.wire.result_messages) on the stream, in order."""
         for m in messages:
             self.outbox.put(m)
+        self.last_sent = time.monotonic()
 
     def close(self) -> None:
         """End the heartbeat and the outgoing half of the stream."""

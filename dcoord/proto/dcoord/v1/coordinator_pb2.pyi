@@ -29,7 +29,7 @@ class DataAssignment(_message.Message):
     def __init__(self, workload: _Optional[str] = ..., seed: _Optional[int] = ..., parts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
-    __slots__ = ("worker_id", "job_id", "job_config_yaml", "data", "heartbeat_interval_s", "data_port", "data_key", "session")
+    __slots__ = ("worker_id", "job_id", "job_config_yaml", "data", "heartbeat_interval_s", "data_port", "data_key", "session", "heartbeat_on_stream")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class RegisterReply(_message.Message):
     DATA_PORT_FIELD_NUMBER: _ClassVar[int]
     DATA_KEY_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_ON_STREAM_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     job_id: str
     job_config_yaml: str
@@ -46,7 +47,8 @@ class RegisterReply(_message.Message):
     data_port: int
     data_key: bytes
     session: str
-    def __init__(self, worker_id: _Optional[int] = ..., job_id: _Optional[str] = ..., job_config_yaml: _Optional[str] = ..., data: _Optional[_Union[DataAssignment, _Mapping]] = ..., heartbeat_interval_s: _Optional[float] = ..., data_port: _Optional[int] = ..., data_key: _Optional[bytes] = ..., session: _Optional[str] = ...) -> None: ...
+    heartbeat_on_stream: bool
+    def __init__(self, worker_id: _Optional[int] = ..., job_id: _Optional[str] = ..., job_config_yaml: _Optional[str] = ..., data: _Optional[_Union[DataAssignment, _Mapping]] = ..., heartbeat_interval_s: _Optional[float] = ..., data_port: _Optional[int] = ..., data_key: _Optional[bytes] = ..., session: _Optional[str] = ..., heartbeat_on_stream: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("job_id", "worker_id", "last_round", "session")
@@ -289,16 +291,18 @@ class PayloadChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class WorkerMessage(_message.Message):
-    __slots__ = ("hello", "result", "chunk", "replica")
+    __slots__ = ("hello", "result", "chunk", "replica", "heartbeat")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     result: Result
     chunk: PayloadChunk
     replica: ReplicaState
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., chunk: _Optional[_Union[PayloadChunk, _Mapping]] = ..., replica: _Optional[_Union[ReplicaState, _Mapping]] = ...) -> None: ...
+    heartbeat: StreamHeartbeat
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., chunk: _Optional[_Union[PayloadChunk, _Mapping]] = ..., replica: _Optional[_Union[ReplicaState, _Mapping]] = ..., heartbeat: _Optional[_Union[StreamHeartbeat, _Mapping]] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
     __slots__ = ("assignment", "shutdown", "decode", "group", "sync", "replica")
@@ -367,3 +371,9 @@ class StatusReply(_message.Message):
     message: str
     refused: _containers.ScalarMap[str, int]
     def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., round: _Optional[int] = ..., rounds_total: _Optional[int] = ..., workers_alive: _Optional[int] = ..., workers_total: _Optional[int] = ..., last_loss: _Optional[float] = ..., stragglers_seen: _Optional[int] = ..., dropped_late_results: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., elapsed_s: _Optional[float] = ..., scheme: _Optional[str] = ..., message: _Optional[str] = ..., refused: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class StreamHeartbeat(_message.Message):
+    __slots__ = ("last_round",)
+    LAST_ROUND_FIELD_NUMBER: _ClassVar[int]
+    last_round: int
+    def __init__(self, last_round: _Optional[int] = ...) -> None: ...
