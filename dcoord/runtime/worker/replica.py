@@ -17,6 +17,7 @@ import logging
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,7 @@ import torch.distributed as dist
 from dcoord.errors import DcoordError
 from dcoord.runtime.optim import make_optimizer
 from dcoord.runtime.replica_state import digest, load_state, state_arrays, to_message
-from dcoord.runtime.tensors import flat_grads_to_model
+from dcoord.runtime.tensors import flat_grads_to_model, flat_params
 from dcoord.runtime.transport.rendezvous import ControlPlaneStore, StoreCall
 from dcoord.wire.messages import Decode, Group, ReplicaState, SyncRequest
 
@@ -80,9 +81,11 @@ class Replica:
         """A collective-plane message from the work stream, handled in order by the communication thread."""
         self.inbox.put(msg)
 
-    def snapshot(self, model: int, version: int, timeout: float) -> tuple[np.ndarray, bytes] | None:
-        """Model ``model``'s parameters at ``version`` (a copy) and its replica's digest, waiting for the
-        decodes before it; None when the replica is already past it (the assignment was superseded)."""
+    def snapshot(self, model: int, version: int, timeout: float, with_digest: bool = False
+                 ) -> tuple[np.ndarray, bytes] | None:
+        """Model ``model``'s parameters at ``version`` (a copy) and, when asked, its replica's digest
+        (parameters and optimizer state), waiting for the decodes before it; None when the replica is
+        already past it (the assignment was superseded)."""
         if not 0 <= model < len(self.models):
             raise DcoordError(f"the coordinator named model {model}; this job trains {len(self.models)}")
         with self.cv:
@@ -94,6 +97,8 @@ class Replica:
                 raise DcoordError(self.error)
             if self.versions[model] > version:
                 return None
+            if not with_digest:
+                return flat_params(self.models[model]), b""
             arrays = state_arrays(self.models[model], self.optimizers[model])
             return arrays["params"], digest(arrays)
 
@@ -164,6 +169,7 @@ class Replica:
         if d.version != self.versions[d.model]:
             raise DcoordError(f"decode of job {d.job} at version {d.version}; the replica of model {d.model} is at "
                               f"{self.versions[d.model]}")
+        t0 = time.perf_counter()
         share = np.zeros(self.num_params, dtype=np.float64)
         with self.cv:
             for rnd, slot, coeff in d.terms:
@@ -173,12 +179,16 @@ class Replica:
                                       "this worker does not hold")
                 share += np.float64(coeff) * msg.astype(np.float64, copy=False)
         total = torch.from_numpy(share).to(self.sum_dtype)
+        t1 = time.perf_counter()
         self.group.allreduce([total]).wait()
+        t2 = time.perf_counter()
         with self.cv:
             flat_grads_to_model(self.models[d.model], total.numpy())
             self.optimizers[d.model].step()
             self.versions[d.model] += 1
             self.decodes += 1
+            self.timing = (t1 - t0, t2 - t1, time.perf_counter() - t2)  # share, all-reduce, step (seconds)
+            log.debug("job %d: share %.3f s, all-reduce %.3f s, step %.3f s", d.job, *self.timing)
             for key in [k for k in self.held if k[0] <= d.job or k[0] < d.keep_from_job]:
                 del self.held[key]
             self.cv.notify_all()

@@ -283,7 +283,9 @@ def _load_models(w: WorkerState, a: Assignment) -> bool:
     if w.replica is not None:
         w.cache.clear()
         for t in a.tasks:
-            snap = w.replica.snapshot(t.model, t.model_version, w.cfg.runtime.round_timeout_s)
+            every = w.cfg.runtime.digest_every
+            snap = w.replica.snapshot(t.model, t.model_version, w.cfg.runtime.round_timeout_s,
+                                      with_digest=bool(every) and t.model_version % every == 0)
             if snap is None:
                 return False
             w.cache[(t.model, t.model_version)], w.cache_digest = snap[0], (t.model_version, snap[1])
@@ -332,8 +334,7 @@ def _compute(w: WorkerState, a: Assignment, inbox: Inbox) -> tuple[Result, list[
         for t, p in zip(a.tasks, payloads):
             w.replica.hold(t.job, a.round, t.slot, p if c.device.type == "cpu" else p.copy())
         version, digest = w.cache_digest
-        every = w.cfg.runtime.digest_every
-        if every and version % every == 0:
+        if digest:  # every runtime.digest_every versions
             result.replica_digest, result.replica_version = digest, version
     emulated = w.cfg.runtime.emulate_part_s * sum(len(t.parts) for t in a.tasks)
     emulated += w.cfg.runtime.emulate_job_s * sum(float(c.fractions[list(t.parts)].sum()) for t in a.tasks)
