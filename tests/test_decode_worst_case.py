@@ -12,7 +12,6 @@ from dcoord.coding.precision import (
     check_decode_precision,
     decode_bound,
     decode_guard,
-    markdown_table,
     promised_bound,
     stored_worst_cases,
 )
@@ -85,13 +84,6 @@ def test_search_says_how_it_searched():
     assert w.exhaustive and w.sets == 28 and "all 28" in w.how
     w = search("gc-cyclic", 20, 3, random_sets=50, exhaustive_max=0)
     assert not w.exhaustive and "20 windows" in w.how and "50 random" in w.how and "local search" in w.how
-
-
-def test_docs_table_is_generated_from_the_stored_worst_cases():
-    from pathlib import Path
-
-    page = (Path(__file__).resolve().parent.parent / "docs" / "gradient-coding.md").read_text()
-    assert markdown_table() in page, "docs/gradient-coding.md: rerun python scripts/worst_case.py --markdown"
 
 
 def _cfg(scheme="gc-cyclic", n=32, s=4, dtype="float32", **coding):

@@ -85,10 +85,10 @@ class Precision:
         return self.amplification * eps > max(DECODE_REL_TOL, MAX_AMPLIFICATION * eps)
 
     def line(self) -> str:
-        how = "all" if self.exhaustive else "searched"
+        how = f"all {self.sets}" if self.exhaustive else f"{self.sets} searched"
         return (f"decode precision ({self.scheme}, n={self.n}, s={self.s}, {self.dtype} payloads): amplification "
-                f"{self.amplification:.3g}, worst relative error {self.worst_rel_error:.2e} over {self.sets} "
-                f"{how} survivor sets (uncoded sum {self.uncoded_rel_error:.2e})")
+                f"{self.amplification:.3g}, worst relative error {self.worst_rel_error:.2e} over {how} "
+                f"survivor sets (uncoded sum {self.uncoded_rel_error:.2e})")
 
     def warning(self) -> str | None:
         """A one-line advice when flagged, naming a better scheme or dtype; None otherwise."""
