@@ -300,11 +300,14 @@ class DecodeBound:
 
     def refusal(self) -> str:
         """One line: what breaks the bound, the choices that hold, and the override."""
-        what = self.scheme if self.code == self.scheme else f"{self.scheme} (inner code {self.code}, s={self.code_s})"
+        inner = self.code != self.scheme
+        what = f"{self.scheme} (inner code {self.code})" if inner else self.scheme
         ok = ["coding.payload_dtype: float64"] if self.dtype != "float64" else []
         ok += ["coding.scheme: gc-binary"]
         fits = [k for k in range(1, self.n) if self.n % (k + 1) == 0 and k >= self.code_s]
-        if fits:
+        if fits and inner:
+            ok.append(f"B, W, lambda whose inner s has (s+1) dividing {self.n} (e.g. s={fits[0]}: exact 0/1 decoding)")
+        elif fits:
             ok.append(f"coding.scheme: gc-fr (or gc-cyclic) with coding.stragglers: {fits[0]} ((s+1) divides {self.n})")
         summed = " summed in the payload dtype by the data plane," if self.summed_in_payload_dtype else ""
         return (f"coding.precision: {what} at n={self.n}, s={self.code_s} decodes {self.dtype} payloads{summed} "
