@@ -4,6 +4,8 @@ that refuses a run whose worst case breaks the precision it promises."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from test_cli import dcoord, one_line_error
@@ -147,19 +149,38 @@ def test_dcoord_coordinator_refuses_too(tmp_path):
     assert not out.exists()
 
 
+def test_dcoord_coordinator_starts_with_gc_binary(tmp_path):
+    """The same job with gc-binary passes the guard in the real command: the coordinator comes up and waits
+    for its 32 workers (stopped there: the full 32-worker run is the slow test below)."""
+    proc = subprocess.Popen([sys.executable, "-m", "dcoord", "coordinator", str(_job(tmp_path, "gc-binary", 32, 4)),
+                             "--listen", "127.0.0.1:0", "--out", str(tmp_path / "run"), "--quiet"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert "listening on port" in line and "waiting for 32 workers" in line, line + proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.mark.slow
-def test_accepted_run_records_its_bound_and_gc_binary_runs(tmp_path):
+def test_accepted_run_records_its_bound(tmp_path):
     """gc-cyclic at n = 9, s = 5 (worst float32 error 6.6e-5 over all 126 sets) is refused; with
-    coding.precision: accept it runs and summary.json records the bound; gc-binary at n = 32, s = 4 runs."""
+    coding.precision: accept it runs and summary.json records the bound."""
     job = _job(tmp_path, "gc-cyclic", 9, 5)
     p = dcoord("run", str(job), "--out", str(tmp_path / "refused"))
     one_line_error(p, 2, "coding.precision: gc-cyclic at n=9, s=5")
-    p = dcoord("run", str(job), "--out", str(tmp_path / "accepted"), "--set", "coding.precision=accept")
+    p = dcoord("run", str(job), "--out", str(tmp_path / "accepted"), "--set", "coding.precision=accept",
+               timeout=900)
     assert p.returncode == 0, p.stderr
     rec = json.loads((tmp_path / "accepted" / "summary.json").read_text())["decode_precision"]
     assert rec["accepted_by_config"] and not rec["holds"] and rec["worst_rel_error"] > 1e-5
     assert rec["payload_dtype"] == "float32" and rec["source"] == "searched now"
-    p = dcoord("run", str(_job(tmp_path, "gc-binary", 32, 4)), "--out", str(tmp_path / "binary"), timeout=600)
+
+
+@pytest.mark.slow
+def test_gc_binary_runs_at_32_workers_float32(tmp_path):
+    p = dcoord("run", str(_job(tmp_path, "gc-binary", 32, 4)), "--out", str(tmp_path / "binary"), timeout=1200)
     assert p.returncode == 0, p.stderr
     rec = json.loads((tmp_path / "binary" / "summary.json").read_text())["decode_precision"]
     assert rec["holds"] and not rec["accepted_by_config"] and rec["source"] == "stored"
