@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dcoord.coding.worstcase import round_to
 from dcoord.dtypes import UNIT_ROUNDOFF
 
 if TYPE_CHECKING:
@@ -45,21 +46,9 @@ SEED = 0
 
 DTYPE_EPS = UNIT_ROUNDOFF  # unit roundoff, by payload dtype name
 
-__all__ = ["Precision", "measure", "measure_dtypes", "inner_code_of", "precision_for", "DECODE_REL_TOL", "DTYPE_EPS",
+__all__ = ["round_to", "Precision", "measure", "measure_dtypes", "inner_code_of", "precision_for", "DECODE_REL_TOL", "DTYPE_EPS",
            "DecodeBound", "decode_bound", "decode_guard", "check_decode_precision", "promised_bound", "worst_case",
            "stored_worst_cases", "markdown_table", "precision_record"]
-
-
-def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
-    """``x`` rounded once to ``dtype`` and widened back to float64 (what the coordinator decodes)."""
-    if dtype == "float64":
-        return np.asarray(x, dtype=np.float64)
-    if dtype == "float32":
-        return np.asarray(x, dtype=np.float64).astype(np.float32).astype(np.float64)
-    if dtype == "bfloat16":
-        m, e = np.frexp(np.asarray(x, dtype=np.float64))
-        return np.ldexp(np.rint(np.ldexp(m, 8)), e - 8)
-    raise ValueError(f"unknown dtype {dtype!r} (float64, float32 or bfloat16)")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-__all__ = ["WorstCase", "search", "DTYPES", "DIM", "EXHAUSTIVE_MAX", "RANDOM_SETS"]
+__all__ = ["round_to", "WorstCase", "search", "DTYPES", "DIM", "EXHAUSTIVE_MAX", "RANDOM_SETS"]
 
 #: the payload dtypes a search measures
 DTYPES = ("float64", "float32", "bfloat16")
@@ -72,10 +72,16 @@ class WorstCase:
         return cls(**d)
 
 
-def _round_to(x: np.ndarray, dtype: str) -> np.ndarray:
-    from dcoord.coding.precision import round_to
-
-    return round_to(x, dtype)
+def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
+    """``x`` rounded once to ``dtype`` and widened back to float64 (what the coordinator decodes)."""
+    if dtype == "float64":
+        return np.asarray(x, dtype=np.float64)
+    if dtype == "float32":
+        return np.asarray(x, dtype=np.float64).astype(np.float32).astype(np.float64)
+    if dtype == "bfloat16":
+        m, e = np.frexp(np.asarray(x, dtype=np.float64))
+        return np.ldexp(np.rint(np.ldexp(m, 8)), e - 8)
+    raise ValueError(f"unknown dtype {dtype!r} (float64, float32 or bfloat16)")
 
 
 def _exact_sum(parts: np.ndarray) -> np.ndarray:
@@ -117,12 +123,12 @@ class Evaluator:
         self.exact = _exact_sum(grads)
         self.scale = float(np.max(np.abs(self.exact)))
         self.exact_msgs = E @ grads
-        self.msgs = {dt: _round_to(self.exact_msgs, dt) for dt in dtypes}
+        self.msgs = {dt: round_to(self.exact_msgs, dt) for dt in dtypes}
         self.evaluated = 0
         # the uncoded baseline: n parts of the same kind of gradient, rounded and summed
         parts = np.random.default_rng(GRAD_SEED + 1).standard_normal((n, dim)) / n
         ex = _exact_sum(parts)
-        self.uncoded = {dt: float(np.max(np.abs(_round_to(parts, dt).sum(axis=0) - ex)) / np.max(np.abs(ex)))
+        self.uncoded = {dt: float(np.max(np.abs(round_to(parts, dt).sum(axis=0) - ex)) / np.max(np.abs(ex)))
                         for dt in dtypes}
 
     def __call__(self, stragglers: tuple[int, ...]) -> tuple[dict[str, float], float, float]:
