@@ -61,6 +61,12 @@ class CodingConfig(ConfigModel):
     payload_dtype: PayloadDtype = Field(
         "float64", description="dtype of the coded messages (workers combine in float64 and round once)"
     )
+    precision: Literal["check", "accept"] = Field(
+        "check",
+        description="check: refuse a scheme, size and payload dtype whose searched worst decode error exceeds "
+        "the bound a run promises (1e-5 relative; 4 x eps for bfloat16); accept: run anyway and record the "
+        "bound in summary.json (docs: Gradient coding, decode precision)",
+    )
     seed: Seed = Field(0, description="seed of the code's own random choices (random constructions)")
 
     @field_validator("scheme")

@@ -1,17 +1,18 @@
-"""How much a code's decoding amplifies the rounding of worker messages (pure math; the one printer is
+"""How much a code's decoding amplifies the rounding of worker messages, and the guard that keeps a run within
+the precision it promises (pure math, no I/O beyond reading the package's stored table; the one printer is
 ``print_precision``, the CLI's hook).
 
 Workers combine in float64 and round their message once into ``coding.payload_dtype``; the coordinator
 decodes g = sum a_i f_i in float64. The decoded gradient's error is then the messages' rounding weighted
-by the decoding coefficients. ``amplification`` is the worst relative decode error over survivor sets
-(all of them when few, else cyclic windows of stragglers plus random sets) divided by the worst relative
-error of the plain uncoded sum of n rounded part gradients (at least the dtype's unit roundoff), both measured on the same seeded random part
-gradients, in the same dtype.
+by the decoding coefficients, and a few rare survivor sets make it far worse than a sample shows. So the
+figure a run goes by is the *searched* worst case (dcoord.coding.worstcase: every set when few, else every
+window of s stragglers, random sets and an adversarial local search), stored for the common sizes in
+``data/worst_case.json`` by scripts/worst_case.py and searched within ``SEARCH_BUDGET_S`` otherwise.
 
-Tolerance (documented in docs/gradient-coding.md): a run is flagged when amplification x eps(dtype) exceeds
-max(DECODE_REL_TOL, 4 eps(dtype)), i.e. when decoding costs more than 4x the dtype's own rounding of an
-uncoded sum and more than 1e-5 relative. float64 is never flagged in practice; float32 is flagged above an
-amplification of ~168 (1e-5 / 2^-24); bfloat16 above 4.
+The promise (``promised_bound``): relative decode error <= max(1e-5, 4 eps(dtype)). ``check_decode_precision``
+refuses a job whose searched worst case breaks it unless ``coding.precision: accept``; summary.json then
+records the bound. ``measure``/``measure_dtypes`` remain the quick sampled measurement (a lower estimate)
+the simulator and older benchmarks use.
 """
 
 from __future__ import annotations
@@ -20,10 +21,15 @@ import itertools
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dcoord.coding.worstcase import round_to
 from dcoord.dtypes import UNIT_ROUNDOFF
+
+if TYPE_CHECKING:
+    from dcoord.coding.worstcase import WorstCase
 
 #: relative decode error below which no code is flagged, whatever its amplification
 DECODE_REL_TOL = 1e-5
@@ -40,19 +46,9 @@ SEED = 0
 
 DTYPE_EPS = UNIT_ROUNDOFF  # unit roundoff, by payload dtype name
 
-__all__ = ["Precision", "measure", "measure_dtypes", "inner_code_of", "precision_for", "DECODE_REL_TOL", "DTYPE_EPS"]
-
-
-def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
-    """``x`` rounded once to ``dtype`` and widened back to float64 (what the coordinator decodes)."""
-    if dtype == "float64":
-        return np.asarray(x, dtype=np.float64)
-    if dtype == "float32":
-        return np.asarray(x, dtype=np.float64).astype(np.float32).astype(np.float64)
-    if dtype == "bfloat16":
-        m, e = np.frexp(np.asarray(x, dtype=np.float64))
-        return np.ldexp(np.rint(np.ldexp(m, 8)), e - 8)
-    raise ValueError(f"unknown dtype {dtype!r} (float64, float32 or bfloat16)")
+__all__ = ["round_to", "Precision", "measure", "measure_dtypes", "inner_code_of", "precision_for", "DECODE_REL_TOL", "DTYPE_EPS",
+           "DecodeBound", "decode_bound", "decode_guard", "check_decode_precision", "promised_bound", "worst_case",
+           "stored_worst_cases", "markdown_table", "precision_record"]
 
 
 @dataclass(frozen=True)
@@ -78,10 +74,10 @@ class Precision:
         return self.amplification * eps > max(DECODE_REL_TOL, MAX_AMPLIFICATION * eps)
 
     def line(self) -> str:
-        how = "all" if self.exhaustive else "sampled"
+        how = f"all {self.sets}" if self.exhaustive else f"{self.sets} searched"
         return (f"decode precision ({self.scheme}, n={self.n}, s={self.s}, {self.dtype} payloads): amplification "
-                f"{self.amplification:.3g}, worst relative error {self.worst_rel_error:.2e} over {self.sets} "
-                f"{how} survivor sets (uncoded sum {self.uncoded_rel_error:.2e})")
+                f"{self.amplification:.3g}, worst relative error {self.worst_rel_error:.2e} over {how} "
+                f"survivor sets (uncoded sum {self.uncoded_rel_error:.2e})")
 
     def warning(self) -> str | None:
         """A one-line advice when flagged, naming a better scheme or dtype; None otherwise."""
@@ -213,6 +209,189 @@ def measure_dtypes(name: str, n: int, s: int, dtypes: tuple[str, ...], max_sets:
                           len(sets), exhaustive) for dt in dtypes}
 
 
+# -- the searched worst case (dcoord.coding.worstcase), stored for the common sizes -------------------------
+#: seconds the runtime searches a (code, n, s) that the stored table lacks (the figure is then a lower bound)
+SEARCH_BUDGET_S = 5.0
+#: the stored table, written by scripts/worst_case.py
+WORST_CASE_FILE = "data/worst_case.json"
+
+
+@lru_cache(maxsize=1)
+def stored_worst_cases() -> dict[tuple[str, int, int], WorstCase]:
+    """The shipped worst cases by (plain code, n, s) (package data; empty if the file is missing)."""
+    from importlib import resources
+
+    from dcoord.coding.worstcase import WorstCase
+
+    f = resources.files("dcoord.coding").joinpath(WORST_CASE_FILE)
+    if not f.is_file():
+        return {}
+    import json
+
+    entries = json.loads(f.read_text())["entries"]
+    return {(e["scheme"], e["n"], e["s"]): WorstCase.from_dict({k: v for k, v in e.items() if k != "seconds"})
+            for e in entries}
+
+
+def _stored_key(name: str, n: int, s: int) -> tuple[str, int, int]:
+    """The stored entry a plain code's decoding is: the sequential codes' inner code is fractional repetition
+    when (s+1) | n, else the cyclic code (dcoord.coding.sgc.InnerCode ``auto``); uncoded has s = 0."""
+    if name == "inner":
+        name = "gc-fr" if s and n % (s + 1) == 0 else ("uncoded" if s == 0 else "gc-cyclic")
+    if name == "uncoded":
+        s = 0
+    return name, n, s
+
+
+@lru_cache(maxsize=256)
+def worst_case(name: str, n: int, s: int, budget_s: float = SEARCH_BUDGET_S) -> WorstCase:
+    """The worst case of plain code ``name`` at (n, s): the stored one when shipped, else a search cut at
+    ``budget_s`` seconds (cached per process)."""
+    from dcoord.coding.worstcase import search
+
+    key = _stored_key(name, n, s)
+    hit = stored_worst_cases().get(key)
+    return hit if hit is not None else search(*key, budget_s=budget_s)
+
+
+def promised_bound(dtype: str) -> float:
+    """The relative decode error a run promises: max(1e-5, 4 eps(dtype)) (1e-5 for float32 and float64,
+    about 7.8e-3 for bfloat16, whose own rounding of an uncoded sum is already ~1e-3)."""
+    return max(DECODE_REL_TOL, MAX_AMPLIFICATION * DTYPE_EPS[dtype])
+
+
+@dataclass(frozen=True)
+class DecodeBound:
+    """The searched worst relative decode error a job runs under, and the bound it is held to."""
+
+    scheme: str
+    n: int
+    s: int
+    code: str  # the plain code decoded (a sequential code's inner code)
+    code_s: int
+    dtype: str
+    bound: float  # searched worst relative error (+ the payload-dtype sum's share when summed)
+    promised: float
+    summed_in_payload_dtype: bool
+    source: str  # "stored" or "searched now"
+    how: str
+
+    @property
+    def holds(self) -> bool:
+        return self.bound <= self.promised
+
+    def record(self, accepted: bool) -> dict:
+        """The ``decode_precision`` section of summary.json."""
+        return {"code": self.code, "n": self.n, "s": self.code_s, "payload_dtype": self.dtype,
+                "worst_rel_error": self.bound, "promised": self.promised, "holds": self.holds,
+                "accepted_by_config": accepted, "summed_in_payload_dtype": self.summed_in_payload_dtype,
+                "source": self.source, "search": self.how}
+
+    def refusal(self) -> str:
+        """One line: what breaks the bound, the choices that hold, and the override."""
+        inner = self.code != self.scheme
+        what = f"{self.scheme} (inner code {self.code})" if inner else self.scheme
+        ok = ["coding.payload_dtype: float64"] if self.dtype != "float64" else []
+        ok += ["coding.scheme: gc-binary"]
+        fits = [k for k in range(1, self.n) if self.n % (k + 1) == 0 and k >= self.code_s]
+        if fits and inner:
+            ok.append(f"B, W, lambda whose inner s has (s+1) dividing {self.n} (e.g. s={fits[0]}: exact 0/1 decoding)")
+        elif fits:
+            ok.append(f"coding.scheme: gc-fr (or gc-cyclic) with coding.stragglers: {fits[0]} ((s+1) divides {self.n})")
+        summed = " summed in the payload dtype by the data plane," if self.summed_in_payload_dtype else ""
+        return (f"coding.precision: {what} at n={self.n}, s={self.code_s} decodes {self.dtype} payloads{summed} "
+                f"with relative error up to {self.bound:.1e} on its searched worst survivor set, above the "
+                f"{self.promised:.0e} a run promises; use {', '.join(ok)}, or set coding.precision: accept to run "
+                "under that bound (recorded in summary.json)")
+
+
+def decode_guard(scheme: str, n: int, s: int, dtype: str, summed_in_payload_dtype: bool = False, *,
+                 B: int | None = None, W: int | None = None, lam: int | None = None,
+                 budget_s: float = SEARCH_BUDGET_S) -> DecodeBound | None:
+    """The bound a job of ``scheme`` at (n, s) with ``dtype`` payloads decodes within; None when the scheme has
+    no exact decoding to bound (ignore-stragglers, a user's scheme).
+
+    ``summed_in_payload_dtype``: the data plane adds the n terms a_i f_i in the payload dtype (an all-reduce)
+    instead of the coordinator in float64; that adds about n eps(dtype) max_i |a_i f_i| / |g|, taken from the
+    searched ``sum_ratio``."""
+    spec = _spec(scheme)
+    if spec is None or spec.precision is None:
+        return None
+    code, cs = inner_code_of(scheme, n, s, B, W, lam)
+    key = _stored_key(code, n, cs)
+    wc = worst_case(*key, budget_s=budget_s)
+    bound = wc.worst_rel_error[dtype]
+    if summed_in_payload_dtype:
+        bound += n * DTYPE_EPS[dtype] * wc.sum_ratio
+    source = "stored" if key in stored_worst_cases() else "searched now"
+    return DecodeBound(scheme, n, s, key[0], key[2], dtype, bound, promised_bound(dtype), summed_in_payload_dtype,
+                       source, wc.how)
+
+
+def decode_bound(scheme: str, n: int, s: int, dtype: str, summed_in_payload_dtype: bool = False, **params) -> float:
+    """The searched worst relative decode error of ``scheme`` at (n, s) in ``dtype`` (0.0 when there is no
+    exact decoding to bound); see ``decode_guard``."""
+    b = decode_guard(scheme, n, s, dtype, summed_in_payload_dtype, **params)
+    return 0.0 if b is None else b.bound
+
+
+def check_decode_precision(cfg, summed_in_payload_dtype: bool = False) -> DecodeBound | None:
+    """The guard every launch path runs (through ``choose_plane``) before a run directory is made: raise a
+    one-line ConfigError when the job's searched worst decode error breaks the promised bound and the config
+    does not say ``coding.precision: accept``; return the bound it runs under (None: nothing to bound).
+
+    float64 payloads are checked against the stored table only (the worst amplification found anywhere is
+    ~1e7, 1e-9 relative at float64: no search is worth its start-up time)."""
+    b = _job_bound(cfg, summed_in_payload_dtype)
+    if b is not None and not b.holds and getattr(cfg.coding, "precision", "check") != "accept":
+        from dcoord.errors import ConfigError
+
+        raise ConfigError(b.refusal())
+    return b
+
+
+def _job_bound(cfg, summed_in_payload_dtype: bool) -> DecodeBound | None:
+    if getattr(cfg, "mode", "coded") != "coded":
+        return None
+    c = cfg.coding
+    code, cs = inner_code_of(c.scheme, cfg.workers, c.stragglers or 0, c.B, c.W, c.lam)
+    if c.payload_dtype == "float64" and _stored_key(code, cfg.workers, cs) not in stored_worst_cases():
+        return None
+    return decode_guard(c.scheme, cfg.workers, c.stragglers or 0, c.payload_dtype, summed_in_payload_dtype,
+                        B=c.B, W=c.W, lam=c.lam)
+
+
+def precision_record(cfg, summed_in_payload_dtype: bool = False) -> dict | None:
+    """summary.json's ``decode_precision`` section: the bound the job ran under (None: nothing to bound)."""
+    b = _job_bound(cfg, summed_in_payload_dtype)
+    return None if b is None else b.record(accepted=getattr(cfg.coding, "precision", "check") == "accept")
+
+
+def markdown_table(dtype: str = "float32") -> str:
+    """The docs' precision table, from the stored worst cases: per (n, s), each code's searched worst
+    relative decode error with ``dtype`` payloads, marked where it breaks the promised bound."""
+    table = stored_worst_cases()
+    codes = ("uncoded", "gc-fr", "gc-binary", "gc-cyclic")
+    lim = promised_bound(dtype)
+    head = ("| n | s | " + " | ".join(codes) + " | gc-cyclic, float64 | how gc-cyclic was searched |\n"
+            + "|" + "---|" * (len(codes) + 4) + "\n")
+    lines = []
+    for n, s in sorted({(n, s) for (_, n, s) in table if s > 0}):
+        cells = []
+        for code in codes:
+            wc = table.get(_stored_key(code, n, s))
+            if wc is None:
+                cells.append("n/a")
+                continue
+            e = wc.worst_rel_error[dtype]
+            cells.append(f"{e:.1e}" + (" **over**" if e > lim else ""))
+        cyc = table[("gc-cyclic", n, s)]
+        cells.append(f"{cyc.worst_rel_error['float64']:.1e}")
+        cells.append("every set" if cyc.exhaustive else "windows + random + local search")
+        lines.append(f"| {n} | {s} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines)
+
+
 def precision_for(coding: dict, n: int) -> Precision | None:
     """The precision of a job's coding config (``CodingConfig.model_dump(by_alias=True)``); None when the
     scheme has no exact decoding to measure (ignore-stragglers is biased by design) or is not a built-in one
@@ -223,8 +402,10 @@ def precision_for(coding: dict, n: int) -> Precision | None:
         return None
     plain, s = inner_code_of(name, n, coding.get("stragglers") or 0, coding.get("B"), coding.get("W"),
                              coding.get("lambda"))
-    p = measure(plain, n, s, coding.get("payload_dtype", "float64"))
-    return Precision(name, n, s, p.dtype, p.worst_rel_error, p.uncoded_rel_error, p.sets, p.exhaustive)
+    dtype = coding.get("payload_dtype", "float64")
+    wc = worst_case(*_stored_key(plain, n, s))
+    return Precision(name, n, s, dtype, wc.worst_rel_error[dtype], wc.uncoded_rel_error[dtype], wc.sets,
+                     wc.exhaustive)
 
 
 def print_precision(cfg, console) -> Precision | None:

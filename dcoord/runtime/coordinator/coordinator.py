@@ -798,10 +798,19 @@ class Coordinator:
             "refused": dict(self.refused),
             "stragglers_seen": self._counts.stragglers_seen,
             "membership": self._members.report(),
+            "decode_precision": self._decode_precision(),
             **self.scheme.report(),
             **(self.privacy.summary(self.steps[0]) if self.privacy is not None else {}),
             **({"allreduce": self.collective.report()} if self.collective is not None else {}),
         }
+
+    def _decode_precision(self) -> dict | None:
+        """The searched worst decode error the job ran under, and the bound it is held to (coding/precision.py)."""
+        from dcoord.coding.precision import precision_record
+        from dcoord.runtime.transport.registry import get_plane
+
+        summed = self.cfg.transport is not None and get_plane(self.cfg.transport).sums_in_payload_dtype
+        return precision_record(self.cfg, summed)
 
     def snapshot(self) -> CoordinatorView:
         """What metrics, progress and status show, as of now (a frozen copy)."""

@@ -25,6 +25,7 @@ class AllreducePlane(Plane):
     runs_under = ("none", "torchrun", "mpirun")
     carries_payloads = False  # nothing beside the control plane reaches the coordinator
     collective = True
+    sums_in_payload_dtype = True  # the decode's sum runs across ranks in the payload dtype (precision guard)
     payload_dtypes = NATIVE_FLOATS
     speed = -1  # chosen by name (or by `dcoord tune`): it wins on a network, a star wins on one machine
     default_for_private = False

@@ -302,6 +302,9 @@ class Plane:
     speed: ClassVar[int] = 0
     #: a default for private jobs (privacy:) too; False keeps them on another plane unless asked for by name
     default_for_private: ClassVar[bool] = True
+    #: True: the plane adds the workers' decoded terms a_i f_i itself, in the payload dtype (a collective
+    #: all-reduce), which the decode-precision guard (coding/precision.py ``decode_bound``) accounts for
+    sums_in_payload_dtype: ClassVar[bool] = False
     #: workers hold replicas and decode by all-reduce among themselves (transport/allreduce.py)
     collective: ClassVar[bool] = False
 

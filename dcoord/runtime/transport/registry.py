@@ -61,6 +61,16 @@ def plane_for_launcher(launcher: str) -> Plane:
 
 
 def choose_plane(cfg: Any, launcher: str = "none") -> tuple[Plane, str]:
+    """The job's data plane where it runs, after the decode-precision guard has passed the job on it
+    (``_choose``; the guard: dcoord.coding.precision.check_decode_precision, a one-line ConfigError)."""
+    plane, reason = _choose(cfg, launcher)
+    from dcoord.coding.precision import check_decode_precision
+
+    check_decode_precision(cfg, plane.sums_in_payload_dtype)
+    return plane, reason
+
+
+def _choose(cfg: Any, launcher: str = "none") -> tuple[Plane, str]:
     """The job's data plane where it runs (``launcher``: "none", "torchrun" or "mpirun") and why.
 
     The one place the choice is made: an explicit ``transport`` wins if it can run there and carries the
