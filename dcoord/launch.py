@@ -250,7 +250,7 @@ def watch_launcher(env: LaunchEnv, interval: float = 1.0) -> None:
 
 def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = True, mode: str = "new",
            chosen_from: JobConfig | None = None,
-           security: tuple[ServerSecurity, ClientSecurity] | None = None, metrics=None) -> dict:
+           security: tuple[ServerSecurity | None, ClientSecurity | None] | None = None, metrics=None) -> dict:
     """Run this rank's role; rank 0 returns the run summary, workers ``{"role": "worker", ...}``.
 
     ``chosen_from``: the config as given, before ``resolve_config`` (rank 0 then says why the data plane
@@ -358,31 +358,30 @@ def add_launch_security_options(parser: argparse.ArgumentParser) -> None:
             metavar="PATH")
     _option(g, "--tls-cert", "DCOORD_TLS_CERT", "PEM server certificate: rank 0 serves TLS", metavar="PATH")
     _option(g, "--tls-key", "DCOORD_TLS_KEY", "PEM private key of --tls-cert", metavar="PATH")
-    _option(g, "--tls-ca", "DCOORD_TLS_CA", "PEM CA that signed --tls-cert: the worker ranks check it",
-            metavar="PATH")
+    _option(g, "--tls-ca", "DCOORD_TLS_CA", "PEM CA that signed --tls-cert: the worker ranks use TLS and "
+            "check it", metavar="PATH")
     _option(g, "--tls-server-name", "DCOORD_TLS_SERVER_NAME",
             "name the worker ranks check in the certificate (default: the host they dial)", metavar="NAME")
     g.add_argument("--insecure", action="store_true", default=_env_flag("DCOORD_INSECURE"),
                    help="allow listening beyond loopback without authentication (warns) [DCOORD_INSECURE=1]")
 
 
-def launch_security(args: argparse.Namespace) -> tuple[ServerSecurity, ClientSecurity]:
-    """(rank 0's server side, the worker ranks' client side) of the launch's token and TLS options."""
+def launch_security(args: argparse.Namespace, rank: int) -> tuple[ServerSecurity | None, ClientSecurity | None]:
+    """(rank 0's server side, the worker ranks' client side) of the launch's token and TLS options; each
+    rank reads only the files its side needs (rank 0 the certificate and key, the others the CA), so a
+    worker pod need not hold the coordinator's key."""
     from dcoord.runtime.security.auth import read_secret_file, read_token
 
     def pem(path: str | None, what: str) -> bytes | None:
         return None if not path else read_secret_file(path, what)
 
     token = read_token(args.token_file) if args.token_file else None
-    cert, key, ca = pem(args.tls_cert, "--tls-cert"), pem(args.tls_key, "--tls-key"), pem(args.tls_ca, "--tls-ca")
-    if (cert is None) != (key is None):
-        raise DcoordError("--tls-cert and --tls-key go together (rank 0's certificate and its key)")
-    if cert is not None and ca is None:
-        raise DcoordError("--tls-cert needs --tls-ca too: the worker ranks check rank 0's certificate against it")
-    if ca is not None and cert is None:
-        raise DcoordError("--tls-ca needs --tls-cert and --tls-key: rank 0 serves TLS with them")
-    return (ServerSecurity(token=token, tls_cert=cert, tls_key=key, insecure=args.insecure),
-            ClientSecurity(token=token, tls_ca=ca, server_name=args.tls_server_name))
+    if rank == 0:
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise DcoordError("--tls-cert and --tls-key go together (rank 0's certificate and its key)")
+        return ServerSecurity(token=token, tls_cert=pem(args.tls_cert, "--tls-cert"),
+                              tls_key=pem(args.tls_key, "--tls-key"), insecure=args.insecure), None
+    return None, ClientSecurity(token=token, tls_ca=pem(args.tls_ca, "--tls-ca"), server_name=args.tls_server_name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -409,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from dcoord.runtime.coordinator.metrics import metrics_hook
 
-            security = launch_security(args)  # a bad file fails on every rank, before anything starts
+            security = launch_security(args, env.rank)  # a bad file fails before anything starts
             result = launch(cfg, env, out, progress=not args.quiet, mode=mode, chosen_from=job, security=security,
                             metrics=(lambda host: metrics_hook(args, host)) if lead else None)
     except ConfigError as exc:
