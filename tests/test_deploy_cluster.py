@@ -452,9 +452,11 @@ def test_base_runs_in_an_emulated_cluster(image: str):
         check_run(on_volume(out_flag), job["rounds"])  # untouched
 
         # 3. applied again, and the Jobs deleted mid-way: the kubelet sends SIGTERM to every pod. The
-        # coordinator's link is slowed (netem) so that the run is still going when the deletion comes.
+        # coordinator's link is slowed (a token bucket: ~0.5 s per round of models) so that the run is still
+        # going when the deletion comes.
         coord_ns = cluster.pods["coord"][0]
-        _sh("ip", "netns", "exec", coord_ns, TC, "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "40ms")
+        _sh("ip", "netns", "exec", coord_ns, TC, "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "256kbit",
+            "burst", "4kb", "latency", "5s")
         third = on_volume(out_flag + "-3")
         procs = apply(3)
         while not (third / "metrics.jsonl").is_file() or not (third / "metrics.jsonl").read_text().strip():
