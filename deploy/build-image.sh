@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build dcoord's image from deploy/Dockerfile: docker when it is present, else buildah (no daemon:
-# --isolation chroot, the storage driver /etc/containers/storage.conf names, vfs by default).
+# --isolation chroot, rootful, in the storage containers-storage.conf sets up: overlay or vfs).
 #
 #   deploy/build-image.sh                  localhost/dcoord:VERSION-cpu from the official python slim image
 #   deploy/build-image.sh --local-base     the same from a Debian base made here with mmdebstrap (no
@@ -10,7 +10,7 @@
 # Where packages come from: PIP_INDEX_URL and TORCH_INDEX_URL (build arguments, the public indexes by
 # default); with buildah, PIP_FIND_LINKS (a folder of wheels, e.g. a local CPU torch wheel) and PIP_CERT
 # (a CA bundle for an HTTPS proxy) are mounted into the build and passed on, as pip itself reads them.
-# BASE_IMAGE overrides the base; DEBIAN_MIRROR the mirror mmdebstrap uses.
+# BASE_IMAGE overrides the base; DEBIAN_MIRROR the mirror mmdebstrap uses; ENGINE=docker|buildah chooses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,7 +39,9 @@ if [ "${flavour%-mpi}" = cuda ] && [ -z "${TORCH_INDEX_URL:-}" ]; then
 fi
 pip_index=${PIP_INDEX_URL:-https://pypi.org/simple}
 
-if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+if [ -n "${ENGINE:-}" ]; then
+  engine=$ENGINE  # docker or buildah, chosen
+elif command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
   engine=docker
 elif command -v buildah >/dev/null 2>&1; then
   engine=buildah

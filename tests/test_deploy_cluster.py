@@ -99,7 +99,8 @@ def image() -> str:
         pytest.skip(reason)
     if os.environ.get(IMAGE_ENV):
         return os.environ[IMAGE_ENV]
-    out = subprocess.run([str(BUILD), "--local-base"], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    out = subprocess.run([str(BUILD), "--local-base"], cwd=ROOT, capture_output=True, text=True, timeout=1200,
+                         env=dict(os.environ, ENGINE="buildah"))  # opened with buildah below
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     version = next(line.split('"')[1] for line in (ROOT / "pyproject.toml").read_text().splitlines()
                    if line.startswith("version = "))
