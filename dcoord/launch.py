@@ -36,6 +36,7 @@ import yaml
 
 from dcoord.config import JobConfig, load_config
 from dcoord.errors import EXIT_LOST_COORDINATOR, ConfigError, DcoordError, RunFailed, WorkloadError
+from dcoord.runtime.security.auth import ClientSecurity, ServerSecurity
 
 log = logging.getLogger("dcoord.launch")
 
@@ -149,14 +150,16 @@ def _carries_payloads(cfg: JobConfig) -> bool:
 
 
 async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, plane, progress: bool,
-                            mode: str = "new", chosen_from: JobConfig | None = None) -> dict:
+                            mode: str = "new", chosen_from: JobConfig | None = None,
+                            security: ServerSecurity | None = None, metrics=None) -> dict:
     """Rank 0: host the job (runtime/coordinator/host.py) and publish its address to the other ranks."""
     from dcoord.runtime.coordinator.host import HostHooks, HostSpec, host_job
     from dcoord.runtime.transport.registry import announce_plane, choose_plane
 
     listen, host = _hosts(env)
     spec = HostSpec(cfg, out, mode, listen=f"{listen}:0", progress=progress, launch_plane=plane,
-                    launch_ranks=range(1, env.world_size))
+                    launch_ranks=range(1, env.world_size), security=security,
+                    metrics=metrics(listen) if metrics is not None else None)
 
     def started(coord, port: int) -> None:
         plane.publish(f"{host}:{port}")
@@ -186,7 +189,7 @@ async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, pl
         raise ConfigError(str(exc)) from None
 
 
-def _work(cfg: JobConfig, env: LaunchEnv, plane) -> dict:
+def _work(cfg: JobConfig, env: LaunchEnv, plane, security: ClientSecurity | None = None) -> dict:
     from dcoord.runtime.worker.worker import run_worker
 
     address = plane.fetch()
@@ -197,7 +200,7 @@ def _work(cfg: JobConfig, env: LaunchEnv, plane) -> dict:
     rounds = run_worker(address, requested_id=env.rank - 1, device=cfg.device,
                         data_plane=plane if carries else None,
                         allow_workloads=[cfg.workload],  # this rank read the job file itself
-                        rejoin=False)  # the launcher ends every rank when rank 0 (the coordinator) goes
+                        rejoin=False, security=security)  # the launcher ends every rank when rank 0 (the coordinator) goes
     if carries:
         plane.send_end()
     plane.close(clean=True)
@@ -246,11 +249,13 @@ def watch_launcher(env: LaunchEnv, interval: float = 1.0) -> None:
 
 
 def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = True, mode: str = "new",
-           chosen_from: JobConfig | None = None) -> dict:
+           chosen_from: JobConfig | None = None,
+           security: tuple[ServerSecurity | None, ClientSecurity | None] | None = None, metrics=None) -> dict:
     """Run this rank's role; rank 0 returns the run summary, workers ``{"role": "worker", ...}``.
 
     ``chosen_from``: the config as given, before ``resolve_config`` (rank 0 then says why the data plane
-    is the one it is, once the coordinator runs).
+    is the one it is, once the coordinator runs). ``security``: (rank 0's server side, the worker ranks'
+    client side), see ``launch_security``; ``metrics(listen_host)``: rank 0's Prometheus endpoint hook.
 
     Under mpirun an exception on any rank is printed and ends the whole job (MPI_Abort) instead of
     leaving the other ranks waiting. Rank 0's summary carries ``_clean_exit`` = False when a receiver
@@ -265,7 +270,8 @@ def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = Tr
     try:
         _plane = make_data_plane(cfg, env)
         if _plane.rank == 0:
-            summary = asyncio.run(_coordinate_async(cfg, env, out, _plane, progress, mode, chosen_from))
+            summary = asyncio.run(_coordinate_async(cfg, env, out, _plane, progress, mode, chosen_from,
+                                                    security[0] if security else None, metrics))
             clean = _plane.stop_receiving(timeout=10.0) if _carries_payloads(cfg) else True
             clean = _plane.end_models(timeout=10.0) and clean  # END sent to every worker's model reader
             if _plane.models_sender is not None:  # what went down the plane (models) and up it (payloads)
@@ -275,7 +281,7 @@ def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = Tr
                 _plane.close(clean=True)
             summary["_clean_exit"] = clean
             return summary
-        return _work(cfg, env, _plane)
+        return _work(cfg, env, _plane, security[1] if security else None)
     except BaseException as exc:
         if env.launcher == "mpirun" and env.world_size > 1 and _plane is not None:
             who = "" if env.rank == 0 else f"rank {env.rank}: "
@@ -333,8 +339,49 @@ def build_parser() -> argparse.ArgumentParser:
     from dcoord.cli.options import add_resume_options
 
     add_resume_options(p)
+    add_launch_security_options(p)
+    from dcoord.runtime.coordinator.metrics import add_metrics_options
+
+    add_metrics_options(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log what the runtime does")
     return p
+
+
+def add_launch_security_options(parser: argparse.ArgumentParser) -> None:
+    """The token and TLS of ``dcoord coordinator`` / ``dcoord worker``, for one command line that every rank
+    runs: rank 0 serves with the certificate, the other ranks check it against the CA. Needed when the
+    control plane listens beyond loopback (ranks on several nodes), as ``dcoord coordinator`` needs them."""
+    from dcoord.runtime.security.options import _env_flag, _option
+
+    g = parser.add_argument_group("security (each also from the environment variable shown)")
+    _option(g, "--token-file", "DCOORD_TOKEN_FILE", "file holding the job's bearer token, checked on every RPC",
+            metavar="PATH")
+    _option(g, "--tls-cert", "DCOORD_TLS_CERT", "PEM server certificate: rank 0 serves TLS", metavar="PATH")
+    _option(g, "--tls-key", "DCOORD_TLS_KEY", "PEM private key of --tls-cert", metavar="PATH")
+    _option(g, "--tls-ca", "DCOORD_TLS_CA", "PEM CA that signed --tls-cert: the worker ranks use TLS and "
+            "check it", metavar="PATH")
+    _option(g, "--tls-server-name", "DCOORD_TLS_SERVER_NAME",
+            "name the worker ranks check in the certificate (default: the host they dial)", metavar="NAME")
+    g.add_argument("--insecure", action="store_true", default=_env_flag("DCOORD_INSECURE"),
+                   help="allow listening beyond loopback without authentication (warns) [DCOORD_INSECURE=1]")
+
+
+def launch_security(args: argparse.Namespace, rank: int) -> tuple[ServerSecurity | None, ClientSecurity | None]:
+    """(rank 0's server side, the worker ranks' client side) of the launch's token and TLS options; each
+    rank reads only the files its side needs (rank 0 the certificate and key, the others the CA), so a
+    worker pod need not hold the coordinator's key."""
+    from dcoord.runtime.security.auth import read_secret_file, read_token
+
+    def pem(path: str | None, what: str) -> bytes | None:
+        return None if not path else read_secret_file(path, what)
+
+    token = read_token(args.token_file) if args.token_file else None
+    if rank == 0:
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise DcoordError("--tls-cert and --tls-key go together (rank 0's certificate and its key)")
+        return ServerSecurity(token=token, tls_cert=pem(args.tls_cert, "--tls-cert"),
+                              tls_key=pem(args.tls_key, "--tls-key"), insecure=args.insecure), None
+    return None, ClientSecurity(token=token, tls_ca=pem(args.tls_ca, "--tls-ca"), server_name=args.tls_server_name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,7 +406,11 @@ def main(argv: list[str] | None = None) -> int:
 
             result = run_local(cfg, out, progress=not args.quiet, mode=mode)
         else:
-            result = launch(cfg, env, out, progress=not args.quiet, mode=mode, chosen_from=job)
+            from dcoord.runtime.coordinator.metrics import metrics_hook
+
+            security = launch_security(args, env.rank)  # a bad file fails before anything starts
+            result = launch(cfg, env, out, progress=not args.quiet, mode=mode, chosen_from=job, security=security,
+                            metrics=(lambda host: metrics_hook(args, host)) if lead else None)
     except ConfigError as exc:
         if not lead:
             return 0

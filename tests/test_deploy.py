@@ -300,6 +300,11 @@ def test_kubeflow_command_lines(rendered):
         assert key in one(rendered["kubeflow/pytorchjob"], "ConfigMap", vol["configMap"]["name"])["data"]
         if role == "Master":  # rank 0 writes the run directory
             assert "persistentVolumeClaim" in {v["name"]: v for v in tpl["spec"]["volumes"]}[mount_for(c, ns.out)["name"]]
+        # the control plane's token and TLS: rank 0 (Master) holds certificate and key, the workers the CA
+        wanted = {"token_file": "token", **({"tls_cert": "tls.crt", "tls_key": "tls.key"} if role == "Master"
+                                            else {"tls_ca": "ca.crt"})}
+        _secret_files(tpl, c, ns, wanted)
+        assert ns.resume_or_new and (role == "Master" or ns.tls_server_name == "dcoord-coordinator")
 
     mj = one(rendered["kubeflow/mpijob"], "MPIJob")
     specs = mj["spec"]["mpiReplicaSpecs"]
@@ -318,13 +323,29 @@ def test_kubeflow_command_lines(rendered):
     m = mount_for(wc, ns.out)
     claim = {v["name"]: v for v in wtpl["spec"]["volumes"]}[m["name"]]["persistentVolumeClaim"]["claimName"]
     assert "ReadWriteMany" in one(rendered["kubeflow/mpijob"], "PersistentVolumeClaim", claim)["spec"]["accessModes"]
-    # the one DCOORD_* variable there is read by dcoord.launch: rank 0 advertises the pod IP
+    # the DCOORD_* variables there are read by dcoord.launch: rank 0 advertises the pod IP, and any
+    # worker pod may hold rank 0, so each has the certificate, its key and the CA (the name the
+    # certificate carries is checked, not the pod IP dialled)
     from dcoord.launch import LaunchEnv, _hosts
 
     env = resolve_env(wc, wtpl["metadata"], SAMPLE_FIELDS)
-    assert set(env) <= {"DCOORD_ADVERTISE_HOST"} | STANDARD_ENV
+    assert set(env) <= {"DCOORD_ADVERTISE_HOST", "DCOORD_TOKEN_FILE", "DCOORD_TLS_CERT", "DCOORD_TLS_KEY",
+                        "DCOORD_TLS_CA", "DCOORD_TLS_SERVER_NAME"} | STANDARD_ENV
+    ns = parse_launch(cmd[i + 1:], env)
+    _secret_files(wtpl, wc, ns, {"token_file": "token", "tls_cert": "tls.crt", "tls_key": "tls.key",
+                                 "tls_ca": "ca.crt"})
+    assert ns.resume_or_new and ns.tls_server_name == "dcoord-coordinator"
     with environ(env):
         assert _hosts(LaunchEnv("mpirun", 0, 4, 0, 1)) == ("0.0.0.0", SAMPLE_FIELDS["status.podIP"])
+
+
+def _secret_files(tpl: dict, c: dict, ns, wanted: dict[str, str]) -> None:
+    """Each option in ``wanted`` names a file mounted from that key of the Secret the README creates."""
+    for opt, key in wanted.items():
+        path = getattr(ns, opt)
+        assert path, f"{opt} is not set"
+        found = mounted_file(tpl, c, path)
+        assert found and found[1] == key and "secret" in found[0], (opt, path, found)
 
 
 def test_dockerfile_and_readme_match_the_manifests(rendered):

@@ -214,10 +214,10 @@ def test_deploy_page_is_deploy_readme(site):
     assert "Secret" in _page(site, "deploy.md") and "kubectl apply -k deploy/overlays/cpu" in gen_docs.deploy_page()
 
 
-def test_deploy_readme_run_again_commands_do_what_they_say():
-    """deploy/README.md's "Run again": each rendered-and-edited manifest gives the coordinator a new run
-    directory, --overwrite of the old one, or --resume of it (re-applying the manifests as they are is refused
-    by the coordinator, which the page says)."""
+def test_deploy_readme_run_again_is_what_the_coordinator_job_does(tmp_path):
+    """deploy/README.md's "Run again": the manifests applied again as they are resume a stopped run, else
+    start the next one beside a finished run (the coordinator's --resume-or-new, which the page names),
+    and never name a checkpoint file runs do not write."""
     import yaml
 
     from dcoord.cli import build_parser
@@ -228,24 +228,33 @@ def test_deploy_readme_run_again_commands_do_what_they_say():
         pytest.skip("kubectl is not on PATH (it renders the kustomizations)")
     readme = (ROOT / "deploy" / "README.md").read_text()
     section = readme.split("### Run again", 1)[1].split("\n## ", 1)[0]
-    assert "already holds a run" in section and "checkpoint.pt" not in readme
-    seds = re.findall(r"kubectl kustomize deploy/overlays/cpu \| sed '([^']+)' \| kubectl apply -f -", section)
-    assert len(seds) == 3
+    assert "checkpoint.pt" not in readme and "--resume-or-new" in section
+    assert "kubectl apply -k deploy/overlays/cpu" in section
     rendered = subprocess.run([kubectl, "kustomize", str(ROOT / "deploy" / "overlays" / "cpu")],
                               capture_output=True, text=True, timeout=120, check=True).stdout
-    modes = []
-    for script in seds:
-        edited = subprocess.run(["sed", script], input=rendered, capture_output=True, text=True, check=True).stdout
-        job = next(d for d in yaml.safe_load_all(edited)
-                   if d and d["kind"] == "Job" and d["metadata"]["name"] == "dcoord-coordinator")
-        args = build_parser().parse_args(job["spec"]["template"]["spec"]["containers"][0]["args"])
+    job = next(d for d in yaml.safe_load_all(rendered)
+               if d and d["kind"] == "Job" and d["metadata"]["name"] == "dcoord-coordinator")
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    out = next(a.split("=", 1)[1] for a in args if a.startswith("--out="))
+    assert f"`--out={out} --resume-or-new`" in section
+    # the same args, on a volume here: new, then beside the finished run, then resuming a stopped one
+    local = [a.replace(f"--out={out}", f"--out={tmp_path / 'q'}") for a in args]
 
-        class Cfg:
-            name = "quickstart"
+    class Cfg:
+        name = "quickstart"
 
-        out, mode = out_and_mode(args, Cfg)
-        modes.append((str(out), mode))
-    assert modes == [("/runs/quickstart-2", "new"), ("/runs/quickstart", "overwrite"), ("/runs/quickstart", "resume")]
+    def chosen():
+        where, mode = out_and_mode(build_parser().parse_args(local), Cfg)
+        return where.name, mode
+
+    assert chosen() == ("q", "new")
+    (tmp_path / "q" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "q" / "summary.json").write_text("{}")
+    assert chosen() == ("q-2", "new")
+    (tmp_path / "q-2" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "q-2" / "checkpoints" / "ckpt-00000010.pt").write_bytes(b"")
+    assert chosen() == ("q-2", "resume")
+    assert f"{out}-2" in section
 
 
 def _slug(heading: str) -> str:

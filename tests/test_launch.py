@@ -123,6 +123,56 @@ def test_torchrun_gloo_same_model_as_dcoord_run_and_gd(tmp_path, reference, grpc
     assert summary["dropped_late_results"] >= 1  # the straggler's late payloads: received, dropped
 
 
+@pytest.mark.timeout(600)
+def test_torchrun_beyond_loopback_takes_the_coordinators_token_tls_and_metrics(tmp_path, reference, grpc_model):
+    """Ranks on several nodes (here: the advertised address makes rank 0 listen on 0.0.0.0) need what
+    `dcoord coordinator` needs there: a token, else it refuses; with token and TLS the job runs, the worker
+    ranks checking rank 0's certificate by the name the Kubernetes Secret's certificate carries."""
+    import threading
+    import urllib.request
+
+    from tls_files import make_tls
+
+    env = dict(ENV, DCOORD_ADVERTISE_HOST="127.0.0.1")
+    refused = tmp_path / "refused"
+    (tmp_path / "small").mkdir()
+    small = write_job(tmp_path / "small", coding={"scheme": "uncoded"}, inject={"model": "none"})
+    proc = subprocess.run(torchrun(2, "-m", "dcoord.launch", str(small), "--out", str(refused), "--quiet"), cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    assert "refusing to listen beyond loopback without authentication" in proc.stderr, proc.stderr[-3000:]
+    assert not refused.exists()
+
+    job = write_job(tmp_path)
+    for name, data in {**make_tls("dcoord-coordinator"), "token": os.urandom(16).hex().encode()}.items():
+        (tmp_path / name).write_bytes(data)
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        mport = s.getsockname()[1]
+    out = tmp_path / "out"
+    cmd = torchrun(5, "-m", "dcoord.launch", str(job), "--out", str(out), "--quiet",
+                   f"--token-file={tmp_path / 'token'}", f"--tls-cert={tmp_path / 'tls.crt'}",
+                   f"--tls-key={tmp_path / 'tls.key'}", f"--tls-ca={tmp_path / 'ca.crt'}",
+                   "--tls-server-name=dcoord-coordinator")
+    p = subprocess.Popen(cmd, cwd=ROOT, env=dict(env, DCOORD_METRICS_PORT=str(mport)), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    scraped: list[str] = []
+
+    def scrape() -> None:  # rank 0's metrics endpoint, while the job runs
+        while p.poll() is None and not scraped:
+            try:
+                scraped.append(urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=2).read().decode())
+            except OSError:
+                time.sleep(0.02)
+
+    t = threading.Thread(target=scrape, daemon=True)
+    t.start()
+    stdout, stderr = p.communicate(timeout=300)
+    t.join(timeout=10)
+    _check_run(out, subprocess.CompletedProcess(cmd, p.returncode, stdout, stderr), reference, grpc_model)
+    assert scraped and 'dcoord_workers_expected{job_name="launch"} 4.0' in scraped[0], scraped
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(_have_mpi() is not None, reason=f"MPI launch: {_have_mpi()}")
 def test_mpirun_same_model_as_dcoord_run_and_gd(tmp_path, reference, grpc_model):

@@ -182,3 +182,36 @@ def test_signal_checkpoints_stops_workers_and_says_how_to_resume(tmp_path, sig):
                          capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stderr
     assert round_numbers(run) == list(range(150))
+
+
+@pytest.mark.timeout(900)
+def test_resume_or_new_continues_a_stopped_run_and_starts_beside_a_finished_one(tmp_path):
+    """The same command line, run again (a re-applied Kubernetes Job): it resumes the newest run of the
+    series when that run stopped before its end, and otherwise starts the next one, leaving finished runs."""
+    job = _job(tmp_path, "gc-cyclic")
+    data = yaml.safe_load(job.read_text())
+    data["rounds"] = 16
+    data["runtime"]["emulate_part_s"] = 0.05  # ~0.1 s rounds: the signal lands mid-run even on a loaded box
+    job.write_text(yaml.safe_dump(data))
+    run = tmp_path / "run"
+    again = _dcoord("run", str(job), "--out", str(run), "--quiet", "--resume-or-new")
+    proc = subprocess.Popen(again, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 400
+    while len(round_numbers(run)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and f"a new run in {run}" in err, err
+    assert not (run / "summary.json").exists() and list((run / "checkpoints").glob("ckpt-*.pt"))
+
+    res = subprocess.run(again, env=_env(), capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0 and f"resuming {run}" in res.stderr, res.stderr
+    assert round_numbers(run) == list(range(16))
+    finished = (run / "summary.json").read_bytes()
+
+    res = subprocess.run(again, env=_env(), capture_output=True, text=True, timeout=400)
+    second = tmp_path / "run-2"
+    assert res.returncode == 0 and f"a new run in {second}" in res.stderr, res.stderr
+    assert round_numbers(second) == list(range(16))
+    assert (run / "summary.json").read_bytes() == finished  # the finished run is left as it was
+    assert max_rel_diff(torch.load(second / "model.pt"), torch.load(run / "model.pt")) < 1e-6

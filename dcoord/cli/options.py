@@ -85,6 +85,9 @@ def add_resume_options(parser: argparse.ArgumentParser) -> None:
                    help="continue the run in RUN_DIR from its newest good checkpoint (same job config)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (its files are deleted first)")
+    g.add_argument("--resume-or-new", action="store_true",
+                   help="the same command runs again (a re-applied Job): continue the newest run of --out, "
+                        "--out-2, --out-3 ... when it stopped before its end, else start the next of them")
 
 
 def out_and_mode(args: argparse.Namespace, cfg, number_default: bool = False) -> tuple[Path, str]:
@@ -101,6 +104,13 @@ def out_and_mode(args: argparse.Namespace, cfg, number_default: bool = False) ->
             raise RunDirError(f"--out {args.out} and --resume {resume} differ; give only --resume")
         return Path(resume), "resume"
     mode = "overwrite" if getattr(args, "overwrite", False) else "new"
+    if getattr(args, "resume_or_new", False):
+        from dcoord.runtime.coordinator.resume import resume_or_new
+
+        out, mode = resume_or_new(Path(args.out) if args.out else default_out(cfg.name))
+        print(f"dcoord: {'resuming' if mode == 'resume' else 'a new run in'} {out} (--resume-or-new)",
+              file=sys.stderr, flush=True)
+        return out, mode
     if args.out:
         return Path(args.out), mode
     out = default_out(cfg.name)

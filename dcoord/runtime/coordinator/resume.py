@@ -11,6 +11,7 @@ skipped.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import shlex
 import signal
@@ -23,7 +24,7 @@ import yaml
 
 from dcoord.errors import DcoordError
 from dcoord.runtime.store import checkpoint as ckpt
-from dcoord.runtime.store.rundir import NAMING, RunDir, RunDirError, option
+from dcoord.runtime.store.rundir import NAMING, RunDir, RunDirError, is_run, option
 
 if TYPE_CHECKING:
     from dcoord.config import JobConfig
@@ -159,6 +160,23 @@ def default_out(name: str) -> Path:
     """runs/NAME with NAME reduced to one safe path component (``name: ../../x`` stays inside runs/)."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip(".") or "job"
     return Path("runs") / safe
+
+
+def resume_or_new(out: Path) -> tuple[Path, str]:
+    """Where the same command line goes when it runs again (a re-applied Kubernetes Job): the runs it wrote
+    are ``out``, ``out-2``, ``out-3`` ...; the newest is resumed when it stopped before its end and has a
+    checkpoint, otherwise the next name starts a new run (a finished run, or one that died before its first
+    checkpoint, is left as it is)."""
+    out = Path(out)
+    series = (out if k == 1 else out.with_name(f"{out.name}-{k}") for k in itertools.count(1))
+    last = None
+    for path in series:
+        if not is_run(path):
+            break
+        last = path
+    if last is not None and not (last / "summary.json").is_file() and ckpt.list_checkpoints(last / "checkpoints"):
+        return last, "resume"
+    return path, "new"
 
 
 def resume_hint(out: Path) -> str:
