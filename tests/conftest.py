@@ -48,3 +48,12 @@ def pytest_sessionfinish(session, exitstatus):
         print(f"\nfast tier: {len(missing)} module(s) never imported by a fast test: {', '.join(missing)}; "
               "add a fast test that uses each (or list it with its reason in FAST_TIER_EXEMPT)")
         session.exitstatus = 1
+
+
+# -- the image test last ------------------------------------------------------------------------------------
+# tests/test_deploy_cluster.py runs the container image. CI builds the image in the background while the rest of
+# the suite runs (.ci/run: a cold build is mostly disk and network, about as long as the suite), so those tests
+# go last and wait for that build (DCOORD_IMAGE_BUILD_DONE) instead of holding the suite up at the start.
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_deploy_cluster.py")
+               or item.nodeid.startswith("test_deploy_cluster.py"))
