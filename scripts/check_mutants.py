@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = "tests/test_optim_reference.py"
+WALK = "tests/test_walk_steps.py"
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,13 @@ MUTANTS = (
            (f"{FAST}::test_coded_minibatch_run_equals_the_reference_optimizer",)),
     Mutant("SA-SRRW step size one hop late", "dcoord/walk/sa.py",
            "beta = float(self.beta(self.walker.hops + 1))", "beta = float(self.beta(self.walker.hops + 2))",
-           (f"{FAST}::test_sa_srrw_steps_with_beta_of_the_next_hop",)),
+           (f"{WALK}::test_sa_srrw_steps_with_beta_of_the_next_hop",)),
     Mutant("SA-SRRW step size one hop early", "dcoord/walk/sa.py",
            "beta = float(self.beta(self.walker.hops + 1))", "beta = float(self.beta(self.walker.hops))",
-           (f"{FAST}::test_sa_srrw_steps_with_beta_of_the_next_hop",)),
+           (f"{WALK}::test_sa_srrw_steps_with_beta_of_the_next_hop",)),
     Mutant("token schedule uses beta(round + 1)", "dcoord/walk/schedule.py",
            "coeff = self.beta(round) / self.lr0", "coeff = self.beta(round + 1) / self.lr0",
-           (f"{FAST}::test_token_decode_coefficient_is_beta_of_the_round_times_the_weight",),
+           (f"{WALK}::test_token_decode_coefficient_is_beta_of_the_round_times_the_weight",),
            (f"{FAST}::test_token_run_with_step_schedule_equals_the_reference",)),
 )
 

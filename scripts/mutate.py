@@ -32,8 +32,8 @@ _OPTIM = ("tests/test_optim_reference.py",)
 _CODING = ("tests/test_gc_decode.py",)
 _PRIVACY = ("tests/test_privacy.py",)
 TARGETS: dict[str, tuple[str, ...]] = {
-    "dcoord/walk/sa.py": _OPTIM,
-    "dcoord/walk/schedule.py": _OPTIM,
+    "dcoord/walk/sa.py": ("tests/test_walk_steps.py",),
+    "dcoord/walk/schedule.py": ("tests/test_walk_steps.py",),
     "dcoord/runtime/coordinator/coordinator.py": _OPTIM,
     "dcoord/coding/combine.py": _CODING,
     "dcoord/coding/gc.py": _CODING,

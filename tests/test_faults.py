@@ -80,11 +80,13 @@ def _env() -> dict:
 
 def _in_tmpfs(script: str, size: str = "64k") -> subprocess.CompletedProcess:
     """Run ``script`` (sh) in a private mount namespace with a small tmpfs at /mnt/out (a real full disk)."""
+    # CI (root on Debian) has both: without them this is a broken machine, not a reason to skip
     if shutil.which("unshare") is None:
-        pytest.skip("needs unshare(1) to mount a private tmpfs")
+        pytest.fail("needs unshare(1) to mount a private tmpfs: install util-linux")
     probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
     if probe.returncode != 0:
-        pytest.skip(f"user/mount namespaces not allowed here: {probe.stderr.decode().strip()}")
+        pytest.fail(f"user/mount namespaces not allowed here ({probe.stderr.decode().strip()}): run the tests "
+                    "as root or where unprivileged user namespaces are enabled")
     full = f"mkdir -p /tmp/.dcoord-mnt && mount -t tmpfs -o size={size} tmpfs /tmp/.dcoord-mnt && {script}"
     return subprocess.run(["unshare", "-rm", "sh", "-c", full], env=_env(), capture_output=True, text=True,
                           timeout=400)

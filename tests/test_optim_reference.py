@@ -18,8 +18,7 @@ from reference import _Reference, dataset_batch, max_rel_diff, tensor_batch, tok
 from dcoord.config import load_config
 from dcoord.runtime.coordinator.coordinator import make_optimizer
 from dcoord.runtime.local import run_local
-from dcoord.walk import SASRRW, MarkovWalker, build_walkers, srw, watts_strogatz
-from dcoord.walk.schedule import TokenSchedule
+from dcoord.walk import build_walkers
 from dcoord.workloads import batch_indices
 from dcoord.workloads.batching import dataset_job_parts, partition_indices
 
@@ -62,47 +61,6 @@ def test_dataset_batches_follow_the_documented_rule(batch_size):
     for step in (0, 1, 4, 5, 11):
         got = np.concatenate(dataset_job_parts(parts, fr, batch_size, step, seed=3)[0])
         assert np.array_equal(np.sort(got), np.sort(dataset_batch(240, fr, batch_size, step, seed=3)))
-
-
-def test_sa_srrw_steps_with_beta_of_the_next_hop():
-    """theta_{n+1} = theta_n - lr_scale (n+2)^-b w_X grad F_X(theta_n): replayed on the visited nodes."""
-    g = watts_strogatz(12, 4, 0.3, seed=2)
-    assert len(set(g.degree.tolist())) > 1  # a non-uniform target: the importance weights matter
-    targets = np.linspace(-1.0, 1.0, 12)[:, None] * np.ones((1, 3))
-
-    def grad(i: int, theta: np.ndarray) -> np.ndarray:
-        return theta - targets[i]
-
-    opt = SASRRW(MarkovWalker(srw(g), start=0), grad, np.zeros(3), beta_exponent=0.7, lr_scale=0.5)
-    rng = np.random.default_rng(5)
-    nodes = [opt.step(rng) for _ in range(30)]
-    theta = np.zeros(3)
-    mu = g.degree / g.degree.sum()
-    for n, i in enumerate(nodes):
-        theta = theta - 0.5 * (n + 2.0) ** -0.7 * (1.0 / 12) / mu[i] * grad(i, theta)
-    np.testing.assert_allclose(opt.theta, theta, rtol=1e-12)
-
-
-def test_token_decode_coefficient_is_beta_of_the_round_times_the_weight():
-    """The coordinator applies lr0 * coeff * g_part; coeff must make that beta_r w_i grad F_i."""
-    cfg = load_config(None, data={"workload": "logreg-digits", "mode": "token", "workers": 6, "seed": 0,
-                                  "optimizer": {"name": "sgd", "lr": 2.0},
-                                  "token": {"chain": "srw", "lr_scale": 0.7, "beta_exponent": 0.8,
-                                            "graph": {"kind": "watts-strogatz", "k": 2, "p": 0.5, "seed": 4}}})
-    tok = cfg.token
-    sched = TokenSchedule(tok, 6, 0, hops=8, lr0=2.0)
-    sched.bind_data(600)
-    degree = build_walkers(tok, 6, 0)[0].graph.degree
-    assert len(set(degree.tolist())) > 1
-    mu = degree / degree.sum()
-    for r in range(8):
-        holder = next(i for i, t in sched.tasks(r).items() if t)
-        (job,) = sched.close_round(r, frozenset(range(6)))
-        ((ref, coeff),) = sched.decode(job).items()
-        assert ref.worker == holder
-        # part gradient = (|shard| / N) grad F_i; beta_r = lr_scale (r + 2)^-b
-        want = 0.7 * (r + 2.0) ** -0.8 * (1.0 / 6) / mu[holder] * 600 / 100 / 2.0
-        assert coeff == pytest.approx(want, rel=1e-12)
 
 
 # -- slow: a real coded run with a slowed worker against the reference --------------------------------------
