@@ -34,7 +34,7 @@ _PRIVACY = ("tests/test_privacy.py",)
 TARGETS: dict[str, tuple[str, ...]] = {
     "dcoord/walk/sa.py": ("tests/test_walk_steps.py",),
     "dcoord/walk/schedule.py": ("tests/test_walk_steps.py",),
-    "dcoord/runtime/coordinator/coordinator.py": _OPTIM,
+    "dcoord/runtime/coordinator/coordinator.py": (*_OPTIM, "tests/test_in_process.py"),
     "dcoord/coding/combine.py": _CODING,
     "dcoord/coding/gc.py": _CODING,
     "dcoord/coding/stable.py": _CODING,

@@ -1,7 +1,7 @@
 """Single-process references written with plain torch, independent of dcoord's runtime.
 
 They share only the data, the model and the loss with dcoord (``dcoord.workloads.load``). Everything else
-is re-written here from the documented rules (docs/concepts.md, "Batches and parts"; docs/token-walks.md):
+is re-written here from the documented rules (docs/concepts.md, "Batches and parts"):
 which samples each round reads, the optimizer update, the token mode's step size and weighting. A bug in
 dcoord's own batching or step code therefore shows as a difference instead of being copied.
 """
