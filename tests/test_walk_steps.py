@@ -50,3 +50,33 @@ def test_token_decode_coefficient_is_beta_of_the_round_times_the_weight():
         # part gradient = (|shard| / N) grad F_i; beta_r = lr_scale (r + 2)^-b
         want = 0.7 * (r + 2.0) ** -0.8 * (1.0 / 6) / mu[holder] * 600 / 100 / 2.0
         assert coeff == pytest.approx(want, rel=1e-12)
+
+
+def test_token_decode_with_two_tokens_and_a_constant_lr():
+    """Two tokens: each job names its own holder and slot (tokens on one holder get slots 0, 1); a constant
+    token.lr replaces beta_n; every job decodes once."""
+    from dcoord.coding.base import DecodeError
+
+    tok = TokenConfig(chain="srw", lr=0.3, tokens=2, graph={"kind": "watts-strogatz", "k": 4, "p": 0.5, "seed": 4})
+    sched = TokenSchedule(tok, 6, 0, hops=40, lr0=0.5)
+    with pytest.raises(DecodeError):
+        sched.decode(0)  # before bind_data: no shard sizes to weight by
+    sched.bind_data(601)  # shards of 100 and 101 samples
+    sizes = np.diff(np.rint(np.linspace(0, 601, 7)).astype(int))
+    degree = build_walkers(tok, 6, 0)[0].graph.degree
+    w = (1.0 / 6) / (degree / degree.sum())
+    shared = 0
+    for r in range(40):
+        sched.tasks(r)
+        holders = list(sched.holders[r])
+        jobs = sched.close_round(r, frozenset(range(6)))
+        assert jobs == [2 * r, 2 * r + 1]
+        for k, job in enumerate(jobs):
+            ((ref, coeff),) = sched.decode(job).items()
+            assert (ref.round, ref.worker, ref.slot) == (r, holders[k], holders[:k].count(holders[k]))
+            assert coeff == pytest.approx(0.3 / 0.5 * w[holders[k]] * 601 / sizes[holders[k]], rel=1e-12)
+            assert sched.model_of(job) == k
+        shared += holders[0] == holders[1]
+        with pytest.raises(DecodeError):
+            sched.decode(jobs[0])  # decoded once: the round's holders are gone
+    assert shared > 0  # some rounds had both tokens on one worker: the slots were exercised
