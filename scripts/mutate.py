@@ -51,6 +51,11 @@ FUNCTIONS = {
     "dcoord/walk/schedule.py": ("beta", "decode"),
     "dcoord/runtime/coordinator/coordinator.py": ("make_optimizer", "_decode_and_step"),
 }
+# survivors that cannot change a result, with why (docs/testing.md lists them): module, operator, the line
+EQUIVALENT = {
+    ("dcoord/walk/schedule.py", "core/ReplaceComparisonOperator_Eq_GtE", "if token == self.models - 1:"):
+        "token runs over 0..models-1: token >= models-1 holds exactly when token == models-1",
+}
 # bitwise and shift operators swapped in for arithmetic on floats raise TypeError at once: left out
 SKIPPED_OPERATORS = re.compile(r"_(BitOr|BitAnd|BitXor|LShift|RShift)$")
 
@@ -107,12 +112,51 @@ def run_module(tree: Path, module: str, tests: tuple[str, ...], timeout: float) 
             for r in rows]
 
 
+def equivalent(r: dict) -> str | None:
+    """Why the survivor ``r`` is an equivalent mutant, or None when it is not listed as one."""
+    removed = next((ln[1:].strip() for ln in (r["diff"] or "").splitlines()
+                    if ln.startswith("-") and not ln.startswith("---")), "")
+    return EQUIVALENT.get((r["module"], r["operator"], removed))
+
+
+def recheck(results: list[dict], tree: Path) -> list[dict]:
+    """Apply each survivor of an earlier run (its diff) to a fresh copy and run its module's tests again:
+    the survivors the tests written since then do not kill."""
+    left = []
+    path = os.pathsep.join([str(tree), str(tree / "tests")])
+    for r in results:
+        if r["outcome"] == "KILLED" or equivalent(r):
+            continue
+        module = r["module"]
+        target = tree / module
+        original = target.read_text()
+        subprocess.run(["patch", "-s", "-p1"], input=r["diff"].split("\n", 1)[1] + "\n", text=True, cwd=tree, check=True)
+        try:
+            rc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m",
+                                 "not slow", *TARGETS[module]], cwd=tree, env={**os.environ, "PYTHONPATH": path},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+        finally:
+            target.write_text(original)
+        verdict = "killed now" if rc != 0 else "still survives"
+        print(f"{verdict}: {module} line {r['line']} {r['operator']}", flush=True)
+        if rc == 0:
+            left.append(r)
+    return left
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("modules", nargs="*", help=f"modules to mutate (default: all of {len(TARGETS)})")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant's test run")
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "mutation.json", help="results file")
+    ap.add_argument("--recheck", type=Path, help="re-run only the survivors of this earlier results file")
     args = ap.parse_args()
+    if args.recheck:
+        with tempfile.TemporaryDirectory(prefix="dcoord-mutate-") as tmp:
+            copy_tree(Path(tmp))
+            left = recheck(json.loads(args.recheck.read_text()), Path(tmp))
+        print(f"{len(left)} survivors left")
+        return 1 if left else 0
     unknown = [m for m in args.modules if m not in TARGETS]
     if unknown:
         print(f"mutate: not a target: {', '.join(unknown)} (targets: {', '.join(TARGETS)})", file=sys.stderr)
@@ -132,13 +176,17 @@ def main() -> int:
             print(f"{module}: {killed}/{len(got)} killed", flush=True)
             for r in got:
                 if r["outcome"] != "KILLED":
-                    print(f"  survived: line {r['line']} {r['operator']} #{r['occurrence']}\n{r['diff']}")
+                    why = equivalent(r)
+                    what = f"equivalent ({why})" if why else "SURVIVED"
+                    print(f"  {what}: line {r['line']} {r['operator']} #{r['occurrence']}\n{r['diff']}")
         shutil.rmtree(tree / ".mutate", ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     total, killed = len(results), sum(r["outcome"] == "KILLED" for r in results)
-    print(f"mutation score: {killed}/{total} killed ({100.0 * killed / max(total, 1):.1f} %); details in {args.out}")
-    return 0 if killed == total else 1
+    equiv = sum(r["outcome"] != "KILLED" and equivalent(r) is not None for r in results)
+    print(f"mutation score: {killed}/{total} killed ({100.0 * killed / max(total, 1):.1f} %), {equiv} equivalent, "
+          f"{total - killed - equiv} non-equivalent survivors; details in {args.out}")
+    return 0 if killed + equiv == total else 1
 
 
 if __name__ == "__main__":
