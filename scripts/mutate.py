@@ -57,6 +57,10 @@ EQUIVALENT: dict[tuple[str, str], tuple[frozenset[str] | None, str]] = {
     ("dcoord/walk/schedule.py", "if token == self.models - 1:"): (
         frozenset({"core/ReplaceComparisonOperator_Eq_GtE"}),
         "token runs over 0..models-1: token >= models-1 holds exactly when token == models-1"),
+    ("dcoord/runtime/coordinator/coordinator.py",
+     "if grads is None and self.privacy is None and self._grad_buf is None:"): (
+        frozenset({"core/ReplaceAndWithOr"}),
+        "only allocates the spare float64 buffer when it is not needed: the gradient still goes where `out` says"),
     ("dcoord/runtime/coordinator/coordinator.py", 'self.cpu_s["step"] += time.thread_time() - t_step'): (
         None, "CPU-time accounting for the metrics, not a result; tests assert no timings"),
     ("dcoord/runtime/coordinator/coordinator.py", 'self.cpu_s["decode"] += t_step - t_dec'): (

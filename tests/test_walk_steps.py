@@ -80,3 +80,19 @@ def test_token_decode_with_two_tokens_and_a_constant_lr():
         with pytest.raises(DecodeError):
             sched.decode(jobs[0])  # decoded once: the round's holders are gone
     assert shared > 0  # some rounds had both tokens on one worker: the slots were exercised
+
+
+def test_token_decode_once_with_more_tokens_than_small_ints():
+    """300 tokens: the last token's job (299, past CPython's cached small ints) still closes the round."""
+    from dcoord.coding.base import DecodeError
+
+    tok = TokenConfig(chain="srw", lr=0.1, tokens=300, graph={"kind": "watts-strogatz", "k": 4, "p": 0.1, "seed": 1})
+    sched = TokenSchedule(tok, 300, 0, hops=1, lr0=0.1)
+    sched.bind_data(3000)
+    sched.tasks(0)
+    jobs = sched.close_round(0, frozenset(range(300)))
+    assert len(jobs) == 300
+    for job in jobs:
+        sched.decode(job)
+    with pytest.raises(DecodeError):
+        sched.decode(jobs[-1])
