@@ -57,6 +57,10 @@ EQUIVALENT: dict[tuple[str, str], tuple[frozenset[str] | None, str]] = {
     ("dcoord/walk/schedule.py", "if token == self.models - 1:"): (
         frozenset({"core/ReplaceComparisonOperator_Eq_GtE"}),
         "token runs over 0..models-1: token >= models-1 holds exactly when token == models-1"),
+    ("dcoord/runtime/coordinator/coordinator.py", 'if o.name == "adam":'): (
+        frozenset({"core/ReplaceComparisonOperator_Eq_LtE", "core/ReplaceComparisonOperator_Eq_Is"}),
+        "the name is validated as Literal['sgd', 'adam'] and pydantic hands back the Literal's own string: "
+        "`is` agrees with `==`, and 'sgd' <= 'adam' is false"),
     ("dcoord/runtime/coordinator/coordinator.py",
      "if grads is None and self.privacy is None and self._grad_buf is None:"): (
         frozenset({"core/ReplaceAndWithOr"}),
