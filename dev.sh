@@ -6,6 +6,8 @@
 #   ./dev.sh test --fast   only the fast tier (under 3 minutes on 2 cores): run it while you work
 #   ./dev.sh test ARGS...  pytest with your arguments (a file, -k, -m ...)
 #   ./dev.sh bench   run the benchmarks in bench/ (writes bench/results/*.json)
+#   ./dev.sh mutate [MODULE...]  mutation testing with cosmic-ray (docs/testing.md; long: name modules to
+#                    run a few); ./dev.sh mutate --check runs only scripts/check_mutants.py's known mutants
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -30,6 +32,13 @@ system_packages() {
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null
     else
       echo "dev.sh: Open MPI (mpirun) is missing; the MPI tests will skip. Install openmpi-bin to run them." >&2
+    fi
+  fi
+  # iproute2 (ip netns) for the emulated-cluster test, util-linux (unshare, setpriv) for it and the full-disk
+  # test: those tests fail, not skip, without them
+  if ! command -v ip >/dev/null 2>&1 || ! command -v unshare >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 util-linux >/dev/null
     fi
   fi
 }
@@ -72,8 +81,18 @@ case "$cmd" in
     done
     "$VENV/bin/python" bench/real_models.py --quick   # full size (no --quick) wants a bigger machine
     ;;
+  mutate)
+    install "test"
+    if [ "${1:-}" = "--check" ]; then
+      shift
+      exec "$VENV/bin/python" scripts/check_mutants.py "$@"
+    fi
+    # a dev tool only: pinned in constraints.txt, installed here and nowhere else
+    "$VENV/bin/pip" install -q -c constraints.txt cosmic-ray
+    exec nice -n 19 "$VENV/bin/python" scripts/mutate.py "$@"
+    ;;
   *)
-    echo "usage: ./dev.sh run|test|bench [args...]" >&2
+    echo "usage: ./dev.sh run|test|bench|mutate [args...]" >&2
     exit 2
     ;;
 esac

@@ -80,11 +80,13 @@ def _env() -> dict:
 
 def _in_tmpfs(script: str, size: str = "64k") -> subprocess.CompletedProcess:
     """Run ``script`` (sh) in a private mount namespace with a small tmpfs at /mnt/out (a real full disk)."""
+    # CI (root on Debian) has both: without them this is a broken machine, not a reason to skip
     if shutil.which("unshare") is None:
-        pytest.skip("needs unshare(1) to mount a private tmpfs")
+        pytest.fail("needs unshare(1) to mount a private tmpfs: install util-linux")
     probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
     if probe.returncode != 0:
-        pytest.skip(f"user/mount namespaces not allowed here: {probe.stderr.decode().strip()}")
+        pytest.fail(f"user/mount namespaces not allowed here ({probe.stderr.decode().strip()}): run the tests "
+                    "as root or where unprivileged user namespaces are enabled")
     full = f"mkdir -p /tmp/.dcoord-mnt && mount -t tmpfs -o size={size} tmpfs /tmp/.dcoord-mnt && {script}"
     return subprocess.run(["unshare", "-rm", "sh", "-c", full], env=_env(), capture_output=True, text=True,
                           timeout=400)
@@ -266,4 +268,6 @@ def test_elastic_run_losing_s_plus_one_workers_then_two_back_equals_full_batch_g
     for before, after in zip(replans, replans[1:]):
         assert set(before["workers"]) < set(after["workers"]) and after["s"] == 1, replans
         assert after["n"] == len(after["workers"]) and after["from_round"] > before["from_round"], replans
-    assert 8 <= replans[0]["from_round"] <= 10 and replans[1]["from_round"] >= 13
+    # ordered by events: the shrink follows the kills after round 8 and precedes the replacements started
+    # after round 12; the first growth follows them
+    assert 8 <= replans[0]["from_round"] <= 12 and replans[1]["from_round"] >= 13

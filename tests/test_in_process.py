@@ -65,6 +65,18 @@ def test_a_job_on_worker_threads_equals_full_batch_gd(tmp_path):
     assert statuses and statuses[0]["job_id"] == summary["job_id"]
     ref = full_batch_gd("logreg-digits", seed=0, rounds=6, lr=0.5)
     assert max_rel_diff(torch.load(tmp_path / "run" / "model.pt"), ref) < 1e-5
+    # each round reports the batch's mean loss at the model it stepped from: round 0's is the initial loss
+    import json
+
+    from dcoord.workloads import load
+
+    wl = load("logreg-digits", 0)
+    with torch.no_grad():
+        initial = float(wl.loss_fn(wl.model(wl.X), wl.y))
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in recs if "round" in r]
+    assert len(losses) == 6 and abs(losses[0] - initial) < 1e-5 * initial
+    assert all(b < a for a, b in zip(losses, losses[1:]))  # full-batch GD with a small step: falls each round
 
 
 def test_a_private_job_on_worker_threads_equals_the_single_process_diff2():

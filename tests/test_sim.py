@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED
 from pydantic import ValidationError
 
 from dcoord.coding.registry import make_scheme
@@ -24,7 +24,7 @@ from dcoord.sim import (
 from dcoord.sim.tune import best_per_scheme, candidates, estimate_base_comp, format_choices, tune
 from dcoord.stragglers import InjectConfig, load_trace_csv, make_straggler_model
 
-TRACES = Path(__file__).parents[2] / "shared" / "traces"
+TRACES = SHARED / "traces"  # ../shared beside the repo, or DCOORD_SHARED
 LONDON = TRACES / "sam-gc-cnn_profile_est-mbp__w256-n10-l0_000-b256-cno_forloop-London.csv"
 LONDON_L1 = TRACES / "sam-gc-cnn_profile_est-mbp__w256-n10-l1_000-b256-cno_forloop-London.csv"
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import SHARED
 from pydantic import ValidationError
 
 from dcoord.stragglers import (
@@ -16,7 +15,7 @@ from dcoord.stragglers import (
     make_straggler_model,
 )
 
-TRACES = Path(__file__).parents[2] / "shared" / "traces"
+TRACES = SHARED / "traces"  # ../shared beside the repo, or DCOORD_SHARED
 
 CONFIGS = {
     "none": {},
