@@ -87,3 +87,16 @@ def test_cli_missing_file_and_bad_arguments(tmp_path):
     assert r.returncode == 2 and "HOST:PORT" in r.stderr
     r = _cli("run", "examples/quickstart.yaml", "--workers", "0")
     assert r.returncode == 2 and "--workers" in r.stderr
+
+
+def test_a_token_config_passed_on_to_workers_still_validates():
+    """The coordinator's public config carries every default as if written (token.alpha too): a worker that
+    validates it again must accept it (chain: srw never started before: every worker refused alpha)."""
+    import yaml
+
+    from dcoord.runtime.coordinator.sessions import public_config_yaml
+
+    cfg = load_config(None, data={"workload": "logreg-digits", "workers": 6, "mode": "token",
+                                  "optimizer": {"name": "sgd", "lr": 0.5}, "token": {"chain": "srw"}})
+    again = load_config(None, data=yaml.safe_load(public_config_yaml(cfg)))
+    assert again.token.chain == "srw"

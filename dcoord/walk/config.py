@@ -140,7 +140,10 @@ class TokenConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _alpha_only_for_srrw(self) -> TokenConfig:
-        if self.chain != "srrw" and "alpha" in self.model_fields_set and self.alpha != 0.0:
+        # the default counts as unset: a config passed on (the coordinator's public copy to its workers)
+        # carries every default as if written
+        default = type(self).model_fields["alpha"].default
+        if self.chain != "srrw" and "alpha" in self.model_fields_set and self.alpha not in (0.0, default):
             raise ValueError(f"token.alpha applies only to chain: srrw (chain is {self.chain})")
         if isinstance(self.start, int) and self.start < 0:
             raise ValueError(f"token.start must be a node id >= 0 or 'random', got {self.start}")
