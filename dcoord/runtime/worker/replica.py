@@ -160,6 +160,20 @@ class Replica:
             self.held.clear()
             self.cv.notify_all()
 
+    def _share(self, msgs: list[tuple[np.float64, np.ndarray]]) -> torch.Tensor:
+        """Sum of coefficient x message in float64, rounded once to the sum dtype (zeros without messages).
+
+        A lone message with coefficient 1 already in the sum dtype is the share itself, bit for bit (the
+        float64 round trip would give the same bits): no copy through float64 (uncoded, gc-fr, gc-binary)."""
+        if not msgs:
+            return torch.zeros(self.num_params, dtype=self.sum_dtype)
+        if len(msgs) == 1 and msgs[0][0] == 1.0 and torch.from_numpy(msgs[0][1][:0]).dtype == self.sum_dtype:
+            return torch.from_numpy(np.ascontiguousarray(msgs[0][1]).copy())
+        share = np.zeros(self.num_params, dtype=np.float64)
+        for coeff, msg in msgs:
+            share += coeff * msg.astype(np.float64, copy=False)
+        return torch.from_numpy(share).to(self.sum_dtype)
+
     def _decode(self, d: Decode) -> None:
         """This worker's share (sum of coeff * held message, in float64, then the sum dtype), one SUM
         all-reduce over the group, and the optimizer step on the replica."""
@@ -170,15 +184,15 @@ class Replica:
             raise DcoordError(f"decode of job {d.job} at version {d.version}; the replica of model {d.model} is at "
                               f"{self.versions[d.model]}")
         t0 = time.perf_counter()
-        share = np.zeros(self.num_params, dtype=np.float64)
         with self.cv:
+            msgs = []
             for rnd, slot, coeff in d.terms:
                 msg = self.held.get((d.job, rnd, slot))
                 if msg is None:
                     raise DcoordError(f"decode of job {d.job} names message (round {rnd}, slot {slot}), which "
                                       "this worker does not hold")
-                share += np.float64(coeff) * msg.astype(np.float64, copy=False)
-        total = torch.from_numpy(share).to(self.sum_dtype)
+                msgs.append((np.float64(coeff), msg))
+        total = self._share(msgs)
         t1 = time.perf_counter()
         self.group.allreduce([total]).wait()
         t2 = time.perf_counter()
