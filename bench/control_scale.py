@@ -86,7 +86,7 @@ def run_one(n: int, scheme: str, s: int, rounds: int, warmup: int, heartbeat: st
                                  "--token-file", str(token), "--out", str(out), "--quiet", "--wait-workers", "600"],
                                 stdout=subprocess.DEVNULL, stderr=err)
     try:
-        port = _port(proc, log, time.monotonic() + 120)
+        port = _port(proc, log, time.monotonic() + 900)  # a loaded machine takes minutes to build gc-cyclic n=1024
         got = asyncio.run(_drive(f"127.0.0.1:{port}", n, heartbeat, proc.pid))
         rss = _rss_mb(proc.pid)
         proc.wait(timeout=120)
@@ -133,6 +133,7 @@ def main() -> None:
                              " ".join(f"{k[:3]}={v:.1f}" for k, v in sh.items()),
                              sum(r["register_refusals"].values())])
                 print(f"  N={n} {scheme}: median round {r['median_round_ms']:.1f} ms", file=sys.stderr, flush=True)
+                write_json("control_scale", {"results": results, "partial": True}, Path(args.out) if args.out else None)
     print_table(["N", "scheme", "register s", "round median ms", "p90 ms", "us/worker/round", "coord CPU %",
                  "emulator CPU %", "coord RSS MB", "coord CPU ms/round", "Register refusals"], rows)
     base = {r["scheme"]: r for r in results if r["workers"] == min(args.workers)}

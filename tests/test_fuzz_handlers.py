@@ -36,6 +36,12 @@ class Context:
     def peer(self) -> str:
         return "ipv4:127.0.0.1:40000"
 
+    def auth_context(self) -> dict:  # no TLS
+        return {}
+
+    def invocation_metadata(self) -> tuple:  # no token
+        return ()
+
 
 async def _make():
     cfg = load_config(None, data={"workers": 4, "rounds": 5, "batch_size": None,

@@ -176,3 +176,40 @@ def test_a_register_flood_from_one_credential_is_refused_while_the_job_registers
     assert burst <= flood["other"] == refused["bad-register"] <= burst + 120 * sec.register_rate
     # ... while every worker of the job registered, its credential never refused
     assert not any("register-rate" in k for k in job_refusals), job_refusals
+
+
+def test_idle_workers_heartbeat_on_their_work_stream_not_the_rpc(monkeypatch):
+    """A real worker's link sends its heartbeats on the Work stream (the coordinator says it reads them
+    there), so the coordinator hears from an idle worker without one Heartbeat call per worker per second."""
+    from dcoord.runtime.coordinator.service import CoordinatorService
+    from dcoord.runtime.security.auth import ClientSecurity
+    from dcoord.runtime.worker.link import ControlLink, WorkStream
+
+    calls = []
+    rpc = CoordinatorService.Heartbeat
+
+    async def counted(self, request, context):
+        calls.append(request.worker_id)
+        return await rpc(self, request, context)
+
+    monkeypatch.setattr(CoordinatorService, "Heartbeat", counted)
+    cfg = _cfg(workers=4, runtime={"heartbeat_s": 0.05, "progress": False})  # one worker: the job only waits
+    with coordinator(cfg, ServerSecurity(token=TOKEN)) as (address, coord, loop):
+        link = ControlLink(address, ClientSecurity(token=TOKEN))
+        reg = link.register(-1, "cpu", 60)
+        stream = WorkStream(link, reg)
+        try:
+            seen = []
+            for _ in range(600):
+                conn = coord.conns.get(reg.worker_id)
+                if conn is not None and conn.attached:
+                    seen.append(conn.last_seen)
+                    if len(seen) > 1 and seen[-1] > seen[0]:
+                        break
+                time.sleep(0.05)
+        finally:
+            stream.close()
+            link.close()
+    assert reg.heartbeat_on_stream
+    assert len(seen) > 1 and seen[-1] > seen[0]  # heard from while idle ...
+    assert calls == []  # ... and never through the Heartbeat RPC

@@ -69,7 +69,10 @@ class Scheme(ABC):
 
     @abstractmethod
     def accepts(self, round: int, arrived: frozenset[int]) -> bool:
-        """May the round close with only ``arrived`` having delivered (the rest straggling)?"""
+        """May the round close with only ``arrived`` having delivered (the rest straggling)?
+
+        The round loop asks this after every batch of results and passes its own growing set (no copy per
+        result): read it, do not keep or hash it (``close_round`` gets a frozenset)."""
 
     @abstractmethod
     def close_round(self, round: int, arrived: frozenset[int]) -> list[int]:
