@@ -157,8 +157,8 @@ def predictions(n: int, a: argparse.Namespace, planes: list[str], part_s: dict[s
     the workers' own compute_s, i.e. what a measured delay profile would give `dcoord tune`)."""
     from dcoord.coding.registry import make_scheme
     from dcoord.sim import ModelDelays, SimulateConfig
-    from dcoord.sim.network import Network, ddp_step_s, predict_planes
-    from dcoord.sim.planes import close_times, ddp_compute_s
+    from dcoord.sim.network import Network, ddp_step_s
+    from dcoord.sim.planes import close_times, ddp_compute_s, predict_planes
     from dcoord.stragglers import InjectConfig, make_straggler_model
 
     nw = Network(link_gbps=a.gbps, model_mb=a.model_mb, latency_ms=a.latency_ms, overhead_ms=a.overhead_ms)
@@ -256,9 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     for p in skipped:
         print(f"plane {p}: not registered in this dcoord, skipped")
     slows = (False,) if a.no_slow else (False, True)
-    from dcoord.sim.network import COLLECTIVE_PLANES, STAR_PLANES, plane_family
+    from dcoord.sim.planes import collective_planes, plane_family, star_planes
 
-    modelled = [p for p in asked if p in STAR_PLANES + COLLECTIVE_PLANES]  # predicted even where not registered
+    modelled = [p for p in asked if p in star_planes() + collective_planes()]  # predicted even where not registered
     results: dict = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
                      "skipped_planes": skipped, "cases": []}
     if not a.predict_only:

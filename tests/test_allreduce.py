@@ -165,7 +165,7 @@ def test_gc_cyclic_equals_full_batch_gd_with_no_gradient_through_the_coordinator
     assert [e["epoch"] for e in events if e["event"] == "group"] == [1]
     # the slow workers were left out of (nearly) every decode: the collective did not wait for them
     assert sum(1 for r in rounds if {1, 4} <= set(r["stragglers"])) >= 15
-    ar = summary["allreduce"]
+    ar = summary["collective"]
     assert all(r["bytes_received"] == 0 for r in rounds)
     # every tensor byte into the coordinator was a replica state it asked for (checkpoints at rounds 5, 10,
     # 15 and the end: 4 states); none was a gradient
@@ -196,7 +196,7 @@ def test_every_plain_code_equals_full_batch_gd(tmp_path, reference, coding):
     summary = run_local(_cfg(coding=coding, inject=inject), tmp_path, progress=False)
     assert summary["rounds_completed"] == 20
     assert max_rel_diff(torch.load(tmp_path / "model.pt"), reference) < 1e-6
-    assert summary["allreduce"]["digest_checks"] >= 5
+    assert summary["collective"]["digest_checks"] >= 5
 
 
 @pytest.mark.slow
@@ -227,7 +227,7 @@ def test_sequential_codes_keep_messages_until_their_deadline_and_stay_exact(tmp_
     for m, lr in enumerate(lrs):
         steps = len([j for j in range(16) if j % 2 == m])
         assert max_rel_diff(states[m], full_batch_gd("logreg-digits", seed=0, rounds=steps, lr=lr)) < 1e-6, m
-    assert summary["allreduce"]["payload_bytes_in"] == summary["allreduce"]["replica_state_bytes_in"]
+    assert summary["collective"]["payload_bytes_in"] == summary["collective"]["replica_state_bytes_in"]
 
 
 @pytest.mark.slow
@@ -237,7 +237,7 @@ def test_control_traffic_per_round_does_not_grow_with_the_model(tmp_path):
         cfg = _cfg(workload="linreg-synthetic", workload_args={"d": d}, rounds=6, inject={"model": "none"},
                    coding={"scheme": "gc-cyclic", "stragglers": 1}, optimizer={"name": "sgd", "lr": 0.01},
                    runtime={"digest_every": 1})
-        ar = run_local(cfg, tmp_path / str(d), progress=False)["allreduce"]
+        ar = run_local(cfg, tmp_path / str(d), progress=False)["collective"]
         per_round[d] = (ar["control_bytes_in"] + ar["control_bytes_out"]) / 6
     # 2000x the parameters; the control messages (results with shapes, assignments, decodes) the same size
     assert per_round[20000] < 1.05 * per_round[10], per_round
@@ -283,6 +283,6 @@ def test_under_torchrun_and_mpirun_the_workers_group_equals_gd(tmp_path, launche
     assert summary["rounds_completed"] == ROUNDS and summary["rejected_results"] == {}
     rounds, _ = _records(out)
     assert sum(2 in r["stragglers"] for r in rounds) >= ROUNDS - 2 and all(r["bytes_received"] == 0 for r in rounds)
-    assert summary["allreduce"]["payload_bytes_in"] == summary["allreduce"]["replica_state_bytes_in"]
+    assert summary["collective"]["payload_bytes_in"] == summary["collective"]["replica_state_bytes_in"]
     ref = full_batch_gd(JOB["workload"], seed=0, rounds=ROUNDS, lr=0.5, momentum=0.9)
     assert max_rel_diff(torch.load(out / "model.pt"), ref) < 1e-6

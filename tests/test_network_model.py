@@ -18,15 +18,13 @@ from dcoord.sim.network import (
     best_plane,
     collective_transfer_s,
     ddp_step_s,
-    plane_family,
-    predict_planes,
     ring_allreduce_s,
     ring_floor_s,
-    round_s,
     star_floor_s,
     star_transfer_s,
 )
-from dcoord.sim.planes import plane_rows
+from dcoord.sim.planes import plane_family, plane_rows, predict_planes
+from dcoord.sim.planes import plane_round_s as round_s
 from dcoord.stragglers import InjectConfig, make_straggler_model
 
 GBIT_10MB = Network(link_gbps=1.0, model_mb=10.0)

@@ -101,6 +101,11 @@ def simulate_job(n: int, coding: Mapping[str, Any] | Any, simulate_cfg: Simulate
         cfg = cfg.model_copy(update={"close": close})
     inj = inject if isinstance(inject, InjectConfig) or inject is None else InjectConfig.model_validate(
         dict(inject))
+    planes = None
+    if cfg.network is not None:  # checked before anything runs or is written
+        from dcoord.sim.planes import check_planes
+
+        planes = check_planes(cfg.network.planes, "simulate.network.planes")
     source = make_delay_source(n, cfg, inj, seed)
     name, kw = scheme_args(coding)
     results: dict[str, SimResult] = {name: simulate(make_scheme(name, n, jobs=cfg.jobs, **kw), source, cfg)}
@@ -132,7 +137,7 @@ def simulate_job(n: int, coding: Mapping[str, Any] | Any, simulate_cfg: Simulate
 
         data["network"] = plane_rows({k: (lambda f=f: make_scheme(f[0], n, jobs=cfg.jobs, **f[1]))
                                       for k, f in factories.items()}, n, source, cfg, cfg.network.model(),
-                                     tuple(cfg.network.planes))
+                                     planes)
     write_json(out / "simulation.json", data)
     if plot:
         plot_simulation(results, out / "simulation.png", title=f"{n} workers, {cfg.jobs} jobs")

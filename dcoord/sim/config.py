@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from dcoord.configbase import MAX_ROUNDS, ConfigModel, FilePath
-from dcoord.sim.network import COLLECTIVE_PLANES, DEFAULT_OVERHEAD_MS, STAR_PLANES, Network
+from dcoord.sim.network import DEFAULT_OVERHEAD_MS, Network
 
 #: the largest delay T the tuner searches: its grid grows as T^2 (m-sgc's (B, W) pairs), about 7,400
 #: candidates at T = 32 on 256 workers (the SGC papers use T <= 10)
@@ -24,17 +24,8 @@ class NetworkConfig(ConfigModel):
     latency_ms: float = Field(0.0, ge=0.0, le=1e5, description="one-way latency of a link, milliseconds")
     overhead_ms: float = Field(DEFAULT_OVERHEAD_MS, ge=0.0, le=1e5,
                                description="fixed cost of a dcoord round beside compute and wire, milliseconds")
-    planes: list[str] = Field(["tcp", "allreduce"],
+    planes: list[str] | None = Field(None,
                               description="planes to predict: star planes (tcp, grpc) and the collective one (allreduce)")
-
-    @field_validator("planes")
-    @classmethod
-    def _planes(cls, v: list[str]) -> list[str]:
-        known = STAR_PLANES + COLLECTIVE_PLANES
-        bad = [p for p in v if p not in known]
-        if bad or not v:
-            raise ValueError(f"simulate.network.planes: unknown plane(s) {bad or v}; choose from {', '.join(known)}")
-        return v
 
     def model(self) -> Network:
         return Network(link_gbps=self.link_gbps, model_mb=self.model_mb, latency_ms=self.latency_ms,

@@ -21,9 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: the planes the model knows, by family: star planes route every payload through the coordinator
-STAR_PLANES = ("tcp", "grpc")
-COLLECTIVE_PLANES = ("allreduce",)
 #: per-round overhead of a dcoord round beside compute and wire (RPCs, scheduling, copies), milliseconds;
 #: calibrated on the emulated cluster (bench/netcluster.py)
 DEFAULT_OVERHEAD_MS = 0.0
@@ -97,24 +94,18 @@ def collective_transfer_s(n: int, net: Network) -> float:
     return 2 * net.latency_s + ring_allreduce_s(n, net)
 
 
-def plane_family(plane: str) -> str:
-    """``star`` or ``collective`` for a plane name (unknown planes are refused)."""
-    if plane in STAR_PLANES or plane == "star":
-        return "star"
-    if plane in COLLECTIVE_PLANES or plane == "collective":
-        return "collective"
-    raise ValueError(f"unknown plane {plane!r}; the network model knows {', '.join(STAR_PLANES + COLLECTIVE_PLANES)}")
-
-
-def round_s(plane: str, close_s: float, n: int, net: Network) -> float:
-    """Predicted round time on ``plane`` from the round's close time ``close_s``.
+def round_s(family: str, close_s: float, n: int, net: Network) -> float:
+    """Predicted round time on a plane of ``family`` ("star" or "collective": dcoord.sim.planes maps the
+    registered planes to their family) from the round's close time ``close_s``.
 
     Star planes: ``close_s`` is when the decodable set's messages are in at the coordinator (computed, then
     queued on its link: the simulator with ``upload_s = message_s``); the models' way down and a latency
     each way are added. Collective: ``close_s`` is the decodable set's compute; the control round trip and
     the all-reduce are added.
     """
-    if plane_family(plane) == "star":
+    if family not in ("star", "collective"):
+        raise ValueError(f"unknown plane family {family!r} (star or collective)")
+    if family == "star":
         wire = star_download_s(n, net) + 2 * net.latency_s
     else:
         wire = collective_transfer_s(n, net)
@@ -124,12 +115,6 @@ def round_s(plane: str, close_s: float, n: int, net: Network) -> float:
 def ddp_step_s(slowest_compute_s: float, n: int, net: Network) -> float:
     """Plain DDP: every rank waits for the slowest compute, then one ring all-reduce."""
     return slowest_compute_s + ring_allreduce_s(n, net)
-
-
-def predict_planes(close_s: dict[str, float], n: int, net: Network,
-                   planes: tuple[str, ...] = ("tcp", "allreduce")) -> dict:
-    """{plane: predicted round seconds} from each plane family's close time ({"star": s, "collective": s})."""
-    return {p: round_s(p, close_s[plane_family(p)], n, net) for p in planes}
 
 
 def best_plane(predicted: dict[str, float]) -> str:

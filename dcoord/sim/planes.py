@@ -14,9 +14,63 @@ import numpy as np
 
 from dcoord.coding.base import Scheme
 from dcoord.coding.registry import make_scheme
+from dcoord.errors import ConfigError
 from dcoord.sim.config import SimulateConfig
 from dcoord.sim.engine import DelaySource, SimResult, simulate
-from dcoord.sim.network import Network, ddp_step_s, message_s, plane_family, predict_planes
+from dcoord.sim.network import Network, ddp_step_s, message_s, round_s
+
+
+# -- the registered planes, by family (the network model itself knows only "star" and "collective") ------
+def star_planes() -> tuple[str, ...]:
+    """Registered planes that route every payload through the coordinator (and run without a launcher)."""
+    from dcoord.runtime.transport.registry import get_plane, plane_names
+
+    return tuple(p for p in plane_names() if not get_plane(p).collective and "none" in get_plane(p).runs_under)
+
+
+def collective_planes() -> tuple[str, ...]:
+    """Registered planes whose workers decode by all-reduce among themselves."""
+    from dcoord.runtime.transport.registry import get_plane, plane_names
+
+    return tuple(p for p in plane_names() if get_plane(p).collective)
+
+
+def default_planes() -> tuple[str, ...]:
+    """What the model compares unless told: the default star plane without a launcher, and the collective ones."""
+    from dcoord.runtime.transport.registry import get_plane
+
+    return (max(star_planes(), key=lambda p: get_plane(p).speed), *collective_planes())
+
+
+def plane_family(plane: str) -> str:
+    """``star`` or ``collective`` for a registered plane (or a family name); unknown planes are refused."""
+    if plane in star_planes() or plane == "star":
+        return "star"
+    if plane in collective_planes() or plane == "collective":
+        return "collective"
+    raise ValueError(f"unknown plane {plane!r}; the network model knows {', '.join(star_planes() + collective_planes())}")
+
+
+def check_planes(planes, what: str) -> tuple[str, ...]:
+    """The planes asked for (None: the defaults), each one the model knows; else a one-line ConfigError."""
+    if planes is None:
+        return default_planes()
+    planes = tuple(planes)
+    known = star_planes() + collective_planes()
+    bad = [p for p in planes if p not in known]
+    if bad or not planes:
+        raise ConfigError(f"{what}: unknown plane(s) {bad or list(planes)}; choose from {', '.join(known)}")
+    return planes
+
+
+def plane_round_s(plane: str, close_s: float, n: int, net: Network) -> float:
+    """Predicted round time on ``plane`` from the round's close time (network.round_s by its family)."""
+    return round_s(plane_family(plane), close_s, n, net)
+
+
+def predict_planes(close_s: dict[str, float], n: int, net: Network, planes: tuple[str, ...] | None = None) -> dict:
+    """{plane: predicted round seconds} from each plane family's close time ({"star": s, "collective": s})."""
+    return {p: plane_round_s(p, close_s[plane_family(p)], n, net) for p in planes or default_planes()}
 
 
 def mean_round_s(res: SimResult) -> float:
@@ -62,7 +116,7 @@ def plane_rows(factories: dict[str, Callable[[], Scheme]], n: int, source: Delay
 
 
 def choice_planes(choices, n: int, jobs: int, source: DelaySource, cfg: SimulateConfig, net: Network,
-                  planes: tuple[str, ...] = ("tcp", "allreduce")) -> dict:
+                  planes: tuple[str, ...] | None = None) -> dict:
     """For `dcoord tune`: every scheme's fastest choice (its parameters in the label) on every plane."""
     from dcoord.sim.tune import best_per_scheme
 

@@ -116,12 +116,14 @@ def add_network_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--latency-ms", type=float, default=0.0, help="one-way link latency, ms [0]")
     g.add_argument("--overhead-ms", type=float, default=DEFAULT_OVERHEAD_MS,
                    help=f"fixed cost of a dcoord round beside compute and wire, ms [{DEFAULT_OVERHEAD_MS:g}]")
-    g.add_argument("--planes", default="tcp,allreduce", help="planes to compare [tcp,allreduce]")
+    g.add_argument("--planes", default=None, help="planes to compare, comma-separated (default: the default star "
+                   "plane and the collective one, tcp,allreduce)")
 
 
 def network_from_args(args):
     """(Network, planes) from the options, or None when no network model was asked for."""
-    from dcoord.sim.network import COLLECTIVE_PLANES, STAR_PLANES, Network
+    from dcoord.sim.network import Network
+    from dcoord.sim.planes import check_planes
 
     if args.link_gbps is None and args.model_mb is None:
         return None
@@ -134,11 +136,8 @@ def network_from_args(args):
     for flag, v in (("--latency-ms", args.latency_ms), ("--overhead-ms", args.overhead_ms)):
         if not 0 <= v < float("inf"):
             raise ConfigError(f"{flag} must be a number >= 0 (got {v})")
-    planes = tuple(p.strip() for p in args.planes.split(",") if p.strip())
-    known = STAR_PLANES + COLLECTIVE_PLANES
-    bad = [p for p in planes if p not in known]
-    if bad or not planes:
-        raise ConfigError(f"--planes: unknown plane(s) {bad or planes}; choose from {', '.join(known)}")
+    planes = check_planes(None if args.planes is None else [p.strip() for p in args.planes.split(",") if p.strip()],
+                          "--planes")
     return Network(link_gbps=args.link_gbps, model_mb=args.model_mb, latency_ms=args.latency_ms,
                    overhead_ms=args.overhead_ms), planes
 

@@ -801,7 +801,7 @@ class Coordinator:
             "decode_precision": self._decode_precision(),
             **self.scheme.report(),
             **(self.privacy.summary(self.steps[0]) if self.privacy is not None else {}),
-            **({"allreduce": self.collective.report()} if self.collective is not None else {}),
+            **({"collective": self.collective.report()} if self.collective is not None else {}),
         }
 
     def _decode_precision(self) -> dict | None:
