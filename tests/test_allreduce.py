@@ -286,3 +286,42 @@ def test_under_torchrun_and_mpirun_the_workers_group_equals_gd(tmp_path, launche
     assert summary["collective"]["payload_bytes_in"] == summary["collective"]["replica_state_bytes_in"]
     ref = full_batch_gd(JOB["workload"], seed=0, rounds=ROUNDS, lr=0.5, momentum=0.9)
     assert max_rel_diff(torch.load(out / "model.pt"), ref) < 1e-6
+
+
+def test_replicas_decode_by_all_reduce_and_a_straggler_joins_with_zeros():
+    """Three in-process replicas on one gloo group (the coordinator's store served in-process): worker 2
+    holds no message (a straggler), the others' shares sum to the decoded gradient, every replica steps
+    to the same bits, equal to one SGD step on the sum."""
+    from dcoord.runtime.worker.replica import Replica
+    from dcoord.wire.messages import Decode, Group
+
+    cfg = _cfg(workers=3, inject={"model": "none"})
+    wl = load(cfg.workload, cfg.seed)
+    store = RendezvousStore()
+    store.open_group("g1-t/", 3)
+    sent = []
+    reps = [Replica(cfg, wl, 1, store.handle, sent.append, ("127.0.0.1", 1), timeout_s=60) for _ in range(3)]
+    state = to_message(0, 0, state_arrays(wl.model, torch.optim.SGD(wl.model.parameters(), lr=0.5)))
+    n = sum(p.numel() for p in wl.model.parameters())
+    rng = np.random.default_rng(0)
+    msgs = [rng.standard_normal(n), rng.standard_normal(n)]
+    try:
+        for rank, r in enumerate(reps):
+            r.submit(Group(epoch=1, rank=rank, size=3, prefix="g1-t/"))
+            r.submit(state)
+        for r in reps:
+            assert r.snapshot(0, 0, timeout=60) is not None
+        reps[0].hold(0, 0, 0, msgs[0])
+        reps[1].hold(0, 0, 0, msgs[1])
+        for w, r in enumerate(reps):
+            terms = [(0, 0, 1.0 if w == 0 else 0.5)] if w < 2 else []
+            r.submit(Decode(job=0, model=0, version=0, terms=terms, group_epoch=1, keep_from_job=1))
+        snaps = [r.snapshot(0, 1, timeout=60, with_digest=True) for r in reps]
+    finally:
+        for r in reps:
+            r.close()
+    assert len({s[1] for s in snaps}) == 1  # identical replicas (parameters and optimizer state)
+    expected = state_arrays(wl.model, torch.optim.SGD(wl.model.parameters(), lr=0.5))["params"].astype(np.float64) \
+        - 0.5 * (msgs[0] + 0.5 * msgs[1])
+    assert np.allclose(snaps[0][0], expected.astype(np.float32), rtol=0, atol=1e-6)
+    assert all(not r.held for r in reps)  # the decoded job's messages are dropped
