@@ -155,8 +155,9 @@ def reference():
     return full_batch_gd("logreg-digits", seed=0, rounds=20, lr=0.5, momentum=0.9)
 
 
+@pytest.mark.slow
 def test_gc_cyclic_equals_full_batch_gd_with_no_gradient_through_the_coordinator(tmp_path, reference):
-    """The fast tier's end-to-end check: stragglers held out by the code, replicas identical, no payload in."""
+    """Stragglers held out by the code, replicas identical, no gradient into the coordinator."""
     cfg = _cfg(coding={"scheme": "gc-cyclic", "stragglers": 2})
     summary = run_local(cfg, tmp_path, progress=False)
     assert summary["rounds_completed"] == 20
