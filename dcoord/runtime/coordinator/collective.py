@@ -52,12 +52,12 @@ class CollectiveRun:
         self.members = sorted(workers)
         prefix = f"g{self.epoch}-{secrets.token_hex(8)}/"
         self.store.open_group(prefix, len(self.members))
-        for m, model in enumerate(c.models):
-            arrays = state_arrays(model, c.optimizers[m])
-            for rank, w in enumerate(self.members):
-                conn = c.conns[w]
-                conn.outbox.put_nowait(Group(epoch=self.epoch, rank=rank, size=len(self.members), prefix=prefix))
-                conn.outbox.put_nowait(to_message(m, c.steps[m], arrays))
+        states = [to_message(m, c.steps[m], state_arrays(model, c.optimizers[m])) for m, model in enumerate(c.models)]
+        for rank, w in enumerate(self.members):  # one group, then every model's state (sequential codes: several)
+            conn = c.conns[w]
+            conn.outbox.put_nowait(Group(epoch=self.epoch, rank=rank, size=len(self.members), prefix=prefix))
+            for st in states:
+                conn.outbox.put_nowait(st)
         log.info("all-reduce group %d formed over workers %s", self.epoch, self.members)
         c.rundir.log_event({"event": "group", "epoch": self.epoch, "workers": self.members,
                             "from_round": c.round + 1})

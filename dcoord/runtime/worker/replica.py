@@ -145,6 +145,8 @@ class Replica:
         opts._timeout = datetime.timedelta(seconds=self.timeout_s)
         opts._devices = [dist.ProcessGroupGloo.create_device(hostname=local_address(*self.coordinator))]
         self.group = dist.ProcessGroupGloo(store, g.rank, g.size, opts)
+        with self.cv:  # a new group starts from the states that follow it: nothing held before counts
+            self.held.clear()
         self.epoch = g.epoch
         log.info("all-reduce group %d formed: rank %d of %d", g.epoch, g.rank, g.size)
 
@@ -157,7 +159,6 @@ class Replica:
         with self.cv:
             load_state(self.models[st.model], self.optimizers[st.model], st)
             self.versions[st.model] = st.version
-            self.held.clear()
             self.cv.notify_all()
 
     def _share(self, msgs: list[tuple[np.float64, np.ndarray]]) -> torch.Tensor:
