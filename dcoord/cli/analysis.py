@@ -23,6 +23,10 @@ def cmd_simulate(args) -> int:
     from rich.console import Console
 
     cfg = load_job(args)
+    if cfg.simulate is not None and cfg.simulate.network is not None:  # refused before the output exists
+        from dcoord.sim.planes import check_planes
+
+        check_planes(cfg.simulate.network.planes, "simulate.network.planes")
     out = output_dir(Path(args.out) if args.out else Path("runs") / f"{cfg.name}-sim")
     console = Console()
     if cfg.mode == "token":
