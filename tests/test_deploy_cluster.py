@@ -376,7 +376,10 @@ def test_base_runs_in_an_emulated_cluster(image: str):
         cluster.add_pod("unlabelled", 31, {})
         cluster.write_hosts()
         made = cluster.enforce(policies)
-        assert set(made) == {"coord", *workers} and all(made[w] == [] for w in workers), made
+        # a worker admits exactly this job's workers (transport: allreduce's group), on any port, and no one else
+        peers = {f"-p tcp -s {cluster.ip(w)}" for w in workers} if hasattr(cluster, "ip") else None
+        assert set(made) == {"coord", *workers}, made
+        assert all(len(made[w]) == len(workers) and (peers is None or set(made[w]) == peers) for w in workers), made
 
         def launch(name: str, tpl: dict, c: dict, fields: dict[str, str], apply: int) -> subprocess.Popen:
             sc = tpl["spec"]["securityContext"]
