@@ -86,8 +86,7 @@ class Replica:
         """Model ``model``'s parameters at ``version`` (a copy) and, when asked, its replica's digest
         (parameters and optimizer state), waiting for the decodes before it; None when the replica is
         already past it (the assignment was superseded)."""
-        if not 0 <= model < len(self.models):
-            raise DcoordError(f"the coordinator named model {model}; this job trains {len(self.models)}")
+        self._check_model(model)
         with self.cv:
             ready = lambda: self.versions[model] >= version or self.error is not None  # noqa: E731
             if not self.cv.wait_for(ready, timeout):
