@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dcoord.coding.worstcase import round_to
+from dcoord.coding.worstcase import code_rows, exact_sum, round_to
 from dcoord.dtypes import UNIT_ROUNDOFF
 
 if TYPE_CHECKING:
@@ -111,17 +111,12 @@ def _survivor_sets(n: int, s: int, max_sets: int, rng: np.random.Generator) -> t
     return sorted(out), False
 
 
-def _exact_sum(parts: np.ndarray) -> np.ndarray:
-    """Column sums correctly rounded (math.fsum), so that float64 payloads are measured too."""
-    return np.array([math.fsum(col) for col in parts.T])
-
-
 def _uncoded_error(n: int, dtype: str, draws: int, dim: int, seed: int) -> float:
     rng = np.random.default_rng(seed)
     worst = 0.0
     for _ in range(draws):
         parts = rng.standard_normal((n, dim)) / n
-        exact = _exact_sum(parts)
+        exact = exact_sum(parts)
         got = round_to(parts, dtype).sum(axis=0)
         worst = max(worst, float(np.max(np.abs(got - exact)) / np.max(np.abs(exact))))
     return worst
@@ -167,26 +162,9 @@ def measure_dtypes(name: str, n: int, s: int, dtypes: tuple[str, ...], max_sets:
     them (the docs' table once came from 64 sets and the CLI's line from 32, on different gradients).
     """
     from dcoord.coding import gc
-    from dcoord.coding.registry import make_scheme
-    from dcoord.coding.sgc import InnerCode
 
     set_rng, grad_rng = (np.random.default_rng(q) for q in np.random.SeedSequence(seed).spawn(2))
-    if name == "inner":
-        code = InnerCode(n, s, "tandon" if construction == "tandon" else "auto")
-        rows = [code.row(i) for i in range(n)]
-        frac = np.full(n, 1.0 / n)
-
-        def coefficients(F):
-            return code.decode(F)
-    else:
-        sch = gc.GCCyclic(n, s, construction=construction) if name == gc.GCCyclic.name else make_scheme(name, n, s=s)
-        tasks = sch.tasks(0)
-        rows = [(tasks[i][0].parts, tasks[i][0].coeffs) for i in range(n)]
-        frac = sch.part_fractions()
-
-        def coefficients(F):
-            sch.close_round(0, frozenset(F))
-            return {ref.worker: c for ref, c in sch.decode(0).items()}
+    rows, frac, coefficients = code_rows(name, n, s, construction)
     if name == gc.Uncoded.name:
         s = 0
     sets, exhaustive = _survivor_sets(n, s, max_sets, set_rng)
@@ -194,7 +172,7 @@ def measure_dtypes(name: str, n: int, s: int, dtypes: tuple[str, ...], max_sets:
     for i, (parts, coeffs) in enumerate(rows):
         E[i, list(parts)] = coeffs
     grads = [grad_rng.standard_normal((len(frac), dim)) * frac[:, None] for _ in range(draws)]
-    exact = [_exact_sum(g) for g in grads]
+    exact = [exact_sum(g) for g in grads]
     msgs = {dt: [round_to(E @ g, dt) for g in grads] for dt in dtypes}
     worst = dict.fromkeys(dtypes, 0.0)
     for F in sets:

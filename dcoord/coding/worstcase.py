@@ -84,8 +84,33 @@ def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
     raise ValueError(f"unknown dtype {dtype!r} (float64, float32 or bfloat16)")
 
 
-def _exact_sum(parts: np.ndarray) -> np.ndarray:
+def exact_sum(parts: np.ndarray) -> np.ndarray:
+    """Column sums correctly rounded (math.fsum), so that float64 payloads are measured too."""
     return np.array([math.fsum(col) for col in parts.T])
+
+
+def code_rows(name: str, n: int, s: int, construction: str = "stable"):
+    """Code ``name``'s encoding rows, part fractions and a decoder ``F -> {worker: coefficient}``.
+
+    ``name`` is a plain scheme or ``"inner"`` (the sequential codes' inner code). Shared by the trial
+    measurement and the worst-case search so both decode exactly what the coordinator decodes.
+    """
+    from dcoord.coding import gc
+    from dcoord.coding.registry import make_scheme
+    from dcoord.coding.sgc import InnerCode
+
+    if name == "inner":
+        code = InnerCode(n, s, "tandon" if construction == "tandon" else "auto")
+        return [code.row(i) for i in range(n)], np.full(n, 1.0 / n), code.decode
+    sch = gc.GCCyclic(n, s, construction=construction) if name == gc.GCCyclic.name else make_scheme(name, n, s=s)
+    tasks = sch.tasks(0)
+    rows = [(tasks[i][0].parts, tasks[i][0].coeffs) for i in range(n)]
+
+    def coefficients(F):
+        sch.close_round(0, frozenset(F))
+        return {ref.worker: c for ref, c in sch.decode(0).items()}
+
+    return rows, sch.part_fractions(), coefficients
 
 
 class Evaluator:
@@ -93,41 +118,21 @@ class Evaluator:
 
     def __init__(self, name: str, n: int, s: int, construction: str = "stable", dim: int = DIM,
                  dtypes: tuple[str, ...] = DTYPES) -> None:
-        from dcoord.coding import gc
-        from dcoord.coding.registry import make_scheme
-        from dcoord.coding.sgc import InnerCode
-
         self.name, self.n, self.s, self.dtypes = name, n, s, dtypes
-        if name == "inner":
-            code = InnerCode(n, s, "tandon" if construction == "tandon" else "auto")
-            rows = [code.row(i) for i in range(n)]
-            frac = np.full(n, 1.0 / n)
-            self._coefficients = code.decode
-        else:
-            sch = (gc.GCCyclic(n, s, construction=construction) if name == gc.GCCyclic.name
-                   else make_scheme(name, n, s=s))
-            tasks = sch.tasks(0)
-            rows = [(tasks[i][0].parts, tasks[i][0].coeffs) for i in range(n)]
-            frac = sch.part_fractions()
-
-            def coefficients(F):
-                sch.close_round(0, frozenset(F))
-                return {ref.worker: c for ref, c in sch.decode(0).items()}
-
-            self._coefficients = coefficients
+        rows, frac, self._coefficients = code_rows(name, n, s, construction)
         E = np.zeros((n, len(frac)))
         for i, (parts, coeffs) in enumerate(rows):
             E[i, list(parts)] = coeffs
         rng = np.random.default_rng(GRAD_SEED)
         grads = rng.standard_normal((len(frac), dim)) * frac[:, None]
-        self.exact = _exact_sum(grads)
+        self.exact = exact_sum(grads)
         self.scale = float(np.max(np.abs(self.exact)))
         self.exact_msgs = E @ grads
         self.msgs = {dt: round_to(self.exact_msgs, dt) for dt in dtypes}
         self.evaluated = 0
         # the uncoded baseline: n parts of the same kind of gradient, rounded and summed
         parts = np.random.default_rng(GRAD_SEED + 1).standard_normal((n, dim)) / n
-        ex = _exact_sum(parts)
+        ex = exact_sum(parts)
         self.uncoded = {dt: float(np.max(np.abs(round_to(parts, dt).sum(axis=0) - ex)) / np.max(np.abs(ex)))
                         for dt in dtypes}
 
