@@ -263,3 +263,26 @@ def test_a_malformed_or_incomplete_assignment_is_one_refused_line_and_a_counted_
     lines = [r.getMessage() for r in caplog.records if "refuses round" in r.getMessage()]
     assert len(lines) == 5 and all("\n" not in m for m in lines)
     assert "previous parameters x_(t-1)" in lines[0]
+
+
+def test_a_worker_refuses_a_job_with_less_noise_than_its_floor():
+    """--min-noise-multiplier: the smallest multiplier of any message the job would have this worker send
+    (z, z_diff, over sqrt(J) with noise_split: aggregate, 0 without trust: workers) must reach the floor."""
+    from dcoord.runtime.worker.guard import check_noise_floor, message_multiplier
+    from dcoord.runtime.worker.worker import run_worker
+
+    cfg = _cfg({"noise_multiplier": 2.0})
+    assert message_multiplier(cfg) == 2.0
+    check_noise_floor(cfg, 2.0)
+    check_noise_floor(cfg, None)
+    assert message_multiplier(_cfg({"noise_multiplier": 2.0, "noise_split": "aggregate"})) == pytest.approx(2 / 3 ** 0.5)
+    assert message_multiplier(_cfg({"noise_multiplier": 2.0, "trust": "coordinator"})) == 0.0
+    diff2 = _cfg({"mechanism": "diff2", "noise_multiplier": 2.0, "noise_multiplier_diff": 1.5, "clip_diff": 10.0,
+                  "restart_every": 2})
+    assert message_multiplier(diff2) == 1.5  # difference rounds carry the smaller multiplier here
+    fake = FakeCoordinator(cfg.to_yaml(), [])
+    with fake_coordinator(fake) as address:
+        with pytest.raises(DcoordError) as err:
+            run_worker(address, connect_timeout=30, device="cpu", min_noise_multiplier=2.5)
+    assert "noise multiplier 2, below this worker's --min-noise-multiplier 2.5" in str(err.value)
+    assert "\n" not in str(err.value) and fake.results == []
