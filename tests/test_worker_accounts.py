@@ -234,7 +234,7 @@ def test_a_plugin_the_worker_does_not_allow_is_never_imported(tmp_path, monkeypa
 # ------------------------------------------------------------------------------ a malformed assignment
 
 
-def test_a_malformed_or_incomplete_assignment_is_one_refused_line_and_a_counted_rejection(tmp_path, caplog):
+def test_a_malformed_or_incomplete_assignment_is_one_refused_line_and_a_counted_rejection(tmp_path, capsys):
     """A difference round without the previous parameters (the issue saw a ValueError traceback and exit 1),
     a part or a model the job does not have, coefficients that do not match the parts, parameters of the
     wrong size: each is refused with one line and counted, and the worker goes on."""
@@ -254,15 +254,16 @@ def test_a_malformed_or_incomplete_assignment_is_one_refused_line_and_a_counted_
     secret = tmp_path / "noise"
     secret.write_text(SECRET)
     refusals: dict[str, int] = {}
-    with caplog.at_level("WARNING", logger="dcoord.worker"):
-        with fake_coordinator(fake) as address:
-            rounds = run_worker(address, connect_timeout=30, device="cpu", noise_secret_file=str(secret),
-                                refusals=refusals)
+    with fake_coordinator(fake) as address:
+        rounds = run_worker(address, connect_timeout=30, device="cpu", noise_secret_file=str(secret),
+                            refusals=refusals)
     assert [r is not None for r in fake.results] == [True, False, False, False, False, False, True]
     assert rounds == 2 and refusals == {"malformed": 5}
-    lines = [r.getMessage() for r in caplog.records if "refuses round" in r.getMessage()]
-    assert len(lines) == 5 and all("\n" not in m for m in lines)
-    assert "previous parameters x_(t-1)" in lines[0]
+    err = capsys.readouterr().err
+    lines = [m for m in err.splitlines() if "refuses round" in m]
+    assert len(lines) == 5 and all(m.startswith("worker 0 refuses round") and "(malformed)" in m for m in lines)
+    assert "previous parameters x_(t-1)" in lines[0] and "Traceback" not in err
+    assert "worker 0 refused 5 assignments: 5 malformed" in err
 
 
 def test_a_worker_refuses_a_job_with_less_noise_than_its_floor():

@@ -29,7 +29,15 @@ from dcoord.runtime.tensors import from_proto, load_flat_params
 from dcoord.runtime.transport.base import WorkerEnd
 from dcoord.runtime.transport.registry import get_plane
 from dcoord.runtime.worker.compute import TaskComputer
-from dcoord.runtime.worker.guard import BadAssignment, check_assignment
+from dcoord.runtime.worker.guard import (
+    BadAssignment,
+    allowed_from_env,
+    check_assignment,
+    check_noise_floor,
+    check_plugins,
+    check_privacy,
+    check_workload,
+)
 from dcoord.runtime.worker.link import ControlLink, Inbox, WorkStream
 from dcoord.wire.chunking import mark_payloads, replica_messages, result_messages, send_payloads
 from dcoord.wire.messages import Assignment, PartLoss, Registration, Result, Shutdown, TaskResult, TensorData
@@ -82,9 +90,10 @@ class WorkerState:
     refused: dict[str, int] = field(default_factory=dict)  # assignments refused, by reason (privacy, malformed)
 
     def refuse(self, reason: str, a: Assignment, exc: Exception) -> None:
-        """One line and a count: the worker sends nothing for ``a`` and goes on with the next assignment."""
+        """One line on stderr (shown whatever the log level) and a count: the worker sends nothing for ``a``
+        and goes on with the next assignment."""
         self.refused[reason] = self.refused.get(reason, 0) + 1
-        log.warning("worker %d refuses round %d (%s): %s", self.wid, a.round, reason, exc)
+        print(f"worker {self.wid} refuses round {a.round} ({reason}): {exc}", file=sys.stderr, flush=True)
 
     @property
     def wid(self) -> int:
@@ -147,14 +156,6 @@ def _join(link: ControlLink, security: ClientSecurity | None, requested_id: int,
     """Register, then set the job up as its config says, checked against what this worker allows first
     (the plugins before anything is imported, the workload, the privacy level): the config comes from the
     coordinator, which the worker need not trust."""
-    from dcoord.runtime.worker.guard import (
-        allowed_from_env,
-        check_noise_floor,
-        check_plugins,
-        check_privacy,
-        check_workload,
-    )
-
     dev = pick_device(device or "auto")
     reg = link.register(requested_id, str(dev), connect_timeout)
     allowed = allowed_from_env() if allow_workloads is None else allow_workloads
@@ -162,6 +163,8 @@ def _join(link: ControlLink, security: ClientSecurity | None, requested_id: int,
         data = yaml.safe_load(reg.job_config_yaml)
     except yaml.YAMLError as exc:
         raise DcoordError(f"the coordinator's job config is not YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise DcoordError("the coordinator's job config is not a mapping of settings; refusing it")
     check_plugins(data, allowed)  # validating the config imports them
     cfg = load_config(None, data=data)
     check_workload(cfg.workload, allowed)
