@@ -1,7 +1,9 @@
-"""Test support: a hand-rolled worker speaking raw gRPC to a real coordinator, to misbehave on purpose.
+"""Test support: a hand-rolled worker speaking raw gRPC to a real coordinator, to misbehave on purpose, and
+a hand-written coordinator that real workers register with (an attacker's, serving any config and plan).
 
-It does what every real worker must (register with the job's token, say hello with its session, keep
-heartbeating so it stays counted alive) and leaves to a subclass only how it answers each assignment."""
+The rogue worker does what every real worker must (register with the job's token, say hello with its
+session, keep heartbeating so it stays counted alive) and leaves to a subclass only how it answers each
+assignment."""
 
 from __future__ import annotations
 
@@ -92,3 +94,40 @@ def fake_coordinator(servicer: pb_grpc.CoordinatorServicer):
         yield f"127.0.0.1:{port}"
     finally:
         server.stop(0)
+
+
+class FakeCoordinator(pb_grpc.CoordinatorServicer):
+    """A coordinator under an attacker's control: serves any config and sends the assignments it is given, one
+    at a time; ``results`` gets the worker's result for each, or None when it sent nothing (refused) within
+    ``wait_s`` (seconds, or a list: one per assignment). Then it tells the worker to stop."""
+
+    def __init__(self, config_yaml: str, assignments: list[pb.Assignment] = (),
+                 wait_s: float | list[float] = 15.0):
+        self.config_yaml = config_yaml
+        self.assignments = list(assignments)
+        self.wait_s = wait_s
+        self.results: list[pb.Result | None] = []
+
+    def Register(self, request, context):
+        return pb.RegisterReply(worker_id=0, job_id="fake", job_config_yaml=self.config_yaml, session="s",
+                                heartbeat_interval_s=30)
+
+    def Heartbeat(self, request, context):
+        return pb.HeartbeatReply(ok=True)
+
+    def Work(self, request_iterator, context):
+        got: queue.Queue = queue.Queue()
+
+        def read():
+            for m in request_iterator:
+                if m.HasField("result"):
+                    got.put(m.result)
+
+        threading.Thread(target=read, daemon=True).start()
+        for k, a in enumerate(self.assignments):
+            yield pb.CoordinatorMessage(assignment=a)
+            try:
+                self.results.append(got.get(timeout=self.wait_s[k] if isinstance(self.wait_s, list) else self.wait_s))
+            except queue.Empty:
+                self.results.append(None)  # refused: the worker sent nothing
+        yield pb.CoordinatorMessage(shutdown=pb.Shutdown(reason="done"))

@@ -36,6 +36,7 @@ from dcoord.privacy import (
     per_sample_grad_diffs,
     per_sample_grads,
     plan,
+    release_binding,
     round_multipliers,
     step_norm,
     worker_message,
@@ -332,7 +333,7 @@ def test_worker_message_is_the_clipped_mean_plus_seeded_noise():
     m = worker_message(model, F.cross_entropy, X[idx[2]], y[idx[2]], spec=spec, partition=2, key=NoiseKey(SECRET))
     ref = clipped_sum(model, F.cross_entropy, X[idx[2]], y[idx[2]], 0.3) / 24
     ref = ref + gaussian_noise(NoiseKey(SECRET), 5, 2, ref.numel(), spec.partition_std, dtype=torch.float64,
-                               binding=params_digest(model, None))
+                               binding=release_binding(spec, 2, params_digest(model, None)))
     assert torch.equal(m, ref)
     with pytest.raises(PrivacyError):  # noise needs the workers' key
         worker_message(model, F.cross_entropy, X, y, spec=spec, partition=0, key=None)

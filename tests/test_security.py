@@ -24,6 +24,7 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from reference import full_batch_gd, max_rel_diff
+from rogue import FakeCoordinator as _FakeCoordinator
 from rogue import fake_coordinator
 
 from dcoord.config import load_config
@@ -630,39 +631,6 @@ def test_secrets_never_leave(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- fake coordinators
-
-
-class _FakeCoordinator(pb_grpc.CoordinatorServicer):
-    """A coordinator under an attacker's control: serves any config, replays rounds with other parameters."""
-
-    def __init__(self, config_yaml: str, assignments: list[pb.Assignment] = ()):
-        self.config_yaml = config_yaml
-        self.assignments = list(assignments)
-        self.results: list[pb.Result | None] = []
-
-    def Register(self, request, context):
-        return pb.RegisterReply(worker_id=0, job_id="fake", job_config_yaml=self.config_yaml, session="s",
-                                heartbeat_interval_s=30)
-
-    def Heartbeat(self, request, context):
-        return pb.HeartbeatReply(ok=True)
-
-    def Work(self, request_iterator, context):
-        got: queue.Queue = queue.Queue()
-
-        def read():
-            for m in request_iterator:
-                if m.HasField("result"):
-                    got.put(m.result)
-
-        threading.Thread(target=read, daemon=True).start()
-        for a in self.assignments:
-            yield pb.CoordinatorMessage(assignment=a)
-            try:
-                self.results.append(got.get(timeout=15))
-            except queue.Empty:
-                self.results.append(None)  # refused: the worker sent nothing
-        yield pb.CoordinatorMessage(shutdown=pb.Shutdown(reason="done"))
 
 
 @pytest.mark.slow

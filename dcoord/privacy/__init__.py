@@ -30,6 +30,7 @@ from dcoord.privacy.mechanisms import (
     gaussian_noise,
     load_worker_noise_key,
     params_digest,
+    release_binding,
     worker_message,
 )
 from dcoord.privacy.per_sample import (
@@ -72,6 +73,7 @@ __all__ = [
     "per_sample_grad_diffs",
     "per_sample_grads",
     "plan",
+    "release_binding",
     "round_multipliers",
     "step_norm",
     "unflatten",

@@ -45,11 +45,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import math
 import os
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -99,7 +100,7 @@ class NoiseKey:
         object.__setattr__(self, "_key", hmac.new(raw, domain, hashlib.sha256).digest())
 
     def _seed(self, stream: int, round: int, partition: int, binding: bytes = b"") -> int:
-        """``binding``: a digest of what was asked (the parameters); other parameters, independent noise."""
+        """``binding``: a digest of what was asked (release_binding); another question, independent noise."""
         msg = b"dcoord/noise/v1" + struct.pack(">qqq", stream, round, partition) + binding
         return int.from_bytes(hmac.new(self._key, msg, hashlib.sha256).digest()[:8], "big")
 
@@ -188,7 +189,10 @@ def gaussian_noise(
 
 @dataclass(frozen=True)
 class RoundSpec:
-    """Everything public about one round's release: both sides compute it the same way."""
+    """Everything public about one round's release: both sides compute it the same way.
+
+    Every field shapes the release, so every field is bound into the workers' noise seed
+    (:func:`release_binding`): a field added here is bound too, with no other change."""
 
     round: int
     kind: Kind
@@ -198,6 +202,24 @@ class RoundSpec:
     partition_std: float  # std of the noise in each partition message (0 with trust=coordinator)
     aggregate_std: float  # std of the total noise in the decoded sum
     coordinator_std: float  # std the coordinator adds after decoding (0 with trust=workers)
+    mechanism: str = ""  # the registered mechanism's name
+    neighbouring: str = "add-remove"  # the neighbouring relation the sensitivity is for
+    noise_split: str = "partition"  # how the workers' noise is split over partitions
+    partition_multiplier: float = 0.0  # partition_std / sensitivity: what one partition message costs
+
+
+def release_binding(spec: RoundSpec, partition: int, params: bytes, *, stream: int = 0) -> bytes:
+    """SHA-256 of everything that shapes one worker message, canonically encoded: the round's public
+    parameters (every field of ``spec``: mechanism, noise, clip, relation, round), the partition, the
+    stream and the digest of the parameters asked about (:func:`params_digest`).
+
+    Why all of it: two messages about the same partition that share a noise draw at two noise scales (or
+    two clips) can be combined to cancel the noise exactly; bound to everything, two different questions
+    never share a draw, while replicas asked the same question still send identical messages."""
+    fields = {k: (v.hex() if isinstance(v, float) else v) for k, v in asdict(spec).items()}
+    fields.update(partition=int(partition), stream=int(stream), params=params.hex())
+    blob = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(b"dcoord/release/v1" + blob).digest()
 
 
 class PrivateGD:
@@ -293,6 +315,10 @@ class PrivateGD:
             partition_std=self._part * unit,
             aggregate_std=self._agg * unit,
             coordinator_std=unit if self.trust == "coordinator" else 0.0,
+            mechanism=self.mechanism,
+            neighbouring=self.neighbouring,
+            noise_split=self.noise_split,
+            partition_multiplier=self._part * z,
         )
 
     def history(self, rounds: int) -> History:
@@ -355,9 +381,10 @@ def worker_message(
 
     ``X, y`` are the partition's samples; ``params`` = x_t (default: the model's own), ``prev_params`` =
     x_{t-1} (difference rounds). ``key`` is the workers' NoiseKey (required when spec.partition_std > 0).
-    The noise seed binds a digest of (x_t, x_{t-1}): replicas asked with the same parameters send identical
-    messages (decoding stays exact), while a coordinator that asks for the same round and partition with
-    other parameters gets independent noise and cannot cancel it by subtracting two answers.
+    The noise seed binds everything that shapes the message (:func:`release_binding`: the round's spec, the
+    partition and a digest of (x_t, x_{t-1})): replicas asked the same question send identical messages
+    (decoding stays exact), while a coordinator that asks about the same partition with other parameters, or
+    at another noise level or clip, gets independent noise and cannot cancel it by combining two answers.
     """
     if spec.kind == "restart":
         s = clipped_sum(model, loss_fn, X, y, spec.clip, params, chunk_size=chunk_size)
@@ -369,7 +396,8 @@ def worker_message(
     if spec.partition_std > 0:
         if not isinstance(key, NoiseKey):
             raise PrivacyError("trust: workers needs the workers' NoiseKey (load_worker_noise_key) for the noise")
-        binding = params_digest(model if params is None else params, prev_params)
+        binding = release_binding(spec, partition, params_digest(model if params is None else params, prev_params),
+                                  stream=stream)
         m = m + gaussian_noise(
             key, spec.round, partition, m.numel(), spec.partition_std, stream=stream, dtype=m.dtype, device=m.device,
             binding=binding,

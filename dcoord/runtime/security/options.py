@@ -78,7 +78,10 @@ def add_security_options(parser: argparse.ArgumentParser, role: str) -> None:
                        help="this worker's DIFF2/DP noise secret (trust: workers) [DCOORD_NOISE_SECRET_FILE; "
                             "else $DCOORD_NOISE_SECRET]")
         _option(g, "--max-epsilon", MAX_EPSILON_ENV, "refuse jobs without trust: workers privacy or with a larger "
-                "epsilon against a compromised coordinator", type=float)
+                "epsilon against a compromised coordinator, and any answer that would take this worker's own "
+                "account of what it released past it", type=float)
+        _option(g, "--min-noise-multiplier", "DCOORD_MIN_NOISE_MULTIPLIER", "refuse jobs whose messages carry "
+                "less noise than this multiple of their sensitivity (noise std x N / clip)", type=float)
         _option(g, "--connect-timeout", "DCOORD_CONNECT_TIMEOUT_S",
                 "keep retrying registration (with backoff) this many seconds", 300.0, type=float)
 
@@ -119,6 +122,10 @@ def worker_kwargs(args: argparse.Namespace) -> dict:
     allowed = args.allow_workload if args.allow_workload is not None else args.allow_workload_env
     if args.connect_timeout is not None and not args.connect_timeout > 0:
         raise DcoordError(f"--connect-timeout must be > 0, got {args.connect_timeout}")
+    for flag, value in (("--max-epsilon", args.max_epsilon), ("--min-noise-multiplier", args.min_noise_multiplier)):
+        if value is not None and not value >= 0:
+            raise DcoordError(f"{flag} must be a number >= 0, got {value}")
     return {"security": security_from_args(args, "worker"), "allow_workloads": list(allowed),
             "noise_secret_file": args.noise_secret_file, "max_epsilon": args.max_epsilon,
+            "min_noise_multiplier": args.min_noise_multiplier,
             "connect_timeout": args.connect_timeout}

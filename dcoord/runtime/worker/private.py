@@ -4,15 +4,17 @@ Workers replace each part's plain gradient by its privatized message m_j (clippe
 seeded noise with ``trust: workers``); the code stays linear, so the coordinator decodes sum_j m_j exactly.
 The workers' noise secret lives only in :class:`WorkerPrivacy` (read from the worker's own settings).
 Against a compromised coordinator (trust: workers) a worker answers each (round, partition) for one
-parameter vector only, never a round older than one it answered in the same session, and nothing older
-than its window of recent rounds (:class:`AnswerLedger`); its noise is bound to the parameters asked about
-(mechanisms.worker_message), so the same question asked again after a coordinator restart gets the
-identical answer.
+parameter vector only, only rounds of the job's config, never a round older than one it answered in the same
+session, and nothing older than its window of recent rounds (:class:`AnswerLedger`); it charges every new
+message to its own budget and refuses past --max-epsilon (budget.py); its noise is bound to everything that
+shapes the message (mechanisms.release_binding), so the same question asked again after a coordinator
+restart gets the identical answer and no two different questions share a draw.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ from dcoord.privacy.mechanisms import (
     worker_message,
 )
 from dcoord.runtime.privacy_glue import answer_window, build_mechanism, round_spec
+from dcoord.runtime.worker.budget import WorkerBudget
 from dcoord.workloads import Workload
 
 
@@ -37,9 +40,9 @@ class AnswerLedger:
     1. One parameter vector per (job, partition): a (job, part) is answered only for the digest of
        (x_t, x_(t-1)) it was first answered for. The message is a deterministic function of (noise key,
        job, part, that digest) -- the clip and noise std follow from the parameters, the noise seed is an
-       HMAC of the key, job, part and digest (mechanisms.worker_message) -- so answering the same (job, part,
-       parameters) again sends the identical message and releases nothing new, while other parameters
-       (independent noise that two answers could average away) are refused.
+       HMAC of the key and of everything that shapes the message (mechanisms.release_binding) -- so
+       answering the same (job, part, parameters) again sends the identical message and releases nothing
+       new, while other parameters (independent noise that two answers could average away) are refused.
     2. Within one session (one registration with a coordinator) assignment rounds never go back: a
        coordinator that replays an older round on the same stream gets no second answer. A new session (this
        worker re-registered, e.g. with a coordinator resumed from its checkpoint, which runs again the rounds
@@ -47,12 +50,15 @@ class AnswerLedger:
     3. Bounded memory: digests are kept for the newest ``window`` jobs only, and every job older than that
        window is refused for good. The floor (newest job answered - window + 1) only rises, so a forgotten
        (job, part) can never be answered again and rule 1 holds for jobs that left the window too.
+    4. Only the job's own rounds: with ``jobs`` (the config's rounds) job numbers outside 0..jobs-1 are
+       refused, so a coordinator cannot ask for more releases than the plan the worker checked.
     """
 
-    def __init__(self, window: int = 1024) -> None:
+    def __init__(self, window: int = 1024, jobs: int | None = None) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1 jobs, got {window}")
         self.window = int(window)
+        self.jobs = None if jobs is None else int(jobs)
         self.digests: dict[int, dict[int, bytes]] = {}  # job -> part -> digest, jobs >= floor only
         self._jobs: list[int] = []  # min-heap of the jobs in ``digests``
         self.newest_job = -1
@@ -77,37 +83,54 @@ class AnswerLedger:
     def answered_round(self, round: int) -> None:
         self.newest_round = max(self.newest_round, round)
 
-    def check(self, job: int, part: int, digest: bytes) -> None:
-        """Record (job, part) -> digest, or refuse: other parameters than before (rule 1), or a job older than
-        the window (rule 3)."""
+    def check(self, job: int, part: int, digest: bytes, on_new: Callable[[], None] | None = None) -> bool:
+        """Record (job, part) -> digest, or refuse: a job outside the config's (rule 4), other parameters than
+        before (rule 1), or a job older than the window (rule 3). True when the question is new (a release):
+        ``on_new`` runs first and may refuse it (the worker's own budget), and then nothing is recorded."""
+        if self.jobs is not None and not 0 <= job < self.jobs:
+            self.refused += 1
+            raise PrivacyError(f"round {job} is outside the job's rounds 0..{self.jobs - 1} (its config's rounds: "
+                               f"{self.jobs}); this worker answers no job beyond them")
         if job < self.floor:
             self.refused += 1
             raise PrivacyError(f"round {job} is older than the {self.window} newest rounds this worker keeps "
                                f"answers for (it answered round {self.newest_job}); it is not answered again")
+        seen = self.digests.get(job, {}).get(part)
+        if seen is not None:
+            if seen != digest:
+                self.refused += 1
+                raise PrivacyError(f"round {job} partition {part} was already answered for other parameters")
+            return False
+        if on_new is not None:
+            on_new()
         parts = self.digests.get(job)
         if parts is None:
             parts = self.digests[job] = {}
             heapq.heappush(self._jobs, job)
-        seen = parts.setdefault(part, digest)
-        if seen != digest:
-            self.refused += 1
-            raise PrivacyError(f"round {job} partition {part} was already answered for other parameters")
+        parts[part] = digest
         if job > self.newest_job:
             self.newest_job = job
             while self._jobs and self._jobs[0] < self.floor:
                 del self.digests[heapq.heappop(self._jobs)]
+        return True
 
 
 class WorkerPrivacy:
-    """A worker's private messages; holds the noise key (trust: workers), which never leaves this object."""
+    """A worker's private messages; holds the noise key (trust: workers), which never leaves this object.
 
-    def __init__(self, cfg: JobConfig, workload: Workload, num_partitions: int, key: NoiseKey | None = None) -> None:
+    With trust: workers every new message is first checked by the answer ledger (one parameter vector per
+    question, only the config's rounds), then charged to the worker's own budget (:class:`WorkerBudget`,
+    refused past ``max_epsilon``), and only then computed."""
+
+    def __init__(self, cfg: JobConfig, workload: Workload, num_partitions: int, key: NoiseKey | None = None,
+                 max_epsilon: float | None = None) -> None:
         assert cfg.privacy is not None
         self.mech = build_mechanism(cfg, workload, num_partitions)
         self.key: NoiseKey | None = None
         if cfg.privacy.trust == "workers":
             self.key = key if key is not None else load_worker_noise_key()
-        self.ledger = AnswerLedger(answer_window(cfg))
+        self.ledger = AnswerLedger(answer_window(cfg), jobs=cfg.rounds)
+        self.budget = WorkerBudget(cfg.privacy.accountant, cfg.privacy.delta, max_epsilon)
 
     def needs_previous(self, job: int) -> bool:
         return not self.mech.is_restart(job)
@@ -121,9 +144,14 @@ class WorkerPrivacy:
     def part_message_tensor(self, model: torch.nn.Module, loss_fn, X: torch.Tensor, y: torch.Tensor, *,
                             job: int, part: int, params: np.ndarray, prev: np.ndarray | None) -> torch.Tensor:
         """``part_message`` as a float64 tensor on the samples' device (GPU workers copy once per result)."""
+        if not self.mech.is_restart(job) and prev is None:
+            raise PrivacyError(f"round {job} is a difference round and the assignment did not carry the "
+                               "previous parameters x_(t-1)")
         spec = round_spec(self.mech, job, params, prev)
-        if self.key is not None:  # trust: workers: one answer per (job, partition)
-            self.ledger.check(job, part, params_digest(params, prev if spec.kind == "difference" else None))
+        if self.key is not None:  # trust: workers: one answer per (job, partition), each charged once
+            digest = params_digest(params, prev if spec.kind == "difference" else None)
+            self.ledger.check(job, part, digest, on_new=lambda: self.budget.charge(
+                part, spec.partition_multiplier, f"round {job} partition {part}"))
         flat = torch.from_numpy(np.ascontiguousarray(params)).to(X.device)
         prev_t = None if prev is None else torch.from_numpy(np.ascontiguousarray(prev)).to(X.device)
         m = worker_message(model, loss_fn, X, y, spec=spec, partition=part, key=self.key, params=flat,

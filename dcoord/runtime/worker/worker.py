@@ -23,12 +23,21 @@ import torch
 import yaml
 
 from dcoord.config import JobConfig, load_config
-from dcoord.errors import EXIT_LOST_COORDINATOR, DataPlaneError, DcoordError
+from dcoord.errors import EXIT_LOST_COORDINATOR, DataPlaneError, DcoordError, PayloadError
 from dcoord.runtime.security.auth import ClientSecurity, data_plane_client_context
 from dcoord.runtime.tensors import from_proto, load_flat_params
 from dcoord.runtime.transport.base import WorkerEnd
 from dcoord.runtime.transport.registry import get_plane
 from dcoord.runtime.worker.compute import TaskComputer
+from dcoord.runtime.worker.guard import (
+    BadAssignment,
+    allowed_from_env,
+    check_assignment,
+    check_noise_floor,
+    check_plugins,
+    check_privacy,
+    check_workload,
+)
 from dcoord.runtime.worker.link import ControlLink, Inbox, WorkStream
 from dcoord.wire.chunking import mark_payloads, replica_messages, result_messages, send_payloads
 from dcoord.wire.messages import Assignment, PartLoss, Registration, Result, Shutdown, TaskResult, TensorData
@@ -78,6 +87,13 @@ class WorkerState:
     cache_digest: tuple[int, bytes] = (-1, b"")  # (version, digest) of the replica the cache was taken from
     replica: Any = None  # transport: allreduce -- runtime.worker.replica.Replica (this worker steps a replica)
     stream: Any = None  # the current registration's WorkStream
+    refused: dict[str, int] = field(default_factory=dict)  # assignments refused, by reason (privacy, malformed)
+
+    def refuse(self, reason: str, a: Assignment, exc: Exception) -> None:
+        """One line on stderr (shown whatever the log level) and a count: the worker sends nothing for ``a``
+        and goes on with the next assignment."""
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        print(f"worker {self.wid} refuses round {a.round} ({reason}): {exc}", file=sys.stderr, flush=True)
 
     @property
     def wid(self) -> int:
@@ -91,7 +107,8 @@ class WorkerState:
 def run_worker(address: str, requested_id: int = -1, device: str | None = None,
                connect_timeout: float = 60.0, data_plane=None, security: ClientSecurity | None = None,
                allow_workloads: list[str] | None = None, noise_secret_file: str | None = None,
-               max_epsilon: float | None = None, rejoin: bool = True) -> int:
+               max_epsilon: float | None = None, rejoin: bool = True, min_noise_multiplier: float | None = None,
+               refusals: dict[str, int] | None = None) -> int:
     """Serve one job until the coordinator says stop; returns the number of rounds computed.
 
     A worker that loses its coordinator (stream gone without a shutdown) registers again, with its id and
@@ -104,20 +121,27 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
     ``security``: token and TLS (runtime/security/auth.py); ``allow_workloads``: ``package.module:function``
     patterns this worker may run (None: $DCOORD_ALLOW_WORKLOADS); ``noise_secret_file``: this worker's
     noise secret (default $DCOORD_NOISE_SECRET_FILE, then $DCOORD_NOISE_SECRET); ``max_epsilon``: refuse
-    jobs less private than this against a compromised coordinator (runtime/worker/guard.py).
+    jobs less private than this against a compromised coordinator (runtime/worker/guard.py), and any answer
+    past it by the worker's own account (runtime/worker/budget.py); ``min_noise_multiplier``: refuse jobs
+    whose messages carry less noise. ``refusals`` (a dict) gets the assignments refused, by reason.
     """
     torch.set_num_threads(1)
     link = ControlLink(address, security)
     w: WorkerState | None = None
     try:
         w = _join(link, security, requested_id, device, connect_timeout, data_plane, allow_workloads,
-                  noise_secret_file, max_epsilon)
+                  noise_secret_file, max_epsilon, min_noise_multiplier)
         while True:  # one pass per registration: a coordinator restarted from its checkpoint is rejoined
             told_to_stop, closed = _serve(w)
             if told_to_stop:
                 return w.computed
             _rejoin(w, closed, rejoin, connect_timeout)
     finally:
+        if w is not None and refusals is not None:
+            refusals.update(w.refused)
+        if w is not None and w.refused:
+            print(f"worker {w.wid} refused {sum(w.refused.values())} assignments: "
+                  + ", ".join(f"{n} {k}" for k, n in sorted(w.refused.items())), file=sys.stderr, flush=True)
         if w is not None and w.plane is not None and not w.launched:
             w.plane.close(clean=True)
         if w is not None and w.replica is not None:
@@ -127,15 +151,24 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
 
 def _join(link: ControlLink, security: ClientSecurity | None, requested_id: int, device: str | None,
           connect_timeout: float, launched_plane, allow_workloads: list[str] | None,
-          noise_secret_file: str | None, max_epsilon: float | None) -> WorkerState:
+          noise_secret_file: str | None, max_epsilon: float | None,
+          min_noise_multiplier: float | None = None) -> WorkerState:
     """Register, then set the job up as its config says, checked against what this worker allows first
-    (the workload, the privacy level): the config comes from the coordinator, which the worker need not trust."""
-    from dcoord.runtime.worker.guard import allowed_from_env, check_privacy, check_workload
-
+    (the plugins before anything is imported, the workload, the privacy level): the config comes from the
+    coordinator, which the worker need not trust."""
     dev = pick_device(device or "auto")
     reg = link.register(requested_id, str(dev), connect_timeout)
-    cfg = load_config(None, data=yaml.safe_load(reg.job_config_yaml))
-    check_workload(cfg.workload, allowed_from_env() if allow_workloads is None else allow_workloads)
+    allowed = allowed_from_env() if allow_workloads is None else allow_workloads
+    try:
+        data = yaml.safe_load(reg.job_config_yaml)
+    except yaml.YAMLError as exc:
+        raise DcoordError(f"the coordinator's job config is not YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise DcoordError("the coordinator's job config is not a mapping of settings; refusing it")
+    check_plugins(data, allowed)  # validating the config imports them
+    cfg = load_config(None, data=data)
+    check_workload(cfg.workload, allowed)
+    check_noise_floor(cfg, min_noise_multiplier)
     if device is None and cfg.device != "auto":
         dev = pick_device(cfg.device)  # no --device flag: the job config's device
     if launched_plane is not None and reg.worker_id != launched_plane.rank - 1:
@@ -144,7 +177,7 @@ def _join(link: ControlLink, security: ClientSecurity | None, requested_id: int,
     scheme = cfg.make_scheme()
     workload = load_checked(cfg)
     check_privacy(cfg, workload, max_epsilon)
-    privacy = _worker_privacy(cfg, workload, scheme.num_parts(), noise_secret_file)
+    privacy = _worker_privacy(cfg, workload, scheme.num_parts(), noise_secret_file, max_epsilon)
     computer = TaskComputer(workload, scheme.part_fractions(), cfg.batch_size,
                             cfg.seed, models=scheme.models, device=dev, shards=cfg.shards, privacy=privacy,
                             loader_workers=cfg.runtime.loader_workers)
@@ -176,7 +209,8 @@ def _make_replica(w: WorkerState, workload):
                    (host.strip("[]"), int(port or 0)), timeout_s=w.cfg.runtime.round_timeout_s)
 
 
-def _worker_privacy(cfg: JobConfig, workload, parts: int, noise_secret_file: str | None):
+def _worker_privacy(cfg: JobConfig, workload, parts: int, noise_secret_file: str | None,
+                    max_epsilon: float | None = None):
     """The worker's side of a private job (its noise and answer ledger), or None for a plain job."""
     if cfg.privacy is None:
         return None
@@ -185,7 +219,7 @@ def _worker_privacy(cfg: JobConfig, workload, parts: int, noise_secret_file: str
 
     try:
         key = load_worker_noise_key(noise_secret_file) if cfg.privacy.trust == "workers" else None
-        return WorkerPrivacy(cfg, workload, parts, key=key)
+        return WorkerPrivacy(cfg, workload, parts, key=key, max_epsilon=max_epsilon)
     except (PrivacyError, OSError) as exc:
         raise DcoordError(f"worker: {exc}") from None
 
@@ -251,6 +285,10 @@ def _serve(w: WorkerState) -> tuple[bool, str | None]:
             try:
                 if not _load_models(w, a):
                     continue  # superseded while it waited for its model version
+                _check(w, a)
+            except (BadAssignment, PayloadError) as exc:
+                w.refuse("malformed", a, exc)
+                continue
             except DataPlaneError:
                 # the job may have ended while this straggler waited for a model: the coordinator closes its
                 # data plane right after telling every worker to stop; that is a normal end, not a failure
@@ -274,6 +312,13 @@ def _serve(w: WorkerState) -> tuple[bool, str | None]:
             _finish_round(w, a)
     finally:
         stream.close()
+
+
+def _check(w: WorkerState, a: Assignment) -> None:
+    """BadAssignment unless the assignment has all the round's compute takes from it (guard.check_assignment)."""
+    c = w.computer
+    check_assignment(a, w.cache, num_parts=len(c.fractions), models=c.models, num_params=c.num_params,
+                     needs_previous=w.privacy.needs_previous if w.privacy is not None else None)
 
 
 def _load_models(w: WorkerState, a: Assignment) -> bool:
@@ -321,7 +366,7 @@ def _compute(w: WorkerState, a: Assignment, inbox: Inbox) -> tuple[Result, list[
                                            losses=[PartLoss(p, v) for p, v in losses.items()]))
             payloads.append(payload)
     except PrivacyError as exc:  # trust: workers: never a second answer the coordinator could subtract
-        log.warning("worker %d refuses round %d: %s", w.wid, a.round, exc)
+        w.refuse("privacy", a, exc)
         return None
     if w.privacy is not None:
         w.privacy.ledger.answered_round(a.round)

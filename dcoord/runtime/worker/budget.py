@@ -1,0 +1,58 @@
+"""A worker's own privacy account (``trust: workers``): every message it released, per partition.
+
+Why the worker keeps it: the coordinator declares the plan, and a compromised coordinator can declare any
+plan. What a worker released is what it knows for sure: each new message about partition j is one Gaussian
+release of a query of sensitivity k C / N at the multiplier its noise actually had (``RoundSpec.
+partition_multiplier``: z, or z / sqrt(J) with ``noise_split: aggregate``). One sample lies in one partition,
+so partitions compose in parallel and the worker's epsilon is the largest over its partitions; messages about
+one partition compose by the job's own accountant (``privacy.accountant``, the coordinator's too). The same
+question answered again (the identical message, see the answer ledger) releases nothing and is not charged.
+With ``max_epsilon`` a release that would take the worker past it is refused before anything is computed.
+"""
+
+from __future__ import annotations
+
+import math
+
+from dcoord.errors import PrivacyError
+from dcoord.privacy.accounting import get_accountant
+
+
+class WorkerBudget:
+    """Releases per partition, as {multiplier: count}; the epsilon they cost; refusals past ``max_epsilon``."""
+
+    def __init__(self, accountant: str, delta: float, max_epsilon: float | None = None) -> None:
+        self.accountant = get_accountant(accountant)
+        self.delta = float(delta)
+        self.max_epsilon = max_epsilon
+        self.releases: dict[int, dict[float, int]] = {}  # partition -> multiplier -> messages released
+        self.refused = 0
+        self._eps: dict[tuple[tuple[float, int], ...], float] = {}  # history -> epsilon (partitions share them)
+
+    def _epsilon(self, counts: dict[float, int]) -> float:
+        hist = tuple(sorted(counts.items()))
+        eps = self._eps.get(hist)
+        if eps is None:
+            eps = self._eps[hist] = self.accountant.epsilon([(z, 1.0, n) for z, n in hist], self.delta)
+        return eps
+
+    def epsilon(self, partition: int | None = None) -> float:
+        """What this worker's releases cost: about ``partition``, or the most over all partitions."""
+        if partition is not None:
+            return self._epsilon(self.releases.get(partition, {}))
+        return max((self._epsilon(c) for c in self.releases.values()), default=0.0)
+
+    def charge(self, partition: int, multiplier: float, what: str = "") -> None:
+        """Account one new message about ``partition`` with noise ``multiplier`` x sensitivity, or refuse it
+        (PrivacyError, nothing recorded) when it would take this worker past ``max_epsilon``."""
+        if not (multiplier >= 0 and not math.isnan(multiplier)):
+            raise PrivacyError(f"bad noise multiplier {multiplier}")
+        counts = dict(self.releases.get(partition, {}))
+        counts[multiplier] = counts.get(multiplier, 0) + 1
+        eps = self._epsilon(counts)
+        if self.max_epsilon is not None and not eps <= self.max_epsilon:
+            self.refused += 1
+            raise PrivacyError(f"{what or f'partition {partition}'}: answering would take this worker's own epsilon "
+                               f"about partition {partition} to {eps:.4g}, past its --max-epsilon "
+                               f"{self.max_epsilon:g} (it has released {sum(counts.values()) - 1} messages about it)")
+        self.releases[partition] = counts
