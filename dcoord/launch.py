@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
 
             security = launch_security(args, env.rank)  # a bad file fails before anything starts
             result = launch(cfg, env, out, progress=not args.quiet, mode=mode, chosen_from=job, security=security,
-                            metrics=(lambda host: metrics_hook(args, host)) if lead else None)
+                            metrics=(lambda host: metrics_hook(args)) if lead else None)
     except ConfigError as exc:
         if not lead:
             return 0
