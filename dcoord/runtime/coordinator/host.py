@@ -54,6 +54,7 @@ class HostSpec:
     start_timeout: float = 120.0  # seconds for every worker to register
     health_port: int | None = None  # plaintext grpc.health.v1 only (health.py); None/0 = off
     health_host: str = "127.0.0.1"  # where the health port binds (--health-host; loopback unless told)
+    checkpoint_key: bytes | None = None  # signs checkpoints and is needed to resume (store/checkpoint.py)
     metrics: Callable[[Coordinator], Any] | None = None  # starts the Prometheus endpoint (metrics.py)
     launch_plane: Any = None  # torchrun/mpirun: the launcher's data plane (transport/registry.py)
     launch_ranks: range = range(0)  # the ranks that send payloads over ``launch_plane``
@@ -88,7 +89,7 @@ async def host_job(spec: HostSpec, hooks: HostHooks | None = None) -> dict:
             if spec.launch_plane is None:  # standalone (a launcher's rank 0 chose in launch.resolve_config)
                 spec.cfg, *chosen = resolve_plane(spec.cfg, "none")  # a plane that cannot run here: one line
             check_ports_free(spec)  # before the run directory is made: a taken port leaves nothing behind
-            coord = resume.make_coordinator(spec.cfg, spec.out, spec.mode)
+            coord = resume.make_coordinator(spec.cfg, spec.out, spec.mode, spec.checkpoint_key)
             probe = await start_health_server(spec.health_port, spec.health_host)
             matcher = data_plane_matcher(coord, spec)
             server, port = await _listen(coord, spec, matcher)
