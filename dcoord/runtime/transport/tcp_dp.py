@@ -45,6 +45,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from dcoord.errors import KeyRefused
 from dcoord.runtime.buffers import BufferPool
 from dcoord.runtime.transport.base import (
     DTYPE_CODES,
@@ -408,7 +409,7 @@ def _connect(host: str, port: int, worker_id: int, role: int, key: bytes, job_id
         ok = b""
     if ok != b"OK":
         sock.close()
-        raise DataPlaneError(f"the data plane at {host}:{port} refused worker {worker_id}'s credentials")
+        raise KeyRefused(f"the data plane at {host}:{port} refused worker {worker_id}'s credentials")
     sock.settimeout(None)
     return sock
 
