@@ -3,6 +3,7 @@ checkpoints are signed, and the metrics and health ports stay on loopback unless
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -42,13 +43,14 @@ def _forge(path: Path) -> None:
     forged = ckpt.encode(_scaled(state), int(re.search(rb"round=(-?\d+)", head).group(1)))
     fhead, _, fpayload = forged.partition(b"\n")
     mac = re.search(rb" hmac=[0-9a-f]{64}", head)
+    assert fpayload != payload  # the weights did change
     path.write_bytes(fhead + (mac.group(0) if mac else b"") + b"\n" + fpayload)
 
 
 def _scaled(obj):
     import numpy as np
 
-    if isinstance(obj, np.ndarray) and obj.dtype.kind == "f":
+    if isinstance(obj, np.ndarray) and obj.dtype.kind == "f" or isinstance(obj, torch.Tensor) and obj.is_floating_point():
         return obj * -3.0
     if isinstance(obj, dict):
         return {k: _scaled(v) for k, v in obj.items()}
@@ -69,7 +71,8 @@ def test_a_forged_checkpoint_is_refused_on_resume_when_checkpoints_are_signed(tm
     assert b" hmac=" in newest.read_bytes().partition(b"\n")[0]
     assert key.read_bytes() not in b"".join(p.read_bytes() for p in run.rglob("*") if p.is_file())
     _forge(newest)
-    ckpt.decode(newest.read_bytes())  # the sha256 matches: integrity alone would load it
+    head, _, payload = newest.read_bytes().partition(b"\n")
+    assert hashlib.sha256(payload).hexdigest().encode() in head  # the sha256 matches: integrity alone would load it
     job.write_text(yaml.safe_dump({**JOB, "rounds": 6}))
     before = sorted((p.name, p.stat().st_size) for p in run.rglob("*") if p.is_file())
     res = subprocess.run(_dcoord("run", str(job), "--resume", str(run), "--quiet", "--checkpoint-key-file", str(key)),
@@ -124,11 +127,11 @@ def _reachable(host: str, port: int) -> bool:
         return False
 
 
-def _coordinator(tmp_path: Path, *extra: str) -> subprocess.Popen:
+def _coordinator(tmp_path: Path, out: str, *extra: str) -> subprocess.Popen:
     job, token = tmp_path / "job.yaml", tmp_path / "token"
     job.write_text(yaml.safe_dump(JOB))
     token.write_text(TOKEN)
-    return subprocess.Popen(_dcoord("coordinator", str(job), "--out", str(tmp_path / "run"), "--quiet",
+    return subprocess.Popen(_dcoord("coordinator", str(job), "--out", str(tmp_path / out), "--quiet",
                                     "--listen", f"0.0.0.0:{_free_port()}", "--token-file", str(token), *extra),
                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -153,7 +156,7 @@ def test_metrics_and_health_bind_loopback_by_default_and_metrics_can_require_the
     if outward is None:
         pytest.skip("this machine has no non-loopback IPv4 address")
     mport, hport = _free_port(), _free_port()
-    p = _coordinator(tmp_path, "--metrics-port", str(mport), "--health-port", str(hport))
+    p = _coordinator(tmp_path, "run-1", "--metrics-port", str(mport), "--health-port", str(hport))
     try:
         _wait_listening(p)
         deadline = time.monotonic() + 30
@@ -164,9 +167,8 @@ def test_metrics_and_health_bind_loopback_by_default_and_metrics_can_require_the
         assert not _reachable(outward, mport) and not _reachable(outward, hport)
     finally:
         _stop(p)
-    (tmp_path / "run").rename(tmp_path / "run-1")
     mport = _free_port()
-    p = _coordinator(tmp_path, "--metrics-port", str(mport), "--metrics-host", "0.0.0.0",
+    p = _coordinator(tmp_path, "run-2", "--metrics-port", str(mport), "--metrics-host", "0.0.0.0",
                      "--metrics-token-file", str(tmp_path / "token"))
     try:
         _wait_listening(p)
