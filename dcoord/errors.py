@@ -70,6 +70,11 @@ class DataPlaneError(DcoordError):
     """A data-plane message that breaks the protocol (lost or reordered sequence number, bad header)."""
 
 
+class KeyRefused(DataPlaneError):
+    """The data plane did not take this registration's key: the registration was superseded (its id was
+    taken over before its Work stream opened), so the worker registers again."""
+
+
 class DecodeError(DcoordError, RuntimeError):
     """A job could not be decoded (not enough results, or the residual check failed)."""
 

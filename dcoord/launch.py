@@ -151,7 +151,8 @@ def _carries_payloads(cfg: JobConfig) -> bool:
 
 async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, plane, progress: bool,
                             mode: str = "new", chosen_from: JobConfig | None = None,
-                            security: ServerSecurity | None = None, metrics=None) -> dict:
+                            security: ServerSecurity | None = None, metrics=None,
+                            checkpoint_key: bytes | None = None) -> dict:
     """Rank 0: host the job (runtime/coordinator/host.py) and publish its address to the other ranks."""
     from dcoord.runtime.coordinator.host import HostHooks, HostSpec, host_job
     from dcoord.runtime.transport.registry import announce_plane, choose_plane
@@ -159,7 +160,7 @@ async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, pl
     listen, host = _hosts(env)
     spec = HostSpec(cfg, out, mode, listen=f"{listen}:0", progress=progress, launch_plane=plane,
                     launch_ranks=range(1, env.world_size), security=security,
-                    metrics=metrics(listen) if metrics is not None else None)
+                    metrics=metrics(listen) if metrics is not None else None, checkpoint_key=checkpoint_key)
 
     def started(coord, port: int) -> None:
         plane.publish(f"{host}:{port}")
@@ -250,12 +251,14 @@ def watch_launcher(env: LaunchEnv, interval: float = 1.0) -> None:
 
 def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = True, mode: str = "new",
            chosen_from: JobConfig | None = None,
-           security: tuple[ServerSecurity | None, ClientSecurity | None] | None = None, metrics=None) -> dict:
+           security: tuple[ServerSecurity | None, ClientSecurity | None] | None = None, metrics=None,
+           checkpoint_key: bytes | None = None) -> dict:
     """Run this rank's role; rank 0 returns the run summary, workers ``{"role": "worker", ...}``.
 
     ``chosen_from``: the config as given, before ``resolve_config`` (rank 0 then says why the data plane
     is the one it is, once the coordinator runs). ``security``: (rank 0's server side, the worker ranks'
-    client side), see ``launch_security``; ``metrics(listen_host)``: rank 0's Prometheus endpoint hook.
+    client side), see ``launch_security``; ``metrics(listen_host)``: rank 0's Prometheus endpoint hook;
+    ``checkpoint_key``: rank 0 signs checkpoints with it and resumes only from ones it signed.
 
     Under mpirun an exception on any rank is printed and ends the whole job (MPI_Abort) instead of
     leaving the other ranks waiting. Rank 0's summary carries ``_clean_exit`` = False when a receiver
@@ -271,7 +274,8 @@ def launch(cfg: JobConfig, env: LaunchEnv, out: Path | None, progress: bool = Tr
         _plane = make_data_plane(cfg, env)
         if _plane.rank == 0:
             summary = asyncio.run(_coordinate_async(cfg, env, out, _plane, progress, mode, chosen_from,
-                                                    security[0] if security else None, metrics))
+                                                    security[0] if security else None, metrics,
+                                                    checkpoint_key))
             clean = _plane.stop_receiving(timeout=10.0) if _carries_payloads(cfg) else True
             clean = _plane.end_models(timeout=10.0) and clean  # END sent to every worker's model reader
             if _plane.models_sender is not None:  # what went down the plane (models) and up it (payloads)
@@ -402,15 +406,19 @@ def main(argv: list[str] | None = None) -> int:
 
         out, mode = out_and_mode(args, cfg)
         if env.launcher == "none":  # no launcher: exactly `dcoord run`
+            from dcoord.cli.options import checkpoint_key
             from dcoord.runtime.local import run_local
 
-            result = run_local(cfg, out, progress=not args.quiet, mode=mode)
+            result = run_local(cfg, out, progress=not args.quiet, mode=mode, checkpoint_key=checkpoint_key(args))
         else:
             from dcoord.runtime.coordinator.metrics import metrics_hook
 
             security = launch_security(args, env.rank)  # a bad file fails before anything starts
+            from dcoord.cli.options import checkpoint_key
+
             result = launch(cfg, env, out, progress=not args.quiet, mode=mode, chosen_from=job, security=security,
-                            metrics=(lambda host: metrics_hook(args, host)) if lead else None)
+                            metrics=(lambda host: metrics_hook(args)) if lead else None,
+                            checkpoint_key=checkpoint_key(args) if lead else None)
     except ConfigError as exc:
         if not lead:
             return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -88,6 +89,22 @@ def add_resume_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resume-or-new", action="store_true",
                    help="the same command runs again (a re-applied Job): continue the newest run of --out, "
                         "--out-2, --out-3 ... when it stopped before its end, else start the next of them")
+    parser.add_argument("--checkpoint-key-file", default=os.environ.get("DCOORD_CHECKPOINT_KEY_FILE") or None,
+                        metavar="PATH", help="sign checkpoints with an HMAC under the secret in PATH (keep it "
+                        "outside the run directory) and resume only from checkpoints it signed; `dcoord "
+                        "coordinator` uses its --token-file when this is not given [DCOORD_CHECKPOINT_KEY_FILE]")
+
+
+def checkpoint_key(args: argparse.Namespace, token: str | None = None) -> bytes | None:
+    """The checkpoint signing key: --checkpoint-key-file's secret, else ``token`` (the coordinator's
+    --token-file, which the operator holds), else None (integrity only)."""
+    from dcoord.runtime.security.auth import read_secret_file
+    from dcoord.runtime.store.checkpoint import signing_key
+
+    path = getattr(args, "checkpoint_key_file", None)
+    if path:
+        return signing_key(read_secret_file(path, "--checkpoint-key-file"))
+    return signing_key(token) if token else None
 
 
 def out_and_mode(args: argparse.Namespace, cfg, number_default: bool = False) -> tuple[Path, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from dcoord.cli.options import add_resume_options, address, job_args, load_job, out_and_mode
+from dcoord.cli.options import add_resume_options, address, checkpoint_key, job_args, load_job, out_and_mode
 from dcoord.runtime.coordinator.health import add_health_options, health_port
 from dcoord.runtime.coordinator.metrics import add_metrics_options, metrics_hook
 
@@ -22,7 +22,8 @@ def cmd_run(args) -> int:
     from dcoord.coding.precision import print_precision  # issue 16: decode amplification, warned when high
 
     print_precision(cfg, console)
-    summary = run_local(cfg, out, progress=not args.quiet, mode=mode, on_started=metrics_hook(args, "127.0.0.1"))
+    summary = run_local(cfg, out, progress=not args.quiet, mode=mode, on_started=metrics_hook(args),
+                        checkpoint_key=checkpoint_key(args))
     console.print(summary_table(summary))
     console.print(f"run directory: {out}")
     return 0
@@ -38,10 +39,10 @@ def cmd_coordinator(args) -> int:
     security = security_from_args(args, "coordinator")
     cfg = load_job(args)
     out, mode = out_and_mode(args, cfg)
-    host = args.listen.rpartition(":")[0].strip("[]")
     spec = HostSpec(cfg, out, mode, listen=args.listen, security=security, progress=not args.quiet,
                     start_timeout=args.wait_workers, health_port=health_port(args),  # bad env: fails here
-                    metrics=metrics_hook(args, host))
+                    health_host=args.health_host, metrics=metrics_hook(args),
+                    checkpoint_key=checkpoint_key(args, security.token))
 
     def started(coord, port: int) -> None:
         print(f"coordinator for job {coord.job_id} listening on port {port}; "

@@ -56,7 +56,8 @@ def worker_secret_env(cfg: JobConfig) -> dict[str, str]:
 
 async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = True,
                           on_started=None, on_round=None, spawn: int | None = None, mode: str = "new",
-                          respawn: bool | None = None, token: str | None = None) -> dict:
+                          respawn: bool | None = None, token: str | None = None,
+                          checkpoint_key: bytes | None = None) -> dict:
     """``on_started(coord, procs, address)`` and ``on_round(record, coord)`` are hooks for tests and tools;
     ``spawn`` starts fewer local workers than the config asks for (the rest join from elsewhere).
 
@@ -68,11 +69,14 @@ async def run_local_async(cfg: JobConfig, out: Path | None, progress: bool = Tru
 
     The server listens on loopback and requires a bearer token (``token``, default a fresh random one),
     which the local workers read from a 0600 file in a private temporary directory named by
-    $DCOORD_TOKEN_FILE (never argv, never the run directory). They may run the job's own workload."""
+    $DCOORD_TOKEN_FILE (never argv, never the run directory). They may run the job's own workload.
+    ``checkpoint_key`` (checkpoint.signing_key) signs checkpoints; a resume then needs it (the random token
+    is never the key: it would not be there to resume with)."""
     token = token or random_token()
     workers = LocalWorkers(cfg, out, token, cfg.workers if spawn is None else spawn,
                            cfg.runtime.restart_workers if respawn is None else respawn, on_started)
-    spec = HostSpec(cfg, out, mode, security=ServerSecurity(token=token), progress=progress)
+    spec = HostSpec(cfg, out, mode, security=ServerSecurity(token=token), progress=progress,
+                    checkpoint_key=checkpoint_key)
     interrupted = False
     try:
         return await host_job(spec, HostHooks(started=workers.start, on_round=on_round))

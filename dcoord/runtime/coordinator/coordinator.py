@@ -162,14 +162,15 @@ class Coordinator:
     def lost_ids(self) -> set[int]:
         return set(self._members.lost_ids)
 
-    def free_worker_id(self, requested: int = -1) -> int | None:
-        return self._members.free_worker_id(requested)
+    def free_worker_id(self, requested: int = -1, claim_s: float = math.inf) -> int | None:
+        return self._members.free_worker_id(requested, claim_s)
 
-    def register_worker(self, requested: int, hostname: str, session: str, reserve_s: float
-                        ) -> tuple[int, list[int]] | None:
-        """Give a registering worker an id (held ``reserve_s`` for its stream) and the data parts of its
-        current tasks; None when the job is full or over."""
-        wid = self.free_worker_id(requested)
+    def register_worker(self, requested: int, hostname: str, session: str, reserve_s: float,
+                        claim_s: float = math.inf) -> tuple[int, list[int]] | None:
+        """Give a registering worker an id (held ``reserve_s`` for its stream; when every id is held, one that
+        waited ``claim_s`` without a stream is taken over) and the data parts of its current tasks; None when
+        the job is full or over."""
+        wid = self.free_worker_id(requested, claim_s)
         if wid is None or self.state in ("done", "failed"):
             return None
         # the parts of its current tasks (a resumed or running job is past round 0: never re-plan it); round 0's
@@ -181,8 +182,9 @@ class Coordinator:
         else:
             tasks = self.round_tasks
         parts = sorted({p for t in tasks.get(wid, []) for p in t.parts})
+        now = time.monotonic()
         self._members.reserve(WorkerConn(wid, asyncio.Queue(), hostname=hostname, session=session,
-                                         reserved_until=time.monotonic() + reserve_s))
+                                         reserved_until=now + reserve_s, reserved_at=now))
         return wid, parts
 
     def heard_from(self, conn: WorkerConn) -> bool:

@@ -4,6 +4,7 @@ Why: Kubernetes' built-in gRPC probe speaks plaintext only (before 1.37's ``mode
 coordinator's port serves TLS the kubelet cannot probe it there. This second port answers
 grpc.health.v1 Check/Watch and nothing else: no job RPC, no status, no token needed, nothing revealed
 beyond SERVING. It runs on the coordinator's own event loop, so a stuck loop also fails the probe.
+It binds loopback unless ``--health-host`` names an address (a kubelet probes the pod's IP: 0.0.0.0 there).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import os
 
 ENV_PORT = "DCOORD_HEALTH_PORT"
+ENV_HOST = "DCOORD_HEALTH_HOST"
 SERVICES = ("", "dcoord.v1.Coordinator")
 
 
@@ -27,6 +29,9 @@ def add_health_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--health-port", type=_port, default=_port(env) if env.isdigit() else None,
                         metavar="PORT", help="also serve grpc.health.v1 (only) in plaintext on this port, for "
                         f"Kubernetes gRPC probes when the main port uses TLS (env {ENV_PORT}; 0 or unset = off)")
+    parser.add_argument("--health-host", default=os.environ.get(ENV_HOST, "").strip() or "127.0.0.1",
+                        metavar="HOST", help=f"address the health port binds (env {ENV_HOST}; default 127.0.0.1: "
+                        "this machine only; 0.0.0.0 for a kubelet's probe)")
     if env and not env.isdigit():
         parser.set_defaults(_health_env_error=f"{ENV_PORT}={env!r} is not a port number; set 0-65535 or unset it")
 
@@ -46,7 +51,7 @@ def port_problem(port: int, why: str) -> str:
     return f"--health-port {port}: {why}; choose another port, or 0 / unset {ENV_PORT} for no health port"
 
 
-async def start_health_server(port: int | None, host: str = "0.0.0.0"):
+async def start_health_server(port: int | None, host: str = "127.0.0.1"):
     """Start the health-only server when ``port`` is set (see health_port); returns it (or None).
 
     A port that cannot be used is one line naming --health-port and $DCOORD_HEALTH_PORT; the server that

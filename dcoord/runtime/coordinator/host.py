@@ -53,6 +53,8 @@ class HostSpec:
     progress: bool = True
     start_timeout: float = 120.0  # seconds for every worker to register
     health_port: int | None = None  # plaintext grpc.health.v1 only (health.py); None/0 = off
+    health_host: str = "127.0.0.1"  # where the health port binds (--health-host; loopback unless told)
+    checkpoint_key: bytes | None = None  # signs checkpoints and is needed to resume (store/checkpoint.py)
     metrics: Callable[[Coordinator], Any] | None = None  # starts the Prometheus endpoint (metrics.py)
     launch_plane: Any = None  # torchrun/mpirun: the launcher's data plane (transport/registry.py)
     launch_ranks: range = range(0)  # the ranks that send payloads over ``launch_plane``
@@ -87,8 +89,8 @@ async def host_job(spec: HostSpec, hooks: HostHooks | None = None) -> dict:
             if spec.launch_plane is None:  # standalone (a launcher's rank 0 chose in launch.resolve_config)
                 spec.cfg, *chosen = resolve_plane(spec.cfg, "none")  # a plane that cannot run here: one line
             check_ports_free(spec)  # before the run directory is made: a taken port leaves nothing behind
-            coord = resume.make_coordinator(spec.cfg, spec.out, spec.mode)
-            probe = await start_health_server(spec.health_port, _host_of(spec.listen))
+            coord = resume.make_coordinator(spec.cfg, spec.out, spec.mode, spec.checkpoint_key)
+            probe = await start_health_server(spec.health_port, spec.health_host)
             matcher = data_plane_matcher(coord, spec)
             server, port = await _listen(coord, spec, matcher)
             start_data_plane(coord, spec, matcher)
@@ -155,10 +157,6 @@ def discard_unstarted(spec: HostSpec, fresh: bool) -> None:
 
 
 # -- listening ---------------------------------------------------------------------------------------------
-def _host_of(listen: str) -> str:
-    return listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
-
-
 async def _listen(coord: Coordinator, spec: HostSpec, matcher) -> tuple[Any, int]:
     """The coordinator's gRPC server on ``spec.listen``; a port that cannot be used is one line."""
     try:
@@ -178,7 +176,7 @@ def check_ports_free(spec: HostSpec) -> None:
     if spec.health_port:
         from dcoord.runtime.coordinator.health import port_problem
 
-        why = bind_problem(_host_of(spec.listen), spec.health_port)
+        why = bind_problem(spec.health_host, spec.health_port)
         if why:
             raise ListenError(port_problem(spec.health_port, why))
 

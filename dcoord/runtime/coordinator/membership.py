@@ -42,6 +42,7 @@ class WorkerConn:
     session: str = ""                # its session credential (runtime/coordinator/sessions.py)
     attached: bool = False           # its Work stream is up
     reserved_until: float = math.inf  # a registered id waits this long for its Work stream
+    reserved_at: float = -math.inf   # since when its id has waited for a stream (claimable after claim_s)
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,13 @@ class Membership:
         c = self.conns.get(worker)
         return c is not None and c.alive and (c.attached or now < c.reserved_until)
 
-    def free_worker_id(self, requested: int = -1) -> int | None:
+    def free_worker_id(self, requested: int = -1, claim_s: float = math.inf) -> int | None:
         """``requested`` when it is free, else the lowest free id at or after where the last search stopped
-        (ids are handed out in order, so a job registering costs O(1) per call, not a scan of every id)."""
+        (ids are handed out in order, so a job registering costs O(1) per call, not a scan of every id).
+
+        When no id is free, the id that has waited longest for a Work stream, if that is at least ``claim_s``,
+        is taken over: registrations that never attach cannot keep an id from a worker that would (a token
+        holder re-registering every id keeps none of them: the wait is the id's, not the registration's)."""
         now = time.monotonic()
         if 0 <= requested < self.n and not self._taken(requested, now):
             return requested
@@ -126,10 +131,24 @@ class Membership:
             if not self._taken(i, now):
                 self._cursor = (i + 1) % self.n
                 return i
-        return None
+        return self._claimable(now, claim_s)
+
+    def _claimable(self, now: float, claim_s: float) -> int | None:
+        """The id whose unattached reservation is oldest and at least ``claim_s`` old (O(n): only when full)."""
+        if not math.isfinite(claim_s):
+            return None
+        waiting = [(c.reserved_at, w) for w, c in self.conns.items()
+                   if c.alive and not c.attached and now < c.reserved_until and now - c.reserved_at >= claim_s]
+        return min(waiting)[1] if waiting else None
 
     def reserve(self, conn: WorkerConn) -> None:
-        """A registered worker: its id is held for it until its stream attaches (or the reservation ends)."""
+        """A registered worker: its id is held for it until its stream attaches (or the reservation ends).
+
+        A reservation taken over from one that never attached keeps the time the id has waited since: re-
+        registering an id resets nothing, so whoever comes next may take it (a squatter keeps no id)."""
+        prev = self.conns.get(conn.worker_id)
+        if prev is not None and prev.alive and not prev.attached and conn.reserved_at < prev.reserved_until:
+            conn.reserved_at = min(conn.reserved_at, prev.reserved_at)
         self.conns[conn.worker_id] = conn
         self._set_alive(conn.worker_id, False)
 

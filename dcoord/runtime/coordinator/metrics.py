@@ -5,6 +5,11 @@ the coordinator instead. Most values are read from a snapshot of the Coordinator
 (``Coordinator.snapshot()``, a custom collector), so the round path pays nothing for them; only the
 round-latency histogram is fed once per round, through ``Coordinator.add_round_observer``.
 
+Where: loopback (127.0.0.1) unless ``--metrics-host`` names an address, because the values (job name, loss,
+workers, refusal counts) are nobody else's business; a Prometheus on another machine needs
+``--metrics-host 0.0.0.0`` and, off a private network, ``--metrics-token-file``: then a scrape must send
+``Authorization: Bearer <token>`` (Prometheus' ``authorization: credentials_file``) or gets 401.
+
 The port is checked when the command starts, before the run directory or any other server exists, so a
 port in use is one line and leaves nothing behind; the endpoint is bound once the job has started.
 
@@ -24,6 +29,9 @@ from collections import Counter
 from typing import Any
 
 ENV_PORT = "DCOORD_METRICS_PORT"
+ENV_HOST = "DCOORD_METRICS_HOST"
+ENV_TOKEN = "DCOORD_METRICS_TOKEN_FILE"
+LOOPBACK = "127.0.0.1"
 
 
 #: round latencies from a few ms (small models on loopback) to minutes (large models, slow workers)
@@ -114,11 +122,12 @@ class CoordinatorMetrics:
                 self.epsilon = float(eps)
         self.round_seconds.labels(self.job_name).observe(record["wall_s"])
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> int:
-        """Start the HTTP endpoint in a daemon thread; returns the bound port (``port=0``: a free one)."""
-        from prometheus_client import start_http_server
+    def serve(self, port: int, host: str = LOOPBACK, token: str | None = None) -> int:
+        """Start the HTTP endpoint in a daemon thread; returns the bound port (``port=0``: a free one).
+        With ``token`` every request must carry ``Authorization: Bearer <token>`` (else 401)."""
+        from dcoord.runtime.coordinator.metrics_http import serve_registry
 
-        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        self._server = serve_registry(self.registry, host, port, token)
         return int(self._server.server_port)
 
     def close(self) -> None:
@@ -136,11 +145,18 @@ def _port(value: str) -> int:
 
 
 def add_metrics_options(parser: argparse.ArgumentParser) -> None:
-    """``--metrics-port`` on ``dcoord coordinator`` / ``dcoord run`` (default: $DCOORD_METRICS_PORT, else off)."""
+    """``--metrics-port`` on ``dcoord coordinator`` / ``dcoord run`` (default: $DCOORD_METRICS_PORT, else off),
+    ``--metrics-host`` (default loopback) and ``--metrics-token-file`` (scrapes must present the token)."""
     env = os.environ.get(ENV_PORT, "").strip()
     parser.add_argument("--metrics-port", type=_port, default=_port(env) if env.isdigit() else None,
                         metavar="PORT", help=f"serve Prometheus metrics over HTTP on this port "
                         f"(env {ENV_PORT}; 0 or unset = off)")
+    parser.add_argument("--metrics-host", default=os.environ.get(ENV_HOST, "").strip() or LOOPBACK, metavar="HOST",
+                        help=f"address the metrics port binds (env {ENV_HOST}; default {LOOPBACK}: this machine "
+                        "only; 0.0.0.0 for a Prometheus elsewhere)")
+    parser.add_argument("--metrics-token-file", default=os.environ.get(ENV_TOKEN, "").strip() or None,
+                        metavar="PATH", help="scrapes must send 'Authorization: Bearer <the token in PATH>' "
+                        f"(it may be the job's --token-file) (env {ENV_TOKEN})")
     if env and not env.isdigit():
         parser.set_defaults(_metrics_env_error=f"{ENV_PORT}={env!r} is not a port number; set 0-65535 or unset it")
 
@@ -152,8 +168,8 @@ class MetricsHook:
     nothing to undo; bound only once the job has started, the endpoint never outlives a failed start.
     ``close()`` stops it."""
 
-    def __init__(self, port: int, host: str) -> None:
-        self.port, self.host = port, host
+    def __init__(self, port: int, host: str, token: str | None = None) -> None:
+        self.port, self.host, self.token = port, host, token
         from dcoord.runtime.coordinator.ports import bind_problem
 
         why = bind_problem(host, port)
@@ -164,7 +180,7 @@ class MetricsHook:
     def __call__(self, coord: Any, *_ignored) -> CoordinatorMetrics:
         m = CoordinatorMetrics(coord)
         try:
-            m.serve(self.port, self.host)
+            m.serve(self.port, self.host, self.token)
         except OSError as exc:  # taken since the check
             raise _port_error(self.port, self.host, exc.strerror or str(exc)) from None
         self.metrics = m
@@ -183,8 +199,10 @@ def _port_error(port: int, host: str, why: str):
                        f"or 0 for no metrics endpoint (env {ENV_PORT})")
 
 
-def metrics_hook(args: argparse.Namespace, host: str = "0.0.0.0") -> MetricsHook | None:
-    """An ``on_started(coord, ...)`` hook serving metrics when a port was asked for (checked now), else None."""
+def metrics_hook(args: argparse.Namespace, host: str | None = None) -> MetricsHook | None:
+    """An ``on_started(coord, ...)`` hook serving metrics when a port was asked for (checked now), else None.
+
+    It binds ``host`` when given, else ``--metrics-host`` (default loopback: never the job's --listen host)."""
     from dcoord.errors import ConfigError
 
     err = getattr(args, "_metrics_env_error", None)
@@ -192,4 +210,9 @@ def metrics_hook(args: argparse.Namespace, host: str = "0.0.0.0") -> MetricsHook
         raise ConfigError(err)
     if not args.metrics_port:
         return None
-    return MetricsHook(args.metrics_port, host)
+    token = None
+    if getattr(args, "metrics_token_file", None):
+        from dcoord.runtime.security.auth import read_token
+
+        token = read_token(args.metrics_token_file, "--metrics-token-file")
+    return MetricsHook(args.metrics_port, host or getattr(args, "metrics_host", None) or LOOPBACK, token)

@@ -125,15 +125,18 @@ def open_rundir(cfg: JobConfig, out: Path | None, mode: str = "new") -> RunDir:
     return rd
 
 
-def make_coordinator(cfg: JobConfig, out: Path | None, mode: str = "new") -> Coordinator:
-    """A Coordinator writing to ``out``; with mode ``resume``, continued from the newest good checkpoint."""
+def make_coordinator(cfg: JobConfig, out: Path | None, mode: str = "new",
+                     checkpoint_key: bytes | None = None) -> Coordinator:
+    """A Coordinator writing to ``out``; with mode ``resume``, continued from the newest good checkpoint.
+    ``checkpoint_key`` (checkpoint.signing_key): checkpoints are signed with it and must be to resume."""
     from dcoord.runtime.coordinator.coordinator import Coordinator
 
     rd = open_rundir(cfg, out, mode)
+    rd.checkpoint_key = checkpoint_key
     try:
         coord = Coordinator(cfg, rd)
         if mode == "resume" and out is not None:
-            state, path = ckpt.load_latest(Path(out) / "checkpoints")
+            state, path = ckpt.load_latest(Path(out) / "checkpoints", checkpoint_key)
             diff = config_difference(state["config"], cfg)
             if diff:
                 raise RunDirError(f"{option('resume', out)}: the job config differs from the checkpoint's at {diff}")

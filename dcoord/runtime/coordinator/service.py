@@ -102,13 +102,16 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         if len(request.hostname) > MAX_HOSTNAME or len(request.device) > MAX_DEVICE:
             await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "bad-register",
                                f"hostname must be <= {MAX_HOSTNAME} and device <= {MAX_DEVICE} characters")
-        # the id is reserved until the stream attaches (at most reserve_s), so two registrations never share it
+        # the id is reserved until the stream attaches (at most reserve_s), so two registrations never share it;
+        # when every id is held, one held claim_s without a stream goes to this caller (no squatting)
         session = new_session()
-        got = c.register_worker(request.requested_id, request.hostname, session, self.sec.reserve_s)
+        got = c.register_worker(request.requested_id, request.hostname, session, self.sec.reserve_s,
+                                self.sec.claim_s)
         if got is None:
             await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "job-full",
                                f"job {c.job_id} already has its {c.n} workers (state {c.state}); an id held by a "
-                               f"worker that never opened its stream frees after {self.sec.reserve_s:g} s")
+                               f"registration that never opened its stream may be taken after "
+                               f"{self.sec.claim_s:g} s")
         wid, parts = got
         log.info("registered worker %d (%s pid %d)", wid, request.hostname, request.pid)
         reply = pb.RegisterReply(

@@ -56,6 +56,7 @@ class ServerSecurity:
     register_rate: float = 5.0            # Register calls per second per peer host (token bucket) ...
     register_burst: int = 20              # ... with this burst
     reserve_s: float = 30.0               # an id reserved by Register expires if no Work stream comes by then
+    claim_s: float = 5.0                  # ... and, when every id is held, may be taken by a new Register after this
     hello_timeout_s: float = 10.0         # a Work stream must say hello within this
 
     @property

@@ -87,6 +87,7 @@ class RunDir:
         self.path = Path(path) if path is not None else None
         self.mode = mode
         self.keep = keep
+        self.checkpoint_key: bytes | None = None  # signs checkpoints (checkpoint.signing_key); never written here
         self._metrics = None
         self.round_offset = 0  # metrics.jsonl size after the last round line (what a checkpoint records)
         self.last_checkpoint_round: int | None = None
@@ -206,7 +207,7 @@ class RunDir:
         if self.path is None:
             return None
         try:
-            path = ckpt.save(self.path / "checkpoints", state, round, self.keep)
+            path = ckpt.save(self.path / "checkpoints", state, round, self.keep, self.checkpoint_key)
             self.last_checkpoint_round = round
             return path
         except OSError as exc:

@@ -19,12 +19,19 @@ Protocol (little-endian):
   Result that names it, exactly as the torch/MPI planes do) and ``END``; coordinator -> worker ``MODEL``
   (``a`` = model, ``b`` = version: the parameters an assignment needs).
 Every size is bounded: ``count`` by the model size, concurrent handshakes and connections by constants.
+
+Nobody without a key can keep workers out: a connection that has not authenticated holds one of
+``MAX_HANDSHAKES`` slots for at most ``HANDSHAKE_TIMEOUT_S`` in all (a deadline, not a per-read timeout, so
+dribbling bytes buys nothing), and one peer address (an IPv6 /64) holds at most ``MAX_HANDSHAKES_PER_PEER``
+of them; its further connections are closed at once and counted. A registered worker's handshake takes
+one round trip, so the slots other addresses leave are enough for it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
 import queue
@@ -32,10 +39,13 @@ import secrets
 import socket
 import ssl
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
 
+from dcoord.errors import KeyRefused
 from dcoord.runtime.buffers import BufferPool
 from dcoord.runtime.transport.base import (
     DTYPE_CODES,
@@ -59,8 +69,9 @@ MAGIC = b"DCDP1"
 KIND_MODEL = 3
 HEADER = 6 * 8
 NONCE = 32
-HANDSHAKE_TIMEOUT_S = 5.0
-MAX_HANDSHAKES = 32  # connections not yet authenticated, at once
+HANDSHAKE_TIMEOUT_S = 5.0  # the whole handshake, from accept to b"OK"
+MAX_HANDSHAKES = 128  # connections not yet authenticated, at once
+MAX_HANDSHAKES_PER_PEER = 8  # of those, from one peer address (an IPv6 /64)
 SOCK_BUF = 8 << 20
 
 
@@ -86,6 +97,70 @@ def _recv_bytes(sock: socket.socket, n: int) -> bytes:
     buf = bytearray(n)
     _recv_exact(sock, memoryview(buf))
     return bytes(buf)
+
+
+def peer_key(peer) -> str:
+    """The address a handshake budget is kept for: the IPv4 address, or the /64 of an IPv6 one (one host
+    usually has a whole /64 to pick source addresses from)."""
+    host = peer[0] if isinstance(peer, tuple) else str(peer)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if ip.version == 4:
+        return str(ip)
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+
+
+class HandshakeBudget:
+    """Slots for connections not yet authenticated: ``total`` at once, ``per_peer`` from one address."""
+
+    def __init__(self, total: int = MAX_HANDSHAKES, per_peer: int = MAX_HANDSHAKES_PER_PEER) -> None:
+        self.total, self.per_peer = total, per_peer
+        self.held: Counter[str] = Counter()
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def take(self, peer: str) -> str | None:
+        """None when ``peer`` may handshake now (a slot taken: ``give`` it back), else why not."""
+        with self.lock:
+            if self.held[peer] >= self.per_peer:
+                return "data-plane-peer-busy"
+            if self.count >= self.total:
+                return "data-plane-busy"
+            self.held[peer] += 1
+            self.count += 1
+            return None
+
+    def give(self, peer: str) -> None:
+        with self.lock:
+            self.held[peer] -= 1
+            self.count -= 1
+            if self.held[peer] <= 0:
+                del self.held[peer]
+
+
+class _Deadline:
+    """Reads that share one deadline: each recv gets only the time left."""
+
+    def __init__(self, sock: socket.socket, seconds: float) -> None:
+        self.sock, self.end = sock, time.monotonic() + seconds
+
+    def recv(self, n: int) -> bytes:
+        buf = bytearray(n)
+        view, got = memoryview(buf), 0
+        while got < n:
+            left = self.end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("handshake took too long")
+            self.sock.settimeout(left)
+            k = self.sock.recv_into(view[got:], n - got)
+            if k == 0:
+                raise ConnectionError("connection closed")
+            got += k
+        return bytes(buf)
 
 
 def _header(kind: int, seq: int, count: int = 0, dtype: int = 0, a: int = 0, b: int = 0) -> bytes:
@@ -155,7 +230,7 @@ class TcpDataServer:
         self.port = self.lsock.getsockname()[1]
         self.conns: dict[tuple[int, int], _Conn] = {}
         self.lock = threading.Lock()
-        self.handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
+        self.handshakes = HandshakeBudget()
         self.stop = threading.Event()
         self.bytes_in = 0
         self.bytes_out = 0
@@ -178,20 +253,23 @@ class TcpDataServer:
                 continue
             except OSError:
                 return
-            if not self.handshakes.acquire(blocking=False):
-                self.refuse("data-plane-busy")
+            key = peer_key(peer)
+            busy = self.handshakes.take(key)
+            if busy is not None:
+                self.refuse(busy)
                 sock.close()
                 continue
-            threading.Thread(target=self._serve, args=(sock, peer), name="dcoord-dp-conn", daemon=True).start()
+            threading.Thread(target=self._serve, args=(sock, peer, key), name="dcoord-dp-conn", daemon=True).start()
 
     def _handshake(self, sock: socket.socket) -> tuple[socket.socket, int, int] | None:
+        start = time.monotonic()
         sock.settimeout(HANDSHAKE_TIMEOUT_S)
         _tune(sock)
         if self.ssl_context is not None:
             sock = self.ssl_context.wrap_socket(sock, server_side=True)
         nonce = secrets.token_bytes(NONCE)
         sock.sendall(MAGIC + nonce)
-        answer = _recv_bytes(sock, 16 + 32)
+        answer = _Deadline(sock, HANDSHAKE_TIMEOUT_S - (time.monotonic() - start)).recv(16 + 32)
         worker = int.from_bytes(answer[:8], "little", signed=True)
         role = int.from_bytes(answer[8:16], "little", signed=True)
         key = self.key_for(worker) if 0 <= worker < self.max_workers and role in (UP, DOWN) else None
@@ -201,7 +279,7 @@ class TcpDataServer:
         sock.settimeout(None)
         return sock, worker, role
 
-    def _serve(self, sock: socket.socket, peer) -> None:
+    def _serve(self, sock: socket.socket, peer, key: str) -> None:
         try:
             try:
                 done = self._handshake(sock)
@@ -216,7 +294,7 @@ class TcpDataServer:
                 sock.close()
                 return
         finally:
-            self.handshakes.release()
+            self.handshakes.give(key)
         sock, worker, role = done
         conn = _Conn(sock, worker, role)
         with self.lock:
@@ -331,7 +409,7 @@ def _connect(host: str, port: int, worker_id: int, role: int, key: bytes, job_id
         ok = b""
     if ok != b"OK":
         sock.close()
-        raise DataPlaneError(f"the data plane at {host}:{port} refused worker {worker_id}'s credentials")
+        raise KeyRefused(f"the data plane at {host}:{port} refused worker {worker_id}'s credentials")
     sock.settimeout(None)
     return sock
 

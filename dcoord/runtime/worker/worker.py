@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from dcoord.config import JobConfig, load_config
-from dcoord.errors import EXIT_LOST_COORDINATOR, DataPlaneError, DcoordError, PayloadError
+from dcoord.errors import EXIT_LOST_COORDINATOR, DataPlaneError, DcoordError, KeyRefused, PayloadError
 from dcoord.runtime.security.auth import ClientSecurity, data_plane_client_context
 from dcoord.runtime.tensors import from_proto, load_flat_params
 from dcoord.runtime.transport.base import WorkerEnd
@@ -186,7 +186,7 @@ def _join(link: ControlLink, security: ClientSecurity | None, requested_id: int,
     if w.launched and hasattr(w.plane, "start_models"):
         w.plane.start_models(w.max_count)  # rank 0 may send models down the launcher's plane
     elif not w.launched:
-        w.plane = _open_plane(w)
+        w.plane = _open_plane_registered(w, connect_timeout)
     if cfg.transport is not None and get_plane(cfg.transport).collective:
         w.replica = _make_replica(w, workload)
     print(f"worker {w.wid} of job {w.job_id} on {dev}", file=sys.stderr, flush=True)
@@ -238,8 +238,26 @@ def _open_plane(w: WorkerState):
                     server_hostname=(w.security.server_name if w.security else None) or host)
     try:
         return get_plane(w.cfg.transport).open_worker_side(end)
+    except KeyRefused:
+        raise
     except (OSError, DcoordError) as exc:
         raise DcoordError(f"worker {w.wid}: cannot open the data plane at {host}:{w.reg.data_port}: {exc}") from None
+
+
+def _open_plane_registered(w: WorkerState, connect_timeout: float):
+    """``_open_plane``; when the data plane refuses this registration's key (its id was taken over before
+    its stream opened: a registration that does not attach does not hold its id), register again and retry,
+    until ``connect_timeout``."""
+    deadline = time.monotonic() + connect_timeout
+    while True:
+        try:
+            return _open_plane(w)
+        except KeyRefused as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DcoordError(f"worker {w.wid}: cannot open the data plane: {exc}") from None
+            log.warning("worker %d: %s; registering again", w.wid, exc)
+            w.reg = w.link.register(w.wid, str(w.device), left)
 
 
 def _rejoin(w: WorkerState, closed: str | None, rejoin: bool, connect_timeout: float) -> None:
@@ -265,7 +283,7 @@ def _rejoin(w: WorkerState, closed: str | None, rejoin: bool, connect_timeout: f
         raise LostCoordinator(f"{lost}; the coordinator at {address} now runs job {reg.job_id}, not "
                               f"{w.job_id} (resume the run with --resume to continue it)")
     w.reg = reg
-    w.plane = _open_plane(w)
+    w.plane = _open_plane_registered(w, connect_timeout)
     print(f"worker {w.wid} of job {w.job_id} rejoined the coordinator at {address}", file=sys.stderr, flush=True)
 
 
