@@ -179,3 +179,16 @@ def test_simulator_runs_a_heterogeneous_profile(tmp_path):
     data = simulate_job(8, {"scheme": "gc-hetero", "stragglers": 1, "speeds": speeds}, sim, tmp_path / "t",
                         inject={"model": "bernoulli", "p": 0.1, "slowdown": 5, "speeds": speeds}, plot=False)
     assert next(iter(data["schemes"].values()))["wait_all_rounds"] == 0
+
+
+def test_decode_precision_is_reported_and_small():
+    from dcoord.coding.hetero import make_plan, plan_precision
+
+    rng = np.random.default_rng(3)
+    for n, s in ((8, 2), (16, 3)):
+        speeds = rng.uniform(0.2, 5.0, n)
+        for kind in ("layered", "wrap"):
+            p = plan_precision(make_plan(speeds, s, 8 * n, kind), s)
+            assert p["amplification"] < (2.0 if kind == "layered" else 100.0), (n, s, kind, p)
+    rep = make_scheme("gc-hetero", 8, s=1, speeds=[1, 1, 1, 1, 2, 2, 4, 4]).report()["hetero"]
+    assert rep["construction"] == "layered" and rep["decode_precision"]["exhaustive"]

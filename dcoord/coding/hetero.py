@@ -210,6 +210,33 @@ def moved_parts(old: Plan, new: Plan) -> int:
     return sum(len(b - a) for a, b in zip(old.holdings(), new.holdings()))
 
 
+def plan_precision(plan: Plan, s: int, dtype: str = "float32", max_sets: int = 64, seed: int = 0) -> dict:
+    """The plan's decode precision, measured as for the other codes (dcoord.coding.precision): the worst
+    relative error of the decoded sum over survivor sets (every one, or ``max_sets`` random ones) with the
+    messages rounded to ``dtype``, and that error over the dtype's unit roundoff (the amplification)."""
+    from dcoord.coding.precision import DTYPE_EPS, _exact_sum, _survivor_sets, round_to
+
+    n, parts = plan.B.shape
+    set_rng, grad_rng = (np.random.default_rng(q) for q in np.random.SeedSequence(seed).spawn(2))
+    sets, exhaustive = _survivor_sets(n, s, max_sets, set_rng)
+    g = grad_rng.standard_normal((parts, 16)) / parts
+    exact = _exact_sum(g)
+    msgs = round_to(plan.B @ g, dtype)
+    worst = 0.0
+    for F in sets:
+        if plan.layers is not None:
+            layer = next(L for L in plan.layers if all(w in F or not plan.rows[w][0] for w in L))
+            rows, a = [w for w in layer if plan.rows[w][0]], None
+            got = msgs[rows].sum(axis=0)
+        else:
+            rows = [w for w in F if plan.rows[w][0]]
+            a = solve_decoding(plan.B, tuple(rows))
+            got = a @ msgs[rows]
+        worst = max(worst, float(np.max(np.abs(got - exact)) / np.max(np.abs(exact))))
+    return {"dtype": dtype, "worst_rel_error": worst, "amplification": worst / DTYPE_EPS[dtype],
+            "sets": len(sets), "exhaustive": exhaustive}
+
+
 def check_speeds(speeds, n: int) -> tuple[float, ...]:
     """Validated declared speeds: n finite values > 0 (SchemeError naming coding.speeds otherwise)."""
     vals = tuple(float(v) for v in speeds)
@@ -366,7 +393,8 @@ class GCHetero(_PlainScheme):
     def report(self) -> dict:
         return {"hetero": {"construction": self.plan.kind, "speeds": [round_sig(v) for v in self.plan.speeds],
                            "replans": len(self.replans),
-                           "moved_parts": sum(r["moved_parts"] for r in self.replans)}}
+                           "moved_parts": sum(r["moved_parts"] for r in self.replans),
+                           "decode_precision": plan_precision(self.plan, self.s)}}
 
     def state_dict(self) -> dict:
         st = super().state_dict()
