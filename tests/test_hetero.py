@@ -192,3 +192,28 @@ def test_decode_precision_is_reported_and_small():
             assert p["amplification"] < (2.0 if kind == "layered" else 100.0), (n, s, kind, p)
     rep = make_scheme("gc-hetero", 8, s=1, speeds=[1, 1, 1, 1, 2, 2, 4, 4]).report()["hetero"]
     assert rep["construction"] == "layered" and rep["decode_precision"]["exhaustive"]
+
+
+def test_measured_plan_continues_exactly_from_a_checkpoint():
+    true = np.array([1, 1, 1, 1, 2, 2, 4, 4], dtype=float)
+
+    def step(sch, r, speeds):
+        tasks = sch.tasks(r)
+        loads = sch.worker_loads(r)
+        arrived = frozenset(range(8)) if sch.measuring(r) else frozenset(range(8)) - {r % 8}
+        sch.close_round(r, arrived)
+        dec = sorted((k.worker, round(c, 12)) for k, c in sch.decode(r).items())
+        rec = sch.observe_times(r, {w: loads[w] / speeds[w] for w in arrived})
+        return tasks, dec, rec
+
+    a = GCHetero(8, 1)
+    for r in range(5):
+        step(a, r, true)
+    assert a.epoch == 1
+    b = GCHetero(8, 1)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))  # plain values: what a checkpoint holds
+    drifted = true.copy()
+    drifted[7] = 1.0
+    for r in range(5, 14):
+        assert step(a, r, drifted) == step(b, r, drifted), r
+    assert a.epoch == b.epoch >= 2 and a.report() == b.report()
