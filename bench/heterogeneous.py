@@ -61,7 +61,7 @@ def run_case(coding: dict, inject: dict, rounds: int, job_s: float, skip: int, t
     lines = [json.loads(x) for x in (tmp / "metrics.jsonl").read_text().splitlines()]
     recs = [x for x in lines if "round" in x and "event" not in x]
     replans = [x for x in lines if x.get("event") == "replan"]
-    start = max(skip, max((r["from_round"] for r in replans), default=0))
+    start = max(skip, min((r["from_round"] for r in replans), default=0))  # after the warm-up's re-plan
     walls = [r["wall_s"] for r in recs[start:]]
     summary = json.loads((tmp / "summary.json").read_text())
     model = torch.load(tmp / "model.pt")

@@ -21,12 +21,14 @@ is one of two constructions, whichever is faster for the speeds (the 0/1 one whe
 
 Speeds are declared (``coding.speeds``) or measured: the first ``warmup`` rounds run the equal-speed plan
 and wait for every worker, then the plan follows the median seconds per unit of work over the last
-``window`` rounds, re-planned again when that estimate drifts more than ``drift`` from the planned speeds.
+``window`` rounds, re-planned again when that estimate, taken over a whole window under the current plan,
+drifts more than ``drift`` from the planned speeds.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -270,6 +272,7 @@ class GCHetero(_PlainScheme):
         self._unit_s: list[np.ndarray] = []  # per closed round: seconds per unit of work (nan = not seen)
         self._cache: dict[tuple[int, frozenset[int]], tuple[dict[int, float], float]] = {}
         self.replans: list[dict] = []
+        self._last_replan = 0  # first round of the current plan
 
     # -- plan ---------------------------------------------------------------------------------------
     def part_fractions(self) -> np.ndarray:
@@ -342,7 +345,8 @@ class GCHetero(_PlainScheme):
         not yet timed)."""
         if not self._unit_s:
             return None
-        with np.errstate(all="ignore"):
+        with warnings.catch_warnings():  # a worker never timed in the window: nan, handled below
+            warnings.simplefilter("ignore", RuntimeWarning)
             med = np.nanmedian(np.array(self._unit_s[-self.window:]), axis=0)
         if not np.all(np.isfinite(med) & (med > 0)):
             return None
@@ -369,8 +373,8 @@ class GCHetero(_PlainScheme):
             return None
         share_new, share_old = est / est.sum(), self.plan.speeds / self.plan.speeds.sum()
         drift = float(np.max(np.abs(share_new / share_old - 1.0)))
-        if self.epoch > 0 and drift <= self.drift:
-            return None
+        if self.epoch > 0 and (drift <= self.drift or round + 1 - self._last_replan < self.window):
+            return None  # a drift re-plan needs a whole window timed under the current plan
         if self.epoch == 0 and round + 1 > self.warmup and drift <= self.drift:
             return None
         new = make_plan(est, self.s, self.grid, self.construction)
@@ -378,7 +382,7 @@ class GCHetero(_PlainScheme):
                   "speeds": [round_sig(v) for v in new.speeds], "construction": new.kind,
                   "moved_parts": moved_parts(self.plan, new), "parts": self.grid, "drift": round_sig(drift),
                   "epoch": self.epoch + 1, "predicted_time": round_sig(new.time)}
-        self.plan, self.epoch = new, self.epoch + 1
+        self.plan, self.epoch, self._last_replan = new, self.epoch + 1, round + 1
         self.replans.append(record)
         return record
 
@@ -399,7 +403,8 @@ class GCHetero(_PlainScheme):
     def state_dict(self) -> dict:
         st = super().state_dict()
         st.update({"plan_speeds": self.plan.speeds.tolist(), "epoch": self.epoch,
-                   "unit_s": [u.tolist() for u in self._unit_s], "replans": list(self.replans)})
+                   "unit_s": [u.tolist() for u in self._unit_s], "replans": list(self.replans),
+                   "last_replan": self._last_replan})
         return st
 
     def load_state_dict(self, state: dict) -> None:
@@ -408,6 +413,7 @@ class GCHetero(_PlainScheme):
         self.epoch = int(state["epoch"])
         self._unit_s = [np.array(u, dtype=np.float64) for u in state["unit_s"]]
         self.replans = list(state["replans"])
+        self._last_replan = int(state["last_replan"])
         self._round_plan = {}
 
 
