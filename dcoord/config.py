@@ -68,6 +68,9 @@ class CodingConfig(ConfigModel):
         "bound in summary.json (docs: Gradient coding, decode precision)",
     )
     seed: Seed = Field(0, description="seed of the code's own random choices (random constructions)")
+    speeds: list[float] | None = Field(
+        None, description="gc-hetero: each worker's relative speed (one per worker; null = measured in the first "
+        "rounds, then re-planned on drift; docs: Heterogeneous clusters)")
 
     @field_validator("scheme")
     @classmethod
@@ -247,7 +250,8 @@ class JobConfig(ConfigModel):
 
         c = self.coding
         return make_scheme(
-            c.scheme, self.workers, s=c.stragglers, B=c.B, W=c.W, lam=c.lam, jobs=self.rounds, models=c.models
+            c.scheme, self.workers, s=c.stragglers, B=c.B, W=c.W, lam=c.lam, jobs=self.rounds, models=c.models,
+            speeds=c.speeds,
         )
 
     def straggler_model(self):

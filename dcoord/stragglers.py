@@ -15,6 +15,9 @@ Models (``InjectConfig.model``), with the extra delay each returns for a worker 
   1/rate); the classic straggler model of the coded-computing literature, added to the real compute.
 - ``pareto``: scale * Lomax(shape) seconds, i.e. a Pareto(shape, scale) time minus its minimum ``scale``,
   so the fastest a worker can be is its real compute; heavy-tailed for small shape.
+- ``speeds``: a mixed cluster: worker i's compute is stretched by max(speeds) / speeds[i], i.e.
+  (max(speeds) / speeds[i] - 1) * c. ``speeds`` also combines with every other model: the stretch is
+  applied first and the other model sees the stretched compute (a slow machine that also straggles).
 - ``trace``: replay a measured CSV (rows = rounds, columns = workers, seconds): trace[r mod rows, i] *
   ``scale`` seconds, added to the real compute. Rounds wrap around; worker i reads column i.
 
@@ -37,7 +40,7 @@ from pydantic import Field, field_validator, model_validator
 from dcoord.configbase import MAX_WORKERS, ConfigModel, FilePath, Seed
 from dcoord.errors import StragglerError
 
-MODELS = ("none", "fixed", "bernoulli", "gilbert-elliott", "shifted-exponential", "pareto", "trace")
+MODELS = ("none", "fixed", "bernoulli", "gilbert-elliott", "shifted-exponential", "pareto", "trace", "speeds")
 
 
 #: the largest injected slowdown: a worker 1000x slower than its compute is a lost worker (test that instead)
@@ -53,7 +56,8 @@ MIN_RATE = 1e-3
 class InjectConfig(ConfigModel):
     """The ``inject:`` section of a job config: which straggler model to inject, and its parameters."""
 
-    model: Literal["none", "fixed", "bernoulli", "gilbert-elliott", "shifted-exponential", "pareto", "trace"] = Field(
+    model: Literal["none", "fixed", "bernoulli", "gilbert-elliott", "shifted-exponential", "pareto", "trace",
+                   "speeds"] = Field(
         "none", description="which straggler model to inject in local runs"
     )
     workers: list[int] = Field([], description="fixed: the slow workers' ids")
@@ -68,6 +72,21 @@ class InjectConfig(ConfigModel):
     scale: float = Field(1.0, description=f"pareto: scale, seconds; trace: multiply the trace's times by this (<= {MAX_DELAY_S:g})")
     path: FilePath | None = Field(None, description="trace: CSV of delays in seconds (rows = rounds, columns = workers)")
     seed: Seed | None = Field(None, description="seed of the injected delays (null = the job seed)")
+    speeds: list[float] | None = Field(
+        None, description="speeds (or with any model): each worker's relative speed; its compute is stretched by "
+        "max(speeds) / speed (emulates a mixed cluster)")
+
+    @field_validator("speeds")
+    @classmethod
+    def _speeds(cls, v: list[float] | None) -> list[float] | None:
+        if v is None:
+            return v
+        if not v or not all(math.isfinite(x) and x > 0 for x in v):
+            raise StragglerError(f"inject.speeds must be finite speeds > 0, one per worker (got {v})")
+        if max(v) / min(v) > MAX_SLOWDOWN:
+            raise StragglerError(f"inject.speeds: the slowest worker is {max(v) / min(v):g}x slower than the fastest, "
+                                 f"over {MAX_SLOWDOWN:g}; a worker that slow is a lost worker: kill it instead")
+        return v
 
     @field_validator("workers")
     @classmethod
@@ -120,6 +139,7 @@ class InjectConfig(ConfigModel):
             "shifted-exponential": ["rate"],
             "pareto": ["shape"],
             "trace": ["path"],
+            "speeds": ["speeds"],
         }.get(self.model, [])
         for name in need:
             if getattr(self, name) in (None, []):
@@ -341,12 +361,44 @@ def _is_float(s: str) -> bool:
     return True
 
 
+class SpeedStragglers(StragglerModel):
+    """A mixed cluster: worker i computes at speeds[i] / max(speeds) of the fastest; ``base`` (another model)
+    then adds its delay on top of the stretched compute."""
+
+    name = "speeds"
+
+    def __init__(self, n: int, speeds: list[float], base: StragglerModel | None = None, seed: int = 0) -> None:
+        super().__init__(n, seed)
+        if len(speeds) != n:
+            raise StragglerError(f"inject.speeds has {len(speeds)} values but the job has {n} workers; give one "
+                                 "speed per worker")
+        c = np.asarray(speeds, dtype=np.float64)
+        self.stretch = c.max() / c
+        self.base = base
+
+    def _draw(self, round: int, compute_s: np.ndarray) -> np.ndarray:
+        c = self._compute(compute_s)
+        out = (self.stretch - 1.0) * c
+        if self.base is not None:
+            out = out + self.base._draw(round, self.stretch * c)
+        return out
+
+
 def make_straggler_model(cfg: InjectConfig, n: int, seed: int) -> StragglerModel:
-    """Build the configured model for n workers; ``cfg.seed`` overrides the job seed when given."""
+    """Build the configured model for n workers; ``cfg.seed`` overrides the job seed when given; ``speeds``
+    (with any model) stretches every worker's compute first."""
     if n < 1:
         raise StragglerError(f"workers must be >= 1 (got {n})")
+    if cfg.speeds is not None:
+        sd = cfg.seed if cfg.seed is not None else seed
+        base = None if cfg.model in ("none", "speeds") else _base_model(cfg, n, seed)
+        return SpeedStragglers(n, cfg.speeds, base, sd)
+    return _base_model(cfg, n, seed)
+
+
+def _base_model(cfg: InjectConfig, n: int, seed: int) -> StragglerModel:
     sd = cfg.seed if cfg.seed is not None else seed
-    if cfg.model == "none":
+    if cfg.model in ("none", "speeds"):
         return NoStragglers(n, sd)
     if cfg.model == "fixed":
         too_big = [w for w in cfg.workers if w >= n]

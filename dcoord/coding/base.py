@@ -144,6 +144,12 @@ class Scheme(ABC):
         """
         return False
 
+    def observe_times(self, round: int, busy_s: dict[int, float]) -> dict | None:
+        """Told, after ``round`` closed and decoded, each delivering worker's busy seconds (compute plus any
+        injected delay): a speed-aware scheme may re-plan later rounds and return the record of the re-plan
+        for the metrics (None: nothing changed)."""
+        return None
+
     def round_info(self, round: int) -> dict:
         """Extra fields for the closed round's metrics record."""
         return {}
@@ -182,6 +188,7 @@ class SchemeParams:
     lam: int | None = None
     jobs: int | None = None
     models: int | None = None
+    speeds: tuple[float, ...] | None = None  # gc-hetero: declared relative worker speeds
 
 
 @dataclass(frozen=True)

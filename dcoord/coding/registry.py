@@ -8,6 +8,7 @@ docs table all read the specs from here. Importing this module registers the bui
 from __future__ import annotations
 
 from dcoord.coding import gc as _gc  # noqa: F401  (registers the plain codes)
+from dcoord.coding import hetero as _hetero  # noqa: F401  (registers the heterogeneity-aware code)
 from dcoord.coding import sgc as _sgc  # noqa: F401  (registers the sequential codes)
 from dcoord.coding.base import (
     Scheme,
@@ -44,13 +45,17 @@ def __getattr__(name: str):  # SCHEMES stays importable and always current (user
 
 
 def make_scheme(name: str, n: int, *, s: int | None = None, B: int | None = None, W: int | None = None,
-                lam: int | None = None, jobs: int | None = None, models: int | None = None) -> Scheme:
+                lam: int | None = None, jobs: int | None = None, models: int | None = None,
+                speeds=None) -> Scheme:
     """Build a scheme by name; parameter errors are SchemeError naming the parameter."""
     spec = scheme_spec(name)
     given = {"stragglers": s, "B": B, "W": W, "lambda": lam, "models": models}
     if "models" not in spec.params and models not in (None, 1):
         raise SchemeError(f"{name} trains one model (coding.models must be 1 or unset, got {models})")
+    if speeds is not None and "speeds" not in spec.params:
+        raise SchemeError(f"coding.speeds is read by gc-hetero only (scheme {name} gives every worker equal load)")
     missing = [k for k in spec.required if given[k] is None]
     if missing:
         raise SchemeError(f"{name} needs coding.{', coding.'.join(missing)} (e.g. B: 1, W: 2, lambda: 1)")
-    return spec.build(n, SchemeParams(s=s or 0, B=B, W=W, lam=lam, jobs=jobs, models=models))
+    return spec.build(n, SchemeParams(s=s or 0, B=B, W=W, lam=lam, jobs=jobs, models=models,
+                                       speeds=None if speeds is None else tuple(speeds)))

@@ -35,7 +35,8 @@ __all__ = [
     "make_delay_source", "scheme_args", "simulate", "simulate_job",
 ]
 
-_CODING_KEYS = {"stragglers": "s", "s": "s", "B": "B", "W": "W", "lambda": "lam", "lam": "lam", "models": "models"}
+_CODING_KEYS = {"stragglers": "s", "s": "s", "B": "B", "W": "W", "lambda": "lam", "lam": "lam", "models": "models",
+                "speeds": "speeds"}
 
 
 def scheme_args(coding: Mapping[str, Any] | Any) -> tuple[str, dict[str, int]]:

@@ -197,6 +197,7 @@ def simulate(scheme: Scheme, delays: DelaySource, cfg: SimulateConfig, upload_s:
     now = 0.0
     all_in = np.ones(n, dtype=bool)
     busy = np.zeros(n)  # carry_over: seconds each worker still spends on a stale task when the round starts
+    observes = type(scheme).observe_times is not Scheme.observe_times
     for r in range(rounds):
         loads = np.asarray(scheme.worker_loads(r), dtype=np.float64)
         tasked = loads > 0
@@ -242,6 +243,8 @@ def simulate(scheme: Scheme, delays: DelaySource, cfg: SimulateConfig, upload_s:
             busy = np.maximum(busy - dur, 0.0) if not tasked.any() else np.where(
                 tasked & ~arrived, np.maximum(t - dur, 0.0), np.where(tasked, 0.0, np.maximum(busy - dur, 0.0)))
         newly = scheme.close_round_mask(r, arrived)
+        if observes and tasked.any():  # a speed-aware scheme times the round's deliveries (gc-hetero)
+            scheme.observe_times(r, {int(w): float(t[w]) for w in np.flatnonzero(arrived & tasked)})
         durations[r] = dur
         now += dur
         for j in newly:

@@ -330,6 +330,7 @@ class Coordinator:
         self._plan_seq += 1
         self.arrived = set()
         self.compute_round: dict[int, float] = {}
+        self.busy_round: dict[int, float] = {}  # compute plus injected delay: what a speed estimate sees
         self.bytes_round = 0
         self.cpu_s = Counter()
         self.round_tasks = self.scheme.tasks(r)
@@ -423,6 +424,7 @@ class Coordinator:
                     losses.setdefault(pl.part, pl.loss)
         self.arrived.add(res.worker_id)
         self.compute_round[res.worker_id] = res.compute_s
+        self.busy_round[res.worker_id] = res.compute_s + res.injected_delay_s
         if self.collective is not None:
             model = res.tasks[0].model if res.tasks else 0
             self.collective.note_digest(res.worker_id, model, res.replica_version, res.replica_digest)
@@ -539,6 +541,15 @@ class Coordinator:
                                "n": len(new.members), "s": new.s, "scheme": new.name, "epoch": new.epoch,
                                "time": time.time()})
         return True
+
+    def _observe_speeds(self, r: int) -> None:
+        """Hand the closed round's busy times to the scheme; a speed re-plan is a ``replan`` line as elastic's."""
+        rec = self.scheme.observe_times(r, dict(self.busy_round))
+        if rec is None:
+            return
+        log.warning("round %d: re-planned %s from %s: %d of %d grid parts move", r, self.scheme.name,
+                    rec.get("why", "speeds"), rec.get("moved_parts", 0), rec.get("parts", 0))
+        self.rundir.log_event({"event": "replan", "scheme": self.scheme.name, **rec, "time": time.time()})
 
     def _grow(self, r: int) -> None:
         """Before round ``r``: take workers that came back (or joined) into the plan."""
@@ -724,6 +735,7 @@ class Coordinator:
                 if self.privacy is not None and jobs:
                     record["epsilon"] = jobs[-1]["epsilon"]
                 record.update(self.scheme.round_info(r))
+                self._observe_speeds(r)
                 self.rundir.log_round(record)
                 ce = self.cfg.runtime.checkpoint_every
                 if self.collective is not None and (r == self.total_rounds - 1 or (ce and (r + 1) % ce == 0)):
