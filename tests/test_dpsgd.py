@@ -89,6 +89,27 @@ def test_poisson_message_divides_by_the_expected_batch_and_binds_q_into_the_nois
     assert abs(float(torch.corrcoef(torch.stack([a, b]).double())[0, 1])) < 0.2
 
 
+def test_poisson_sampling_needs_the_workers_secret_even_with_trust_coordinator(monkeypatch):
+    from dcoord.errors import DcoordError
+    from dcoord.runtime.worker.worker import _worker_privacy
+
+    cfg = load_config(None, data={
+        "workload": "logreg-digits", "workers": 4, "rounds": 3, "coding": {"scheme": "gc-cyclic", "stragglers": 1},
+        "privacy": {"mechanism": "dp-gd", "noise_multiplier": 1.0, "clip": 1.0, "trust": "coordinator",
+                    "coordinator_seed": 5, "sampling": "poisson", "sample_rate": 0.1}})
+    wl = load("logreg-digits", 0)
+    for var in ("DCOORD_NOISE_SECRET", "DCOORD_NOISE_SECRET_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(DcoordError, match="sampling: poisson"):
+        _worker_privacy(cfg, wl, 4, None)
+    monkeypatch.setenv("DCOORD_NOISE_SECRET", SECRET)
+    wp = _worker_privacy(cfg, wl, 4, None)
+    part = np.arange(100, 400)
+    keep = wp.in_batch(2, part)
+    assert np.array_equal(keep, poisson_batch(NoiseKey(SECRET), 2, wl.num_samples, 0.1).numpy()[part])
+    assert not wp.answers_ledgered  # trust: coordinator: the key draws batches, no noise
+
+
 # -- config ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("lines", "match"),

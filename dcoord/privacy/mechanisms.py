@@ -153,7 +153,7 @@ def load_worker_noise_key(secret_file: str | None = None, *, env: Mapping[str, s
     value = env.get(SECRET_ENV)
     if not value:
         raise PrivacyError(
-            f"trust: workers needs the worker's noise secret: --noise-secret-file PATH, ${SECRET_FILE_ENV} "
+            f"trust: workers (and sampling: poisson) needs the worker's noise secret: --noise-secret-file PATH, ${SECRET_FILE_ENV} "
             f"or ${SECRET_ENV}; the coordinator must not have it"
         )
     return NoiseKey(value)
