@@ -11,6 +11,7 @@ the workers' secret.
 import copy
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -111,29 +112,40 @@ def test_poisson_sampling_needs_the_workers_secret_even_with_trust_coordinator(m
 
 
 # -- config ------------------------------------------------------------------------------------------------
+BASE = {"workload": "logreg-digits", "workers": 4, "rounds": 5, "coding": {"scheme": "gc-cyclic", "stragglers": 1}}
+DPGD = {"mechanism": "dp-gd", "noise_multiplier": 1.0, "clip": 1.0}
+
+
 @pytest.mark.parametrize(
-    ("lines", "match"),
+    ("extra", "match"),
     [
-        ("batch_size: 64\n", "privacy.sampling: poisson"),
-        ("privacy: {mechanism: diff2, noise_multiplier: 1.0, clip: 1.0, sampling: poisson, sample_rate: 0.1}\n",
+        ({"batch_size": 64, "privacy": DPGD}, "privacy.sampling: poisson"),
+        ({"batch_size": 64, "privacy": {**DPGD, "sampling": "poisson", "sample_rate": 0.1}}, "batch_size: null"),
+        ({"privacy": {**DPGD, "mechanism": "diff2", "sampling": "poisson", "sample_rate": 0.1}},
          "needs mechanism: dp-gd"),
-        ("privacy: {mechanism: dp-gd, noise_multiplier: 1.0, clip: 1.0, sampling: poisson}\n",
-         "privacy.sample_rate in (0, 1)"),
-        ("privacy: {mechanism: dp-gd, noise_multiplier: 1.0, clip: 1.0, sample_rate: 0.1}\n",
-         "applies to sampling: poisson only"),
+        ({"privacy": {**DPGD, "sampling": "poisson"}}, "privacy.sample_rate in (0, 1)"),
+        ({"privacy": {**DPGD, "sampling": "poisson", "sample_rate": 1.5}}, "privacy.sample_rate in (0, 1)"),
+        ({"privacy": {**DPGD, "sample_rate": 0.1}}, "applies to sampling: poisson only"),
     ],
 )
-def test_bad_sampling_configs_exit_2_with_one_line(tmp_path, lines, match):
+def test_bad_sampling_configs_are_one_line_config_errors(extra, match):
+    from dcoord.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(match)) as exc:
+        load_config(None, data={**BASE, **extra})
+    assert "\n" not in str(exc.value)
+
+
+def test_bad_sampling_config_exits_2_with_one_line_and_no_run_directory(tmp_path):
     job = tmp_path / "job.yaml"
-    base = "workload: logreg-digits\nworkers: 4\nrounds: 5\ncoding: {scheme: gc-cyclic, stragglers: 1}\n"
-    if not lines.startswith("privacy"):
-        lines += "privacy: {mechanism: dp-gd, noise_multiplier: 1.0, clip: 1.0}\n"
-    job.write_text(base + lines)
+    job.write_text("workload: logreg-digits\nworkers: 4\nrounds: 5\ncoding: {scheme: gc-cyclic, stragglers: 1}\n"
+                   "privacy: {mechanism: diff2, noise_multiplier: 1.0, clip: 1.0, sampling: poisson, "
+                   "sample_rate: 0.1}\n")
     p = subprocess.run([sys.executable, "-m", "dcoord", "run", str(job), "--out", str(tmp_path / "out")],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
     err = p.stderr.strip().splitlines()
-    assert len(err) == 1 and match in err[0], p.stderr
+    assert len(err) == 1 and "needs mechanism: dp-gd" in err[0], p.stderr
     assert not (tmp_path / "out").exists()
 
 
