@@ -17,7 +17,10 @@ for B runs together. The mechanism is dcoord's (``dcoord.privacy.mechanisms``), 
                           C2t = c2 ||x_t - x_{t-1}||
     v_t = g_t (restart) or v_{t-1} + g_t;  x_{t+1} = x_t - eta v_t;  DP-GD is T = 1.
 
-s1 = z1 k / N and s2 = z2 k / N are the noise per unit clip; the caller takes them from dcoord's calibrated
+DP-SGD (Poisson sampling at rate q, T = 1): each round every sample is in run b's batch with probability q_b
+(a Bernoulli mask, its own generator), and g_t = (1/(qN)) sum_{i in batch} clip_C1(g_i(x_t)) + N(0, s1^2 C1^2 I).
+
+s1 = z1 k / N (DP-SGD: z1 k / (qN)) and s2 = z2 k / N are the noise per unit clip; the caller takes them from dcoord's calibrated
 RoundSpecs (one noise draw on the aggregate, k = 2 under replace-one), so this file needs no dcoord import
 and runs wherever torch does (``python bench/diff2_sim.py SPEC.pt --device cuda``: a GPU runs the full grid).
 tests/test_privacy_bench_sim.py checks the clipped sums against dcoord's ``clipped_sum``/``clipped_diff_sum``.
@@ -74,15 +77,19 @@ def _grad_w1(r: Tensor, X: Tensor) -> Tensor:
     return (X.T @ r.reshape(N, B * K)).view(D_IN, B, K).permute(1, 2, 0)
 
 
-def clipped_sum(q: Tensor, p: Tensor, r: Tensor, X: Tensor, xx: Tensor, clip: Tensor) -> Tensor:
+def clipped_sum(q: Tensor, p: Tensor, r: Tensor, X: Tensor, xx: Tensor, clip: Tensor,
+                weight: Tensor | None = None) -> Tensor:
     """sum_i clip_C(u_i) for per-sample vectors u_i given by (grad_b2 = q, grad_w2 = p, dh = r); (B, 101).
 
     ``xx`` = ||x_i||^2 + 1 (grad_W1 = r x_i^T, grad_b1 = r); ``clip`` (B,) is each run's C.
-    Clip factor min(1, C / ||u_i||) as dcoord's ``clip_rows``.
+    Clip factor min(1, C / ||u_i||) as dcoord's ``clip_rows``. ``weight`` (N, B): 1 for the samples in each
+    run's batch, 0 for the others (Poisson sampling); None: every sample.
     """
     nrm2 = (p * p).sum(-1) + q * q + (r * r).sum(-1) * xx[:, None]
     tiny = torch.finfo(nrm2.dtype).tiny
     c = (clip / nrm2.sqrt().clamp_min(tiny)).clamp(max=1.0)
+    if weight is not None:
+        c = c * weight
     cr = c[..., None] * r
     return pack(_grad_w1(cr, X), cr.sum(0), (c[..., None] * p).sum(0), (c * q).sum(0))
 
@@ -95,7 +102,8 @@ def full_grad(e: Tensor, ea: Tensor, dh: Tensor, X: Tensor) -> Tensor:
 
 @dataclass
 class Batch:
-    """B runs of one seed: per-run hyperparameters (eta, C1, c2, T) and noise per unit clip (s1, s2)."""
+    """B runs of one seed: per-run hyperparameters (eta, C1, c2, T), noise per unit clip (s1, s2) and Poisson
+    sample rate (1: full batch)."""
 
     eta: Tensor
     clip: Tensor
@@ -103,6 +111,7 @@ class Batch:
     restart_every: Tensor  # int64; 1 = DP-GD
     s1: Tensor
     s2: Tensor
+    sample_rate: Tensor | None = None  # (B,) q per run; None: every run full-batch
 
 
 def simulate(batch: Batch, x0: Tensor, X: Tensor, y: Tensor, Xt: Tensor, yt: Tensor, rounds: int, seed: int,
@@ -117,6 +126,12 @@ def simulate(batch: Batch, x0: Tensor, X: Tensor, y: Tensor, Xt: Tensor, yt: Ten
     B, N = batch.eta.shape[0], X.shape[0]
     gen = torch.Generator(device=dev)
     gen.manual_seed(1_000_003 * seed + 17)
+    qrate = torch.ones(B, device=dev, dtype=dt) if batch.sample_rate is None else batch.sample_rate.to(dev, dt)
+    if bool((qrate < 1).any()):  # Poisson batches from their own generator: the noise draws stay as they were
+        if bool((batch.restart_every.to(dev)[qrate < 1] != 1).any()):
+            raise ValueError("Poisson sampling is for DP-GD runs (restart_every 1)")
+        gen_batch = torch.Generator(device=dev)
+        gen_batch.manual_seed(1_000_033 * seed + 29)
     xx = (X * X).sum(1) + 1.0
     yv = y.reshape(-1)
     alive = torch.arange(B, device=dev)
@@ -139,8 +154,8 @@ def simulate(batch: Batch, x0: Tensor, X: Tensor, y: Tensor, Xt: Tensor, yt: Ten
             if bool(bad.any()):
                 diverged[alive[bad]] = True
                 keep = ~bad
-                alive, x, v, step, eta, C1, c2, T, s1, s2 = (a[keep] for a in (alive, x, v, step, eta, C1, c2,
-                                                                                 T, s1, s2))
+                alive, x, v, step, eta, C1, c2, T, s1, s2, qrate = (
+                    a[keep] for a in (alive, x, v, step, eta, C1, c2, T, s1, s2, qrate))
                 e, ea, dh = e[:, keep], ea[:, keep], dh[:, keep]
                 prev = None if prev is None else tuple(p[:, keep] for p in prev)  # type: ignore[assignment]
                 if alive.numel() == 0:
@@ -156,7 +171,12 @@ def simulate(batch: Batch, x0: Tensor, X: Tensor, y: Tensor, Xt: Tensor, yt: Ten
             r = torch.where(rs3, dh, dh - prev[2])
             clip = torch.where(restart, C1, c2 * step)
             std = torch.where(restart, s1 * C1, s2 * c2 * step)
-        g = clipped_sum(q, p, r, X, xx, clip) / N
+        sampled = qrate < 1
+        weight = None
+        if bool(sampled.any()):  # one Bernoulli(q_b) draw per sample and run; full-batch runs keep weight 1
+            u = torch.rand((N, qrate.shape[0]), generator=gen_batch, device=dev, dtype=dt)
+            weight = torch.where(sampled, (u < qrate).to(dt), 1.0)
+        g = clipped_sum(q, p, r, X, xx, clip, weight) / (N * qrate)[:, None]
         g = g + std[:, None] * torch.randn(g.shape, generator=gen, device=dev, dtype=dt)
         v = torch.where(restart[:, None], g, v + g) if prev is not None else g
         x_new = x - eta[:, None] * v
@@ -187,7 +207,8 @@ def run_batches(configs: dict[str, Tensor], x0: Tensor, data: dict[str, Tensor],
     parts = []
     for lo in range(0, n, batch_size):
         sl = slice(lo, lo + batch_size)
-        b = Batch(*(configs[k][sl] for k in ("eta", "clip", "clip_diff", "restart_every", "s1", "s2")))
+        b = Batch(*(configs[k][sl] for k in ("eta", "clip", "clip_diff", "restart_every", "s1", "s2")),
+                  sample_rate=configs["sample_rate"][sl] if "sample_rate" in configs else None)
         parts.append(simulate(b, x0, X, y, Xt, yt, rounds, seed * 7919 + lo, log_every=log_every))
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 

@@ -1,4 +1,4 @@
-"""DP-GD vs DIFF2-GD in the DIFF2 paper's own setting (Murata & Suzuki, ICML 2023; issue 17).
+"""DP-GD vs DIFF2-GD in the DIFF2 paper's own setting (Murata & Suzuki, ICML 2023), and mini-batch DP-SGD.
 
 Setting (the paper's): neighbouring relation replace-one (sensitivity 2C/N), ONE noise draw on the aggregate
 (the average over the P = 10 nodes: dcoord's ``trust: coordinator``), full batch, R = 2000 rounds,
@@ -13,6 +13,9 @@ Protocol: every configuration runs on a tuning seed (1000) and on report seeds 0
 each (T, C1, c2) gets its learning rate (largest non-diverging) and each mechanism its best (T, C1, c2) by
 final train loss; the report seeds, never used for choosing, give mean ± std of train loss, ||grad f|| and
 test loss. DIFF2's best setting per T is reported too (where DIFF2 wins and where it does not).
+Beside them, at the same epsilon and R: DP-SGD with Poisson sampling (``privacy.sampling: poisson``) at each
+rate q of the grid (default q in {0.01, 0.1}; calibrated with the subsampled accountant, the same C1 and lr
+grids, noise on the mean over the expected batch qN).
 "Diverged": train loss above 10 (10x predicting the mean) or not finite at a check (every 50 rounds) or
 at the end.
 
@@ -62,25 +65,27 @@ PAPER_CLAIM = (
 )
 GRIDS: dict[str, dict[str, Any]] = {
     "full": {"rounds": 2000, "eps": [3.0, 5.0], "T": [6, 20, 60, 200], "C1": list(PAPER_CLIP_GRID),
-             "c2": list(PAPER_CLIP_DIFF_GRID), "lr": list(PAPER_ETA_GRID), "seeds": 5},
+             "c2": list(PAPER_CLIP_DIFF_GRID), "lr": list(PAPER_ETA_GRID), "seeds": 5, "q": [0.01, 0.1]},
     # without a GPU (2 CPU cores do ~30 run-rounds/s here): the paper's R and eps around the full grid's winners
     # (DP-GD lr 1, C1 1; DIFF2 T 60, C1 1, c2 3), not a tuning: 32,000 run-rounds
     "reduced": {"rounds": 2000, "eps": [3.0, 5.0], "T": [60], "C1": [1.0], "c2": [3.0], "lr": [1.0, 0.25],
-                "seeds": 1},
+                "seeds": 1, "q": [0.01, 0.1]},
     "quick": {"rounds": 100, "eps": [3.0], "T": [6, 20], "C1": [3.0], "c2": [3.0, 30.0], "lr": [0.25, 0.0625],
-              "seeds": 1},
+              "seeds": 1, "q": [0.01, 0.1]},
 }
 
 
 # ------------------------------------------------------------------------------------------ the sweep
 
 
-def calibrate(eps: float, T: int, rounds: int, n: int) -> dict[str, float]:
-    """Noise per unit clip (s1, s2) from dcoord's calibrated mechanism in the paper's setting; T = 1 is DP-GD."""
+def calibrate(eps: float, T: int, rounds: int, n: int, q: float = 1.0) -> dict[str, float]:
+    """Noise per unit clip (s1, s2) from dcoord's calibrated mechanism in the paper's setting; T = 1 is DP-GD,
+    T = 1 with q < 1 DP-SGD (Poisson sampling at rate q, s1 per unit clip of the mean over qN)."""
     mech_name = "dp-gd" if T == 1 else "diff2"
+    sampling = {"sampling": "poisson", "sample_rate": q} if q < 1 else {}
     cfg = PrivacyConfig(mechanism=mech_name, epsilon=eps, delta=DELTA, clip=1.0, trust="coordinator",
                         neighbouring="replace-one", restart_every=None if T == 1 else T,
-                        clip_diff=None if T == 1 else 1.0)
+                        clip_diff=None if T == 1 else 1.0, **sampling)
     mech = PrivateGD.from_config(cfg, rounds=rounds, n_samples=n, num_partitions=NODES)
     s1 = mech.round_spec(0).coordinator_std  # clip 1
     s2 = mech.round_spec(1, step_norm=1.0).coordinator_std if T > 1 else 0.0  # C2 = c2 * 1 = 1
@@ -89,12 +94,19 @@ def calibrate(eps: float, T: int, rounds: int, n: int) -> dict[str, float]:
 
 
 def configurations(grid: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every (mechanism, T, C1, c2, lr) of the grid; DP-GD has T = 1 and no c2."""
-    out = [{"mechanism": "dp-gd", "T": 1, "C1": c1, "c2": 0.0, "lr": lr}
+    """Every (mechanism, T, C1, c2, lr, q) of the grid; DP-GD has T = 1 and no c2; DP-SGD is DP-GD at q < 1
+    (last, so the full-batch runs keep their batches and noise draws)."""
+    out = [{"mechanism": "dp-gd", "T": 1, "C1": c1, "c2": 0.0, "lr": lr, "q": 1.0}
            for c1, lr in product(grid["C1"], grid["lr"])]
-    out += [{"mechanism": "diff2", "T": T, "C1": c1, "c2": c2, "lr": lr}
+    out += [{"mechanism": "diff2", "T": T, "C1": c1, "c2": c2, "lr": lr, "q": 1.0}
             for T, c1, c2, lr in product(grid["T"], grid["C1"], grid["c2"], grid["lr"])]
+    out += [{"mechanism": "dp-sgd", "T": 1, "C1": c1, "c2": 0.0, "lr": lr, "q": q}
+            for q, c1, lr in product(grid.get("q", []), grid["C1"], grid["lr"])]
     return out
+
+
+def _cal_key(eps: float, c: dict[str, Any]) -> str:
+    return f"{eps}/{c['T']}" if c["q"] == 1.0 else f"{eps}/q={c['q']:g}"
 
 
 def build_spec(grid: dict[str, Any], seeds: list[int], dtype: str = "float32") -> dict[str, Any]:
@@ -103,13 +115,15 @@ def build_spec(grid: dict[str, Any], seeds: list[int], dtype: str = "float32") -
     n, rounds = X.shape[0], grid["rounds"]
     configs = configurations(grid)
     cal = {f"{eps}/{T}": calibrate(eps, T, rounds, n) for eps in grid["eps"] for T in [1, *grid["T"]]}
+    cal.update({f"{eps}/q={q:g}": calibrate(eps, 1, rounds, n, q) for eps in grid["eps"] for q in grid.get("q", [])})
     jobs = []
     for eps in grid["eps"]:
-        cols: dict[str, list[float]] = {k: [] for k in ("eta", "clip", "clip_diff", "restart_every", "s1", "s2")}
+        cols: dict[str, list[float]] = {k: [] for k in ("eta", "clip", "clip_diff", "restart_every", "s1", "s2",
+                                                        "sample_rate")}
         for c in configs:
-            k = cal[f"{eps}/{c['T']}"]
+            k = cal[_cal_key(eps, c)]
             for key, val in (("eta", c["lr"]), ("clip", c["C1"]), ("clip_diff", c["c2"]),
-                             ("restart_every", c["T"]), ("s1", k["s1"]), ("s2", k["s2"])):
+                             ("restart_every", c["T"]), ("s1", k["s1"]), ("s2", k["s2"]), ("sample_rate", c["q"])):
                 cols[key].append(val)
         tens = {k: torch.tensor(v, dtype=torch.int64 if k == "restart_every" else torch.float64)
                 for k, v in cols.items()}
@@ -143,7 +157,7 @@ def report(spec: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any]:
         tune = sweep[f"eps={eps}/seed={TUNE_SEED}"]
         by_h: dict[tuple, list[int]] = {}
         for i, c in enumerate(configs):
-            by_h.setdefault((c["mechanism"], c["T"], c["C1"], c["c2"]), []).append(i)
+            by_h.setdefault((c["mechanism"], c["T"], c["C1"], c["c2"], c["q"]), []).append(i)
         chosen: dict[tuple, dict[str, Any]] = {}
         for h, idx in by_h.items():
             ok = [i for i in idx if not tune["diverged"][i]]
@@ -165,6 +179,8 @@ def report(spec: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any]:
             return stats(min(cands)[1]) if cands else None
 
         rows = {"dp-gd": best(lambda h: h[0] == "dp-gd"), "diff2": best(lambda h: h[0] == "diff2")}
+        for q in grid.get("q", []):
+            rows[f"dp-sgd q={q:g}"] = best(lambda h, q=q: h[0] == "dp-sgd" and h[4] == q)
         per_T = {str(T): best(lambda h, T=T: h[0] == "diff2" and h[1] == T) for T in grid["T"]}
         # where DIFF2 wins and where not: best C1 (on the tuning seed) for every (T, c2), on the report seeds
         t_by_c2 = {}
@@ -172,10 +188,10 @@ def report(spec: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any]:
             b = best(lambda h, T=T, c2=c2: h[0] == "diff2" and h[1] == T and h[3] == c2)
             t_by_c2[f"T={T}/c2={c2:g}"] = None if b is None else {
                 k: b[k] for k in ("lr", "C1", "loss", "grad_norm", "test_loss")}
-        lr_table = [{"mechanism": h[0], "T": h[1], "C1": h[2], "c2": h[3], "lr": v["lr"],
+        lr_table = [{"mechanism": h[0], "T": h[1], "C1": h[2], "c2": h[3], "q": h[4], "lr": v["lr"],
                      "tune_loss": _fin(v["tune_loss"])} for h, v in chosen.items()]
-        never = [{"mechanism": h[0], "T": h[1], "C1": h[2], "c2": h[3]} for h in by_h if h not in chosen]
-        cal = {k.split("/")[1]: v for k, v in spec["calibration"].items() if k.startswith(f"{eps}/")}
+        never = [{"mechanism": h[0], "T": h[1], "C1": h[2], "c2": h[3], "q": h[4]} for h in by_h if h not in chosen]
+        cal = {k.split("/", 1)[1]: v for k, v in spec["calibration"].items() if k.startswith(f"{eps}/")}
         out[str(eps)] = {"best": rows, "diff2_best_per_T": per_T, "diff2_by_T_and_c2": t_by_c2,
                          "lr_chosen": lr_table,
                          "all_lrs_diverged": never, "calibration": cal}
@@ -197,6 +213,7 @@ def print_report(rep: dict[str, Any]) -> None:
     for eps, r in rep.items():
         entries = [("DP-GD", r["best"]["dp-gd"]), ("DIFF2 best", r["best"]["diff2"])]
         entries += [(f"DIFF2 T={T}", s) for T, s in r["diff2_best_per_T"].items()]
+        entries += [(k.replace("dp-sgd", "DP-SGD"), s) for k, s in r["best"].items() if k.startswith("dp-sgd")]
         for name, s in entries:
             setting = "-" if s is None else f"lr={s['lr']:g} C1={s['C1']:g}" + (
                 f" c2={s['c2']:g} T={s['T']}" if s["mechanism"] == "diff2" else "")
@@ -216,6 +233,15 @@ def print_report(rep: dict[str, Any]) -> None:
             cells.append([eps, key, f"{lr_:.3f}", f"{gr_:.3f}", f"lr={b['lr']:g} C1={b['C1']:g}"])
         print(f"\nDIFF2 / DP-GD at eps {eps} (ratios of report-seed means; < 1: DIFF2 better)")
         print_table(["eps", "DIFF2 setting", "train loss ratio", "||grad f|| ratio", "tuned"], cells)
+        sgd = [(k, b) for k, b in r["best"].items() if k.startswith("dp-sgd")]
+        if sgd:
+            cells = [[eps, k.replace("dp-sgd", "DP-SGD"), "-", "-", "all lr diverged" if b is None else "diverged"]
+                     if b is None or b["loss"]["mean"] is None else
+                     [eps, k.replace("dp-sgd", "DP-SGD"), f"{b['loss']['mean'] / dp['loss']['mean']:.3f}",
+                      f"{b['grad_norm']['mean'] / dp['grad_norm']['mean']:.3f}", f"lr={b['lr']:g} C1={b['C1']:g}"]
+                     for k, b in sgd]
+            print(f"\nDP-SGD (Poisson sampling) / DP-GD at eps {eps} (same epsilon and rounds; < 1: DP-SGD better)")
+            print_table(["eps", "DP-SGD", "train loss ratio", "||grad f|| ratio", "tuned"], cells)
 
 
 def plot(rep: dict[str, Any], rounds: int, log_every: int, path: Path) -> None:
@@ -228,21 +254,24 @@ def plot(rep: dict[str, Any], rounds: int, log_every: int, path: Path) -> None:
     fig, axes = plt.subplots(len(rep), 4, figsize=(17, 3.8 * len(rep)), squeeze=False)
     for row, (eps, r) in zip(axes, rep.items(), strict=True):
         entries = [("DP-GD", r["best"]["dp-gd"])] + [(f"T={T}", s) for T, s in r["diff2_best_per_T"].items()]
+        entries += [(k.replace("dp-sgd ", "SGD "), s) for k, s in r["best"].items() if k.startswith("dp-sgd")]
         names = [n for n, _ in entries]
         for ax, key, title in zip(row[:3], ("loss", "grad_norm", "test_loss"),
                                   ("train loss", "||grad f(x_R)||", "test loss"), strict=True):
             means = [s[key]["mean"] if s and s[key]["mean"] is not None else math.nan for _, s in entries]
             stds = [s[key]["std"] if s else 0.0 for _, s in entries]
-            colors = ["tab:blue"] + ["tab:red"] * (len(entries) - 1)
+            colors = ["tab:blue" if n == "DP-GD" else "tab:green" if n.startswith("SGD") else "tab:red"
+                      for n in names]
             ax.bar(names, means, yerr=stds, color=colors, capsize=3)
             ax.set(title=f"eps={eps}: {title}", yscale="log")
             ax.grid(alpha=0.3, axis="y")
-        palette = iter(["tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown"])
+        palette = iter(["tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:cyan", "tab:olive",
+                        "tab:pink", "tab:gray"])
         for name, s in entries:
             if s and s["curve_mean"]:
                 xs = [min(i * log_every, rounds) for i in range(len(s["curve_mean"]))]
                 ys = [v if v is not None else math.nan for v in s["curve_mean"]]
-                row[3].plot(xs, ys, label=f"{'DIFF2 ' if name != 'DP-GD' else ''}{name}",
+                row[3].plot(xs, ys, label=name if name == "DP-GD" or name.startswith("SGD") else f"DIFF2 {name}",
                             color="tab:blue" if name == "DP-GD" else next(palette))
         row[3].set(title=f"eps={eps}: train loss (mean over seeds)", xlabel="round", yscale="log")
         row[3].legend(fontsize=8)

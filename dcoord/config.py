@@ -227,13 +227,15 @@ class JobConfig(ConfigModel):
         return self
 
     def _check_privacy(self) -> None:
-        """Private runs are single-model, full-batch, coded-mode runs (what the accounting assumes)."""
+        """Private runs are single-model, coded-mode runs, full-batch or Poisson-sampled (what the accounting
+        assumes)."""
         if self.mode == "token":
             raise ValueError("privacy: not supported in token mode yet (each hop would need its own "
                              "accounting); use mode: coded")
         if self.batch_size is not None:
-            raise ValueError("privacy: needs batch_size: null (full-batch rounds; the accountant uses "
-                             f"sample rate 1), got batch_size {self.batch_size}")
+            raise ValueError("privacy: needs batch_size: null (fixed-size batches are not accounted), got "
+                             f"batch_size {self.batch_size}; for mini-batches use privacy.sampling: poisson "
+                             "with privacy.sample_rate q (expected batch q x dataset size)")
         if self.make_scheme().models != 1:
             raise ValueError("privacy: needs one model (coding.models: 1); every extra model trained on the "
                              "same data would spend the privacy budget again")

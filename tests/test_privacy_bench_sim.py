@@ -121,3 +121,16 @@ def test_housing_reads_a_local_copy_and_rejects_a_bad_one(tmp_path, monkeypatch)
     monkeypatch.setenv("DCOORD_CALIFORNIA_HOUSING", str(tmp_path / "missing.csv"))
     with pytest.raises(WorkloadError, match="no such file"):
         load("housing-mlp", 0)
+
+
+def test_poisson_weighted_clipped_sum_is_dcoords_sum_over_the_batch():
+    """DP-SGD in the sweep: a 0/1 weight per sample and run gives dcoord's clipped sum over that batch."""
+    sim = _sim()
+    X, y = _data()
+    m0 = housing_model(0).double()
+    x0 = flat_params(m0)
+    e, ea, dh, _ = sim.pieces(x0[None], X, y.reshape(-1))
+    keep = torch.rand(X.shape[0], generator=torch.Generator().manual_seed(3)) < 0.3
+    got = sim.clipped_sum(e, ea, dh, X, (X * X).sum(1) + 1, torch.tensor([0.5], dtype=torch.float64),
+                          keep[:, None].double())[0]
+    assert torch.allclose(got, clipped_sum(m0, F.mse_loss, X[keep], y[keep], 0.5, x0), atol=1e-10)

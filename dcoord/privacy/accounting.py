@@ -17,6 +17,14 @@ z for every partition (parallel composition); coded combinations and replicas ar
 
 A history is a list of (noise_multiplier, sample_rate, steps), as in Opacus. dp-gd: [(z, 1, R)]. diff2:
 [(z1, 1, #restarts), (z2, 1, #differences)] with #restarts = ceil(R / T) (0-based rounds t with t % T == 0).
+
+Poisson sampling (``privacy.sampling: poisson``, dp-gd only): each round every sample is in the batch
+independently with probability q, and the round releases (1/(qN)) * sum_{i in batch} clip_C(g_i) + noise of
+std z * k * C / (qN) (Opacus's DP-SGD: the expected batch size qN is public and fixed, so the sensitivity is
+k * C / (qN) and z is unchanged). History [(z, q, R)]: the accountant's subsampled Gaussian (amplification by
+subsampling), as Opacus accounts its own DP-SGD. Replicas and a compromised coordinator's repeated questions
+about a round see the same batch (drawn from the workers' secret and the round only), so their releases
+compose inside one subsampled mechanism.
 """
 
 from __future__ import annotations
@@ -139,9 +147,13 @@ def mechanism_history(
     *,
     noise_multiplier_diff: float | None = None,
     restart_every: int = 1,
+    sample_rate: float = 1.0,
 ) -> History:
-    """Opacus-style history of a full-batch run (sample rate 1), as the named mechanism releases it."""
-    return get_mechanism(mechanism).history(rounds, noise_multiplier, noise_multiplier_diff, restart_every)
+    """Opacus-style history of a run as the named mechanism releases it (sample rate q = ``sample_rate``)."""
+    hist = get_mechanism(mechanism).history(rounds, noise_multiplier, noise_multiplier_diff, restart_every)
+    if sample_rate == 1.0:
+        return hist
+    return [(z, float(sample_rate), steps) for z, _, steps in hist]
 
 
 def compute_epsilon(history: Sequence[tuple[float, float, int]], delta: float, accountant: str = "rdp") -> float:
@@ -160,6 +172,7 @@ def calibrate_noise(
     restart_share: float = 0.8,
     accountant: str = "rdp",
     rel_tol: float = 1e-4,
+    sample_rate: float = 1.0,
 ) -> tuple[float, float | None]:
     """Smallest (z_restart, z_diff) with z_diff = ratio * z_restart whose epsilon is <= target (bisection).
 
@@ -177,7 +190,8 @@ def calibrate_noise(
     k = (ratio if ratio is not None else default_k) if two else 1.0
 
     def eps(z: float) -> float:
-        return acc.epsilon(mech.history(rounds, z, k * z if two else None, restart_every), delta)
+        return acc.epsilon(mechanism_history(mechanism, rounds, z, noise_multiplier_diff=k * z if two else None,
+                                             restart_every=restart_every, sample_rate=sample_rate), delta)
 
     lo, hi = 1e-3, 1.0
     while eps(hi) > target_epsilon:
@@ -195,8 +209,9 @@ def calibrate_noise(
     return hi, (k * hi if two else None)
 
 
-def epsilon_per_round(history_of_rounds: Sequence[float], delta: float, accountant: str = "rdp") -> list[float]:
-    """Cumulative epsilon after each round, given each round's noise multiplier (sample rate 1).
+def epsilon_per_round(history_of_rounds: Sequence[float], delta: float, accountant: str = "rdp",
+                      sample_rate: float = 1.0) -> list[float]:
+    """Cumulative epsilon after each round, given each round's noise multiplier (every round sample rate q).
 
     Groups equal multipliers, so a diff2 run costs O(R) accountant calls with two-entry histories.
     """
@@ -205,7 +220,7 @@ def epsilon_per_round(history_of_rounds: Sequence[float], delta: float, accounta
     counts: dict[float, int] = {}
     for z in history_of_rounds:
         counts[z] = counts.get(z, 0) + 1
-        out.append(acc.epsilon([(zz, 1.0, c) for zz, c in counts.items()], delta))
+        out.append(acc.epsilon([(zz, sample_rate, c) for zz, c in counts.items()], delta))
     return out
 
 
@@ -236,6 +251,7 @@ def resolve_noise(cfg: PrivacyConfig, rounds: int) -> tuple[float, float | None]
         restart_every=T,
         restart_share=cfg.restart_share,
         accountant=cfg.accountant,
+        sample_rate=cfg.resolved_sample_rate,
     )
 
 
@@ -258,7 +274,8 @@ def compromised_coordinator_epsilon(privacy_cfg: PrivacyConfig, rounds: int, num
     scale = part_factor / math.sqrt(replicas)
     hist = mechanism_history(privacy_cfg.mechanism, rounds, z1 * scale,
                              noise_multiplier_diff=None if z2 is None else z2 * scale,
-                             restart_every=privacy_cfg.resolved_restart_every(rounds))
+                             restart_every=privacy_cfg.resolved_restart_every(rounds),
+                             sample_rate=privacy_cfg.resolved_sample_rate)
     return get_accountant(privacy_cfg.accountant).epsilon(hist, privacy_cfg.delta)
 
 
@@ -279,13 +296,15 @@ def plan(privacy_cfg: PrivacyConfig, rounds: int, n_samples: int, num_partitions
     cfg = privacy_cfg
     T = cfg.resolved_restart_every(rounds)
     z1, z2 = resolve_noise(cfg, rounds)
-    hist = mechanism_history(cfg.mechanism, rounds, z1, noise_multiplier_diff=z2, restart_every=T)
+    q = cfg.resolved_sample_rate
+    hist = mechanism_history(cfg.mechanism, rounds, z1, noise_multiplier_diff=z2, restart_every=T, sample_rate=q)
     eps = get_accountant(cfg.accountant).epsilon(hist, cfg.delta)
     n_restart = restart_count(rounds, T)
     part_factor, agg_factor = noise_std_factors(cfg.trust, cfg.noise_split, num_partitions)
     relation = get_neighbouring(cfg.neighbouring)
     k = relation.sensitivity_factor
     part_factor, agg_factor = k * part_factor, k * agg_factor
+    n_batch = q * n_samples  # the divisor of the clipped sum: N, or the expected batch qN under Poisson sampling
     out: dict[str, Any] = {
         "mechanism": cfg.mechanism,
         "accountant": cfg.accountant,
@@ -305,8 +324,11 @@ def plan(privacy_cfg: PrivacyConfig, rounds: int, n_samples: int, num_partitions
         "differences": rounds - n_restart,
         "history": [list(h) for h in hist],
         "epsilon_per_round_mean": eps / rounds,
-        "noise_std_partition": part_factor * z1 * cfg.clip / n_samples,
-        "noise_std_aggregate": agg_factor * z1 * cfg.clip / n_samples,
+        "sampling": cfg.sampling,
+        "sample_rate": q,
+        "expected_batch_size": n_batch,
+        "noise_std_partition": part_factor * z1 * cfg.clip / n_batch,
+        "noise_std_aggregate": agg_factor * z1 * cfg.clip / n_batch,
     }
     out["replicas_per_partition"] = replicas
     out["epsilon_compromised_coordinator"] = compromised_coordinator_epsilon(cfg, rounds, num_partitions,

@@ -71,6 +71,14 @@ class PrivacyConfig(ConfigModel):
         "(valid only against an observer of the sum)"
     )
     accountant: Literal["rdp", "prv"] = Field("rdp", description="privacy accountant (Opacus): RDP or PRV")
+    sampling: Literal["full", "poisson"] = Field(
+        "full", description="full: every sample every round (DP-GD); poisson: each round every sample is in the "
+        "batch independently with probability sample_rate (DP-SGD, accounted with amplification by subsampling)"
+    )
+    sample_rate: float | None = Field(
+        default=None, description="sampling: poisson: q, the chance each sample is in a round's batch (expected "
+        "batch q * N); the message is the clipped sum over the batch divided by q * N"
+    )
     coordinator_seed: Seed | None = Field(default=None, description="trust=coordinator: the coordinator's seed")
 
     @model_validator(mode="before")
@@ -112,6 +120,7 @@ class PrivacyConfig(ConfigModel):
             raise ValueError(f"privacy.clip (C1) must be a finite number > 0, got {self.clip}")
         if not 0 < self.restart_share < 1:
             raise ValueError(f"privacy.restart_share must be in (0, 1), got {self.restart_share}")
+        self._check_sampling()
         get_mechanism(self.mechanism).check(self)
         if self.trust == "coordinator":
             if self.noise_split != "partition":
@@ -121,6 +130,28 @@ class PrivacyConfig(ConfigModel):
                 "privacy.coordinator_seed is not allowed with trust: workers (the coordinator must hold no noise seed)"
             )
         return self
+
+    def _check_sampling(self) -> None:
+        if self.sampling == "full":
+            if self.sample_rate is not None:
+                raise ValueError("privacy.sample_rate applies to sampling: poisson only (sampling is full: every "
+                                 "sample every round); set privacy.sampling: poisson or delete sample_rate")
+            return
+        q = self.sample_rate
+        if q is None or not 0 < q < 1:
+            raise ValueError(f"privacy.sampling: poisson needs privacy.sample_rate in (0, 1), got {q} "
+                             "(1 is sampling: full)")
+        if self.mechanism != "dp-gd":
+            raise ValueError(
+                f"privacy.sampling: poisson needs mechanism: dp-gd, got {self.mechanism}: DIFF2's analysis is "
+                "full-batch (its difference rounds need the same samples at x_t and x_(t-1), and its "
+                "sensitivity bound has no subsampled form); use sampling: full"
+            )
+
+    @property
+    def resolved_sample_rate(self) -> float:
+        """q: the chance each sample is in a round's batch (1 for full-batch rounds)."""
+        return 1.0 if self.sampling == "full" or self.sample_rate is None else float(self.sample_rate)
 
     def resolved_restart_every(self, rounds: int) -> int:
         """T actually used: 1 for dp-gd; for diff2 the override or max(2, round(0.01 * rounds))."""

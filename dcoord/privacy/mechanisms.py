@@ -104,6 +104,13 @@ class NoiseKey:
         msg = b"dcoord/noise/v1" + struct.pack(">qqq", stream, round, partition) + binding
         return int.from_bytes(hmac.new(self._key, msg, hashlib.sha256).digest()[:8], "big")
 
+    def _sample_seed(self, stream: int, round: int, sample_rate: float) -> int:
+        """Seed of round ``round``'s Poisson batch: the round and q only (never the parameters), so every
+        replica, and every answer about the round, uses the same batch; secret, so no one without the key
+        learns which samples a release used (what amplification by subsampling needs)."""
+        msg = b"dcoord/poisson-batch/v1" + struct.pack(">qqd", stream, round, sample_rate)
+        return int.from_bytes(hmac.new(self._key, msg, hashlib.sha256).digest()[:8], "big")
+
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("NoiseKey is immutable")
 
@@ -147,7 +154,7 @@ def load_worker_noise_key(secret_file: str | None = None, *, env: Mapping[str, s
     value = env.get(SECRET_ENV)
     if not value:
         raise PrivacyError(
-            f"trust: workers needs the worker's noise secret: --noise-secret-file PATH, ${SECRET_FILE_ENV} "
+            f"trust: workers (and sampling: poisson) needs the worker's noise secret: --noise-secret-file PATH, ${SECRET_FILE_ENV} "
             f"or ${SECRET_ENV}; the coordinator must not have it"
         )
     return NoiseKey(value)
@@ -184,6 +191,18 @@ def gaussian_noise(
     return z.to(dtype=dtype, device=device)
 
 
+def poisson_batch(key: NoiseKey, round: int, num_samples: int, sample_rate: float, *, stream: int = 0) -> Tensor:
+    """Round ``round``'s Poisson batch as a (num_samples,) bool mask: sample i is in it with probability q,
+    independently, a deterministic function of (key, stream, round, q) (torch's CPU generator, float64)."""
+    if not 0 < sample_rate <= 1:
+        raise PrivacyError(f"sample rate must be in (0, 1], got {sample_rate}")
+    if not isinstance(key, NoiseKey):
+        raise PrivacyError("Poisson sampling needs the workers' NoiseKey (load_worker_noise_key)")
+    g = torch.Generator(device="cpu")
+    g.manual_seed(key._sample_seed(stream, round, float(sample_rate)))
+    return torch.rand(num_samples, generator=g, dtype=torch.float64) < sample_rate
+
+
 # ------------------------------------------------------------------------------------------ the mechanism
 
 
@@ -206,6 +225,12 @@ class RoundSpec:
     neighbouring: str = "add-remove"  # the neighbouring relation the sensitivity is for
     noise_split: str = "partition"  # how the workers' noise is split over partitions
     partition_multiplier: float = 0.0  # partition_std / sensitivity: what one partition message costs
+    sample_rate: float = 1.0  # q: Poisson sampling divides the clipped sum by the expected batch q * N
+
+    @property
+    def batch_scale(self) -> float:
+        """The divisor of the clipped sum: N (full batch) or q * N (Poisson sampling, fixed and public)."""
+        return self.n_samples * self.sample_rate
 
 
 def release_binding(spec: RoundSpec, partition: int, params: bytes, *, stream: int = 0) -> bytes:
@@ -239,6 +264,7 @@ class PrivateGD:
         trust: Literal["workers", "coordinator"] = "workers",
         noise_split: Literal["partition", "aggregate"] = "partition",
         neighbouring: Literal["add-remove", "replace-one"] = "add-remove",
+        sample_rate: float = 1.0,
     ) -> None:
         try:
             mech = get_mechanism(mechanism)
@@ -249,6 +275,8 @@ class PrivateGD:
             restart_every = 1
         elif restart_every > 1 and (clip_diff is None or noise_multiplier_diff is None):
             raise PrivacyError(f"{mechanism} with restart_every > 1 needs clip_diff and noise_multiplier_diff")
+        if not 0 < sample_rate <= 1 or (sample_rate < 1 and mech.has_differences):
+            raise PrivacyError(f"sample_rate must be in (0, 1] (1 for {mechanism}), got {sample_rate}")
         if clip <= 0 or noise_multiplier < 0 or n_samples <= 0 or num_partitions <= 0 or restart_every < 1:
             raise PrivacyError(
                 f"bad mechanism parameters: clip={clip}, noise_multiplier={noise_multiplier}, "
@@ -265,6 +293,7 @@ class PrivateGD:
         self.trust = trust
         self.noise_split = noise_split
         self.neighbouring = neighbouring
+        self.sample_rate = float(sample_rate)
         self.sensitivity_factor = relation.sensitivity_factor  # k: sensitivity k * C / N, the relation's
         self._part, self._agg = noise_std_factors(trust, noise_split, num_partitions)
 
@@ -286,6 +315,7 @@ class PrivateGD:
             trust=cfg.trust,
             noise_split=cfg.noise_split,
             neighbouring=cfg.neighbouring,
+            sample_rate=cfg.resolved_sample_rate,
         )
 
     def is_restart(self, round: int) -> bool:
@@ -305,7 +335,7 @@ class PrivateGD:
                 raise PrivacyError(f"step_norm must be finite and >= 0, got {step_norm}")
             assert self.clip_diff is not None and self.noise_multiplier_diff is not None
             clip, z = self.clip_diff * step_norm, self.noise_multiplier_diff
-        unit = z * self.sensitivity_factor * clip / self.n_samples  # z * sensitivity
+        unit = z * self.sensitivity_factor * clip / (self.n_samples * self.sample_rate)  # z * sensitivity
         return RoundSpec(
             round=round,
             kind=kind,
@@ -319,6 +349,7 @@ class PrivateGD:
             neighbouring=self.neighbouring,
             noise_split=self.noise_split,
             partition_multiplier=self._part * z,
+            sample_rate=self.sample_rate,
         )
 
     def history(self, rounds: int) -> History:
@@ -329,6 +360,7 @@ class PrivateGD:
             self.noise_multiplier,
             noise_multiplier_diff=self.noise_multiplier_diff,
             restart_every=self.restart_every,
+            sample_rate=self.sample_rate,
         )
 
     def add_coordinator_noise(
@@ -379,7 +411,8 @@ def worker_message(
 ) -> Tensor:
     """Partition ``partition``'s private message m_j for ``spec.round`` (a flat (d,) tensor, nothing else).
 
-    ``X, y`` are the partition's samples; ``params`` = x_t (default: the model's own), ``prev_params`` =
+    ``X, y`` are the partition's samples (under Poisson sampling: those of the round's batch, see
+    :func:`poisson_batch`); ``params`` = x_t (default: the model's own), ``prev_params`` =
     x_{t-1} (difference rounds). ``key`` is the workers' NoiseKey (required when spec.partition_std > 0).
     The noise seed binds everything that shapes the message (:func:`release_binding`: the round's spec, the
     partition and a digest of (x_t, x_{t-1})): replicas asked the same question send identical messages
@@ -392,7 +425,7 @@ def worker_message(
         if prev_params is None:
             raise PrivacyError(f"round {spec.round} is a difference round: pass prev_params (x_(t-1))")
         s = clipped_diff_sum(model, loss_fn, X, y, spec.clip, params, prev_params, chunk_size=chunk_size)
-    m = s / spec.n_samples
+    m = s / spec.batch_scale
     if spec.partition_std > 0:
         if not isinstance(key, NoiseKey):
             raise PrivacyError("trust: workers needs the workers' NoiseKey (load_worker_noise_key) for the noise")

@@ -40,7 +40,7 @@ def spawn_worker(address: str, requested_id: int = -1, log_path: Path | None = N
 
 
 def worker_secret_env(cfg: JobConfig) -> dict[str, str]:
-    """trust: workers: the workers' shared noise secret, for local runs that did not provide one.
+    """trust: workers or Poisson sampling: the workers' shared secret, for local runs that did not provide one.
 
     The launcher (not the Coordinator object) makes a fresh random secret and puts it only into the worker
     processes' environment; give your own in ``$DCOORD_NOISE_SECRET`` (or a file named by
@@ -49,7 +49,8 @@ def worker_secret_env(cfg: JobConfig) -> dict[str, str]:
     from dcoord.privacy.mechanisms import SECRET_ENV, SECRET_FILE_ENV
 
     p = cfg.privacy
-    if p is None or p.trust != "workers" or os.environ.get(SECRET_FILE_ENV) or os.environ.get(SECRET_ENV):
+    needs = p is not None and (p.trust == "workers" or p.sampling == "poisson")  # the noise, the Poisson batches
+    if not needs or os.environ.get(SECRET_FILE_ENV) or os.environ.get(SECRET_ENV):
         return {}
     return {SECRET_ENV: secrets.token_hex(32)}
 

@@ -21,7 +21,7 @@ from dcoord.workloads import Workload
 def build_mechanism(cfg: JobConfig, workload: Workload, num_partitions: int) -> PrivateGD:
     """The job's mechanism with its noise resolved (calibrated to the target epsilon when one is given)."""
     assert cfg.privacy is not None
-    # N: private rounds are full-batch (config validation enforces batch_size: null)
+    # N: the whole dataset (batch_size: null); Poisson sampling divides by the expected batch q * N
     return PrivateGD.from_config(cfg.privacy, rounds=cfg.rounds, n_samples=workload.num_samples,
                                  num_partitions=num_partitions)
 

@@ -35,7 +35,7 @@ class CoordinatorPrivacy:
             self.seed = p.coordinator_seed if p.coordinator_seed is not None else secrets.randbits(62)
         mults = round_multipliers(p.mechanism, cfg.rounds, self.mech.noise_multiplier,
                                   self.mech.noise_multiplier_diff, self.mech.restart_every)
-        self.epsilons = epsilon_per_round(mults, p.delta, p.accountant)
+        self.epsilons = epsilon_per_round(mults, p.delta, p.accountant, p.resolved_sample_rate)
         self.plan = plan(p, cfg.rounds, workload.num_samples, num_partitions)
         self.prev: np.ndarray | None = None  # x_{t-1}
         self.last_spec: RoundSpec | None = None

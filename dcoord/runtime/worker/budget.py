@@ -8,6 +8,8 @@ so partitions compose in parallel and the worker's epsilon is the largest over i
 one partition compose by the job's own accountant (``privacy.accountant``, the coordinator's too). The same
 question answered again (the identical message, see the answer ledger) releases nothing and is not charged.
 With ``max_epsilon`` a release that would take the worker past it is refused before anything is computed.
+Under Poisson sampling each message is a subsampled Gaussian at the sample rate q the worker drew its batch
+with (from the workers' key, which the coordinator never holds), so it is charged with amplification at q.
 """
 
 from __future__ import annotations
@@ -19,21 +21,23 @@ from dcoord.privacy.accounting import get_accountant
 
 
 class WorkerBudget:
-    """Releases per partition, as {multiplier: count}; the epsilon they cost; refusals past ``max_epsilon``."""
+    """Releases per partition, as {(multiplier, sample rate): count}; the epsilon they cost; refusals past
+    ``max_epsilon``."""
 
     def __init__(self, accountant: str, delta: float, max_epsilon: float | None = None) -> None:
         self.accountant = get_accountant(accountant)
         self.delta = float(delta)
         self.max_epsilon = max_epsilon
-        self.releases: dict[int, dict[float, int]] = {}  # partition -> multiplier -> messages released
+        # partition -> (multiplier, sample rate) -> messages released
+        self.releases: dict[int, dict[tuple[float, float], int]] = {}
         self.refused = 0
-        self._eps: dict[tuple[tuple[float, int], ...], float] = {}  # history -> epsilon (partitions share them)
+        self._eps: dict[tuple, float] = {}  # history -> epsilon (partitions share them)
 
-    def _epsilon(self, counts: dict[float, int]) -> float:
+    def _epsilon(self, counts: dict[tuple[float, float], int]) -> float:
         hist = tuple(sorted(counts.items()))
         eps = self._eps.get(hist)
         if eps is None:
-            eps = self._eps[hist] = self.accountant.epsilon([(z, 1.0, n) for z, n in hist], self.delta)
+            eps = self._eps[hist] = self.accountant.epsilon([(z, q, n) for (z, q), n in hist], self.delta)
         return eps
 
     def epsilon(self, partition: int | None = None) -> float:
@@ -42,13 +46,17 @@ class WorkerBudget:
             return self._epsilon(self.releases.get(partition, {}))
         return max((self._epsilon(c) for c in self.releases.values()), default=0.0)
 
-    def charge(self, partition: int, multiplier: float, what: str = "") -> None:
-        """Account one new message about ``partition`` with noise ``multiplier`` x sensitivity, or refuse it
-        (PrivacyError, nothing recorded) when it would take this worker past ``max_epsilon``."""
+    def charge(self, partition: int, multiplier: float, what: str = "", sample_rate: float = 1.0) -> None:
+        """Account one new message about ``partition`` with noise ``multiplier`` x sensitivity (on a Poisson
+        batch of rate ``sample_rate``), or refuse it (PrivacyError, nothing recorded) when it would take this
+        worker past ``max_epsilon``."""
         if not (multiplier >= 0 and not math.isnan(multiplier)):
             raise PrivacyError(f"bad noise multiplier {multiplier}")
+        if not 0 < sample_rate <= 1:
+            raise PrivacyError(f"bad sample rate {sample_rate}")
         counts = dict(self.releases.get(partition, {}))
-        counts[multiplier] = counts.get(multiplier, 0) + 1
+        key = (float(multiplier), float(sample_rate))
+        counts[key] = counts.get(key, 0) + 1
         eps = self._epsilon(counts)
         if self.max_epsilon is not None and not eps <= self.max_epsilon:
             self.refused += 1

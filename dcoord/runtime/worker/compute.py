@@ -98,6 +98,10 @@ class TaskComputer:
                 if params is None:
                     raise ValueError("a private task needs the model parameters x_t")
                 x, y = self.source.fetch(all_parts[j])
+                keep = self.privacy.in_batch(job, all_parts[j])
+                if not keep.all():  # Poisson sampling: the round's batch inside the (cached) whole part
+                    sel = torch.from_numpy(np.flatnonzero(keep)).to(x.device)
+                    x, y = x[sel], y[sel]
                 term = c * self.privacy.part_message_tensor(self.model, self.wl.loss_fn, x, y, job=job, part=j,
                                                             params=params, prev=prev)
             else:

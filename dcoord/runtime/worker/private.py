@@ -25,6 +25,7 @@ from dcoord.privacy.mechanisms import (
     PrivacyError,
     load_worker_noise_key,
     params_digest,
+    poisson_batch,
     worker_message,
 )
 from dcoord.runtime.privacy_glue import answer_window, build_mechanism, round_spec
@@ -127,10 +128,25 @@ class WorkerPrivacy:
         assert cfg.privacy is not None
         self.mech = build_mechanism(cfg, workload, num_partitions)
         self.key: NoiseKey | None = None
-        if cfg.privacy.trust == "workers":
+        self.answers_ledgered = cfg.privacy.trust == "workers"
+        # the key draws the noise (trust: workers) and the Poisson batches (kept secret from every reader of
+        # a release, the coordinator included)
+        if self.answers_ledgered or self.mech.sample_rate < 1:
             self.key = key if key is not None else load_worker_noise_key()
+        self.num_samples = workload.num_samples
+        self._batch: tuple[int, torch.Tensor] | None = None  # (job, mask) of the newest Poisson batch
         self.ledger = AnswerLedger(answer_window(cfg), jobs=cfg.rounds)
         self.budget = WorkerBudget(cfg.privacy.accountant, cfg.privacy.delta, max_epsilon)
+
+    def in_batch(self, job: int, idx: np.ndarray) -> np.ndarray:
+        """Which of the samples ``idx`` (a part's, of the whole dataset) are in round ``job``'s batch: all of
+        them, or the Poisson batch every replica draws alike from the workers' key."""
+        if self.mech.sample_rate >= 1:
+            return np.ones(len(idx), dtype=bool)
+        if self._batch is None or self._batch[0] != job:
+            assert self.key is not None
+            self._batch = (job, poisson_batch(self.key, job, self.num_samples, self.mech.sample_rate))
+        return self._batch[1].numpy()[np.asarray(idx, dtype=np.int64)]
 
     def needs_previous(self, job: int) -> bool:
         return not self.mech.is_restart(job)
@@ -148,10 +164,10 @@ class WorkerPrivacy:
             raise PrivacyError(f"round {job} is a difference round and the assignment did not carry the "
                                "previous parameters x_(t-1)")
         spec = round_spec(self.mech, job, params, prev)
-        if self.key is not None:  # trust: workers: one answer per (job, partition), each charged once
+        if self.answers_ledgered:  # trust: workers: one answer per (job, partition), each charged once
             digest = params_digest(params, prev if spec.kind == "difference" else None)
             self.ledger.check(job, part, digest, on_new=lambda: self.budget.charge(
-                part, spec.partition_multiplier, f"round {job} partition {part}"))
+                part, spec.partition_multiplier, f"round {job} partition {part}", sample_rate=spec.sample_rate))
         flat = torch.from_numpy(np.ascontiguousarray(params)).to(X.device)
         prev_t = None if prev is None else torch.from_numpy(np.ascontiguousarray(prev)).to(X.device)
         m = worker_message(model, loss_fn, X, y, spec=spec, partition=part, key=self.key, params=flat,

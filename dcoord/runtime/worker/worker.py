@@ -218,7 +218,8 @@ def _worker_privacy(cfg: JobConfig, workload, parts: int, noise_secret_file: str
     from dcoord.runtime.worker.private import WorkerPrivacy
 
     try:
-        key = load_worker_noise_key(noise_secret_file) if cfg.privacy.trust == "workers" else None
+        needs_key = cfg.privacy.trust == "workers" or cfg.privacy.sampling == "poisson"  # noise, batches
+        key = load_worker_noise_key(noise_secret_file) if needs_key else None
         return WorkerPrivacy(cfg, workload, parts, key=key, max_epsilon=max_epsilon)
     except (PrivacyError, OSError) as exc:
         raise DcoordError(f"worker: {exc}") from None
