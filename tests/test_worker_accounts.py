@@ -171,6 +171,21 @@ def test_the_workers_own_account_is_the_jobs_accountant_and_refuses_past_max_eps
     assert budget.epsilon() > 10
 
 
+def test_the_worker_charges_a_poisson_release_with_amplification_at_its_sample_rate():
+    """Under Poisson sampling the worker drew the batch from its own secret, so each release is a subsampled
+    Gaussian at rate q: charged as the accountant's (z, q, count), far below a full-batch release."""
+    from dcoord.privacy.accounting import get_accountant
+
+    full, sampled = WorkerBudget("rdp", 1e-5), WorkerBudget("rdp", 1e-5)
+    for _ in range(100):
+        full.charge(0, 1.1)
+        sampled.charge(0, 1.1, sample_rate=0.01)
+    assert sampled.epsilon(0) == pytest.approx(get_accountant("rdp").epsilon([(1.1, 0.01, 100)], 1e-5), rel=1e-12)
+    assert sampled.epsilon(0) < full.epsilon(0) / 5
+    with pytest.raises(PrivacyError, match="sample rate"):
+        sampled.charge(0, 1.1, sample_rate=0.0)
+
+
 @pytest.mark.slow
 def test_a_fake_coordinator_asking_beyond_the_plan_gets_refused_and_its_mean_is_no_better_than_the_budget(tmp_path):
     """The attack: a 10-round config, its 10 rounds answered at the same parameters, then 200 more jobs at
