@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import dcoord
-import dcoord.loop.member  # noqa: F401 - the fast tier imports every module (its end-to-end use is slow)
+import dcoord.loop.host  # noqa: F401 - the fast tier imports every module (rank 0 runs them in a subprocess)
+import dcoord.loop.member  # noqa: F401
 from dcoord.errors import ConfigError
 from dcoord.loop.batches import loader_batches
 
@@ -134,3 +135,35 @@ def test_one_slow_rank_gc_cyclic_equals_the_uncoded_run_and_its_late_work_is_dro
     assert max(r["decode_residual"] for r in recs) < 1e-9
     assert max_diff(runs / "slow" / "model.pt", runs / "uncoded" / "model.pt") < 1e-5
     assert np.isfinite(summary["final_loss"])
+
+
+# -- one rank, in a process of its own (a torchrun environment of world size 1: seconds, not minutes) --------
+def one_rank(tmp_path: Path, scheme: str, settings: str = "") -> subprocess.CompletedProcess:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**ENV, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+           "TORCHELASTIC_RUN_ID": "test", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "DCOORD_SET": settings}
+    return subprocess.run([sys.executable, str(ROOT / "tests" / "loop_one_rank.py"), str(tmp_path / "run"), scheme],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_one_rank_trains_through_the_coordinator_as_plain_torch_does(tmp_path):
+    p = one_rank(tmp_path, "uncoded")
+    assert p.returncode == 0, p.stderr[-3000:]
+    diff = float(p.stdout.split("max_diff=")[1].split()[0])
+    assert diff < 1e-6
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["rounds_completed"] == 6 and summary["collective"]["digest_checks"] >= 1
+    assert np.isfinite(summary["final_loss"])
+
+
+def test_a_code_the_loop_cannot_run_is_one_line_and_leaves_nothing(tmp_path):
+    p = one_rank(tmp_path, "m-sgc", "coding.B=1;coding.W=2;coding.lambda=1")  # a sequential code: 2 models
+    assert p.returncode == 2, p.stderr[-3000:]
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "coding.scheme" in lines[0] and "gc-cyclic" in lines[0], p.stderr
+    assert not (tmp_path / "run").exists()

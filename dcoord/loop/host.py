@@ -84,7 +84,9 @@ class CoordinatorThread:
 
     def _run(self) -> None:
         from dcoord.runtime.coordinator.host import host_job
+        from dcoord.runtime.store.rundir import NAMING
 
+        NAMING.set("api")  # errors name dcoord.join's arguments (out=, overwrite=True), not CLI flags
         try:
             self.summary = asyncio.run(host_job(self.spec, self.hooks))
         except BaseException as exc:  # noqa: BLE001 - handed to the user's thread by join()

@@ -17,6 +17,7 @@ batch's last part went backward, ``.grad`` holds the decoded gradient of the who
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
@@ -29,21 +30,24 @@ import torch
 from dcoord.errors import ConfigError, DcoordError
 from dcoord.loop.batches import Batch, empty_part, global_batches, make_parts
 
+log = logging.getLogger("dcoord.loop")
+
 
 def join(scheme: str = "uncoded", stragglers: int = 0, *, steps: int | None = None, name: str = "loop",
-         seed: int = 0, out: str | Path | None = None, overwrite: bool = False, resume: bool = False,
+         seed: int = 0, out: str | Path | None = None, overwrite: bool = False,
          inject: dict | None = None, config: dict | None = None, overrides: list[str] | None = None,
          progress: bool = False) -> Job:
     """Join this torchrun rank to a dcoord job; every rank calls it (rank 0 also hosts the coordinator).
 
     ``scheme``/``stragglers``: the gradient code (``coding.scheme``, ``coding.stragglers``). ``steps``: the
     number of optimizer steps (default: ``epochs`` x batches per epoch of the first ``batches`` call).
-    ``out``: rank 0's run directory (metrics.jsonl, summary.json, checkpoints; default ``runs/NAME``);
-    ``resume``: continue the run in ``out`` from its last checkpoint. ``inject``: an injected straggler
+    ``out``: rank 0's run directory (metrics.jsonl, summary.json; default ``runs/NAME``; ``overwrite``:
+    replace the run there). ``inject``: an injected straggler
     model (the config's ``inject:`` section, e.g. ``{"model": "fixed", "workers": [1], "slowdown": 5}``).
     ``config``: any other job-config keys as a dict (``runtime``, ``coding``); ``overrides``: ``key=value``
     strings, as ``--set``, applied after ``$DCOORD_SET`` (the same, separated by ``;``: a local trial's
-    settings, e.g. an injected straggler, without editing the script).
+    settings, e.g. an injected straggler, without editing the script). With ``$DCOORD_TOKEN_FILE``
+    set, the control plane takes that token (else a fresh one per run).
     """
     import torch.distributed as dist
 
@@ -56,7 +60,7 @@ def join(scheme: str = "uncoded", stragglers: int = 0, *, steps: int | None = No
     if not dist.is_initialized():
         dist.init_process_group("gloo")  # the launcher's group: only to hand rank 0's address to the others
     settings = {"scheme": scheme, "stragglers": stragglers, "steps": steps, "name": name, "seed": seed,
-                "out": out, "overwrite": overwrite, "resume": resume, "inject": inject, "config": config or {},
+                "out": out, "overwrite": overwrite, "inject": inject, "config": config or {},
                 "overrides": [*env_overrides(), *(overrides or [])], "progress": progress}
     return Job(settings, env.rank, env)
 
@@ -158,12 +162,13 @@ class Job:
             from dcoord.loop.host import CoordinatorThread
 
             out = Path(s["out"]) if s["out"] is not None else default_out(self.cfg.name)
-            mode = "resume" if s["resume"] else "overwrite" if s["overwrite"] else "new"
+            mode = "overwrite" if s["overwrite"] else "new"
             listen, advertise = coordinator_hosts(self.env)
-            self.host = CoordinatorThread(self.cfg, out, mode, token, listen, advertise, s["progress"],
-                                          self._last_loss)
             try:
+                self.host = CoordinatorThread(self.cfg, out, mode, token, listen, advertise, s["progress"],
+                                              self._last_loss)
                 found = [self.host.wait_listening(60.0), token]
+                log.info("coordinator of this job on %s (run directory %s)", found[0], out)
             except DcoordError as exc:
                 problem = str(exc)
         if self.rank == 0 and problem:
@@ -211,7 +216,7 @@ class Job:
             self._start(steps)
         for idx in order:
             self.seen += 1
-            if self.seen <= self.step:  # a resumed run: rounds trained before its checkpoint
+            if self.seen <= self.step:  # rounds the job had trained before this rank started
                 continue
             if self.step >= self.total:
                 break
