@@ -151,7 +151,10 @@ def one_rank(tmp_path: Path, scheme: str, settings: str = "") -> subprocess.Comp
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
 
 
+@pytest.mark.slow
 def test_one_rank_trains_through_the_coordinator_as_plain_torch_does(tmp_path):
+    """Adam, StepLR, clipping, bfloat16 autocast and a state_dict round trip around the wrapper: the same
+    parameters as the plain loop (tests/loop_one_rank.py)."""
     p = one_rank(tmp_path, "uncoded")
     assert p.returncode == 0, p.stderr[-3000:]
     diff = float(p.stdout.split("max_diff=")[1].split()[0])

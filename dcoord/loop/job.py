@@ -101,6 +101,7 @@ class Job:
         self.steps: int | None = None  # wrap(steps=...)
         self.fractions: np.ndarray | None = None
         self.summary: dict | None = None
+        self.finished = False  # the job ended (later batches() calls yield nothing)
         self._last_loss = [float("nan")]
         self._batch: Batch | None = None
 
@@ -225,7 +226,7 @@ class Job:
             if self.step != batch.step + 1:
                 raise DcoordError(f"step {batch.step}: call optimizer.step() once per batch (it was called "
                                   f"{self.step - batch.step} times)")
-        if self.step >= self.total:
+        if self.step >= self.total and not self.finished:
             self._finish()
 
     def _round(self, dataset, idx: np.ndarray, collate) -> Batch:
@@ -279,6 +280,7 @@ class Job:
 
     def _finish(self) -> None:
         """After the last step: the coordinator takes the final parameters and ends the job (rank 0: the summary)."""
+        self.finished = True
         self.member.finish()
         if self.host is not None:
             self.summary = self.host.join(self.cfg.runtime.round_timeout_s)
