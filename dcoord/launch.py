@@ -115,7 +115,7 @@ def _revalidate(cfg: JobConfig, overrides: list[str], where: str, fix: str = "")
         raise ConfigError(f"{where}{exc}".replace("config: ", "", 1) + fix) from None
 
 
-def _hosts(env: LaunchEnv) -> tuple[str, str]:
+def coordinator_hosts(env: LaunchEnv) -> tuple[str, str]:
     """(listen address, address workers dial): loopback when every rank is on this node."""
     adv = os.environ.get("DCOORD_ADVERTISE_HOST")
     if not adv and env.local_world_size >= env.world_size:
@@ -157,7 +157,7 @@ async def _coordinate_async(cfg: JobConfig, env: LaunchEnv, out: Path | None, pl
     from dcoord.runtime.coordinator.host import HostHooks, HostSpec, host_job
     from dcoord.runtime.transport.registry import announce_plane, choose_plane
 
-    listen, host = _hosts(env)
+    listen, host = coordinator_hosts(env)
     spec = HostSpec(cfg, out, mode, listen=f"{listen}:0", progress=progress, launch_plane=plane,
                     launch_ranks=range(1, env.world_size), security=security,
                     metrics=metrics(listen) if metrics is not None else None, checkpoint_key=checkpoint_key)

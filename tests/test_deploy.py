@@ -326,7 +326,7 @@ def test_kubeflow_command_lines(rendered):
     # the DCOORD_* variables there are read by dcoord.launch: rank 0 advertises the pod IP, and any
     # worker pod may hold rank 0, so each has the certificate, its key and the CA (the name the
     # certificate carries is checked, not the pod IP dialled)
-    from dcoord.launch import LaunchEnv, _hosts
+    from dcoord.launch import LaunchEnv, coordinator_hosts
 
     env = resolve_env(wc, wtpl["metadata"], SAMPLE_FIELDS)
     assert set(env) <= {"DCOORD_ADVERTISE_HOST", "DCOORD_TOKEN_FILE", "DCOORD_TLS_CERT", "DCOORD_TLS_KEY",
@@ -336,7 +336,7 @@ def test_kubeflow_command_lines(rendered):
                                  "tls_ca": "ca.crt"})
     assert ns.resume_or_new and ns.tls_server_name == "dcoord-coordinator"
     with environ(env):
-        assert _hosts(LaunchEnv("mpirun", 0, 4, 0, 1)) == ("0.0.0.0", SAMPLE_FIELDS["status.podIP"])
+        assert coordinator_hosts(LaunchEnv("mpirun", 0, 4, 0, 1)) == ("0.0.0.0", SAMPLE_FIELDS["status.podIP"])
 
 
 def _secret_files(tpl: dict, c: dict, ns, wanted: dict[str, str]) -> None:

@@ -58,6 +58,7 @@ class HostSpec:
     metrics: Callable[[Coordinator], Any] | None = None  # starts the Prometheus endpoint (metrics.py)
     launch_plane: Any = None  # torchrun/mpirun: the launcher's data plane (transport/registry.py)
     launch_ranks: range = range(0)  # the ranks that send payloads over ``launch_plane``
+    signals: bool = True  # SIGINT/SIGTERM stop the run; False off the main thread (dcoord.loop's rank 0)
 
 
 @dataclass
@@ -79,7 +80,8 @@ async def host_job(spec: HostSpec, hooks: HostHooks | None = None) -> dict:
     hooks = hooks or HostHooks()
     loop = asyncio.get_running_loop()
     stopped: list[int] = []
-    resume.stop_on_signals(loop, asyncio.current_task(), stopped)
+    if spec.signals:
+        resume.stop_on_signals(loop, asyncio.current_task(), stopped)
     fresh = spec.out is not None and not Path(spec.out).exists()
     coord = server = probe = None
     discard = False  # a run that did not start, or was stopped before its first round, leaves nothing
@@ -126,7 +128,8 @@ async def host_job(spec: HostSpec, hooks: HostHooks | None = None) -> dict:
                                  "nothing written", stopped[0]) from None
         raise (hooks.stopped or _default_stopped(spec))(coord, stopped[0]) from None
     finally:
-        resume.remove_signal_handlers(loop)
+        if spec.signals:
+            resume.remove_signal_handlers(loop)
         if server is not None:
             await asyncio.sleep(0.2)  # let the shutdown messages flush
             await server.stop(grace=1.0)

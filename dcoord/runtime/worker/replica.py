@@ -122,17 +122,21 @@ class Replica:
                 elif isinstance(msg, Decode):
                     self._decode(msg)
                 elif isinstance(msg, SyncRequest):
-                    self._check_model(msg.model)
-                    with self.cv:
-                        arrays = state_arrays(self.models[msg.model], self.optimizers[msg.model])
-                        version = self.versions[msg.model]
-                    self.send_state(to_message(msg.model, version, arrays))
+                    self._sync(msg)
             except Exception as exc:  # noqa: BLE001 - reported to the compute thread, which ends the worker
                 log.error("all-reduce plane: %s", exc)
                 with self.cv:
                     self.error = f"all-reduce plane: {exc}"
                     self.cv.notify_all()
                 return
+
+    def _sync(self, msg: SyncRequest) -> None:
+        """Answer the coordinator's request for this replica's state (a checkpoint, the end of the run)."""
+        self._check_model(msg.model)
+        with self.cv:
+            arrays = state_arrays(self.models[msg.model], self.optimizers[msg.model])
+            version = self.versions[msg.model]
+        self.send_state(to_message(msg.model, version, arrays))
 
     def _form(self, g: Group) -> None:
         """Join (or re-form) the group: a fresh gloo process group on the coordinator's store."""
