@@ -27,6 +27,7 @@ drifts more than ``drift`` from the planned speeds.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ import numpy as np
 
 from dcoord.coding.base import DecodeError, ResultRef, SchemeError, SchemeSpec, Task, register_scheme
 from dcoord.coding.gc import _PlainScheme, solve_decoding
+from dcoord.dtypes import UNIT_ROUNDOFF
 
 #: grid parts per worker (the batch is cut into parts = PARTS_PER_WORKER * n equal parts)
 PARTS_PER_WORKER = 8
@@ -216,14 +218,16 @@ def plan_precision(plan: Plan, s: int, dtype: str = "float32", max_sets: int = 6
     """The plan's decode precision, measured as for the other codes (dcoord.coding.precision): the worst
     relative error of the decoded sum over survivor sets (every one, or ``max_sets`` random ones) with the
     messages rounded to ``dtype``, and that error over the dtype's unit roundoff (the amplification)."""
-    from dcoord.coding.precision import DTYPE_EPS, _exact_sum, _survivor_sets, round_to
-
     n, parts = plan.B.shape
     set_rng, grad_rng = (np.random.default_rng(q) for q in np.random.SeedSequence(seed).spawn(2))
-    sets, exhaustive = _survivor_sets(n, s, max_sets, set_rng)
+    exhaustive = math.comb(n, s) <= max_sets
+    sets = (list(itertools.combinations(range(n), n - s)) if exhaustive
+            else [tuple(sorted(set_rng.choice(n, n - s, replace=False).tolist())) for _ in range(max_sets)])
     g = grad_rng.standard_normal((parts, 16)) / parts
-    exact = _exact_sum(g)
-    msgs = round_to(plan.B @ g, dtype)
+    exact = np.array([math.fsum(col) for col in g.T])  # correctly rounded, so float64 is measured too
+    msgs = plan.B @ g
+    if dtype != "float64":  # rounded once to the payload dtype, as the workers send them
+        msgs = _round_once(msgs, dtype)
     worst = 0.0
     for F in sets:
         if plan.layers is not None:
@@ -235,8 +239,16 @@ def plan_precision(plan: Plan, s: int, dtype: str = "float32", max_sets: int = 6
             a = solve_decoding(plan.B, tuple(rows))
             got = a @ msgs[rows]
         worst = max(worst, float(np.max(np.abs(got - exact)) / np.max(np.abs(exact))))
-    return {"dtype": dtype, "worst_rel_error": worst, "amplification": worst / DTYPE_EPS[dtype],
+    return {"dtype": dtype, "worst_rel_error": worst, "amplification": worst / UNIT_ROUNDOFF[dtype],
             "sets": len(sets), "exhaustive": exhaustive}
+
+
+def _round_once(x: np.ndarray, dtype: str) -> np.ndarray:
+    """``x`` rounded once to float32 or bfloat16 and widened back to float64."""
+    if dtype == "float32":
+        return x.astype(np.float32).astype(np.float64)
+    m, e = np.frexp(x)
+    return np.ldexp(np.rint(np.ldexp(m, 8)), e - 8)
 
 
 def check_speeds(speeds, n: int) -> tuple[float, ...]:
