@@ -59,10 +59,18 @@ def _scaled(obj):
     return obj
 
 
+def _files(run: Path) -> dict:
+    """Every file of the run and its digest (the lock file only records who last held it)."""
+    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest() for p in run.rglob("*")
+            if p.is_file() and p.name != ".dcoord.lock"}
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_a_forged_checkpoint_is_refused_on_resume_when_checkpoints_are_signed(tmp_path):
     job, key = tmp_path / "job.yaml", tmp_path / "ckpt.key"
-    job.write_text(yaml.safe_dump(JOB))
+    job.write_text(yaml.safe_dump({**JOB, "workers": 2, "rounds": 2, "coding": {"scheme": "uncoded"},
+                                   "runtime": {"progress": False, "checkpoint_every": 1}}))
     key.write_text("operator-held-checkpoint-key-0123456789")
     run = tmp_path / "run"
     subprocess.run(_dcoord("run", str(job), "--out", str(run), "--quiet", "--checkpoint-key-file", str(key)),
@@ -73,14 +81,14 @@ def test_a_forged_checkpoint_is_refused_on_resume_when_checkpoints_are_signed(tm
     _forge(newest)
     head, _, payload = newest.read_bytes().partition(b"\n")
     assert hashlib.sha256(payload).hexdigest().encode() in head  # the sha256 matches: integrity alone would load it
-    job.write_text(yaml.safe_dump({**JOB, "rounds": 6}))
-    before = sorted((p.name, p.stat().st_size) for p in run.rglob("*") if p.is_file())
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "rounds": 4}))
+    before = _files(run)
     res = subprocess.run(_dcoord("run", str(job), "--resume", str(run), "--quiet", "--checkpoint-key-file", str(key)),
                          env=_env(), capture_output=True, text=True, timeout=400)
     lines = res.stderr.strip().splitlines()
     assert res.returncode != 0 and len(lines) == 1, res.stderr
     assert "HMAC does not match" in lines[0] and "--checkpoint-key-file" in lines[0], lines
-    assert sorted((p.name, p.stat().st_size) for p in run.rglob("*") if p.is_file()) == before
+    assert _files(run) == before  # the finished run's model and summary are still there, unchanged
     # no key at all: a signed run is not resumed either (the key is asked for, in one line)
     res = subprocess.run(_dcoord("run", str(job), "--resume", str(run), "--quiet"), env=_env(),
                          capture_output=True, text=True, timeout=400)
@@ -151,6 +159,7 @@ def _stop(p: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_metrics_and_health_bind_loopback_by_default_and_metrics_can_require_the_token(tmp_path):
     outward = _outward_address()
     if outward is None:

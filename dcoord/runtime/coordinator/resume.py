@@ -100,7 +100,7 @@ def rounds_change(saved_yaml: str, cfg: JobConfig, out: Path) -> str | None:
 
 
 # -- building a coordinator for a run directory ---------------------------------------------------------
-def open_rundir(cfg: JobConfig, out: Path | None, mode: str = "new") -> RunDir:
+def open_rundir(cfg: JobConfig, out: Path | None, mode: str = "new", discard_final: bool = True) -> RunDir:
     """The run directory for ``mode`` (new / resume / overwrite); a resumed run must have the same config,
     except ``rounds``, which may grow (a finished run is then continued: its summary is superseded)."""
     extend = False
@@ -120,7 +120,8 @@ def open_rundir(cfg: JobConfig, out: Path | None, mode: str = "new") -> RunDir:
             if why:
                 rd.close()  # releases the directory's lock
                 raise RunDirError(why)
-        if extend:  # the run goes on: its old summary and final model no longer describe it
+        rd.extending = extend
+        if extend and discard_final:  # the run goes on: its old summary and final model no longer describe it
             rd.discard_final()
     return rd
 
@@ -131,7 +132,7 @@ def make_coordinator(cfg: JobConfig, out: Path | None, mode: str = "new",
     ``checkpoint_key`` (checkpoint.signing_key): checkpoints are signed with it and must be to resume."""
     from dcoord.runtime.coordinator.coordinator import Coordinator
 
-    rd = open_rundir(cfg, out, mode)
+    rd = open_rundir(cfg, out, mode, discard_final=False)  # discarded once the checkpoint is taken
     rd.checkpoint_key = checkpoint_key
     try:
         coord = Coordinator(cfg, rd)
@@ -147,6 +148,8 @@ def make_coordinator(cfg: JobConfig, out: Path | None, mode: str = "new",
                 raise RunDirError(f"{option('resume', out)}: rounds {cfg.rounds} is below the checkpoint's round "
                                   f"{int(state['round']) + 1}; give rounds >= {int(state['round']) + 1}")
             coord.load_checkpoint_state(state)
+            if rd.extending:  # only now: a refused resume leaves the finished run as it was
+                rd.discard_final()
             rd.open_metrics(int(state["metrics_offset"]))
             rd.log_event({"event": "resume", "from_round": coord.round + 1, "checkpoint": path.name,
                           "time": time.time()})

@@ -88,6 +88,7 @@ class RunDir:
         self.mode = mode
         self.keep = keep
         self.checkpoint_key: bytes | None = None  # signs checkpoints (checkpoint.signing_key); never written here
+        self.extending = False  # a finished run resumed with more rounds (resume.open_rundir)
         self._metrics = None
         self.round_offset = 0  # metrics.jsonl size after the last round line (what a checkpoint records)
         self.last_checkpoint_round: int | None = None
