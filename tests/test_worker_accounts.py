@@ -244,6 +244,8 @@ def test_a_plugin_the_worker_does_not_allow_is_never_imported(tmp_path, monkeypa
     check_plugins({"plugins": []}, [])
     with pytest.raises(DcoordError, match="not a list of module names"):
         check_plugins({"plugins": "mypkg.safe"}, ["mypkg.safe:*"])
+    with pytest.raises(DcoordError, match="not a module name"):
+        check_plugins({"plugins": ["mypkg.safe\nrm -rf /"]}, ["*"])
 
 
 # ------------------------------------------------------------------------------ a malformed assignment

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -52,9 +53,12 @@ def check_plugins(data: object, allowed: Sequence[str]) -> None:
                           "names; this worker imports nothing from it")
     modules = [pat.split(":", 1)[0] for pat in allowed]
     for name in names:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]{0,200}", name):
+            raise DcoordError(f"the coordinator's job config names plugin {ascii(name)[:200]}, not a module name; "
+                              "this worker imports nothing from it")
         if not any(fnmatch.fnmatchcase(name, m) for m in modules):
             raise DcoordError(
-                f"the coordinator's job config asks this worker to import plugin module {ascii(name)}, which this "
+                f"the coordinator's job config asks this worker to import plugin module '{name}', which this "
                 f"worker does not allow; if you trust it, start the worker with --allow-workload '{name}:*' "
                 f"(or {ALLOW_ENV}={name}:*)"
             )
