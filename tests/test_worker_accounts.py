@@ -217,6 +217,63 @@ def test_a_fake_coordinator_asking_beyond_the_plan_gets_refused_and_its_mean_is_
     assert rms >= 0.8 * s / np.sqrt(10)  # what the plan's 10 releases allow (200 more would give s / sqrt(210))
 
 
+@pytest.mark.slow
+def test_a_restarted_worker_goes_on_from_its_saved_account_and_refuses_past_max_epsilon(tmp_path):
+    """The attack: the coordinator has a worker release the plan's 10 rounds, then, after the worker process
+    restarts, asks the same rounds again at other parameters (new questions, fresh noise, which a worker
+    that forgot its account would answer). With --privacy-account the restarted worker loads what it already
+    released and refuses: its epsilon stays within --max-epsilon across both processes."""
+    from dcoord.privacy.accounting import plan
+
+    cfg = _cfg({"noise_multiplier": 2.0}, coding={"scheme": "uncoded"})  # one replica: the plan is 10 releases
+    wl = load("logreg-digits", 0)
+    x = flat_params(wl.model)
+    secret, account = tmp_path / "noise", tmp_path / "account.json"
+    secret.write_text(SECRET)
+    parts = cfg.make_scheme().num_parts()
+    eps = [plan(cfg.privacy, r, wl.num_samples, parts, replicas=1)["epsilon"] for r in (10, 11)]
+    max_eps = sum(eps) / 2  # the plan fits; one release more does not
+
+    def worker_process(questions, wait_s):
+        fake = FakeCoordinator(cfg.to_yaml(), questions, wait_s=wait_s)
+        with fake_coordinator(fake) as address:
+            proc = subprocess.run([sys.executable, "-m", "dcoord", "worker", "--coordinator", address,
+                                   "--device", "cpu", "--noise-secret-file", str(secret), "--max-epsilon",
+                                   repr(max_eps), "--privacy-account", str(account), "--connect-timeout", "60"],
+                                  capture_output=True, text=True, timeout=280)
+        return fake.results, proc.stderr
+
+    first, err = worker_process([_assignment(j, j, x) for j in range(10)], 60.0)
+    assert all(r is not None for r in first), err
+    assert account.exists() and SECRET not in account.read_text()  # the account holds counts, no secret
+    again, err = worker_process([_assignment(j, j, x + 0.01) for j in range(10)], 2.0)
+    assert all(r is None for r in again), err
+    assert "past its --max-epsilon" in err
+
+
+def test_the_saved_account_continues_per_partition_and_charges_another_layout_to_every_partition(tmp_path):
+    """Same data layout: the releases continue per partition. Another layout (other partitions of the data):
+    every old release is charged to every partition, since a sample's old partition is unknown. A file the
+    worker cannot read as its account is refused in one line and left in place."""
+    store = tmp_path / "account.json"
+    a = WorkerBudget("rdp", 1e-5, store=store, layout="L1")
+    for _ in range(3):
+        a.charge(0, 1.0)
+    a.charge(1, 2.0)
+    b = WorkerBudget("rdp", 1e-5, store=store, layout="L1")
+    assert b.releases == {0: {(1.0, 1.0): 3}, 1: {(2.0, 1.0): 1}}
+    assert b.epsilon(0) == pytest.approx(a.epsilon(0), rel=1e-12)
+    c = WorkerBudget("rdp", 1e-5, store=store, layout="L2")
+    assert c.carried == {(1.0, 1.0): 3, (2.0, 1.0): 1} and c.releases == {}
+    c.charge(5, 1.0)
+    d = WorkerBudget("rdp", 1e-5, store=store, layout="L1")  # L2's release now counts against L1 as a whole
+    assert d.carried == {(1.0, 1.0): 1} and d.releases[0] == {(1.0, 1.0): 3}
+    store.write_text("{not json")
+    with pytest.raises(PrivacyError, match="not a privacy account") as exc:
+        WorkerBudget("rdp", 1e-5, store=store, layout="L1")
+    assert "\n" not in str(exc.value) and store.read_text() == "{not json"
+
+
 # ------------------------------------------------------------------------------------ what a worker imports
 
 

@@ -82,6 +82,10 @@ def add_security_options(parser: argparse.ArgumentParser, role: str) -> None:
                 "account of what it released past it", type=float)
         _option(g, "--min-noise-multiplier", "DCOORD_MIN_NOISE_MULTIPLIER", "refuse jobs whose messages carry "
                 "less noise than this multiple of their sensitivity (noise std x N / clip)", type=float)
+        g.add_argument("--privacy-account", default=env("DCOORD_PRIVACY_ACCOUNT"), metavar="FILE",
+                       help="keep this worker's own account of the private messages it released in FILE, across "
+                            "restarts and jobs on the same data (--max-epsilon then bounds all of them) "
+                            "[DCOORD_PRIVACY_ACCOUNT]")
         _option(g, "--connect-timeout", "DCOORD_CONNECT_TIMEOUT_S",
                 "keep retrying registration (with backoff) this many seconds", 300.0, type=float)
 
@@ -127,5 +131,5 @@ def worker_kwargs(args: argparse.Namespace) -> dict:
             raise DcoordError(f"{flag} must be a number >= 0, got {value}")
     return {"security": security_from_args(args, "worker"), "allow_workloads": list(allowed),
             "noise_secret_file": args.noise_secret_file, "max_epsilon": args.max_epsilon,
-            "min_noise_multiplier": args.min_noise_multiplier,
+            "min_noise_multiplier": args.min_noise_multiplier, "privacy_account": args.privacy_account,
             "connect_timeout": args.connect_timeout}

@@ -13,7 +13,9 @@ restart gets the identical answer and no two different questions share a draw.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import json
 from collections.abc import Callable
 
 import numpy as np
@@ -116,6 +118,13 @@ class AnswerLedger:
         return True
 
 
+def data_layout(cfg: JobConfig, num_partitions: int) -> str:
+    """Which samples partition j holds depends on the workload, its arguments and the number of partitions:
+    releases are accounted per partition only within one such layout (runtime/worker/budget.py)."""
+    blob = json.dumps([cfg.workload, cfg.workload_args, int(num_partitions)], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 class WorkerPrivacy:
     """A worker's private messages; holds the noise key (trust: workers), which never leaves this object.
 
@@ -124,7 +133,7 @@ class WorkerPrivacy:
     refused past ``max_epsilon``), and only then computed."""
 
     def __init__(self, cfg: JobConfig, workload: Workload, num_partitions: int, key: NoiseKey | None = None,
-                 max_epsilon: float | None = None) -> None:
+                 max_epsilon: float | None = None, account_file: str | None = None) -> None:
         assert cfg.privacy is not None
         self.mech = build_mechanism(cfg, workload, num_partitions)
         self.key: NoiseKey | None = None
@@ -136,7 +145,8 @@ class WorkerPrivacy:
         self.num_samples = workload.num_samples
         self._batch: tuple[int, torch.Tensor] | None = None  # (job, mask) of the newest Poisson batch
         self.ledger = AnswerLedger(answer_window(cfg), jobs=cfg.rounds)
-        self.budget = WorkerBudget(cfg.privacy.accountant, cfg.privacy.delta, max_epsilon)
+        self.budget = WorkerBudget(cfg.privacy.accountant, cfg.privacy.delta, max_epsilon, store=account_file,
+                                   layout=data_layout(cfg, num_partitions))
 
     def in_batch(self, job: int, idx: np.ndarray) -> np.ndarray:
         """Which of the samples ``idx`` (a part's, of the whole dataset) are in round ``job``'s batch: all of

@@ -108,7 +108,7 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
                connect_timeout: float = 60.0, data_plane=None, security: ClientSecurity | None = None,
                allow_workloads: list[str] | None = None, noise_secret_file: str | None = None,
                max_epsilon: float | None = None, rejoin: bool = True, min_noise_multiplier: float | None = None,
-               refusals: dict[str, int] | None = None) -> int:
+               refusals: dict[str, int] | None = None, privacy_account: str | None = None) -> int:
     """Serve one job until the coordinator says stop; returns the number of rounds computed.
 
     A worker that loses its coordinator (stream gone without a shutdown) registers again, with its id and
@@ -124,13 +124,14 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
     jobs less private than this against a compromised coordinator (runtime/worker/guard.py), and any answer
     past it by the worker's own account (runtime/worker/budget.py); ``min_noise_multiplier``: refuse jobs
     whose messages carry less noise. ``refusals`` (a dict) gets the assignments refused, by reason.
+    ``privacy_account``: a file that keeps the worker's own account of what it released across restarts.
     """
     torch.set_num_threads(1)
     link = ControlLink(address, security)
     w: WorkerState | None = None
     try:
         w = _join(link, security, requested_id, device, connect_timeout, data_plane, allow_workloads,
-                  noise_secret_file, max_epsilon, min_noise_multiplier)
+                  noise_secret_file, max_epsilon, min_noise_multiplier, privacy_account)
         while True:  # one pass per registration: a coordinator restarted from its checkpoint is rejoined
             told_to_stop, closed = _serve(w)
             if told_to_stop:
@@ -152,7 +153,7 @@ def run_worker(address: str, requested_id: int = -1, device: str | None = None,
 def _join(link: ControlLink, security: ClientSecurity | None, requested_id: int, device: str | None,
           connect_timeout: float, launched_plane, allow_workloads: list[str] | None,
           noise_secret_file: str | None, max_epsilon: float | None,
-          min_noise_multiplier: float | None = None) -> WorkerState:
+          min_noise_multiplier: float | None = None, privacy_account: str | None = None) -> WorkerState:
     """Register, then set the job up as its config says, checked against what this worker allows first
     (the plugins before anything is imported, the workload, the privacy level): the config comes from the
     coordinator, which the worker need not trust."""
@@ -177,7 +178,7 @@ def _join(link: ControlLink, security: ClientSecurity | None, requested_id: int,
     scheme = cfg.make_scheme()
     workload = load_checked(cfg)
     check_privacy(cfg, workload, max_epsilon)
-    privacy = _worker_privacy(cfg, workload, scheme.num_parts(), noise_secret_file, max_epsilon)
+    privacy = _worker_privacy(cfg, workload, scheme.num_parts(), noise_secret_file, max_epsilon, privacy_account)
     computer = TaskComputer(workload, scheme.part_fractions(), cfg.batch_size,
                             cfg.seed, models=scheme.models, device=dev, shards=cfg.shards, privacy=privacy,
                             loader_workers=cfg.runtime.loader_workers)
@@ -210,7 +211,7 @@ def _make_replica(w: WorkerState, workload):
 
 
 def _worker_privacy(cfg: JobConfig, workload, parts: int, noise_secret_file: str | None,
-                    max_epsilon: float | None = None):
+                    max_epsilon: float | None = None, privacy_account: str | None = None):
     """The worker's side of a private job (its noise and answer ledger), or None for a plain job."""
     if cfg.privacy is None:
         return None
@@ -220,7 +221,7 @@ def _worker_privacy(cfg: JobConfig, workload, parts: int, noise_secret_file: str
     try:
         needs_key = cfg.privacy.trust == "workers" or cfg.privacy.sampling == "poisson"  # noise, batches
         key = load_worker_noise_key(noise_secret_file) if needs_key else None
-        return WorkerPrivacy(cfg, workload, parts, key=key, max_epsilon=max_epsilon)
+        return WorkerPrivacy(cfg, workload, parts, key=key, max_epsilon=max_epsilon, account_file=privacy_account)
     except (PrivacyError, OSError) as exc:
         raise DcoordError(f"worker: {exc}") from None
 
