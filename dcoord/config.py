@@ -68,6 +68,16 @@ class CodingConfig(ConfigModel):
         "bound in summary.json (docs: Gradient coding, decode precision)",
     )
     seed: Seed = Field(0, description="seed of the code's own random choices (random constructions)")
+    byzantine: int = Field(
+        0, ge=0, le=MAX_WORKERS,
+        description="a: lying workers tolerated per round, exactly, besides the s stragglers (gc-fr, gc-binary: "
+        "groups of 2a+s+1 replicas, a value is accepted once a+1 digests agree; docs: Byzantine workers)",
+    )
+    exclude_after: int = Field(
+        1, ge=1, le=MAX_ROUNDS,
+        description="coding.byzantine: offences (a digest against its group's, or a payload against its own "
+        "digest) after which a worker is excluded for the rest of the run",
+    )
 
     @field_validator("scheme")
     @classmethod
@@ -213,6 +223,8 @@ class JobConfig(ConfigModel):
                 )
         if self.privacy is not None:
             self._check_privacy()
+        if self.coding.byzantine:
+            self._check_byzantine()
         if self.runtime.elastic:
             from dcoord.coding.elastic import elastic_schemes
 
@@ -222,6 +234,28 @@ class JobConfig(ConfigModel):
                                  "privacy can be re-planned; set runtime.elastic: false")
         self.straggler_model()  # validates inject against workers
         return self
+
+    def _check_byzantine(self) -> None:
+        """Repetition checks need bit-identical replicas and one coordinator that sees every digest."""
+        if self.mode != "coded":
+            raise ValueError("coding.byzantine: only in mode: coded (token walks have no replicas to compare)")
+        if self.privacy is not None:
+            raise ValueError("coding.byzantine: not with privacy yet (privatized replicas differ by their noise); "
+                             "set coding.byzantine: 0 or remove privacy")
+        if self.runtime.elastic:
+            raise ValueError("coding.byzantine: not with runtime.elastic yet (re-planning would mix groups); "
+                             "set runtime.elastic: false")
+        if self.transport is not None:
+            from dcoord.errors import DcoordError
+            from dcoord.runtime.transport.registry import get_plane
+
+            try:
+                collective = get_plane(self.transport).collective
+            except DcoordError:  # an unknown plane is refused where the plane is chosen, in its own words
+                collective = False
+            if collective:
+                raise ValueError(f"coding.byzantine: not on transport {self.transport} yet (payloads stay with "
+                                 "the workers); use grpc or tcp")
 
     def _check_privacy(self) -> None:
         """Private runs are single-model, full-batch, coded-mode runs (what the accounting assumes)."""
@@ -246,9 +280,12 @@ class JobConfig(ConfigModel):
         from dcoord.coding.registry import make_scheme
 
         c = self.coding
-        return make_scheme(
-            c.scheme, self.workers, s=c.stragglers, B=c.B, W=c.W, lam=c.lam, jobs=self.rounds, models=c.models
-        )
+        if c.byzantine:  # replicas per group 2a+s+1: the code is built as if it tolerated 2a+s stragglers
+            from dcoord.coding.byzantine import check_byzantine
+
+            check_byzantine(c.scheme, self.workers, c.byzantine, c.stragglers)
+        return make_scheme(c.scheme, self.workers, s=c.stragglers + 2 * c.byzantine, B=c.B, W=c.W, lam=c.lam,
+                           jobs=self.rounds, models=c.models)
 
     def straggler_model(self):
         from dcoord.stragglers import make_straggler_model

@@ -149,20 +149,22 @@ class PartLoss(_message.Message):
     def __init__(self, part: _Optional[int] = ..., loss: _Optional[float] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("job", "slot", "model", "model_version", "payload", "losses")
+    __slots__ = ("job", "slot", "model", "model_version", "payload", "losses", "digest")
     JOB_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     LOSSES_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     job: int
     slot: int
     model: int
     model_version: int
     payload: Tensor
     losses: _containers.RepeatedCompositeFieldContainer[PartLoss]
-    def __init__(self, job: _Optional[int] = ..., slot: _Optional[int] = ..., model: _Optional[int] = ..., model_version: _Optional[int] = ..., payload: _Optional[_Union[Tensor, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[PartLoss, _Mapping]]] = ...) -> None: ...
+    digest: bytes
+    def __init__(self, job: _Optional[int] = ..., slot: _Optional[int] = ..., model: _Optional[int] = ..., model_version: _Optional[int] = ..., payload: _Optional[_Union[Tensor, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[PartLoss, _Mapping]]] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class Result(_message.Message):
     __slots__ = ("job_id", "round", "worker_id", "tasks", "compute_s", "injected_delay_s", "payload_on_data_plane", "data_seq", "payload_chunked", "session", "payload_held", "replica_digest", "replica_version")
