@@ -237,6 +237,8 @@ class StatusInfo:
     elapsed_s: float = 0.0
     scheme: str = ""
     message: str = ""
+    offences: dict[str, int] = field(default_factory=dict)  # coding.byzantine: worker id -> offences
+    excluded: list[int] = field(default_factory=list)  # coding.byzantine: workers excluded for lying
 
 
 def status_to_proto(st: StatusInfo) -> pb.StatusReply:
@@ -244,8 +246,10 @@ def status_to_proto(st: StatusInfo) -> pb.StatusReply:
 
 
 def status_from_proto(reply: pb.StatusReply) -> StatusInfo:
-    kw = {f: getattr(reply, f) for f in StatusInfo.__dataclass_fields__ if f not in ("rejected", "refused")}
-    return StatusInfo(rejected=dict(reply.rejected), refused=dict(reply.refused), **kw)
+    kw = {f: getattr(reply, f) for f in StatusInfo.__dataclass_fields__
+          if f not in ("rejected", "refused", "offences", "excluded")}
+    return StatusInfo(rejected=dict(reply.rejected), refused=dict(reply.refused), offences=dict(reply.offences),
+                      excluded=list(reply.excluded), **kw)
 
 
 def status_to_dict(reply: pb.StatusReply) -> dict:

@@ -56,6 +56,12 @@ class Coordinator:
         self.job_id = job_id or f"{cfg.name}-{uuid.uuid4().hex[:8]}"
         self.scheme: Scheme = cfg.make_scheme()
         self.n = cfg.workers
+        self.byz = None  # coding.byzantine: digests checked, liars counted and excluded (coordinator/byzantine.py)
+        if cfg.coding.byzantine:
+            from dcoord.runtime.coordinator.byzantine import ByzantineCheck
+
+            self.byz = ByzantineCheck(self.scheme, cfg.coding.byzantine, cfg.coding.stragglers,
+                                      cfg.coding.exclude_after, lambda e: self._log_event(e))
         self.workload = load_checked(cfg)
         self.models = [copy.deepcopy(self.workload.model) for _ in range(self.scheme.models)]
         self.optimizers = [make_optimizer(cfg, m, i) for i, m in enumerate(self.models)]
@@ -195,6 +201,7 @@ class Coordinator:
         if self.alive_count() >= self.n:
             self._registered.set()
         pending = self.state == "running" and self.round >= 0 and conn.worker_id not in self.arrived
+        pending = pending and (self.byz is None or conn.worker_id not in self.byz.excluded)
         if pending and conn.outbox.empty() and self.collective is None:
             conn.outbox.put_nowait(self._assignment(self.round, conn.worker_id))
 
@@ -234,14 +241,19 @@ class Coordinator:
         here (transport.base.PayloadMatcher); the servicer goes through admit_result/submit_result."""
         return self._results
 
-    def admit_result(self, round: int, worker: int) -> bool:
-        """Cheap checks before a result may wait in the round loop's queue (which they keep bounded)."""
+    def admit_result(self, round: int, worker: int, digests: list[bytes] | None = None) -> bool:
+        """Cheap checks before a result may wait in the round loop's queue (which they keep bounded).
+
+        ``digests`` (coding.byzantine): the result's payload digests; a late one is still checked against the
+        value its round accepted."""
         if self.state in ("done", "failed"):
             return False  # a straggler's result after the last round: nothing to count
         if self.state != "running":
             self.reject("not-running", f"worker {worker} sent a result while the job is {self.state}")
         elif round < self.round:
             self._counts.dropped_late += 1
+            if self.byz is not None and digests is not None and 0 <= worker < self.n:
+                self.byz.late(round, worker, digests)
         elif round > self.round:
             self.reject("future-round", f"round {round} while at {self.round}")
         elif self._results.qsize() >= self.results_limit:
@@ -331,6 +343,10 @@ class Coordinator:
         self.bytes_round = 0
         self.cpu_s = Counter()
         self.round_tasks = self.scheme.tasks(r)
+        excluded: set[int] = set()
+        if self.byz is not None:
+            self.byz.start(r)
+            excluded = self.byz.excluded
         t_flat = time.thread_time()  # flattening the model versions to send counts as sending
         for tasks in self.round_tasks.values():
             for t in tasks:
@@ -345,7 +361,7 @@ class Coordinator:
         for w in range(self.n):
             if not self.round_tasks.get(w):
                 self.arrived.add(w)  # nothing to do this round counts as delivered
-            elif w in alive:
+            elif w in alive and w not in excluded:
                 self.conns[w].outbox.put_nowait(self._assignment(r, w))
         # timed once per round, not per worker: a thread CPU clock read costs tens of microseconds on
         # loaded or virtualised hosts, as much as the work it would time
@@ -412,6 +428,11 @@ class Coordinator:
                 self.reject(reason, f"worker {res.worker_id}: {exc}")
                 return False
             decoded.append((t, tr, arr.reshape(-1)))
+        if self.byz is not None:
+            why = self.byz.note(res.worker_id, [tr.digest for tr in res.tasks])
+            if why is not None:
+                self.reject(why, f"worker {res.worker_id} round {res.round}")
+                return False
         for t, tr, arr in decoded:
             self.stored.setdefault(t.job, {})[ResultRef(self.round, res.worker_id, t.slot)] = arr
             self.bytes_round += arr.nbytes if arr is not None else 0
@@ -447,9 +468,12 @@ class Coordinator:
                 if self.collective is not None:
                     self.collective.check_members(self.alive_ids())
             arrived = self.arrived  # not copied per result: the schemes only read it
-            if len(arrived) == self.n:
+            if self.byz is not None:  # a group's value is accepted once a + 1 digests agree
+                ok = self.byz.check(self.byz.agreement())
+            elif len(arrived) == self.n:
                 return frozenset(arrived)
-            ok = self.scheme.accepts(r, arrived)
+            else:
+                ok = self.scheme.accepts(r, arrived)
             if not use_rule:
                 if ok:
                     return frozenset(arrived)
@@ -634,6 +658,7 @@ class Coordinator:
             "part_losses": {j: dict(v) for j, v in self.part_losses.items()},
             "scheme": scheme_state,
             "privacy": self.privacy.state_dict() if self.privacy is not None else None,
+            "byzantine": self.byz.state_dict() if self.byz is not None else None,
             "counters": {**self._counts.state_dict(), "elapsed_s": time.monotonic() - self.started},
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             "metrics_offset": self.rundir.round_offset,
@@ -663,6 +688,8 @@ class Coordinator:
             self.scheme.load_state_dict(state["scheme"])
         if self.privacy is not None:
             self.privacy.load_state_dict(state["privacy"])
+        if self.byz is not None and state.get("byzantine") is not None:
+            self.byz.load_state_dict(state["byzantine"])
         c = state["counters"]
         self._counts.load_state_dict(c)
         self.resumed_elapsed = float(c["elapsed_s"])
@@ -700,8 +727,13 @@ class Coordinator:
                     self._grow(r)
                 self._start_round(r)
                 arrived = await self._collect(r)
+                decoders = arrived
+                if self.byz is not None:  # one verified payload per group decodes (before "closing": a liar
+                    # found here stops the run with the checkpoint of the round before)
+                    decoders = self.byz.close(self.byz.agreement(), {
+                        ref.worker: a for ref, a in self.stored.get(r, {}).items() if ref.round == r})
                 self.phase = "closing"
-                newly = self.scheme.close_round(r, arrived)
+                newly = self.scheme.close_round(r, decoders)
                 jobs = [self._decode_and_step(j) for j in newly]
                 wall = time.monotonic() - t0
                 stragglers = sorted(set(range(self.n)) - arrived)
@@ -721,6 +753,10 @@ class Coordinator:
                 }
                 if self.privacy is not None and jobs:
                     record["epsilon"] = jobs[-1]["epsilon"]
+                if self.byz is not None:
+                    record["offences"] = [{k: v for k, v in e.items() if k not in ("event", "time")}
+                                          for e in self.byz.round_events]
+                    self.byz.round_events = []
                 record.update(self.scheme.round_info(r))
                 self.rundir.log_round(record)
                 ce = self.cfg.runtime.checkpoint_every
@@ -801,6 +837,7 @@ class Coordinator:
             "decode_precision": self._decode_precision(),
             **self.scheme.report(),
             **(self.privacy.summary(self.steps[0]) if self.privacy is not None else {}),
+            **(self.byz.report() if self.byz is not None else {}),
             **({"collective": self.collective.report()} if self.collective is not None else {}),
         }
 
@@ -826,6 +863,8 @@ class Coordinator:
             private=self.privacy is not None, stragglers_tolerated=tolerated, slack_left=left,
             lost_workers=tuple(sorted(self._members.lost_ids)),
             rejected=dict(self._counts.rejected), refused=dict(self._counts.refused),
+            offences=dict(self.byz.offences) if self.byz is not None else {},
+            excluded=tuple(sorted(self.byz.excluded)) if self.byz is not None else (),
         )
 
     def _data_plane_bytes(self) -> tuple[int, int]:
@@ -844,6 +883,7 @@ class Coordinator:
             last_loss=v.last_loss, stragglers_seen=v.stragglers_seen,
             dropped_late_results=v.dropped_late, rejected=v.rejected,
             elapsed_s=v.elapsed_s, scheme=v.scheme, message=v.message, refused=v.refused,
+            offences={str(w): c for w, c in sorted(v.offences.items())}, excluded=list(v.excluded),
         )
 
 

@@ -78,6 +78,7 @@ class WorkerState:
     cache_digest: tuple[int, bytes] = (-1, b"")  # (version, digest) of the replica the cache was taken from
     replica: Any = None  # transport: allreduce -- runtime.worker.replica.Replica (this worker steps a replica)
     stream: Any = None  # the current registration's WorkStream
+    liar: Any = None  # TEST ONLY: runtime.worker.lie.Liar from $DCOORD_TEST_LIE, or None
 
     @property
     def wid(self) -> int:
@@ -156,6 +157,9 @@ def _join(link: ControlLink, security: ClientSecurity | None, requested_id: int,
         w.plane = _open_plane(w)
     if cfg.transport is not None and get_plane(cfg.transport).collective:
         w.replica = _make_replica(w, workload)
+    from dcoord.runtime.worker.lie import liar_from_env
+
+    w.liar = liar_from_env(w.wid)  # test only
     print(f"worker {w.wid} of job {w.job_id} on {dev}", file=sys.stderr, flush=True)
     return w
 
@@ -330,6 +334,8 @@ def _compute(w: WorkerState, a: Assignment, inbox: Inbox) -> tuple[Result, list[
     # the bytes in the kernel; mpi/torch: wait_sent in _send) is done with the arrays before the next
     # compute writes the buffer again.
     payloads = c.to_host(payloads, dtype)
+    if w.cfg.coding.byzantine or w.liar is not None:
+        payloads = _digests(w, a.round, result, payloads)
     if w.replica is not None:  # the payloads stay here until their decode (to_host's buffer is reused: copy)
         for t, p in zip(a.tasks, payloads):
             w.replica.hold(t.job, a.round, t.slot, p if c.device.type == "cpu" else p.copy())
@@ -348,6 +354,23 @@ def _compute(w: WorkerState, a: Assignment, inbox: Inbox) -> tuple[Result, list[
         return None
     result.compute_s, result.injected_delay_s = compute_s, delay
     return result, payloads
+
+
+def _digests(w: WorkerState, r: int, result: Result, payloads: list[np.ndarray]) -> list[np.ndarray]:
+    """coding.byzantine: each task's payload digest (what its group's replicas compare); a test liar's
+    payloads replaced by its lie here, with their digests (or, attack ``payload``, the honest ones)."""
+    from dcoord.coding.byzantine import digest
+
+    lie = w.liar is not None and w.liar.lies_in(r)
+    if lie:  # the tests read the rounds a liar lied in from its log
+        print(f"test liar: worker {w.wid} lies in round {r} ({w.liar.attack})", file=sys.stderr, flush=True)
+    out = []
+    for tr, p in zip(result.tasks, payloads):
+        sent = w.liar.tamper(r, p) if lie else p
+        if w.cfg.coding.byzantine:
+            tr.digest = digest(p if lie and w.liar.attack == "payload" else sent)
+        out.append(sent)
+    return out
 
 
 def _send(w: WorkerState, stream: WorkStream, result: Result, payloads: list[np.ndarray]) -> None:
