@@ -245,17 +245,8 @@ class JobConfig(ConfigModel):
         if self.runtime.elastic:
             raise ValueError("coding.byzantine: not with runtime.elastic yet (re-planning would mix groups); "
                              "set runtime.elastic: false")
-        if self.transport is not None:
-            from dcoord.errors import DcoordError
-            from dcoord.runtime.transport.registry import get_plane
-
-            try:
-                collective = get_plane(self.transport).collective
-            except DcoordError:  # an unknown plane is refused where the plane is chosen, in its own words
-                collective = False
-            if collective:
-                raise ValueError(f"coding.byzantine: not on transport {self.transport} yet (payloads stay with "
-                                 "the workers); use grpc or tcp")
+        # a collective plane (payloads stay with the workers) is refused by the Coordinator: the config does
+        # not import the planes
 
     def _check_privacy(self) -> None:
         """Private runs are single-model, full-batch, coded-mode runs (what the accounting assumes)."""

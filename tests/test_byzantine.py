@@ -106,3 +106,52 @@ def test_config_refusals_are_one_line(data, words):
     with pytest.raises(ConfigError, match=words) as e:
         load_config(None, data=data)
     assert "\n" not in str(e.value)
+
+
+def _check(exclude_after: int = 2):
+    from dcoord.runtime.coordinator.byzantine import ByzantineCheck
+
+    cfg = load_config(None, data={"workers": 6, "coding": {"scheme": "gc-fr", "byzantine": 1}})
+    events = []
+    return ByzantineCheck(cfg.make_scheme(), 1, 0, exclude_after, events.append), events
+
+
+def test_check_uses_a_verified_payload_counts_offences_and_excludes_after_k():
+    """Worker 0 sends the honest digest with a wrong payload: it is the first claimant, its payload fails its
+    digest (an offence), and worker 2's is used; worker 4's wrong digest is an offence; at the second offence
+    (coding.exclude_after: 2) a worker is excluded and its results are refused."""
+    chk, events = _check()
+    good, other = np.ones(4), np.full(4, 2.0)
+    for r in range(2):
+        chk.start(r)
+        for w, d in {0: digest(good), 1: None, 2: digest(good), 3: digest(other), 4: digest(-other),
+                     5: digest(other)}.items():
+            if d is not None:
+                assert chk.note(w, [d]) is None
+        ag = chk.agreement()
+        assert chk.check(ag)
+        payloads = {0: -good, 2: good, 3: other, 4: -other, 5: other}
+        assert chk.close(ag, payloads) == {2, 3}
+    assert chk.offences == {0: 2, 4: 2} and chk.excluded == {0, 4}
+    assert [(e["worker"], e["round"], e["kind"]) for e in events] == [
+        (4, 0, "digest"), (0, 0, "payload"), (4, 1, "digest"), (0, 1, "payload")]
+    chk.start(2)
+    assert chk.note(0, [digest(good)]) == "excluded"
+    # a late result of round 1, from honest worker 1 and from a liar
+    chk.late(1, 1, [digest(good)])
+    chk.late(1, 5, [digest(good)])
+    assert chk.offences[1] == 0 and chk.offences[5] == 1
+    again, _ = _check()
+    again.load_state_dict(chk.state_dict())
+    assert again.offences == chk.offences and again.excluded == chk.excluded
+
+
+def test_check_stops_when_no_value_has_a_plus_1_copies():
+    chk, _ = _check()
+    chk.start(0)
+    for w, d in {0: b"x" * 32, 1: b"y" * 32, 2: b"z" * 32}.items():
+        chk.note(w, [d])
+    from dcoord.errors import RunFailed
+
+    with pytest.raises(RunFailed, match=r"group 0 \(workers \[0, 1, 2\]\).*more than coding.byzantine = 1"):
+        chk.check(chk.agreement())

@@ -25,7 +25,7 @@ from dcoord.coding.base import ResultRef, Scheme, Task
 from dcoord.coding.combine import combine
 from dcoord.coding.elastic import ElasticScheme, plan_members, replan
 from dcoord.config import JobConfig
-from dcoord.errors import DcoordError, RunFailed
+from dcoord.errors import ConfigError, DcoordError, RunFailed
 from dcoord.runtime.buffers import BufferPool
 from dcoord.runtime.coordinator.counters import RunCounters
 from dcoord.runtime.coordinator.membership import Membership, WorkerConn, WorkerEvent
@@ -53,6 +53,12 @@ class Coordinator:
 
     def __init__(self, cfg: JobConfig, out: RunDir | Path | str | None = None, job_id: str | None = None) -> None:
         self.cfg = cfg
+        if cfg.coding.byzantine and cfg.transport is not None:
+            from dcoord.runtime.transport.registry import get_plane
+
+            if get_plane(cfg.transport).collective:  # before anything is made: nothing left behind
+                raise ConfigError(f"coding.byzantine: not on transport {cfg.transport} yet (the payloads stay with "
+                                  "the workers, where the coordinator cannot check them); use grpc or tcp")
         self.job_id = job_id or f"{cfg.name}-{uuid.uuid4().hex[:8]}"
         self.scheme: Scheme = cfg.make_scheme()
         self.n = cfg.workers
