@@ -155,3 +155,17 @@ def test_check_stops_when_no_value_has_a_plus_1_copies():
 
     with pytest.raises(RunFailed, match=r"group 0 \(workers \[0, 1, 2\]\).*more than coding.byzantine = 1"):
         chk.check(chk.agreement())
+
+
+def test_robust_aggregators_are_approximate_baselines():
+    from dcoord.coding.robust import aggregate
+
+    rng = np.random.default_rng(0)
+    honest = 1.0 + 0.1 * rng.standard_normal((9, 5))
+    bad = np.vstack([honest, np.full((2, 5), -100.0)])
+    for kind in ("median", "krum", "centered-clipping"):
+        got = aggregate(kind, bad, f=2, center=np.ones(5), tau=0.5)
+        assert np.abs(got - 1.0).max() < 0.5, kind  # near the honest mean despite two -100 rows
+    assert np.abs(aggregate("mean", bad) - 1.0).max() > 10  # the plain mean is not
+    with pytest.raises(SchemeError, match="krum needs n >= 2f \\+ 3"):
+        aggregate("krum", bad[:5], f=2)
