@@ -73,6 +73,12 @@ class CodingConfig(ConfigModel):
         description="a: lying workers tolerated per round, exactly, besides the s stragglers (gc-fr, gc-binary: "
         "groups of 2a+s+1 replicas, a value is accepted once a+1 digests agree; docs: Byzantine workers)",
     )
+    aggregate: Literal["sum", "median", "krum", "centered-clipping"] = Field(
+        "sum",
+        description="sum: decode exactly; median, krum, centered-clipping: APPROXIMATE robust aggregation of "
+        "uncoded messages, a baseline for runs without the redundancy of coding.byzantine (which then counts "
+        "the liars Krum assumes; docs: Byzantine workers)",
+    )
     exclude_after: int = Field(
         1, ge=1, le=MAX_ROUNDS,
         description="coding.byzantine: offences (a digest against its group's, or a payload against its own "
@@ -223,7 +229,7 @@ class JobConfig(ConfigModel):
                 )
         if self.privacy is not None:
             self._check_privacy()
-        if self.coding.byzantine:
+        if self.coding.byzantine or self.coding.aggregate != "sum":
             self._check_byzantine()
         if self.runtime.elastic:
             from dcoord.coding.elastic import elastic_schemes
@@ -239,6 +245,14 @@ class JobConfig(ConfigModel):
         """Repetition checks need bit-identical replicas and one coordinator that sees every digest."""
         if self.mode != "coded":
             raise ValueError("coding.byzantine: only in mode: coded (token walks have no replicas to compare)")
+        c = self.coding
+        if c.aggregate != "sum":
+            if c.scheme != "uncoded":
+                raise ValueError(f"coding.aggregate: {c.aggregate} combines one uncoded message per worker; set "
+                                 f"coding.scheme: uncoded (or coding.aggregate: sum for {c.scheme})")
+            if c.aggregate == "krum" and self.workers < 2 * c.byzantine + 3:
+                raise ValueError(f"coding.aggregate: krum needs workers >= 2 * coding.byzantine + 3 (got "
+                                 f"{self.workers} workers, byzantine {c.byzantine})")
         if self.privacy is not None:
             raise ValueError("coding.byzantine: not with privacy yet (privatized replicas differ by their noise); "
                              "set coding.byzantine: 0 or remove privacy")
@@ -271,6 +285,8 @@ class JobConfig(ConfigModel):
         from dcoord.coding.registry import make_scheme
 
         c = self.coding
+        if c.aggregate != "sum":  # a robust aggregator reads byzantine as the liars it assumes, not replicas
+            return make_scheme(c.scheme, self.workers, s=c.stragglers, jobs=self.rounds, models=c.models)
         if c.byzantine:  # replicas per group 2a+s+1: the code is built as if it tolerated 2a+s stragglers
             from dcoord.coding.byzantine import check_byzantine
 

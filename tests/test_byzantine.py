@@ -169,3 +169,24 @@ def test_robust_aggregators_are_approximate_baselines():
     assert np.abs(aggregate("mean", bad) - 1.0).max() > 10  # the plain mean is not
     with pytest.raises(SchemeError, match="krum needs n >= 2f \\+ 3"):
         aggregate("krum", bad[:5], f=2)
+
+
+@pytest.mark.parametrize("coding,words", [
+    ({"scheme": "gc-fr", "aggregate": "median"}, "set coding.scheme: uncoded"),
+    ({"scheme": "uncoded", "aggregate": "krum", "byzantine": 2}, "krum needs workers >= 2"),
+])
+def test_aggregate_refusals(coding, words):
+    with pytest.raises(ConfigError, match=words):
+        load_config(None, data={"workers": 6, "coding": coding})
+    assert load_config(None, data={"workers": 6, "coding": {"scheme": "uncoded", "aggregate": "krum",
+                                                            "byzantine": 1}}).make_scheme().name == "uncoded"
+
+
+def test_status_carries_offences_and_exclusions():
+    """`dcoord status` reads them from the StatusReply (the wire form round-trips)."""
+    from dcoord.proto.dcoord.v1 import coordinator_pb2 as pb
+    from dcoord.wire import StatusInfo, status_from_proto, status_to_proto
+
+    st = StatusInfo(job_id="j", name="n", offences={"4": 2}, excluded=[4])
+    back = status_from_proto(pb.StatusReply.FromString(status_to_proto(st).SerializeToString()))
+    assert back.offences == {"4": 2} and back.excluded == [4]

@@ -63,7 +63,8 @@ class Coordinator:
         self.scheme: Scheme = cfg.make_scheme()
         self.n = cfg.workers
         self.byz = None  # coding.byzantine: digests checked, liars counted and excluded (coordinator/byzantine.py)
-        if cfg.coding.byzantine:
+        self._robust_center: np.ndarray | None = None  # coding.aggregate: centered-clipping's last aggregate
+        if cfg.coding.byzantine and cfg.coding.aggregate == "sum":
             from dcoord.runtime.coordinator.byzantine import ByzantineCheck
 
             self.byz = ByzantineCheck(self.scheme, cfg.coding.byzantine, cfg.coding.stragglers,
@@ -601,7 +602,12 @@ class Coordinator:
         if grads is None and self.privacy is None and self._grad_buf is None:
             self._grad_buf = np.empty(self.num_params, dtype=np.float64)
         out = grads if grads is not None else self._grad_buf if self.privacy is None else None
-        g = combine(coeffs, msgs, self.num_params, out=out)
+        if self.cfg.coding.aggregate != "sum":
+            g = self._robust(coeffs, msgs)
+            if grads is not None:
+                grads[:] = g
+        else:
+            g = combine(coeffs, msgs, self.num_params, out=out)
         t_step = time.thread_time()
         self.cpu_s["decode"] += t_step - t_dec
         if self.privacy is not None:
@@ -612,6 +618,19 @@ class Coordinator:
         self.steps[m] += 1
         self.cpu_s["step"] += time.thread_time() - t_step
         return self._job_record(job, m)
+
+    def _robust(self, coeffs: dict, msgs: dict) -> np.ndarray:
+        """coding.aggregate (APPROXIMATE, uncoded): a robust estimate of the gradient from the delivered part
+        gradients, each scaled by the number of parts (so each alone estimates the whole gradient)."""
+        from dcoord.coding.robust import aggregate
+
+        rows = np.stack([np.asarray(msgs[ref], dtype=np.float64) for ref in coeffs]) * self.scheme.num_parts()
+        center = self._robust_center
+        tau = float(np.linalg.norm(center)) if center is not None else 0.0
+        g = aggregate(self.cfg.coding.aggregate, rows, f=self.cfg.coding.byzantine, center=center,
+                      tau=tau or float(np.median(np.linalg.norm(rows, axis=1))))
+        self._robust_center = g
+        return g
 
     def _job_record(self, job: int, m: int) -> dict:
         """What metrics.jsonl says of one decoded job."""
@@ -844,6 +863,8 @@ class Coordinator:
             **self.scheme.report(),
             **(self.privacy.summary(self.steps[0]) if self.privacy is not None else {}),
             **(self.byz.report() if self.byz is not None else {}),
+            **({"aggregate": self.cfg.coding.aggregate, "approximate": True}
+               if self.cfg.coding.aggregate != "sum" else {}),
             **({"collective": self.collective.report()} if self.collective is not None else {}),
         }
 

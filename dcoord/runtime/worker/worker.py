@@ -334,7 +334,7 @@ def _compute(w: WorkerState, a: Assignment, inbox: Inbox) -> tuple[Result, list[
     # the bytes in the kernel; mpi/torch: wait_sent in _send) is done with the arrays before the next
     # compute writes the buffer again.
     payloads = c.to_host(payloads, dtype)
-    if w.cfg.coding.byzantine or w.liar is not None:
+    if _checked(w.cfg) or w.liar is not None:
         payloads = _digests(w, a.round, result, payloads)
     if w.replica is not None:  # the payloads stay here until their decode (to_host's buffer is reused: copy)
         for t, p in zip(a.tasks, payloads):
@@ -356,6 +356,11 @@ def _compute(w: WorkerState, a: Assignment, inbox: Inbox) -> tuple[Result, list[
     return result, payloads
 
 
+def _checked(cfg: JobConfig) -> bool:
+    """Do this job's replicas compare digests (coding.byzantine with the exact decode)?"""
+    return bool(cfg.coding.byzantine) and cfg.coding.aggregate == "sum"
+
+
 def _digests(w: WorkerState, r: int, result: Result, payloads: list[np.ndarray]) -> list[np.ndarray]:
     """coding.byzantine: each task's payload digest (what its group's replicas compare); a test liar's
     payloads replaced by its lie here, with their digests (or, attack ``payload``, the honest ones)."""
@@ -367,7 +372,7 @@ def _digests(w: WorkerState, r: int, result: Result, payloads: list[np.ndarray])
     out = []
     for tr, p in zip(result.tasks, payloads):
         sent = w.liar.tamper(r, p) if lie else p
-        if w.cfg.coding.byzantine:
+        if _checked(w.cfg):
             tr.digest = digest(p if lie and w.liar.attack == "payload" else sent)
         out.append(sent)
     return out
