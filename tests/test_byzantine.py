@@ -190,3 +190,23 @@ def test_status_carries_offences_and_exclusions():
     st = StatusInfo(job_id="j", name="n", offences={"4": 2}, excluded=[4])
     back = status_from_proto(pb.StatusReply.FromString(status_to_proto(st).SerializeToString()))
     assert back.offences == {"4": 2} and back.excluded == [4]
+
+
+def test_prometheus_and_snapshot_show_offences(tmp_path):
+    from prometheus_client import generate_latest
+
+    from dcoord.runtime.coordinator.coordinator import Coordinator
+    from dcoord.runtime.coordinator.metrics import CoordinatorMetrics
+
+    cfg = load_config(None, data={"name": "pm", "workers": 6, "coding": {"scheme": "gc-fr", "byzantine": 1}})
+    coord = Coordinator(cfg, tmp_path / "run")
+    try:
+        text = generate_latest(CoordinatorMetrics(coord).registry).decode()
+        assert "dcoord_byzantine_offences" not in text  # nobody has lied
+        coord.byz.offend(4, 0, "digest")
+        text = generate_latest(CoordinatorMetrics(coord).registry).decode()
+        assert 'dcoord_byzantine_offences_total{job_name="pm",worker="4"} 1.0' in text
+        assert 'dcoord_workers_excluded{job_name="pm"} 1.0' in text
+        assert coord.status().offences == {"4": 1} and coord.status().excluded == [4]
+    finally:
+        coord.rundir.close()
