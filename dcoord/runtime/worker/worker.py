@@ -142,6 +142,8 @@ def _join(link: ControlLink, security: ClientSecurity | None, requested_id: int,
     if launched_plane is not None and reg.worker_id != launched_plane.rank - 1:
         raise DcoordError(f"rank {launched_plane.rank} was given worker id {reg.worker_id}, not "
                           f"{launched_plane.rank - 1}; its data-plane payloads could not be paired with its results")
+    if _checked(cfg) and dev.type == "cuda":
+        _deterministic_gpu()
     scheme = cfg.make_scheme()
     workload = load_checked(cfg)
     check_privacy(cfg, workload, max_epsilon)
@@ -354,6 +356,13 @@ def _compute(w: WorkerState, a: Assignment, inbox: Inbox) -> tuple[Result, list[
         return None
     result.compute_s, result.injected_delay_s = compute_s, delay
     return result, payloads
+
+
+def _deterministic_gpu() -> None:
+    """coding.byzantine compares replicas bit for bit: deterministic kernels, and cuBLAS's fixed workspace
+    (read when cuBLAS starts, so set before the first GPU matmul; a value already set is kept)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
 
 
 def _checked(cfg: JobConfig) -> bool:
