@@ -92,7 +92,9 @@ class Coordinator:
         self.state = "waiting-for-workers"
         self.message = ""
         self._members = Membership(
-            self.n, cfg.runtime.heartbeat_s, tolerated=lambda: self.scheme.s,
+            # coding.byzantine: the code's 2a + s is shared with the liars; s is what stragglers may take
+            self.n, cfg.runtime.heartbeat_s,
+            tolerated=lambda: self.cfg.coding.stragglers if self.byz is not None else self.scheme.s,
             members=lambda: plan_members(self.scheme, self.n), round=lambda: self.round,
             running=lambda: self.state == "running", record=self._log_event, slow=self._known_slow)
         self._results: asyncio.Queue = asyncio.Queue()  # admit_result() bounds what is queued (results_limit)
