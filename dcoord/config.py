@@ -71,6 +71,22 @@ class CodingConfig(ConfigModel):
     speeds: list[float] | None = Field(
         None, description="gc-hetero: each worker's relative speed (one per worker; null = measured in the first "
         "rounds, then re-planned on drift; docs: Heterogeneous clusters)")
+    byzantine: int = Field(
+        0, ge=0, le=MAX_WORKERS,
+        description="a: lying workers tolerated per round, exactly, besides the s stragglers (gc-fr, gc-binary: "
+        "groups of 2a+s+1 replicas, a value is accepted once a+1 digests agree; docs: Byzantine workers)",
+    )
+    aggregate: Literal["sum", "median", "krum", "centered-clipping"] = Field(
+        "sum",
+        description="sum: decode exactly; median, krum, centered-clipping: APPROXIMATE robust aggregation of "
+        "uncoded messages, a baseline for runs without the redundancy of coding.byzantine (which then counts "
+        "the liars Krum assumes; docs: Byzantine workers)",
+    )
+    exclude_after: int = Field(
+        1, ge=1, le=MAX_ROUNDS,
+        description="coding.byzantine: offences (a digest against its group's, or a payload against its own "
+        "digest) after which a worker is excluded for the rest of the run",
+    )
 
     @field_validator("scheme")
     @classmethod
@@ -216,6 +232,8 @@ class JobConfig(ConfigModel):
                 )
         if self.privacy is not None:
             self._check_privacy()
+        if self.coding.byzantine or self.coding.aggregate != "sum":
+            self._check_byzantine()
         if self.runtime.elastic:
             from dcoord.coding.elastic import elastic_schemes
 
@@ -225,6 +243,27 @@ class JobConfig(ConfigModel):
                                  "privacy can be re-planned; set runtime.elastic: false")
         self.straggler_model()  # validates inject against workers
         return self
+
+    def _check_byzantine(self) -> None:
+        """Repetition checks need bit-identical replicas and one coordinator that sees every digest."""
+        if self.mode != "coded":
+            raise ValueError("coding.byzantine: only in mode: coded (token walks have no replicas to compare)")
+        c = self.coding
+        if c.aggregate != "sum":
+            if c.scheme != "uncoded":
+                raise ValueError(f"coding.aggregate: {c.aggregate} combines one uncoded message per worker; set "
+                                 f"coding.scheme: uncoded (or coding.aggregate: sum for {c.scheme})")
+            if c.aggregate == "krum" and self.workers < 2 * c.byzantine + 3:
+                raise ValueError(f"coding.aggregate: krum needs workers >= 2 * coding.byzantine + 3 (got "
+                                 f"{self.workers} workers, byzantine {c.byzantine})")
+        if self.privacy is not None:
+            raise ValueError("coding.byzantine: not with privacy yet (privatized replicas differ by their noise); "
+                             "set coding.byzantine: 0 or remove privacy")
+        if self.runtime.elastic:
+            raise ValueError("coding.byzantine: not with runtime.elastic yet (re-planning would mix groups); "
+                             "set runtime.elastic: false")
+        # a collective plane (payloads stay with the workers) is refused by the Coordinator: the config does
+        # not import the planes
 
     def _check_privacy(self) -> None:
         """Private runs are single-model, coded-mode runs, full-batch or Poisson-sampled (what the accounting
@@ -251,10 +290,14 @@ class JobConfig(ConfigModel):
         from dcoord.coding.registry import make_scheme
 
         c = self.coding
-        return make_scheme(
-            c.scheme, self.workers, s=c.stragglers, B=c.B, W=c.W, lam=c.lam, jobs=self.rounds, models=c.models,
-            speeds=c.speeds,
-        )
+        if c.aggregate != "sum":  # a robust aggregator reads byzantine as the liars it assumes, not replicas
+            return make_scheme(c.scheme, self.workers, s=c.stragglers, jobs=self.rounds, models=c.models, speeds=c.speeds)
+        if c.byzantine:  # replicas per group 2a+s+1: the code is built as if it tolerated 2a+s stragglers
+            from dcoord.coding.byzantine import check_byzantine
+
+            check_byzantine(c.scheme, self.workers, c.byzantine, c.stragglers)
+        return make_scheme(c.scheme, self.workers, s=c.stragglers + 2 * c.byzantine, B=c.B, W=c.W, lam=c.lam,
+                           jobs=self.rounds, models=c.models, speeds=c.speeds)
 
     def straggler_model(self):
         from dcoord.stragglers import make_straggler_model

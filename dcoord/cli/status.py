@@ -126,6 +126,7 @@ def cmd_status(args) -> int:
                   f"loss {st['last_loss']:.5f} stragglers {st['stragglers_seen']} "
                   f"late {st['dropped_late_results']} rejected {rejected} refused {refused} "
                   f"elapsed {st['elapsed_s']:.1f}s"
+                  + (f" offences {st['offences']} excluded {st['excluded']}" if st.get("offences") else "")
                   + (f" ({st['message']})" if st["message"] else ""), flush=True)
     return 0
 

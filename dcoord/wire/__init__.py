@@ -196,7 +196,8 @@ def result_from_proto(res: pb.Result) -> Result:
     """The internal Result (payload bytes shared, not copied)."""
     tasks = [TaskResult(job=tr.job, slot=tr.slot, model=tr.model, model_version=tr.model_version,
                         payload=_tensor_from_proto(tr.payload),
-                        losses=[PartLoss(pl.part, pl.loss) for pl in tr.losses]) for tr in res.tasks]
+                        losses=[PartLoss(pl.part, pl.loss) for pl in tr.losses], digest=tr.digest)
+             for tr in res.tasks]
     return Result(job_id=res.job_id, round=res.round, worker_id=res.worker_id, tasks=tasks,
                   compute_s=res.compute_s, injected_delay_s=res.injected_delay_s,
                   payload_on_data_plane=res.payload_on_data_plane, data_seq=res.data_seq, session=res.session,
@@ -208,7 +209,8 @@ def result_to_proto(res: Result) -> pb.Result:
     """The wire form of an internal Result (tests and tools)."""
     tasks = [pb.TaskResult(job=t.job, slot=t.slot, model=t.model, model_version=t.model_version,
                            payload=_tensor_to_proto(t.payload),
-                           losses=[pb.PartLoss(part=pl.part, loss=pl.loss) for pl in t.losses]) for t in res.tasks]
+                           losses=[pb.PartLoss(part=pl.part, loss=pl.loss) for pl in t.losses], digest=t.digest)
+             for t in res.tasks]
     return pb.Result(job_id=res.job_id, round=res.round, worker_id=res.worker_id, tasks=tasks,
                      compute_s=res.compute_s, injected_delay_s=res.injected_delay_s,
                      payload_on_data_plane=res.payload_on_data_plane, data_seq=res.data_seq,
@@ -235,6 +237,8 @@ class StatusInfo:
     elapsed_s: float = 0.0
     scheme: str = ""
     message: str = ""
+    offences: dict[str, int] = field(default_factory=dict)  # coding.byzantine: worker id -> offences
+    excluded: list[int] = field(default_factory=list)  # coding.byzantine: workers excluded for lying
 
 
 def status_to_proto(st: StatusInfo) -> pb.StatusReply:
@@ -242,8 +246,10 @@ def status_to_proto(st: StatusInfo) -> pb.StatusReply:
 
 
 def status_from_proto(reply: pb.StatusReply) -> StatusInfo:
-    kw = {f: getattr(reply, f) for f in StatusInfo.__dataclass_fields__ if f not in ("rejected", "refused")}
-    return StatusInfo(rejected=dict(reply.rejected), refused=dict(reply.refused), **kw)
+    kw = {f: getattr(reply, f) for f in StatusInfo.__dataclass_fields__
+          if f not in ("rejected", "refused", "offences", "excluded")}
+    return StatusInfo(rejected=dict(reply.rejected), refused=dict(reply.refused), offences=dict(reply.offences),
+                      excluded=list(reply.excluded), **kw)
 
 
 def status_to_dict(reply: pb.StatusReply) -> dict:

@@ -76,6 +76,7 @@ class TaskResult:
     model_version: int = 0
     payload: TensorData = field(default_factory=TensorData)
     losses: list[PartLoss] = field(default_factory=list)
+    digest: bytes = b""  # coding.byzantine: sha256 of the payload bytes as sent (coding/byzantine.py)
 
 
 @dataclass

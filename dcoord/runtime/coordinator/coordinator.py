@@ -25,7 +25,7 @@ from dcoord.coding.base import ResultRef, Scheme, Task
 from dcoord.coding.combine import combine
 from dcoord.coding.elastic import ElasticScheme, plan_members, replan
 from dcoord.config import JobConfig
-from dcoord.errors import DcoordError, RunFailed
+from dcoord.errors import ConfigError, DcoordError, RunFailed
 from dcoord.runtime.buffers import BufferPool
 from dcoord.runtime.coordinator.counters import RunCounters
 from dcoord.runtime.coordinator.membership import Membership, WorkerConn, WorkerEvent
@@ -53,9 +53,22 @@ class Coordinator:
 
     def __init__(self, cfg: JobConfig, out: RunDir | Path | str | None = None, job_id: str | None = None) -> None:
         self.cfg = cfg
+        if cfg.coding.byzantine and cfg.transport is not None:
+            from dcoord.runtime.transport.registry import get_plane
+
+            if get_plane(cfg.transport).collective:  # before anything is made: nothing left behind
+                raise ConfigError(f"coding.byzantine: not on transport {cfg.transport} yet (the payloads stay with "
+                                  "the workers, where the coordinator cannot check them); use grpc or tcp")
         self.job_id = job_id or f"{cfg.name}-{uuid.uuid4().hex[:8]}"
         self.scheme: Scheme = cfg.make_scheme()
         self.n = cfg.workers
+        self.byz = None  # coding.byzantine: digests checked, liars counted and excluded (coordinator/byzantine.py)
+        self._robust_center: np.ndarray | None = None  # coding.aggregate: centered-clipping's last aggregate
+        if cfg.coding.byzantine and cfg.coding.aggregate == "sum":
+            from dcoord.runtime.coordinator.byzantine import ByzantineCheck
+
+            self.byz = ByzantineCheck(self.scheme, cfg.coding.byzantine, cfg.coding.stragglers,
+                                      cfg.coding.exclude_after, lambda e: self._log_event(e))
         self.workload = load_checked(cfg)
         self.models = [copy.deepcopy(self.workload.model) for _ in range(self.scheme.models)]
         self.optimizers = [make_optimizer(cfg, m, i) for i, m in enumerate(self.models)]
@@ -79,7 +92,9 @@ class Coordinator:
         self.state = "waiting-for-workers"
         self.message = ""
         self._members = Membership(
-            self.n, cfg.runtime.heartbeat_s, tolerated=lambda: self.scheme.s,
+            # coding.byzantine: the code's 2a + s is shared with the liars; s is what stragglers may take
+            self.n, cfg.runtime.heartbeat_s,
+            tolerated=lambda: self.cfg.coding.stragglers if self.byz is not None else self.scheme.s,
             members=lambda: plan_members(self.scheme, self.n), round=lambda: self.round,
             running=lambda: self.state == "running", record=self._log_event, slow=self._known_slow)
         self._results: asyncio.Queue = asyncio.Queue()  # admit_result() bounds what is queued (results_limit)
@@ -197,6 +212,7 @@ class Coordinator:
         if self.alive_count() >= self.n:
             self._registered.set()
         pending = self.state == "running" and self.round >= 0 and conn.worker_id not in self.arrived
+        pending = pending and (self.byz is None or conn.worker_id not in self.byz.excluded)
         if pending and conn.outbox.empty() and self.collective is None:
             conn.outbox.put_nowait(self._assignment(self.round, conn.worker_id))
 
@@ -236,14 +252,19 @@ class Coordinator:
         here (transport.base.PayloadMatcher); the servicer goes through admit_result/submit_result."""
         return self._results
 
-    def admit_result(self, round: int, worker: int) -> bool:
-        """Cheap checks before a result may wait in the round loop's queue (which they keep bounded)."""
+    def admit_result(self, round: int, worker: int, digests: list[bytes] | None = None) -> bool:
+        """Cheap checks before a result may wait in the round loop's queue (which they keep bounded).
+
+        ``digests`` (coding.byzantine): the result's payload digests; a late one is still checked against the
+        value its round accepted."""
         if self.state in ("done", "failed"):
             return False  # a straggler's result after the last round: nothing to count
         if self.state != "running":
             self.reject("not-running", f"worker {worker} sent a result while the job is {self.state}")
         elif round < self.round:
             self._counts.dropped_late += 1
+            if self.byz is not None and digests is not None and 0 <= worker < self.n:
+                self.byz.late(round, worker, digests)
         elif round > self.round:
             self.reject("future-round", f"round {round} while at {self.round}")
         elif self._results.qsize() >= self.results_limit:
@@ -334,6 +355,10 @@ class Coordinator:
         self.bytes_round = 0
         self.cpu_s = Counter()
         self.round_tasks = self.scheme.tasks(r)
+        excluded: set[int] = set()
+        if self.byz is not None:
+            self.byz.start(r)
+            excluded = self.byz.excluded
         t_flat = time.thread_time()  # flattening the model versions to send counts as sending
         for tasks in self.round_tasks.values():
             for t in tasks:
@@ -348,7 +373,7 @@ class Coordinator:
         for w in range(self.n):
             if not self.round_tasks.get(w):
                 self.arrived.add(w)  # nothing to do this round counts as delivered
-            elif w in alive:
+            elif w in alive and w not in excluded:
                 self.conns[w].outbox.put_nowait(self._assignment(r, w))
         # timed once per round, not per worker: a thread CPU clock read costs tens of microseconds on
         # loaded or virtualised hosts, as much as the work it would time
@@ -415,6 +440,11 @@ class Coordinator:
                 self.reject(reason, f"worker {res.worker_id}: {exc}")
                 return False
             decoded.append((t, tr, arr.reshape(-1)))
+        if self.byz is not None:
+            why = self.byz.note(res.worker_id, [tr.digest for tr in res.tasks])
+            if why is not None:
+                self.reject(why, f"worker {res.worker_id} round {res.round}")
+                return False
         for t, tr, arr in decoded:
             self.stored.setdefault(t.job, {})[ResultRef(self.round, res.worker_id, t.slot)] = arr
             self.bytes_round += arr.nbytes if arr is not None else 0
@@ -451,9 +481,12 @@ class Coordinator:
                 if self.collective is not None:
                     self.collective.check_members(self.alive_ids())
             arrived = self.arrived  # not copied per result: the schemes only read it
-            if len(arrived) == self.n:
+            if self.byz is not None:  # a group's value is accepted once a + 1 digests agree
+                ok = self.byz.check(self.byz.agreement())
+            elif len(arrived) == self.n:
                 return frozenset(arrived)
-            ok = self.scheme.accepts(r, arrived)
+            else:
+                ok = self.scheme.accepts(r, arrived)
             if not use_rule:
                 if ok:
                     return frozenset(arrived)
@@ -584,7 +617,12 @@ class Coordinator:
         if grads is None and self.privacy is None and self._grad_buf is None:
             self._grad_buf = np.empty(self.num_params, dtype=np.float64)
         out = grads if grads is not None else self._grad_buf if self.privacy is None else None
-        g = combine(coeffs, msgs, self.num_params, out=out)
+        if self.cfg.coding.aggregate != "sum":
+            g = self._robust(coeffs, msgs)
+            if grads is not None:
+                grads[:] = g
+        else:
+            g = combine(coeffs, msgs, self.num_params, out=out)
         t_step = time.thread_time()
         self.cpu_s["decode"] += t_step - t_dec
         if self.privacy is not None:
@@ -595,6 +633,19 @@ class Coordinator:
         self.steps[m] += 1
         self.cpu_s["step"] += time.thread_time() - t_step
         return self._job_record(job, m)
+
+    def _robust(self, coeffs: dict, msgs: dict) -> np.ndarray:
+        """coding.aggregate (APPROXIMATE, uncoded): a robust estimate of the gradient from the delivered part
+        gradients, each scaled by the number of parts (so each alone estimates the whole gradient)."""
+        from dcoord.coding.robust import aggregate
+
+        rows = np.stack([np.asarray(msgs[ref], dtype=np.float64) for ref in coeffs]) * self.scheme.num_parts()
+        center = self._robust_center
+        tau = float(np.linalg.norm(center)) if center is not None else 0.0
+        g = aggregate(self.cfg.coding.aggregate, rows, f=self.cfg.coding.byzantine, center=center,
+                      tau=tau or float(np.median(np.linalg.norm(rows, axis=1))))
+        self._robust_center = g
+        return g
 
     def _job_record(self, job: int, m: int) -> dict:
         """What metrics.jsonl says of one decoded job."""
@@ -647,6 +698,7 @@ class Coordinator:
             "part_losses": {j: dict(v) for j, v in self.part_losses.items()},
             "scheme": scheme_state,
             "privacy": self.privacy.state_dict() if self.privacy is not None else None,
+            "byzantine": self.byz.state_dict() if self.byz is not None else None,
             "counters": {**self._counts.state_dict(), "elapsed_s": time.monotonic() - self.started},
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             "metrics_offset": self.rundir.round_offset,
@@ -676,6 +728,8 @@ class Coordinator:
             self.scheme.load_state_dict(state["scheme"])
         if self.privacy is not None:
             self.privacy.load_state_dict(state["privacy"])
+        if self.byz is not None and state.get("byzantine") is not None:
+            self.byz.load_state_dict(state["byzantine"])
         c = state["counters"]
         self._counts.load_state_dict(c)
         self.resumed_elapsed = float(c["elapsed_s"])
@@ -713,8 +767,13 @@ class Coordinator:
                     self._grow(r)
                 self._start_round(r)
                 arrived = await self._collect(r)
+                decoders = arrived
+                if self.byz is not None:  # one verified payload per group decodes (before "closing": a liar
+                    # found here stops the run with the checkpoint of the round before)
+                    decoders = self.byz.close(self.byz.agreement(), {
+                        ref.worker: a for ref, a in self.stored.get(r, {}).items() if ref.round == r})
                 self.phase = "closing"
-                newly = self.scheme.close_round(r, arrived)
+                newly = self.scheme.close_round(r, decoders)
                 jobs = [self._decode_and_step(j) for j in newly]
                 wall = time.monotonic() - t0
                 stragglers = sorted(set(range(self.n)) - arrived)
@@ -734,6 +793,10 @@ class Coordinator:
                 }
                 if self.privacy is not None and jobs:
                     record["epsilon"] = jobs[-1]["epsilon"]
+                if self.byz is not None:
+                    record["offences"] = [{k: v for k, v in e.items() if k not in ("event", "time")}
+                                          for e in self.byz.round_events]
+                    self.byz.round_events = []
                 record.update(self.scheme.round_info(r))
                 self._observe_speeds(r)
                 self.rundir.log_round(record)
@@ -815,6 +878,9 @@ class Coordinator:
             "decode_precision": self._decode_precision(),
             **self.scheme.report(),
             **(self.privacy.summary(self.steps[0]) if self.privacy is not None else {}),
+            **(self.byz.report() if self.byz is not None else {}),
+            **({"aggregate": self.cfg.coding.aggregate, "approximate": True}
+               if self.cfg.coding.aggregate != "sum" else {}),
             **({"collective": self.collective.report()} if self.collective is not None else {}),
         }
 
@@ -840,6 +906,8 @@ class Coordinator:
             private=self.privacy is not None, stragglers_tolerated=tolerated, slack_left=left,
             lost_workers=tuple(sorted(self._members.lost_ids)),
             rejected=dict(self._counts.rejected), refused=dict(self._counts.refused),
+            offences=dict(self.byz.offences) if self.byz is not None else {},
+            excluded=tuple(sorted(self.byz.excluded)) if self.byz is not None else (),
         )
 
     def _data_plane_bytes(self) -> tuple[int, int]:
@@ -858,6 +926,7 @@ class Coordinator:
             last_loss=v.last_loss, stragglers_seen=v.stragglers_seen,
             dropped_late_results=v.dropped_late, rejected=v.rejected,
             elapsed_s=v.elapsed_s, scheme=v.scheme, message=v.message, refused=v.refused,
+            offences={str(w): c for w, c in sorted(v.offences.items())}, excluded=list(v.excluded),
         )
 
 

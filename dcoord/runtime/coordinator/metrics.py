@@ -16,7 +16,8 @@ port in use is one line and leaves nothing behind; the endpoint is bound once th
 Exposed (all prefixed ``dcoord_``): rounds_total, round_duration_seconds (histogram), stragglers_total,
 wait_all_fallbacks_total, decode_residual / decode_residual_max, payload_bytes_received_total /
 payload_bytes_sent_total (tensors on the gRPC work stream and the tcp data plane),
-rejected_messages_total{reason}, dropped_late_results_total, workers_alive, workers_expected, and epsilon_spent when the job is private. Every series carries the label ``job_name``.
+rejected_messages_total{reason}, dropped_late_results_total, byzantine_offences_total{worker} and
+workers_excluded (coding.byzantine, once a worker has lied), workers_alive, workers_expected, and epsilon_spent when the job is private. Every series carries the label ``job_name``.
 """
 
 from __future__ import annotations
@@ -82,6 +83,14 @@ class _LiveCollector:
             rej.add_metric(job + [reason], n)
         yield rej
         yield counter("dropped_late_results", "results that came after their round had closed", c.dropped_late)
+        if c.offences or c.excluded:  # coding.byzantine
+            off = CounterMetricFamily("dcoord_byzantine_offences", "coding.byzantine: results whose digest "
+                                      "disagreed with the group's accepted value, or whose payload did not match "
+                                      "its own digest, by worker", labels=["job_name", "worker"])
+            for w, n in sorted(c.offences.items()):
+                off.add_metric(job + [str(w)], n)
+            yield off
+            yield gauge("workers_excluded", "coding.byzantine: workers excluded for lying", len(c.excluded))
         yield gauge("workers_alive", "workers whose stream is up and heard from recently", c.workers_alive)
         yield gauge("workers_expected", "workers the job runs with", c.workers_total)
         yield gauge("workers_lost", "workers lost while the job runs (not back yet)", len(c.lost_workers))

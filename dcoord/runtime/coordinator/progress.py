@@ -46,6 +46,10 @@ class RoundProgress:
         if "epsilon" in record:  # private runs: workers send no losses; show the budget spent instead
             shown = f"- eps {record['epsilon']:.3g}"
         self.progress.update(self.task, advance=1, loss=shown, stragglers=v.stragglers_seen, rate=f"{rate:.1f}")
+        for event in record.get("offences", ()):  # coding.byzantine: a liar caught, one line each
+            from dcoord.runtime.coordinator.byzantine import describe
+
+            self.console.print(f"dcoord: {describe(event)}", markup=False, highlight=False)
 
     def on_worker(self, event: WorkerEvent) -> None:
         """A worker lost or back: one line above the bar (shown with or without the bar: it explains why
@@ -104,6 +108,9 @@ def summary_table(summary: dict) -> Table:
         ("max decode residual", f"{summary['max_decode_residual']:.2e}"),
     ]
     rows += _membership_rows(summary)
+    byz = summary.get("byzantine")
+    if byz:
+        rows.append(("liars: offences by worker / excluded", f"{byz['offences'] or '-'} / {byz['excluded'] or '-'}"))
     if "epsilon" in summary:
         rows.append(("privacy (epsilon, delta)", f"({summary['epsilon']:.3g}, {summary['delta']:g})"))
     for k, v in rows:

@@ -263,7 +263,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         if not session_ok(conn.session, res.session):
             self.coord.reject("bad-session", f"result on worker {conn.worker_id}'s stream without its session")
             return False
-        return self.coord.admit_result(res.round, conn.worker_id)
+        return self.coord.admit_result(res.round, conn.worker_id, [t.digest for t in res.tasks])
 
     async def GetStatus(self, request, context) -> pb.StatusReply:
         return status_to_proto(self.coord.status())

@@ -34,3 +34,5 @@ class CoordinatorView:
     lost_workers: tuple[int, ...] = ()
     rejected: dict[str, int] = field(default_factory=dict)
     refused: dict[str, int] = field(default_factory=dict)
+    offences: dict[int, int] = field(default_factory=dict)  # coding.byzantine: worker -> offences so far
+    excluded: tuple[int, ...] = ()  # coding.byzantine: workers excluded for the rest of the run

@@ -87,6 +87,7 @@ class WorkerState:
     cache_digest: tuple[int, bytes] = (-1, b"")  # (version, digest) of the replica the cache was taken from
     replica: Any = None  # transport: allreduce -- runtime.worker.replica.Replica (this worker steps a replica)
     stream: Any = None  # the current registration's WorkStream
+    liar: Any = None  # TEST ONLY: runtime.worker.lie.Liar from $DCOORD_TEST_LIE, or None
     refused: dict[str, int] = field(default_factory=dict)  # assignments refused, by reason (privacy, malformed)
 
     def refuse(self, reason: str, a: Assignment, exc: Exception) -> None:
@@ -175,6 +176,8 @@ def _join(link: ControlLink, security: ClientSecurity | None, requested_id: int,
     if launched_plane is not None and reg.worker_id != launched_plane.rank - 1:
         raise DcoordError(f"rank {launched_plane.rank} was given worker id {reg.worker_id}, not "
                           f"{launched_plane.rank - 1}; its data-plane payloads could not be paired with its results")
+    if _checked(cfg) and dev.type == "cuda":
+        _deterministic_gpu()
     scheme = cfg.make_scheme()
     workload = load_checked(cfg)
     check_privacy(cfg, workload, max_epsilon)
@@ -190,6 +193,9 @@ def _join(link: ControlLink, security: ClientSecurity | None, requested_id: int,
         w.plane = _open_plane_registered(w, connect_timeout)
     if cfg.transport is not None and get_plane(cfg.transport).collective:
         w.replica = _make_replica(w, workload)
+    from dcoord.runtime.worker.lie import liar_from_env
+
+    w.liar = liar_from_env(w.wid)  # test only
     print(f"worker {w.wid} of job {w.job_id} on {dev}", file=sys.stderr, flush=True)
     return w
 
@@ -395,6 +401,8 @@ def _compute(w: WorkerState, a: Assignment, inbox: Inbox) -> tuple[Result, list[
     # the bytes in the kernel; mpi/torch: wait_sent in _send) is done with the arrays before the next
     # compute writes the buffer again.
     payloads = c.to_host(payloads, dtype)
+    if _checked(w.cfg) or w.liar is not None:
+        payloads = _digests(w, a.round, result, payloads)
     if w.replica is not None:  # the payloads stay here until their decode (to_host's buffer is reused: copy)
         for t, p in zip(a.tasks, payloads):
             w.replica.hold(t.job, a.round, t.slot, p if c.device.type == "cpu" else p.copy())
@@ -413,6 +421,35 @@ def _compute(w: WorkerState, a: Assignment, inbox: Inbox) -> tuple[Result, list[
         return None
     result.compute_s, result.injected_delay_s = compute_s, delay
     return result, payloads
+
+
+def _deterministic_gpu() -> None:
+    """coding.byzantine compares replicas bit for bit: deterministic kernels, and cuBLAS's fixed workspace
+    (read when cuBLAS starts, so set before the first GPU matmul; a value already set is kept)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+
+
+def _checked(cfg: JobConfig) -> bool:
+    """Do this job's replicas compare digests (coding.byzantine with the exact decode)?"""
+    return bool(cfg.coding.byzantine) and cfg.coding.aggregate == "sum"
+
+
+def _digests(w: WorkerState, r: int, result: Result, payloads: list[np.ndarray]) -> list[np.ndarray]:
+    """coding.byzantine: each task's payload digest (what its group's replicas compare); a test liar's
+    payloads replaced by its lie here, with their digests (or, attack ``payload``, the honest ones)."""
+    from dcoord.coding.byzantine import digest
+
+    lie = w.liar is not None and w.liar.lies_in(r)
+    if lie:  # the tests read the rounds a liar lied in from its log
+        print(f"test liar: worker {w.wid} lies in round {r} ({w.liar.attack})", file=sys.stderr, flush=True)
+    out = []
+    for tr, p in zip(result.tasks, payloads):
+        sent = w.liar.tamper(r, p) if lie else p
+        if _checked(w.cfg):
+            tr.digest = digest(p if lie and w.liar.attack == "payload" else sent)
+        out.append(sent)
+    return out
 
 
 def _send(w: WorkerState, stream: WorkStream, result: Result, payloads: list[np.ndarray]) -> None:

@@ -149,20 +149,22 @@ class PartLoss(_message.Message):
     def __init__(self, part: _Optional[int] = ..., loss: _Optional[float] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("job", "slot", "model", "model_version", "payload", "losses")
+    __slots__ = ("job", "slot", "model", "model_version", "payload", "losses", "digest")
     JOB_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     LOSSES_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     job: int
     slot: int
     model: int
     model_version: int
     payload: Tensor
     losses: _containers.RepeatedCompositeFieldContainer[PartLoss]
-    def __init__(self, job: _Optional[int] = ..., slot: _Optional[int] = ..., model: _Optional[int] = ..., model_version: _Optional[int] = ..., payload: _Optional[_Union[Tensor, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[PartLoss, _Mapping]]] = ...) -> None: ...
+    digest: bytes
+    def __init__(self, job: _Optional[int] = ..., slot: _Optional[int] = ..., model: _Optional[int] = ..., model_version: _Optional[int] = ..., payload: _Optional[_Union[Tensor, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[PartLoss, _Mapping]]] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class Result(_message.Message):
     __slots__ = ("job_id", "round", "worker_id", "tasks", "compute_s", "injected_delay_s", "payload_on_data_plane", "data_seq", "payload_chunked", "session", "payload_held", "replica_digest", "replica_version")
@@ -325,7 +327,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("job_id", "name", "state", "round", "rounds_total", "workers_alive", "workers_total", "last_loss", "stragglers_seen", "dropped_late_results", "rejected", "elapsed_s", "scheme", "message", "refused")
+    __slots__ = ("job_id", "name", "state", "round", "rounds_total", "workers_alive", "workers_total", "last_loss", "stragglers_seen", "dropped_late_results", "rejected", "elapsed_s", "scheme", "message", "refused", "offences", "excluded")
     class RejectedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -334,6 +336,13 @@ class StatusReply(_message.Message):
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     class RefusedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class OffencesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -355,6 +364,8 @@ class StatusReply(_message.Message):
     SCHEME_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
+    OFFENCES_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     state: str
@@ -370,7 +381,9 @@ class StatusReply(_message.Message):
     scheme: str
     message: str
     refused: _containers.ScalarMap[str, int]
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., round: _Optional[int] = ..., rounds_total: _Optional[int] = ..., workers_alive: _Optional[int] = ..., workers_total: _Optional[int] = ..., last_loss: _Optional[float] = ..., stragglers_seen: _Optional[int] = ..., dropped_late_results: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., elapsed_s: _Optional[float] = ..., scheme: _Optional[str] = ..., message: _Optional[str] = ..., refused: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    offences: _containers.ScalarMap[str, int]
+    excluded: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., round: _Optional[int] = ..., rounds_total: _Optional[int] = ..., workers_alive: _Optional[int] = ..., workers_total: _Optional[int] = ..., last_loss: _Optional[float] = ..., stragglers_seen: _Optional[int] = ..., dropped_late_results: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., elapsed_s: _Optional[float] = ..., scheme: _Optional[str] = ..., message: _Optional[str] = ..., refused: _Optional[_Mapping[str, int]] = ..., offences: _Optional[_Mapping[str, int]] = ..., excluded: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StreamHeartbeat(_message.Message):
     __slots__ = ("last_round",)
