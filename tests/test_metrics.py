@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -197,3 +198,35 @@ def test_bad_metrics_env_is_one_line_error(tmp_path):
     assert p.returncode != 0
     assert p.stderr.strip().splitlines() == ["dcoord: config error: DCOORD_METRICS_PORT='ninety' is not a port "
                                              "number; set 0-65535 or unset it"]
+
+
+def test_the_metrics_server_binds_loopback_and_asks_for_the_token_in_constant_time():
+    """The metrics HTTP server alone (fast): a scrape without the bearer token, or with a wrong one, gets 401
+    and no metric; with it, the registry's metrics."""
+    from prometheus_client import CollectorRegistry, Counter
+
+    from dcoord.runtime.coordinator.metrics_http import serve_registry
+
+    registry = CollectorRegistry()
+    Counter("dcoord_test_scrapes", "a counter only this test registers", registry=registry).inc(3)
+    server = serve_registry(registry, "127.0.0.1", 0, token="s3cret-token-for-this-test")
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+
+        def scrape(header: str | None) -> tuple[int, str]:
+            req = urllib.request.Request(url, headers={"Authorization": header} if header else {})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode()
+
+        for header in (None, "Bearer wrong", "s3cret-token-for-this-test"):
+            code, body = scrape(header)
+            assert code == 401 and "dcoord_test_scrapes" not in body
+        code, body = scrape("Bearer s3cret-token-for-this-test")
+        assert code == 200 and "dcoord_test_scrapes_total 3.0" in body
+        assert server.server_address[0] == "127.0.0.1"
+    finally:
+        server.shutdown()
+        server.server_close()
