@@ -198,9 +198,11 @@ def _work(cfg: JobConfig, env: LaunchEnv, plane, security: ClientSecurity | None
         raise DcoordError(f"rank 0 could not start the coordinator: {address[6:]}")
     os.environ.setdefault("LOCAL_RANK", str(env.local_rank))  # pick_device uses it (mpirun does not set it)
     carries = _carries_payloads(cfg)
+    from dcoord.runtime.worker.guard import own_job_allowances
+
     rounds = run_worker(address, requested_id=env.rank - 1, device=cfg.device,
                         data_plane=plane if carries else None,
-                        allow_workloads=[cfg.workload],  # this rank read the job file itself
+                        allow_workloads=own_job_allowances(cfg),  # this rank read the job file itself
                         rejoin=False, security=security)  # the launcher ends every rank when rank 0 (the coordinator) goes
     if carries:
         plane.send_end()

@@ -149,6 +149,7 @@ def test_dcoord_coordinator_refuses_too(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow  # a whole CLI process; the fast tier keeps the in-process refusals
 def test_dcoord_coordinator_starts_with_gc_binary(tmp_path):
     """The same job with gc-binary passes the guard in the real command: the coordinator comes up and waits
     for its 32 workers (stopped there: the full 32-worker run is the slow test below)."""

@@ -136,6 +136,7 @@ def test_bad_sampling_configs_are_one_line_config_errors(extra, match):
     assert "\n" not in str(exc.value)
 
 
+@pytest.mark.slow  # a whole CLI process; the fast tier keeps the in-process refusals
 def test_bad_sampling_config_exits_2_with_one_line_and_no_run_directory(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text("workload: logreg-digits\nworkers: 4\nrounds: 5\ncoding: {scheme: gc-cyclic, stragglers: 1}\n"

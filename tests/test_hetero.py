@@ -77,6 +77,7 @@ def test_config_speeds_are_checked_in_one_line():
         make_scheme("gc-hetero", 3, s=1, speeds=[1.0, float("nan"), 1.0])
 
 
+@pytest.mark.slow  # a whole CLI process; the fast tier keeps the in-process refusals
 def test_cli_refuses_bad_speeds_with_one_line(tmp_path):
     cfg = tmp_path / "job.yaml"
     cfg.write_text("workload: logreg-digits\nworkers: 3\nrounds: 2\ncoding: {scheme: gc-hetero, stragglers: 1, "

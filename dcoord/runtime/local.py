@@ -26,6 +26,7 @@ from dcoord.runtime.security.auth import (
     random_token,
     write_token_file,
 )
+from dcoord.runtime.worker.guard import own_job_allowances
 
 
 def spawn_worker(address: str, requested_id: int = -1, log_path: Path | None = None,
@@ -96,7 +97,7 @@ class LocalWorkers:
                  on_started=None) -> None:
         self.cfg, self.out, self.count, self.respawn, self.on_started = cfg, out, count, respawn, on_started
         self.secret_dir = tempfile.TemporaryDirectory(prefix="dcoord-")
-        self.env = {**worker_secret_env(cfg), ALLOW_ENV: cfg.workload,
+        self.env = {**worker_secret_env(cfg), ALLOW_ENV: ",".join(own_job_allowances(cfg)),
                     TOKEN_FILE_ENV: str(write_token_file(Path(self.secret_dir.name), token))}
         self.procs: list[subprocess.Popen] = []
         self.supervisor: WorkerSupervisor | None = None

@@ -35,6 +35,7 @@ import ipaddress
 import logging
 import os
 import queue
+import random
 import secrets
 import socket
 import ssl
@@ -390,13 +391,36 @@ class TcpDataServer:
             c.close()
 
 
+def _hello(host: str, port: int, ssl_context: ssl.SSLContext | None, server_hostname: str | None,
+           timeout: float) -> tuple[socket.socket, bytes]:
+    """Connect and read the server's hello. A server whose handshake slots are taken (every slot, or this
+    address's share: see HandshakeBudget) closes before its hello, as does one still starting; many workers
+    of one host connect at once, so that is retried with backoff until ``timeout``, not an error."""
+    deadline = time.monotonic() + timeout
+    pause = 0.05
+    while True:
+        sock = None
+        try:
+            sock = socket.create_connection((host, port), timeout=max(0.5, deadline - time.monotonic()))
+            _tune(sock)
+            if ssl_context is not None:
+                sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname or host)
+            return sock, _recv_bytes(sock, len(MAGIC) + NONCE)
+        except ssl.SSLCertVerificationError:
+            raise
+        except OSError as exc:  # ConnectionError, a reset, a refused connect, an aborted TLS handshake
+            if sock is not None:
+                sock.close()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DataPlaneError(f"{host}:{port}: no data-plane hello within {timeout:g} s ({exc})") from None
+            time.sleep(min(left, pause * (0.5 + random.random())))
+            pause = min(1.0, pause * 2)
+
+
 def _connect(host: str, port: int, worker_id: int, role: int, key: bytes, job_id: str,
              ssl_context: ssl.SSLContext | None, server_hostname: str | None, timeout: float) -> socket.socket:
-    sock = socket.create_connection((host, port), timeout=timeout)
-    _tune(sock)
-    if ssl_context is not None:
-        sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname or host)
-    hello = _recv_bytes(sock, len(MAGIC) + NONCE)
+    sock, hello = _hello(host, port, ssl_context, server_hostname, timeout)
     if hello[: len(MAGIC)] != MAGIC:
         sock.close()
         raise DataPlaneError(f"{host}:{port} is not a dcoord data plane")

@@ -42,6 +42,12 @@ def check_workload(name: str, allowed: Sequence[str]) -> None:
     )
 
 
+def own_job_allowances(cfg: JobConfig) -> list[str]:
+    """What a worker started by the job's own process (``dcoord run``, a launcher's rank) allows: that job's
+    workload and plugins, which the user named in the job file the process read itself."""
+    return [cfg.workload, *(f"{p}:*" for p in cfg.plugins)]
+
+
 def check_plugins(data: object, allowed: Sequence[str]) -> None:
     """The raw config's ``plugins`` (module names), each allowed when it is the module of one of ``allowed``
     (``mypkg.safe:*`` allows plugin ``mypkg.safe``); refused before anything is imported."""
