@@ -85,14 +85,7 @@ class LoopReplica(Replica):
         self._check_model(d.model)
         if d.version != self.versions[d.model]:
             raise DcoordError(f"decode of job {d.job} at version {d.version}; this rank is at {self.versions[0]}")
-        with self.cv:
-            msgs = []
-            for rnd, slot, coeff in d.terms:
-                msg = self.held.get((d.job, rnd, slot))
-                if msg is None:
-                    raise DcoordError(f"decode of job {d.job} names message (round {rnd}, slot {slot}), which "
-                                      "this worker does not hold")
-                msgs.append((np.float64(coeff), msg))
+        msgs = self._held_terms(d)
         total = self._share(msgs)
         self.group.allreduce([total]).wait()
         with self.cv:

@@ -178,6 +178,19 @@ class Replica:
             share += coeff * msg.astype(np.float64, copy=False)
         return torch.from_numpy(share).to(self.sum_dtype)
 
+    def _held_terms(self, d) -> list:
+        """(coefficient, held message) for each term of decode ``d``; a term this worker does not hold is an
+        error (the coordinator named a message it never received)."""
+        with self.cv:
+            msgs = []
+            for rnd, slot, coeff in d.terms:
+                msg = self.held.get((d.job, rnd, slot))
+                if msg is None:
+                    raise DcoordError(f"decode of job {d.job} names message (round {rnd}, slot {slot}), which "
+                                      "this worker does not hold")
+                msgs.append((np.float64(coeff), msg))
+        return msgs
+
     def _decode(self, d: Decode) -> None:
         """This worker's share (sum of coeff * held message, in float64, then the sum dtype), one SUM
         all-reduce over the group, and the optimizer step on the replica."""
@@ -188,14 +201,7 @@ class Replica:
             raise DcoordError(f"decode of job {d.job} at version {d.version}; the replica of model {d.model} is at "
                               f"{self.versions[d.model]}")
         t0 = time.perf_counter()
-        with self.cv:
-            msgs = []
-            for rnd, slot, coeff in d.terms:
-                msg = self.held.get((d.job, rnd, slot))
-                if msg is None:
-                    raise DcoordError(f"decode of job {d.job} names message (round {rnd}, slot {slot}), which "
-                                      "this worker does not hold")
-                msgs.append((np.float64(coeff), msg))
+        msgs = self._held_terms(d)
         total = self._share(msgs)
         t1 = time.perf_counter()
         self.group.allreduce([total]).wait()
